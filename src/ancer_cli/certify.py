@@ -1,0 +1,235 @@
+"""The dataset loop of ``ancer certify``: inputs + thetas -> certificates -> result rows."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ancer_cli.artifacts import (
+    ResultsFile,
+    check_resumable,
+    format_result_row,
+    read_results,
+    results_sidecar_path,
+    utc_now,
+    write_json,
+)
+from ancer_cli.core.noise import Norm, Stream, Theta, input_generator
+from ancer_cli.core.smoothing import ABSTAIN, certify
+from ancer_cli.data import LoadedData
+from ancer_cli.errors import ModelError, OutputError
+
+
+class CertifyMethod(str, enum.Enum):
+    """How theta was chosen: one sigma for all (Cohen et al.), per-input scalar, per-input tensor."""
+
+    fixed = "fixed"
+    isotropic = "isotropic"
+    ancer = "ancer"
+
+
+ThetaSource = Callable[[int], Theta]
+"""Maps a dataset index to the input's theta (a number or a tensor on the model's device)."""
+
+
+@dataclass(frozen=True)
+class CertifyConfig:
+    """Sampling and confidence settings; the defaults are the command's defaults."""
+
+    norm: Norm = Norm.l2
+    n_selection: int = 100
+    n_estimation: int = 100_000
+    alpha: float = 0.001
+    batch_size: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One line of the results file, plus the gap needed by the memory pass."""
+
+    idx: int
+    label: int
+    predict: int
+    radius: float
+    radius_proxy: float
+    correct: int
+    min_sigma: float
+    seconds: float
+    gap: float
+
+    def line(self) -> str:
+        return format_result_row(
+            self.idx,
+            self.label,
+            self.predict,
+            self.radius,
+            self.radius_proxy,
+            self.correct,
+            self.min_sigma,
+            self.seconds,
+        )
+
+
+def select_indices(size: int, skip: int = 1, max_index: int | None = None) -> list[int]:
+    """Dataset indices to certify, as in Cohen et al.'s scripts: every ``skip``-th index,
+    stopping before ``max_index`` (all when ``None``)."""
+    stop = size if max_index is None else min(size, max_index)
+    return list(range(0, stop, skip))
+
+
+def fixed_theta(theta: float) -> ThetaSource:
+    """The same theta for every input (Cohen et al.'s fixed-sigma smoothing)."""
+    return lambda _idx: theta
+
+
+def certify_dataset(
+    model: nn.Module,
+    data: LoadedData,
+    indices: Iterable[int],
+    thetas: ThetaSource,
+    config: CertifyConfig,
+    device: torch.device,
+) -> Iterator[ResultRow]:
+    """Certify each dataset index in order and yield its row.
+
+    Every input has its own random stream seeded from ``(config.seed, idx)``, so a row depends
+    only on the seed, the model, the input and its theta -- not on which inputs come before.
+    ``time`` is the wall time of sampling and bounding that input (theta loading excluded).
+    """
+    for idx in indices:
+        x, label = data.dataset[idx]
+        x = x.to(device=device, dtype=torch.float32)
+        theta = thetas(idx)
+        generator = input_generator(config.seed, idx, device, Stream.certify)
+        began = time.perf_counter()
+        certificate = certify(
+            model,
+            x,
+            theta,
+            config.norm,
+            config.n_selection,
+            config.n_estimation,
+            config.alpha,
+            config.batch_size,
+            generator,
+        )
+        seconds = time.perf_counter() - began
+        label = int(label)
+        yield ResultRow(
+            idx=idx,
+            label=label,
+            predict=certificate.prediction,
+            radius=certificate.radius,
+            radius_proxy=certificate.radius_proxy,
+            correct=int(certificate.prediction == label and certificate.prediction != ABSTAIN),
+            min_sigma=certificate.min_theta,
+            seconds=seconds,
+            gap=certificate.gap,
+        )
+
+
+@dataclass(frozen=True)
+class CertifySummary:
+    certified: int
+    resumed: int
+    correct: int
+    abstained: int
+    mean_radius: float
+    seconds: float
+
+
+def check_compatible(model: nn.Module, data: LoadedData, device: torch.device, where: str) -> None:
+    """One forward pass on the first input: the model must accept the dataset's inputs and
+    return one logit per class of the dataset."""
+    x, _ = data.dataset[0]
+    try:
+        with torch.inference_mode():
+            logits = model(x.unsqueeze(0).to(device=device, dtype=torch.float32))
+    except Exception as error:  # any failure here is a model/data mismatch, not a bug of ours
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(
+            f"model {where} cannot process {data.info.name} inputs of shape "
+            f"{tuple(x.shape)}: {first}"
+        ) from error
+    if logits.ndim != 2 or logits.shape[1] != data.info.num_classes:
+        raise ModelError(
+            f"model {where} returns logits of shape {tuple(logits.shape)} for one input; "
+            f"{data.info.name} has {data.info.num_classes} classes, expected (1, "
+            f"{data.info.num_classes})"
+        )
+
+
+def run_certify(
+    model: nn.Module,
+    data: LoadedData,
+    indices: list[int],
+    thetas: ThetaSource,
+    config: CertifyConfig,
+    device: torch.device,
+    out: Path,
+    record: dict[str, Any],
+    resume: bool = False,
+    on_row: Callable[[ResultRow], None] | None = None,
+) -> CertifySummary:
+    """Certify ``indices`` into the results file ``out`` and its JSON sidecar.
+
+    Rows are appended and flushed one by one, in index order. With ``resume``, rows already in
+    ``out`` are kept (its sidecar must record the same ``record["arguments"]``) and only the
+    remaining indices are certified. The sidecar says ``"complete": false`` until the end.
+    """
+    sidecar = results_sidecar_path(out)
+    if resume and out.exists():
+        check_resumable(sidecar, record["arguments"], str(out))
+    began = time.perf_counter()
+    started = utc_now()
+    write_json(sidecar, {**record, "complete": False, "started": started})
+    with ResultsFile(out, resume=resume) as results:
+        done = set(results.done)
+        unexpected = done.difference(indices)
+        if unexpected:
+            raise OutputError(
+                f"cannot resume {out}: it holds index {min(unexpected)}, which this run would "
+                "not certify; use the same --skip/--max or --force to start over"
+            )
+        for row in certify_dataset(
+            model, data, [i for i in indices if i not in done], thetas, config, device
+        ):
+            results.append(row.line())
+            if on_row is not None:
+                on_row(row)
+    frame = read_results(out)
+    summary = CertifySummary(
+        certified=len(frame),
+        resumed=len(done),
+        correct=int(frame["correct"].sum()),
+        abstained=int((frame["predict"] == ABSTAIN).sum()),
+        mean_radius=float((frame["radius"] * frame["correct"]).mean()) if len(frame) else 0.0,
+        seconds=time.perf_counter() - began,
+    )
+    write_json(
+        sidecar,
+        {
+            **record,
+            "complete": True,
+            "started": started,
+            "finished": utc_now(),
+            "totals": {
+                "inputs": summary.certified,
+                "resumed_rows": summary.resumed,
+                "correct": summary.correct,
+                "abstained": summary.abstained,
+                "certified_accuracy_at_0": summary.correct / max(summary.certified, 1),
+                "average_certified_radius": summary.mean_radius,
+                "seconds_this_run": summary.seconds,
+            },
+        },
+    )
+    return summary

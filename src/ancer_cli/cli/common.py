@@ -1,0 +1,92 @@
+"""What every command shares: the console, option types, progress bars and error translation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ancer_cli.errors import AncerError
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+DeviceOption = Annotated[
+    str,
+    typer.Option(help="Where to run: auto (CUDA if available), cpu, cuda or cuda:K."),
+]
+SeedOption = Annotated[
+    int, typer.Option(help="Random seed; the same seed gives the same output on the same device.")
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run into the same output.")
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one ``error:`` line on stderr and return the Exit to raise."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def handle_errors() -> Iterator[None]:
+    """Turn the library's domain errors into one line and exit code 1; Ctrl-C into exit 130."""
+    try:
+        yield
+    except AncerError as error:
+        raise fail(str(error)) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: rerun with --resume to continue")
+        raise typer.Exit(130) from None
+
+
+def usage_error(message: str) -> typer.BadParameter:
+    """A usage error (exit code 2) with Typer's usual presentation."""
+    return typer.BadParameter(message)
+
+
+def progress_bar(transient: bool = False) -> Progress:
+    """A rich progress bar on stderr."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+    )
+
+
+def positive(name: str, value: float) -> None:
+    """Usage error (exit 2) unless ``value`` is a finite number > 0."""
+    if not value > 0 or value != value or value == float("inf"):
+        raise typer.BadParameter(f"{name} must be a finite number > 0, got {value}")
+
+
+def check_output(path: Path, *, force: bool, resume: bool) -> None:
+    """Refuse to overwrite ``path`` silently: it must not exist unless --force or --resume."""
+    if force and resume:
+        raise AncerError("--force and --resume contradict each other; pass one of them")
+    if path.exists() and not (force or resume):
+        raise AncerError(
+            f"{path} already exists; pass --force to overwrite it or --resume to continue it"
+        )
+    if not path.parent.exists():
+        raise AncerError(f"cannot write {path}: folder {path.parent} does not exist")

@@ -1,0 +1,54 @@
+"""Devices and process-wide settings shared by every command."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from ancer_cli.errors import AncerError
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda``; ``cuda:k``."""
+    text = spec.strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise AncerError(
+            f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:K"
+        ) from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AncerError(f"--device {spec}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise AncerError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif device.type != "cpu":
+        raise AncerError(f"--device {spec!r} is not supported; use auto, cpu, cuda or cuda:K")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded in manifests and sidecars."""
+    import numpy
+    import scipy
+
+    from ancer_cli import __version__
+
+    return {
+        "ancer": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+    }

@@ -1,0 +1,225 @@
+"""Training a base classifier under noise (Cohen et al. 2019; stability training as in RS4A).
+
+``noise``: cross-entropy on noisy copies ``x + theta * eps`` (averaged over ``noisy_samples``).
+``stability``: the same cross-entropy plus ``stability_weight`` times the KL divergence between the
+predictions on the first noisy copy and on each further copy.
+
+The random streams are seeded per epoch, so a run resumed from the checkpoint of epoch k continues
+exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ancer_cli.core.noise import Norm, Stream, draw_base_noise_, input_seed, theta_from_sigma
+from ancer_cli.data import LoadedData
+from ancer_cli.errors import ModelError
+from ancer_cli.models import build_model, read_checkpoint, save_checkpoint
+
+
+class Training(str, enum.Enum):
+    noise = "noise"
+    stability = "stability"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of ``ancer train``; the defaults here are the command's defaults."""
+
+    arch: str
+    norm: Norm = Norm.l2
+    sigma: float = 0.25
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_step: int = 10
+    lr_gamma: float = 0.3
+    training: Training = Training.noise
+    stability_weight: float = 6.0
+    noisy_samples: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_accuracy: float
+    clean_accuracy: float
+    noisy_accuracy: float
+    lr: float
+    seconds: float
+
+
+def _noisy(x: torch.Tensor, theta: float, norm: Norm, generator: torch.Generator) -> torch.Tensor:
+    eps = torch.empty_like(x)
+    draw_base_noise_(eps, norm, generator)
+    return x + theta * eps
+
+
+def _loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    theta: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of one batch and the logits of its first noisy copy."""
+    copies = max(config.noisy_samples, 2 if config.training is Training.stability else 1)
+    batch = x.shape[0]
+    noisy = _noisy(x.repeat(copies, 1, 1, 1), theta, config.norm, generator)
+    logits = model(noisy)
+    loss = F.cross_entropy(logits, y.repeat(copies))
+    if config.training is Training.stability:
+        log_p = F.log_softmax(logits, dim=1).view(copies, batch, -1)
+        first = log_p[0].unsqueeze(0).expand(copies - 1, -1, -1)
+        kl = F.kl_div(log_p[1:], first, log_target=True, reduction="sum") / (batch * (copies - 1))
+        loss = loss + config.stability_weight * kl
+    return loss, logits[:batch]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: LoadedData,
+    theta: float,
+    norm: Norm,
+    device: torch.device,
+    seed: int,
+    batch_size: int = 256,
+) -> tuple[float, float]:
+    """Clean and noisy (one draw per input, fixed stream) accuracy of the base classifier."""
+    model.eval()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(input_seed(seed, 0, Stream.evaluate))
+    clean = noisy = total = 0
+    for x, y in DataLoader(data.dataset, batch_size=batch_size, shuffle=False):
+        x, y = x.to(device), y.to(device)
+        clean += int((model(x).argmax(1) == y).sum())
+        noisy += int((model(_noisy(x, theta, norm, generator)).argmax(1) == y).sum())
+        total += y.numel()
+    return clean / max(total, 1), noisy / max(total, 1)
+
+
+def train(
+    config: TrainConfig,
+    train_data: LoadedData,
+    test_data: LoadedData,
+    device: torch.device,
+    out: Path,
+    resume: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Iterator[EpochReport]:
+    """Train ``config.arch`` under noise and yield one report per epoch.
+
+    The checkpoint ``out`` is written atomically after every epoch. With ``resume`` the run
+    continues from the epoch stored in ``out``; its arch, dataset, norm and sigma must match.
+    ``on_batch(done, total)`` is called after every optimization step of an epoch.
+    """
+    info = train_data.info
+    torch.manual_seed(config.seed)  # weight initialisation
+    model = build_model(config.arch, info).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, config.lr_gamma)
+    start = 0
+    if resume:
+        start = _restore(out, config, info.name, model, optimizer, scheduler)
+    theta = theta_from_sigma(config.sigma, config.norm)
+    for epoch in range(start, config.epochs):
+        began = time.perf_counter()
+        model.train()
+        generator = torch.Generator(device=device)
+        generator.manual_seed(input_seed(config.seed, epoch, Stream.train))
+        order = torch.Generator().manual_seed(input_seed(config.seed, epoch, Stream.train))
+        loader = DataLoader(
+            train_data.dataset, batch_size=config.batch_size, shuffle=True, generator=order
+        )
+        total_loss = correct = seen = 0.0
+        for step, (x, y) in enumerate(loader, start=1):
+            x, y = x.to(device), y.to(device)
+            loss, logits = _loss(model, x, y, config, theta, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss) * y.numel()
+            correct += int((logits.argmax(1) == y).sum())
+            seen += y.numel()
+            if on_batch is not None:
+                on_batch(step, len(loader))
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        clean, noisy = evaluate(model, test_data, theta, config.norm, device, config.seed)
+        save_checkpoint(
+            out,
+            model=model,
+            arch=config.arch,
+            info=info,
+            norm=config.norm.value,
+            sigma=config.sigma,
+            epoch=epoch + 1,
+            optimizer_state={
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "config": {k: getattr(v, "value", v) for k, v in asdict(config).items()},
+            },
+        )
+        yield EpochReport(
+            epoch=epoch + 1,
+            epochs=config.epochs,
+            train_loss=total_loss / max(seen, 1),
+            train_accuracy=correct / max(seen, 1),
+            clean_accuracy=clean,
+            noisy_accuracy=noisy,
+            lr=lr,
+            seconds=time.perf_counter() - began,
+        )
+
+
+def _restore(
+    out: Path,
+    config: TrainConfig,
+    dataset: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> int:
+    """Load model, optimizer and schedule from ``out``; return the number of epochs done."""
+    checkpoint = read_checkpoint(out)
+    expected = {
+        "arch": config.arch,
+        "dataset": dataset,
+        "norm": config.norm.value,
+        "sigma": config.sigma,
+    }
+    for key, value in expected.items():
+        if checkpoint.get(key) != value:
+            raise ModelError(
+                f"cannot resume {out}: it was trained with {key}={checkpoint.get(key)!r}, "
+                f"this run asks for {value!r}; use --force to start over"
+            )
+    model.load_state_dict(checkpoint["state_dict"])
+    state = checkpoint.get("optimizer_state") or {}
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    if "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
+    return int(checkpoint["epoch"])

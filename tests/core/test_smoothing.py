@@ -1,0 +1,222 @@
+"""CERTIFY and PREDICT against an analytic oracle.
+
+A linear two-class model ``class 1 iff w.x + b > 0`` under Gaussian noise ``theta * z`` has
+``pA = Phi(|m| / ||theta * w||)`` with margin ``m = w.x + b``, and its smoothed classifier has
+the same decision half-space. So an l2 certificate (ellipsoid ``||d / theta||_2 <= g``) is sound
+iff ``g * ||theta * w||_2 <= |m|``, and an l1 certificate (``sum |d_i| / theta_i <= g``) is sound iff
+``g * max_i theta_i |w_i| <= |m|``.
+"""
+
+import pytest
+import torch
+from scipy.stats import binom, norm
+from torch import nn
+
+from ancer_cli.core.noise import input_generator
+from ancer_cli.core.smoothing import ABSTAIN, certify, predict, sample_counts
+
+SHAPE = (1, 8, 8)
+
+
+class Linear2(nn.Module):
+    def __init__(self, w: torch.Tensor, b: float) -> None:
+        super().__init__()
+        self.w = w.flatten()
+        self.b = b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+class Constant(nn.Module):
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1)
+
+
+def _problem(count: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(SHAPE, generator=g) / 8
+    xs = torch.rand((count, *SHAPE), generator=g)
+    b = -float((w * 0.5).sum())
+    margins = (xs.flatten(1) @ w.flatten()) + b
+    return Linear2(w, b), w, xs, margins
+
+
+def _anisotropic_theta(seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 + 0.4 * torch.rand(SHAPE, generator=g)
+
+
+@pytest.mark.parametrize("norm_name", ["l2", "l1"])
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_linear_oracle_certificates_are_sound(norm_name, anisotropic):
+    count, alpha = 150, 0.01
+    model, w, xs, margins = _problem(count)
+    theta = _anisotropic_theta() if anisotropic else 0.25
+    theta_t = theta if isinstance(theta, torch.Tensor) else torch.full(SHAPE, theta)
+    if norm_name == "l2":
+        worst_case_rate = float(torch.linalg.vector_norm(theta_t * w))
+    else:
+        worst_case_rate = float((theta_t * w).abs().max())
+    unsound = certified = 0
+    for i in range(count):
+        cert = certify(
+            model, xs[i], theta, norm_name, 100, 2000, alpha, 1000, input_generator(0, i, "cpu")
+        )
+        if cert.prediction == ABSTAIN:
+            continue
+        certified += 1
+        truth = int(margins[i] > 0)
+        if cert.prediction != truth or cert.gap * worst_case_rate > abs(float(margins[i])):
+            unsound += 1
+    assert certified > count // 2
+    # each certificate fails with probability <= alpha; allow what a 1e-4 test tolerates
+    assert unsound <= binom.ppf(1 - 1e-4, certified, alpha)
+
+
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_linear_oracle_bound_is_tight_for_large_n(anisotropic):
+    model, w, xs, margins = _problem(40, seed=3)
+    theta = _anisotropic_theta() if anisotropic else 0.25
+    theta_t = theta if isinstance(theta, torch.Tensor) else torch.full(SHAPE, theta)
+    scale = float(torch.linalg.vector_norm(theta_t * w))
+    checked = 0
+    for i in range(40):
+        p_true = float(norm.cdf(abs(float(margins[i])) / scale))
+        if not 0.6 < p_true < 0.99:
+            continue
+        cert = certify(
+            model, xs[i], theta, "l2", 100, 100_000, 0.001, 10_000, input_generator(0, i, "cpu")
+        )
+        checked += 1
+        assert cert.p_a_lower <= p_true + 1e-9
+        assert cert.p_a_lower >= p_true - 0.008
+        assert cert.radius == pytest.approx(float(theta_t.min()) * norm.ppf(cert.p_a_lower))
+    assert checked >= 5
+
+
+def test_radius_is_cohens_formula_for_fixed_sigma():
+    model, _, xs, _ = _problem(3)
+    cert = certify(model, xs[0], 0.5, "l2", 100, 1000, 0.001, 256, input_generator(0, 0, "cpu"))
+    assert cert.radius == pytest.approx(0.5 * norm.ppf(cert.p_a_lower), rel=1e-12)
+    assert cert.radius == cert.radius_proxy
+    assert cert.min_theta == 0.5
+
+
+def test_tensor_theta_of_ones_equals_scalar_theta():
+    model, _, xs, _ = _problem(5)
+    for i in range(5):
+        for norm_name in ("l2", "l1"):
+            a = certify(
+                model, xs[i], 0.3, norm_name, 100, 3000, 0.001, 700, input_generator(7, i, "cpu")
+            )
+            b = certify(
+                model,
+                xs[i],
+                torch.full(SHAPE, 0.3),
+                norm_name,
+                100,
+                3000,
+                0.001,
+                700,
+                input_generator(7, i, "cpu"),
+            )
+            # identical votes, bound and gap; theta differs only by its float32 rounding
+            assert (a.prediction, a.n_a, a.p_a_lower, a.gap) == (
+                b.prediction,
+                b.n_a,
+                b.p_a_lower,
+                b.gap,
+            )
+            assert a.min_theta == pytest.approx(b.min_theta, rel=1e-7)
+
+
+def test_anisotropic_radii():
+    model, _, xs, _ = _problem(3)
+    theta = _anisotropic_theta()
+    cert = certify(model, xs[1], theta, "l2", 100, 1000, 0.001, 500, input_generator(0, 1, "cpu"))
+    geomean = float(torch.exp(torch.log(theta.double()).mean()))
+    assert cert.radius == pytest.approx(float(theta.min()) * cert.gap)
+    assert cert.radius_proxy == pytest.approx(geomean * cert.gap)
+    assert cert.radius_proxy > cert.radius or cert.gap == 0
+
+
+def test_certify_certain_and_coin_flip_classifiers():
+    model = Linear2(torch.zeros(SHAPE), -1.0)  # always class 0, whatever the noise
+    cert = certify(
+        model, torch.zeros(SHAPE), 0.5, "l2", 10, 100, 0.001, 50, input_generator(0, 0, "cpu")
+    )
+    assert cert.prediction == 0 and cert.n_a == 100  # a constant classifier is certain
+    w = torch.zeros(SHAPE)
+    w[0, 0, 0] = 1.0
+    coin = Linear2(w, 0.0)  # at x = 0 the noise decides: pA = 1/2 exactly
+    cert = certify(
+        coin, torch.zeros(SHAPE), 0.5, "l2", 100, 10_000, 0.001, 1000, input_generator(0, 0, "cpu")
+    )
+    assert cert.prediction == ABSTAIN and cert.radius == 0.0 and cert.gap == 0.0
+
+
+def test_sample_counts_are_int64_and_sum_to_n():
+    model, _, xs, _ = _problem(1)
+    counts = sample_counts(model, xs[0], 0.25, "l2", 1234, 100, input_generator(0, 0, "cpu"))
+    assert counts.dtype == torch.int64
+    assert int(counts.sum()) == 1234 and counts.shape == (2,)
+
+
+def test_predict():
+    assert (
+        predict(
+            Constant([0.0, 3.0, 1.0]),
+            torch.zeros(SHAPE),
+            0.25,
+            "l2",
+            100,
+            0.001,
+            64,
+            input_generator(0, 0, "cpu"),
+        )
+        == 1
+    )
+    w = torch.zeros(SHAPE)
+    w[0, 0, 0] = 1.0
+    assert (
+        predict(
+            Linear2(w, 0.0),
+            torch.zeros(SHAPE),
+            0.5,
+            "l2",
+            1000,
+            0.001,
+            256,
+            input_generator(0, 0, "cpu"),
+        )
+        == ABSTAIN
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_certify_on_cuda_matches_cpu_statistics():
+    model, w, xs, margins = _problem(4)
+    device = torch.device("cuda")
+    model_cuda = Linear2(w.to(device), model.b)
+    for i in range(4):
+        cert = certify(
+            model_cuda,
+            xs[i].to(device),
+            torch.full(SHAPE, 0.25, device=device),
+            "l2",
+            100,
+            20_000,
+            0.001,
+            5000,
+            input_generator(0, i, device),
+        )
+        scale = float(torch.linalg.vector_norm(0.25 * w))
+        p_true = float(norm.cdf(abs(float(margins[i])) / scale))
+        assert cert.p_a_lower <= p_true + 1e-9 or cert.prediction == ABSTAIN
