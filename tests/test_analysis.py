@@ -141,13 +141,15 @@ def test_summary_table_rows_and_columns(four: pd.DataFrame) -> None:
         "certified accuracy at 0.5",
         "certified accuracy at 1",
         analysis.ACR_ROW,
+        analysis.ACR_PROXY_ROW,
         analysis.CLEAN_ROW,
         analysis.ABSTENTION_ROW,
         analysis.INPUTS_ROW,
         analysis.TIME_ROW,
     ]
-    assert table["a"].tolist()[:6] == [0.5, 0.25, 0.375, 0.5, 0.25, 4.0]
-    assert table["b"].tolist() == [0.25, 0.0, 0.125, 0.25, 0.25, 4.0, 2.0]
+    # ACR on radius_proxy: (0.9 + 1.5) / 4 for a, 0.9 / 4 for b
+    assert table["a"].tolist()[:7] == [0.5, 0.25, 0.375, 0.6, 0.5, 0.25, 4.0]
+    assert table["b"].tolist() == [0.25, 0.0, 0.125, 0.225, 0.25, 0.25, 4.0, 2.0]
     assert math.isnan(table.loc[analysis.TIME_ROW, "a"])
 
 

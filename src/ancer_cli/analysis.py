@@ -35,6 +35,7 @@ DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2
 PLOT_SUFFIXES = (".png", ".pdf")
 
 ACR_ROW = "average certified radius"
+ACR_PROXY_ROW = "average certified radius_proxy"
 CLEAN_ROW = "clean accuracy"
 ABSTENTION_ROW = "abstention rate"
 INPUTS_ROW = "inputs"
@@ -66,6 +67,7 @@ class AccuracySummary:
     certified_accuracy: dict[float, float]
     average_certified_radius: float
     clean_accuracy: float
+    average_proxy_radius: float | None
     abstention_rate: float
     median_time: float | None
 
@@ -162,6 +164,11 @@ def summarize(
         },
         average_certified_radius=average_certified_radius(frame, metric),
         clean_accuracy=clean_accuracy(frame, metric),
+        average_proxy_radius=(
+            average_certified_radius(frame, Metric.proxy)
+            if metric is Metric.radius and Metric.proxy.column in frame.columns
+            else None
+        ),
         abstention_rate=abstention_rate(frame),
         median_time=median_time(frame),
     )
@@ -190,6 +197,9 @@ def table_from_summaries(summaries: Mapping[str, AccuracySummary]) -> pd.DataFra
     for label, summary in summaries.items():
         column = {accuracy_row(r): summary.certified_accuracy.get(r, math.nan) for r in radii}
         column[ACR_ROW] = summary.average_certified_radius
+        if any(s.average_proxy_radius is not None for s in summaries.values()):
+            proxy = summary.average_proxy_radius
+            column[ACR_PROXY_ROW] = math.nan if proxy is None else proxy
         column[CLEAN_ROW] = summary.clean_accuracy
         column[ABSTENTION_ROW] = summary.abstention_rate
         column[INPUTS_ROW] = float(summary.inputs)
@@ -215,7 +225,7 @@ def summary_table(
 
 def _better(row: str) -> int:
     """+1 if a larger value is better in ``row``, -1 if smaller is, 0 if neither."""
-    if row.startswith(_ACCURACY_PREFIX) or row in (ACR_ROW, CLEAN_ROW):
+    if row.startswith(_ACCURACY_PREFIX) or row in (ACR_ROW, ACR_PROXY_ROW, CLEAN_ROW):
         return 1
     if row in (ABSTENTION_ROW, TIME_ROW):
         return -1
@@ -312,6 +322,7 @@ def summaries_to_json(
             inputs=summary.inputs,
             certified_accuracy={repr(r): a for r, a in summary.certified_accuracy.items()},
             average_certified_radius=summary.average_certified_radius,
+            average_certified_radius_proxy=summary.average_proxy_radius,
             clean_accuracy=summary.clean_accuracy,
             abstention_rate=summary.abstention_rate,
             median_time_seconds=summary.median_time,

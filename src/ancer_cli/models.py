@@ -524,7 +524,12 @@ def load_model(
       ``info`` is given its classes and input shape must match the checkpoint's;
     - a TorchScript archive or a ``torch.export`` program: used as a black box (no ``arch``);
     - a plain state dict (or a dict holding one under ``"state_dict"``): needs ``arch``, and
-      ``info`` for built-in architectures.
+      ``info`` for built-in architectures; kind ``"checkpoint"`` (with ``checkpoint=None``) for a
+      built-in ``arch``, ``"factory"`` for ``package.module:factory``.
+
+    The kind is decided from the zip member names, never by trying loaders in turn. Every
+    problem (missing, corrupt or code-running file, unknown arch, state dict that does not fit)
+    raises :class:`~ancer_cli.errors.ModelError` with one line naming ``path``.
     """
     path = Path(path)
     _check_model_file(path)
@@ -722,8 +727,11 @@ def _torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as error:
         text = str(error)
         found = _REFUSED_GLOBAL.search(text)
-        if found or any(phrase in text for phrase in _REFUSED_PHRASES):
-            culprit = f" (it references {found.group(1).rstrip('.')})" if found else ""
+        # torch's unpickler stops at the first opcode it cannot handle (e.g. a protocol-4 FRAME)
+        # before it meets the global, so look for foreign globals ourselves, without executing.
+        foreign = found.group(1).rstrip(".") if found else _foreign_global(path)
+        if foreign or any(phrase in text for phrase in _REFUSED_PHRASES):
+            culprit = f" (it references {foreign})" if foreign else ""
             raise ModelError(
                 f"model file {path} was refused: loading it would run code{culprit}; ancer loads "
                 "models with torch.load(weights_only=True); if you trust the file, re-save just "
@@ -738,6 +746,41 @@ def _torch_load(path: Path) -> Any:
             f"model file {path} is corrupt or not a PyTorch file ({_torch_reason(error)}); "
             f"{_ACCEPTED_FILES}"
         ) from error
+
+
+# Globals a weights-only file may legitimately name (tensor rebuilding, containers).
+_TENSOR_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode")
+_PICKLE_STRINGS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+
+
+def _foreign_global(path: Path) -> str | None:
+    """The first global outside torch a pickle stream names, read with ``pickletools`` only.
+
+    Scans the consecutive pickles of a legacy ``torch.save`` file; returns ``None`` for bytes
+    that are not a pickle at all.
+    """
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            while handle.read(1):
+                handle.seek(-1, 1)
+                for opcode, argument, _ in pickletools.genops(handle):
+                    if opcode.name in _PICKLE_STRINGS:
+                        strings.append(str(argument))
+                        continue
+                    if opcode.name in ("GLOBAL", "INST"):
+                        name = str(argument).replace(" ", ".")
+                    elif opcode.name == "STACK_GLOBAL":
+                        name = ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+                    else:
+                        continue
+                    if not name.startswith(_TENSOR_GLOBAL_PREFIXES):
+                        return name
+    except Exception:  # noqa: BLE001 - garbage bytes end the scan
+        return None
+    return None
 
 
 def _torch_reason(error: BaseException) -> str:

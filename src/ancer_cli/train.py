@@ -160,7 +160,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * y.numel()
+            total_loss += float(loss.detach()) * y.numel()
             correct += int((logits.argmax(1) == y).sum())
             seen += y.numel()
             if on_batch is not None:

@@ -1,0 +1,370 @@
+"""Certified regions and sound tests of whether two of them intersect.
+
+A certified region is ``R(c, theta, g) = {c + d : ||d / theta||_p <= g}`` (SPEC section 1): for
+``p = 2`` an axis-aligned ellipsoid with semi-axes ``theta * g``, for ``p = 1`` a generalized
+cross-polytope with half-diagonals ``theta * g``. Centres and thetas are flattened to vectors of
+dimension ``D``; an isotropic theta is one number, broadcast over the ``D`` coordinates.
+
+These are the tests of the memory-based certification pass (Alfarra et al., "Data dependent
+randomized smoothing", UAI 2022; generalized to anisotropic regions by Eiras et al., ANCER,
+TMLR 2022). Every test is *sound*: "disjoint" is said only when disjointness is proven in float64
+with a relative margin of :data:`MARGIN`, far above the rounding error of the sums involved, so
+numerical error always errs toward "intersect" (a smaller certified region, never a wrong one).
+
+Shapes: one region against ``M`` stored regions at once -- ``center (D,)`` (any shape, flattened),
+``theta`` a number or a tensor of ``1`` or ``D`` entries, ``stored_centers (M, D)``,
+``stored_thetas (M, D)`` or ``(M, 1)`` (or ``(M,)``, isotropic), ``stored_gaps (M,)``. All
+computation is in float64 on the stored tensors' device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ancer_cli.core.noise import Norm, Theta
+
+MARGIN = 1e-9
+"""Relative margin by which a quantity must pass its threshold before two regions are declared
+disjoint (or a point outside a region). The float64 rounding error of a sum of ``D <= 10^6``
+nonnegative terms is below ``4 (D + 4) eps < 5e-10`` relative (:func:`rounding_slack`), so a
+decision taken with this margin holds for the exact real numbers."""
+
+GAP_TOLERANCE = 1e-6
+"""Default relative width of the final bisection bracket in :func:`largest_disjoint_gap`."""
+
+_WITNESS_STEPS = 48
+"""Bisection steps on ``s = logit(t)`` in the l2 test: the bracket ``[-60, 60]`` shrinks to
+``120 / 2^48 < 1e-12``, where ``K`` differs from its minimum by far less than :data:`MARGIN`."""
+
+_LOGIT_RANGE = 60.0
+"""``t = sigmoid(s)`` with ``|s| <= 60`` reaches ``t`` and ``1 - t`` down to ``1e-26`` accurately,
+enough for semi-axis ratios of ``1e13`` (the minimizer sits near ``t ~ A / B``)."""
+
+
+def rounding_slack(dim: int) -> float:
+    """A bound (with a safety factor of 2) on the relative float64 rounding error of a sum or
+    dot product of ``dim`` terms: ``2 * gamma_dim`` with ``gamma_n = n eps / (1 - n eps)``."""
+    return 4.0 * (dim + 4) * torch.finfo(torch.float64).eps
+
+
+def _ord(norm: Norm | str) -> int:
+    return 2 if Norm(norm) is Norm.l2 else 1
+
+
+def _theta_row(theta: Theta, device: torch.device) -> torch.Tensor:
+    """A region's theta as a float64 row ``(1, D)`` or ``(1, 1)`` on ``device``."""
+    if isinstance(theta, torch.Tensor):
+        return theta.detach().reshape(1, -1).to(device=device, dtype=torch.float64)
+    return torch.full((1, 1), float(theta), dtype=torch.float64, device=device)
+
+
+def _theta_rows(thetas: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Stored thetas as float64 ``(M, D)`` or ``(M, 1)``; a 1-d ``(M,)`` is one number per region."""
+    rows = thetas.detach().to(device=device, dtype=torch.float64)
+    return rows.reshape(-1, 1) if rows.ndim == 1 else rows
+
+
+def _gap_vector(gaps: torch.Tensor | Sequence[float], device: torch.device) -> torch.Tensor:
+    if isinstance(gaps, torch.Tensor):
+        return gaps.detach().reshape(-1).to(device=device, dtype=torch.float64)
+    return torch.tensor(list(gaps), dtype=torch.float64, device=device)
+
+
+def _prepare(
+    center: torch.Tensor,
+    theta: Theta,
+    stored_centers: torch.Tensor,
+    stored_thetas: torch.Tensor,
+    stored_gaps: torch.Tensor | Sequence[float],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(diff (M, D), theta_a (1, D|1), thetas_b (M, D|1), gaps_b (M,))`` in float64, with
+    ``diff = stored_centers - center``."""
+    device = stored_centers.device
+    centers = stored_centers.detach().to(torch.float64)
+    diff = centers.reshape(centers.shape[0], -1) - center.detach().reshape(1, -1).to(
+        device=device, dtype=torch.float64
+    )
+    return (
+        diff,
+        _theta_row(theta, device),
+        _theta_rows(stored_thetas, device),
+        _gap_vector(stored_gaps, device),
+    )
+
+
+def _weighted_norm(diff: torch.Tensor, thetas: torch.Tensor, p: int) -> torch.Tensor:
+    """``||diff_j / theta_j||_p`` per row: ``(M,)``. Membership and the point tests share this
+    one expression so that they agree to the last bit."""
+    return torch.linalg.vector_norm(diff / thetas, ord=p, dim=1)
+
+
+def weighted_distance(
+    x: torch.Tensor, centers: torch.Tensor, thetas: torch.Tensor, norm: Norm | str
+) -> torch.Tensor:
+    """``||(x - c_j) / theta_j||_p`` for ``M`` regions at once.
+
+    Args:
+        x: a point, ``(D,)`` or any shape with ``D`` entries.
+        centers: ``(M, D)``; thetas: ``(M, D)``, ``(M, 1)`` or ``(M,)``.
+
+    Returns:
+        float64 ``(M,)`` on ``centers``' device. ``x`` lies in ``R(c_j, theta_j, g_j)`` iff the
+        distance is ``<= g_j``.
+    """
+    device = centers.device
+    diff = centers.detach().to(torch.float64) - x.detach().reshape(1, -1).to(
+        device=device, dtype=torch.float64
+    )
+    return _weighted_norm(diff, _theta_rows(thetas, device), _ord(norm))
+
+
+def _prefilter(
+    diff: torch.Tensor,
+    theta_a: torch.Tensor,
+    gap_a: float,
+    thetas_b: torch.Tensor,
+    gaps_b: torch.Tensor,
+    p: int,
+) -> torch.Tensor:
+    """Disjoint by bounding balls: ``R(c, theta, g)`` lies in the l_p ball of radius
+    ``g * max(theta)`` around ``c`` (p = 2 or 1), and two such balls are disjoint when the
+    centres are further apart than the sum of the radii."""
+    radius_a = gap_a * theta_a.max()
+    radii_b = gaps_b * thetas_b.amax(dim=1)
+    separation = torch.linalg.vector_norm(diff, ord=p, dim=1)
+    return separation > (radius_a + radii_b) * (1.0 + MARGIN)
+
+
+def _l2_witness(squared_diff: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """True where some ``t in (0, 1)`` has ``K(t) < -MARGIN`` (two ellipsoids with positive gaps).
+
+    ``K(t) = 1 - sum_i d_i^2 t (1 - t) / ((1 - t) A_i^2 + t B_i^2)`` (Gilitschenski and
+    Hanebeck, "A robust computational test for overlap of two arbitrary-dimensional
+    ellipsoids", FUSION 2012). For every ``t``, ``1 - K(t)`` is the minimum over ``z`` of
+    ``t ||(z - a)/A||^2 + (1 - t) ||(z - b)/B||^2``, which is ``<= 1`` at any common point, so a
+    single ``t`` with ``K(t) < 0`` proves the ellipsoids disjoint (the converse, that the
+    minimum of ``K`` is ``>= 0`` for intersecting ellipsoids, makes the test exact).
+
+    ``K`` is convex; its minimizer is found by bisection on the sign of ``K'`` in the variable
+    ``s = logit(t)``, so that ``t`` and ``1 - t`` stay accurate near 0 and 1.
+
+    Args:
+        squared_diff: ``d^2``, ``(k, D)``; a2: ``A^2``, ``(1 or k, D or 1)``; b2: ``B^2``,
+            ``(k, D or 1)``; all positive semi-axes, float64.
+
+    Returns:
+        bool ``(k,)``.
+    """
+    k = squared_diff.shape[0]
+    low = torch.full((k, 1), -_LOGIT_RANGE, dtype=torch.float64, device=squared_diff.device)
+    high = -low
+    found = torch.zeros(k, dtype=torch.bool, device=squared_diff.device)
+    threshold = 1.0 + MARGIN
+    for step in range(_WITNESS_STEPS + 1):
+        s = 0.5 * (low + high)
+        t, u = torch.sigmoid(s), torch.sigmoid(-s)
+        denominator = u * a2 + t * b2
+        ratio = squared_diff / denominator
+        found |= (t * u).squeeze(1) * ratio.sum(dim=1) > threshold  # 1 - K(t) > 1 + margin
+        if step == _WITNESS_STEPS or bool(found.all()):
+            break
+        # -K'(t) = sum_i d_i^2 (A_i^2 (1-t)^2 - B_i^2 t^2) / den_i^2; positive: minimum lies right
+        descending = (ratio * (a2 * u * u - b2 * t * t) / denominator).sum(dim=1) > 0
+        low = torch.where(descending[:, None], s, low)
+        high = torch.where(descending[:, None], high, s)
+    return found
+
+
+def _proven_disjoint(
+    diff: torch.Tensor,
+    theta_a: torch.Tensor,
+    gap_a: float,
+    thetas_b: torch.Tensor,
+    gaps_b: torch.Tensor,
+    p: int,
+) -> torch.Tensor:
+    """The exact l2 / sufficient l1 test on prepared float64 tensors (see :func:`proven_disjoint`)."""
+    disjoint = torch.zeros(diff.shape[0], dtype=torch.bool, device=diff.device)
+    point_b = gaps_b == 0
+    threshold_b = gaps_b * (1.0 + MARGIN)
+    if gap_a == 0:
+        # a point: disjoint iff it lies outside the other region (two points: iff they differ)
+        outside = _weighted_norm(diff, thetas_b, p) > threshold_b
+        return torch.where(point_b, (diff != 0).any(dim=1), outside)
+    outside_a = _weighted_norm(diff, theta_a, p) > gap_a * (1.0 + MARGIN)
+    disjoint = torch.where(point_b, outside_a, disjoint)
+    regular = (~point_b).nonzero().squeeze(1)
+    if regular.numel() == 0:
+        return disjoint
+    diff_r = diff.index_select(0, regular)
+    axes_a = theta_a * gap_a
+    axes_b = thetas_b.index_select(0, regular) * gaps_b.index_select(0, regular)[:, None]
+    if p == 2:
+        verdict = _l2_witness(diff_r * diff_r, axes_a * axes_a, axes_b * axes_b)
+    else:
+        # both regions lie in translates of the unit ball of sum_i |v_i| / max(A_i, B_i)
+        spread = (diff_r.abs() / torch.maximum(axes_a, axes_b)).sum(dim=1)
+        verdict = spread > 2.0 * (1.0 + MARGIN)
+    return disjoint.index_copy(0, regular, verdict)
+
+
+def prefilter_disjoint(
+    center: torch.Tensor,
+    theta: Theta,
+    gap: float,
+    stored_centers: torch.Tensor,
+    stored_thetas: torch.Tensor,
+    stored_gaps: torch.Tensor | Sequence[float],
+    norm: Norm | str,
+) -> torch.Tensor:
+    """The cheap exact pre-filter, vectorized over the ``M`` stored regions.
+
+    l2: ``||c_a - c_b||_2 > g_a max(theta_a) + g_b max(theta_b)`` (circumscribed balls);
+    l1: the same with ``||c_a - c_b||_1`` (each region lies in the l1 ball of radius
+    ``g max(theta)``). True means proven disjoint; False means "not decided here".
+
+    Returns:
+        bool ``(M,)``.
+    """
+    diff, theta_a, thetas_b, gaps_b = _prepare(
+        center, theta, stored_centers, stored_thetas, stored_gaps
+    )
+    return _prefilter(diff, theta_a, float(gap), thetas_b, gaps_b, _ord(norm))
+
+
+def proven_disjoint(
+    center: torch.Tensor,
+    theta: Theta,
+    gap: float,
+    stored_centers: torch.Tensor,
+    stored_thetas: torch.Tensor,
+    stored_gaps: torch.Tensor | Sequence[float],
+    norm: Norm | str,
+) -> torch.Tensor:
+    """The pair test alone (no pre-filter): True only where disjointness is proven.
+
+    l2: the exact test for two axis-aligned ellipsoids (see :func:`_l2_witness`), saying
+    "disjoint" only for a witness ``t`` with ``K(t) < -MARGIN``. l1: the sound sufficient test
+    ``sum_i |d_i| / max(A_i, B_i) > 2`` with ``A = theta_a g_a``, ``B = theta_b g_b``
+    (SPEC section 1). A region of gap 0 is its centre, tested exactly: a point is in a region
+    iff its weighted distance is ``<= gap``.
+
+    Returns:
+        bool ``(M,)``.
+    """
+    diff, theta_a, thetas_b, gaps_b = _prepare(
+        center, theta, stored_centers, stored_thetas, stored_gaps
+    )
+    return _proven_disjoint(diff, theta_a, float(gap), thetas_b, gaps_b, _ord(norm))
+
+
+def _disjoint(
+    diff: torch.Tensor,
+    theta_a: torch.Tensor,
+    gap_a: float,
+    thetas_b: torch.Tensor,
+    gaps_b: torch.Tensor,
+    p: int,
+) -> torch.Tensor:
+    """Pre-filter, then the pair test on the pairs the pre-filter leaves undecided."""
+    disjoint = _prefilter(diff, theta_a, gap_a, thetas_b, gaps_b, p)
+    undecided = (~disjoint).nonzero().squeeze(1)
+    if undecided.numel() == 0:
+        return disjoint
+    rows = thetas_b.index_select(0, undecided)
+    verdict = _proven_disjoint(
+        diff.index_select(0, undecided),
+        theta_a,
+        gap_a,
+        rows,
+        gaps_b.index_select(0, undecided),
+        p,
+    )
+    return disjoint.index_copy(0, undecided, verdict)
+
+
+def regions_intersect(
+    center: torch.Tensor,
+    theta: Theta,
+    gap: float,
+    stored_centers: torch.Tensor,
+    stored_thetas: torch.Tensor,
+    stored_gaps: torch.Tensor | Sequence[float],
+    norm: Norm | str,
+) -> torch.Tensor:
+    """Whether ``R(center, theta, gap)`` may intersect each of ``M`` stored regions.
+
+    The pre-filter (:func:`prefilter_disjoint`) runs on all ``M`` pairs with one tensor
+    operation; the pairs it leaves undecided go to :func:`proven_disjoint`. False is a proof of
+    disjointness; True means "intersect, or too close to tell".
+
+    Returns:
+        bool ``(M,)``.
+    """
+    diff, theta_a, thetas_b, gaps_b = _prepare(
+        center, theta, stored_centers, stored_thetas, stored_gaps
+    )
+    return ~_disjoint(diff, theta_a, float(gap), thetas_b, gaps_b, _ord(norm))
+
+
+def largest_disjoint_gap(
+    center: torch.Tensor,
+    theta: Theta,
+    gap: float,
+    stored_centers: torch.Tensor,
+    stored_thetas: torch.Tensor,
+    stored_gaps: torch.Tensor | Sequence[float],
+    norm: Norm | str,
+    tol: float = GAP_TOLERANCE,
+) -> float:
+    """The largest ``g' <= gap`` (to within ``tol * gap``) such that ``R(center, theta, g')`` is
+    proven disjoint from every stored region: step 3 of the memory pass (SPEC section 1).
+
+    Intersection is monotone in ``g'`` (the regions are nested), so ``g'`` is found by
+    bisection, which stops when the bracket is narrower than ``tol * gap`` and returns its lower
+    end: a value at which disjointness was *proven*, never one at which it was assumed. A stored
+    region proven disjoint at some ``g'`` stays disjoint below it, so later steps only test the
+    regions that still intersect.
+
+    Returns:
+        ``gap`` itself when already disjoint from all, ``0.0`` when even the centre alone is
+        not proven outside some stored region, otherwise the lower end of the final bracket.
+    """
+    gap = float(gap)
+    if stored_centers.shape[0] == 0:
+        return gap
+    diff, theta_a, thetas_b, gaps_b = _prepare(
+        center, theta, stored_centers, stored_thetas, stored_gaps
+    )
+    p = _ord(norm)
+
+    def still_intersecting(g: float, active: torch.Tensor) -> torch.Tensor:
+        """The members of ``active`` (indices) not proven disjoint from ``R(center, theta, g)``."""
+        hit = ~_disjoint(
+            diff.index_select(0, active),
+            theta_a,
+            g,
+            thetas_b.index_select(0, active),
+            gaps_b.index_select(0, active),
+            p,
+        )
+        return active[hit]
+
+    active = still_intersecting(gap, torch.arange(diff.shape[0], device=diff.device))
+    if active.numel() == 0:
+        return gap
+    if gap <= 0 or still_intersecting(0.0, active).numel() > 0:
+        return 0.0
+    low, high = 0.0, gap
+    while high - low > tol * gap:
+        middle = 0.5 * (low + high)
+        if not low < middle < high:  # the bracket cannot shrink further in float64
+            break
+        hits = still_intersecting(middle, active)
+        if hits.numel() > 0:
+            high, active = middle, hits
+        else:
+            low = middle
+    return low

@@ -1,0 +1,320 @@
+"""``ancer certify`` end to end: fixed sigma, per-input thetas (ours, original ANCER folders,
+isotropic value files), determinism, resume and the JSON sidecar.
+
+Radii are checked against an independent recomputation: with N estimation samples the count nA
+of the predicted class is one of 0..N, so the printed radius must be, for some nA, the exact
+``min(theta) * gap(Clopper-Pearson(nA, N))`` rounded toward zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import beta
+from scipy.stats import norm as normal
+
+from ancer_cli.data import load_dataset
+
+SIGMA = 0.25
+N = 200
+ALPHA = 0.001
+
+
+def gaps(norm: str, n: int = N, alpha: float = ALPHA) -> list[float]:
+    """Every possible non-abstaining gap for ``n`` estimation samples."""
+    found = []
+    for n_a in range(1, n + 1):
+        p_low = float(beta.ppf(alpha, n_a, n - n_a + 1))
+        if p_low >= 0.5:
+            found.append(float(normal.ppf(p_low)) if norm == "l2" else 2 * p_low - 1)
+    return found
+
+
+def matching_gap(cli, row, low: float, mean: float, norm: str) -> float:
+    """The gap that explains the row's radius and radius_proxy (both rounded down)."""
+    matches = [
+        g
+        for g in gaps(norm)
+        if cli.rounded_down(low * g, row.radius) and cli.rounded_down(mean * g, row.radius_proxy)
+    ]
+    assert len(matches) == 1, (row, matches)
+    return matches[0]
+
+
+def labels() -> list[int]:
+    data = load_dataset("digits", "test")
+    return [int(data.dataset[i][1]) for i in range(len(data.dataset))]
+
+
+def certify(cli, *args: object):
+    return cli.ok("certify", *cli.CERTIFY_FAST, *args)
+
+
+@pytest.fixture(scope="module")
+def fixed_run(cli, model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("fixed") / "fixed.csv"
+    result = certify(
+        cli, "--model", model_path, "--sigma", SIGMA, "--skip", 2, "--max", 7, "--out", out
+    )
+    return out, result
+
+
+# ---------------------------------------------------------------------------------------------
+# fixed sigma
+
+
+def test_fixed_header_and_rows_in_index_order(cli, fixed_run) -> None:
+    out, result = fixed_run
+    text = out.read_text()
+    assert text.splitlines()[0] == (
+        "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime"
+    )
+    assert text.endswith("\n")
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == [0, 2, 4, 6]
+    truth = labels()
+    for row in rows:
+        assert row.label == truth[row.idx]
+        assert row.predict == -1 or 0 <= row.predict < 10
+        assert row.correct == int(row.predict == row.label and row.predict != -1)
+        assert float(row.time) >= 0 and ":" not in row.time
+    assert result.stdout.startswith(f"{out}: 4 inputs")
+
+
+def test_fixed_radius_is_cohens_radius_rounded_down(cli, fixed_run) -> None:
+    out, _ = fixed_run
+    rows = cli.read_rows(out)
+    assert any(row.predict != -1 for row in rows), "nothing certified; model too weak?"
+    for row in rows:
+        assert cli.rounded_down(SIGMA, row.min_sigma)
+        assert row.radius == row.radius_proxy  # isotropic: min(theta) == geomean(theta)
+        if row.predict == -1:
+            assert float(row.radius) == 0.0 and row.correct == 0
+        else:
+            matching_gap(cli, row, SIGMA, SIGMA, "l2")
+
+
+def test_fixed_l1_uses_sqrt3_sigma_and_linear_gap(cli, model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "l1.csv"
+    certify(cli, "--model", model_path, "--sigma", SIGMA, "--norm", "l1", "--max", 4, "--out", out)
+    theta = math.sqrt(3) * SIGMA
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == [0, 1, 2, 3]
+    for row in rows:
+        assert cli.rounded_down(theta, row.min_sigma)
+        assert row.radius == row.radius_proxy
+        if row.predict != -1:
+            matching_gap(cli, row, theta, theta, "l1")
+    sidecar = json.loads((tmp_path / "l1.csv.json").read_text())
+    assert sidecar["arguments"]["norm"] == "l1"
+
+
+def test_sidecar_records_the_run(fixed_run, model_path: Path) -> None:
+    out, _ = fixed_run
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["complete"] is True
+    arguments = sidecar["arguments"]
+    assert arguments["model_sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert arguments["seed"] == 0
+    assert arguments["sigma"] == SIGMA and arguments["N"] == N and arguments["N0"] == 20
+    assert arguments["alpha"] == ALPHA and arguments["method"] == "fixed"
+    assert (arguments["skip"], arguments["max"]) == (2, 7)
+    assert sidecar["device"].startswith("cpu")
+    assert {"ancer", "torch", "python"} <= set(sidecar["versions"])
+    assert sidecar["totals"]["inputs"] == 4
+
+
+def test_same_seed_same_results_other_seed_still_valid(
+    cli, fixed_run, model_path: Path, tmp_path: Path
+) -> None:
+    out, _ = fixed_run
+    again = tmp_path / "again.csv"
+    args = ("--model", model_path, "--sigma", SIGMA, "--skip", 2, "--max", 7)
+    certify(cli, *args, "--out", again)
+    assert cli.without_time(again) == cli.without_time(out)
+
+    other = tmp_path / "seed1.csv"
+    certify(cli, *args, "--seed", 1, "--out", other)
+    rows, reference = cli.read_rows(other), cli.read_rows(out)
+    assert [(r.idx, r.label) for r in rows] == [(r.idx, r.label) for r in reference]
+    for row in rows:
+        assert row.radius == row.radius_proxy
+        if row.predict != -1:
+            matching_gap(cli, row, SIGMA, SIGMA, "l2")
+    assert json.loads((tmp_path / "seed1.csv.json").read_text())["arguments"]["seed"] == 1
+
+
+def test_resume_after_a_cut_line_completes_like_an_uninterrupted_run(
+    cli, model_path: Path, tmp_path: Path
+) -> None:
+    args = ("--model", model_path, "--sigma", SIGMA, "--max", 5)
+    full = tmp_path / "full.csv"
+    certify(cli, *args, "--out", full)
+    lines = full.read_text().splitlines(keepends=True)
+    assert len(lines) == 6
+    part = tmp_path / "part.csv"
+    # crash while writing the row of index 2: header, rows 0 and 1, half of row 2
+    part.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
+    sidecar = json.loads(Path(str(full) + ".json").read_text())
+    Path(str(part) + ".json").write_text(json.dumps({**sidecar, "complete": False}))
+
+    result = certify(cli, *args, "--out", part, "--resume")
+    assert cli.without_time(part) == cli.without_time(full)
+    kept = part.read_text().splitlines(keepends=True)
+    assert kept[:3] == lines[:3]  # rows already written are kept as they were, time included
+    assert [row.idx for row in cli.read_rows(part)] == [0, 1, 2, 3, 4]
+    assert "2 rows kept" in result.stdout
+    assert json.loads(Path(str(part) + ".json").read_text())["complete"] is True
+
+
+def test_resume_with_other_n_is_refused(cli, fixed_run, model_path: Path, tmp_path: Path) -> None:
+    out, _ = fixed_run
+    copy = tmp_path / "copy.csv"
+    shutil.copy(out, copy)
+    shutil.copy(str(out) + ".json", str(copy) + ".json")
+    before = copy.read_text()
+    result = cli.invoke(
+        "certify",
+        "--model",
+        model_path,
+        "--sigma",
+        SIGMA,
+        "--skip",
+        2,
+        "--max",
+        7,
+        "--N0",
+        20,
+        "--N",
+        300,
+        "--device",
+        "cpu",
+        "--out",
+        copy,
+        "--resume",
+    )
+    cli.assert_domain_error(result, "N=200", "N=300", str(copy))
+    assert copy.read_text() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# per-input thetas
+
+
+@pytest.fixture(scope="module")
+def ancer_run(cli, thetas_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("ancer") / "ancer.csv"
+    return out, certify(cli, "--thetas", thetas_dir, "--out", out)
+
+
+def test_certify_ancer_thetas(cli, ancer_run, thetas_dir: Path, model_path: Path) -> None:
+    out, result = ancer_run
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == list(range(cli.OPTIMIZED_INPUTS))
+    assert any(row.predict != -1 for row in rows)
+    truth = labels()
+    for row in rows:
+        assert row.label == truth[row.idx]
+        theta = torch.load(thetas_dir / f"theta_test_{row.idx}.pt", weights_only=True)
+        low = float(theta.min())
+        mean = float(torch.exp(torch.log(theta.double()).mean()))
+        assert cli.rounded_down(low, row.min_sigma)
+        assert float(row.radius_proxy) >= float(row.radius)
+        if row.predict != -1:
+            matching_gap(cli, row, low, mean, "l2")
+        else:
+            assert float(row.radius) == float(row.radius_proxy) == 0.0
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["arguments"]["method"] == "ancer" and sidecar["complete"] is True
+    assert sidecar["arguments"]["model_sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert "ancer thetas" in result.stderr
+
+
+def test_certify_isotropic_thetas(cli, thetas_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "iso.csv"
+    certify(cli, "--thetas", thetas_dir / "isotropic", "--out", out)
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == list(range(cli.OPTIMIZED_INPUTS))
+    for row in rows:
+        theta = float(torch.load(thetas_dir / "isotropic" / f"theta_test_{row.idx}.pt"))
+        assert cli.rounded_down(theta, row.min_sigma)
+        assert row.radius == row.radius_proxy
+        if row.predict != -1:
+            matching_gap(cli, row, theta, theta, "l2")
+    assert json.loads(Path(str(out) + ".json").read_text())["arguments"]["method"] == "isotropic"
+
+
+def test_original_ancer_folder_without_manifest(
+    cli, ancer_run, thetas_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    out, _ = ancer_run
+    original = tmp_path / "original"
+    original.mkdir()
+    for theta in thetas_dir.glob("theta_test_*.pt"):
+        shutil.copy(theta, original / theta.name)
+    plain = tmp_path / "plain.csv"
+    certify(
+        cli,
+        "--thetas",
+        original,
+        "--model",
+        model_path,
+        "--dataset",
+        "digits",
+        "--norm",
+        "l2",
+        "--out",
+        plain,
+    )
+    assert cli.without_time(plain) == cli.without_time(out)
+
+
+def test_original_ancer_folder_needs_dataset_and_norm(
+    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    original = tmp_path / "original"
+    original.mkdir()
+    shutil.copy(thetas_dir / "theta_test_0.pt", original / "theta_test_0.pt")
+    result = cli.invoke(
+        "certify", "--thetas", original, "--model", model_path, "--out", tmp_path / "r.csv"
+    )
+    cli.assert_domain_error(result, "manifest", "--dataset", "--norm")
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_isotropic_values_file(cli, model_path: Path, tmp_path: Path) -> None:
+    values = [0.2 + 0.0002 * i for i in range(500)]  # one per digits test input
+    source = tmp_path / "sigmas.txt"
+    source.write_text("".join(f"{v}\n" for v in values))
+    out = tmp_path / "values.csv"
+    certify(
+        cli,
+        "--thetas",
+        source,
+        "--model",
+        model_path,
+        "--dataset",
+        "digits",
+        "--norm",
+        "l2",
+        "--skip",
+        100,
+        "--out",
+        out,
+    )
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == [0, 100, 200, 300, 400]
+    for row in rows:
+        theta = float(torch.tensor(values[row.idx], dtype=torch.float32))
+        assert cli.rounded_down(theta, row.min_sigma)
+        assert row.radius == row.radius_proxy
+        if row.predict != -1:
+            matching_gap(cli, row, theta, theta, "l2")
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["arguments"]["method"] == "isotropic"

@@ -1,0 +1,200 @@
+"""``ancer optimize`` end to end: folder layout, manifest, theta files, determinism, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+import ancer_cli
+
+SIGMA = 0.25
+
+
+def theta_names(count: int) -> set[str]:
+    return {f"theta_test_{i}.pt" for i in range(count)}
+
+
+def load(path: Path) -> torch.Tensor:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def optimize(cli, model_path: Path, out: Path, *extra: object):
+    return cli.ok(
+        "optimize",
+        "--model",
+        model_path,
+        "--out",
+        out,
+        "--max",
+        cli.OPTIMIZED_INPUTS,
+        *cli.OPTIMIZE_FAST,
+        *extra,
+    )
+
+
+def test_folder_layout(cli, thetas_dir: Path) -> None:
+    count = cli.OPTIMIZED_INPUTS
+    assert {p.name for p in thetas_dir.iterdir()} == theta_names(count) | {
+        "isotropic",
+        "manifest.json",
+    }
+    assert (thetas_dir / "isotropic").is_dir()
+    assert {p.name for p in (thetas_dir / "isotropic").iterdir()} == theta_names(count) | {
+        "manifest.json"
+    }
+
+
+def test_manifest_fields(cli, thetas_dir: Path, model_path: Path) -> None:
+    manifest = json.loads((thetas_dir / "manifest.json").read_text())
+    arguments = manifest["arguments"]
+    assert manifest["format"] == "ancer-thetas/1"
+    assert manifest["method"] == "ancer"
+    assert manifest["complete"] is True
+    assert arguments["norm"] == "l2"
+    assert arguments["sigma"] == SIGMA
+    assert arguments["dataset"] == "digits" and arguments["split"] == "test"
+    assert manifest["indices"] == list(range(cli.OPTIMIZED_INPUTS))
+    assert Path(arguments["model"]) == model_path.resolve()
+    assert arguments["model_sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert manifest["package_version"] == ancer_cli.__version__
+    assert arguments["seed"] == 0
+    assert manifest["device"].startswith("cpu")
+    assert manifest["wall_seconds"] > 0
+    hyper = arguments["hyperparameters"]
+    assert hyper["isotropic"] == {"iterations": 5, "lr": 0.04, "samples": 8}
+    assert hyper["ancer"] == {"iterations": 5, "lr": 0.04, "samples": 8, "kappa": 2.0}
+    assert hyper["batch_size"] > 0
+
+    iso = json.loads((thetas_dir / "isotropic" / "manifest.json").read_text())
+    assert iso["format"] == "ancer-thetas/1" and iso["method"] == "isotropic"
+    assert iso["complete"] is True and iso["indices"] == manifest["indices"]
+    assert iso["arguments"]["model_sha256"] == arguments["model_sha256"]
+    assert iso["arguments"]["hyperparameters"]["isotropic"] == hyper["isotropic"]
+
+
+def test_theta_files(cli, thetas_dir: Path) -> None:
+    moved = False
+    for idx in range(cli.OPTIMIZED_INPUTS):
+        theta = load(thetas_dir / f"theta_test_{idx}.pt")
+        iso = load(thetas_dir / "isotropic" / f"theta_test_{idx}.pt")
+        assert theta.dtype == iso.dtype == torch.float32
+        assert theta.shape == (1, 8, 8)
+        assert iso.shape == ()
+        assert float(iso) > 0 and bool(torch.isfinite(theta).all())
+        assert bool((theta >= iso).all()), f"input {idx}: ancer theta below its isotropic theta"
+        moved = moved or bool((theta > iso).any())
+    assert moved, "the ANCER stage never moved theta above the isotropic start"
+    isos = [float(load(thetas_dir / "isotropic" / f"theta_test_{i}.pt")) for i in range(cli.OPTIMIZED_INPUTS)]
+    assert any(value != SIGMA for value in isos), "the isotropic stage never moved theta"
+
+
+def test_same_seed_gives_bit_identical_thetas(
+    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    again = tmp_path / "again"
+    optimize(cli, model_path, again)
+    for sub in ("", "isotropic"):
+        for idx in range(cli.OPTIMIZED_INPUTS):
+            first = load(thetas_dir / sub / f"theta_test_{idx}.pt")
+            second = load(again / sub / f"theta_test_{idx}.pt")
+            assert first.dtype == second.dtype and torch.equal(first, second), (sub, idx)
+
+
+def test_resume_skips_done_inputs(cli, thetas_copy: Path, thetas_dir: Path, model_path: Path) -> None:
+    # an interrupted run: inputs 4 and 5 lack their ANCER theta, 5 also its isotropic one
+    for path in (
+        thetas_copy / "theta_test_4.pt",
+        thetas_copy / "theta_test_5.pt",
+        thetas_copy / "isotropic" / "theta_test_5.pt",
+    ):
+        path.unlink()
+    for manifest in (thetas_copy / "manifest.json", thetas_copy / "isotropic" / "manifest.json"):
+        payload = json.loads(manifest.read_text())
+        payload["complete"] = False
+        payload.pop("wall_seconds", None)
+        manifest.write_text(json.dumps(payload))
+    kept = [thetas_copy / f"theta_test_{i}.pt" for i in range(4)] + [
+        thetas_copy / "isotropic" / f"theta_test_{i}.pt" for i in range(5)
+    ]
+    stamps = {path: os.stat(path).st_mtime_ns for path in kept}
+
+    result = optimize(cli, model_path, thetas_copy, "--resume")
+    assert "2 inputs optimized, 4 kept" in result.stdout
+    for path, stamp in stamps.items():
+        assert os.stat(path).st_mtime_ns == stamp, f"{path} was rewritten"
+    for sub in ("", "isotropic"):
+        for idx in (4, 5):
+            redone = load(thetas_copy / sub / f"theta_test_{idx}.pt")
+            original = load(thetas_dir / sub / f"theta_test_{idx}.pt")
+            torch.testing.assert_close(redone, original, rtol=1e-5, atol=1e-6)
+    manifest = json.loads((thetas_copy / "manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["indices"] == list(range(6))
+
+
+def test_method_isotropic_equals_the_isotropic_stage(
+    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "iso"
+    optimize(cli, model_path, out, "--method", "isotropic")
+    assert {p.name for p in out.iterdir()} == theta_names(cli.OPTIMIZED_INPUTS) | {
+        "manifest.json"
+    }
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == "isotropic"
+    assert "ancer" not in manifest["arguments"]["hyperparameters"]
+    for idx in range(cli.OPTIMIZED_INPUTS):
+        theta = load(out / f"theta_test_{idx}.pt")
+        assert theta.shape == () and theta.dtype == torch.float32
+        assert torch.equal(theta, load(thetas_dir / "isotropic" / f"theta_test_{idx}.pt"))
+
+
+def test_ancer_from_given_isotropic_thetas(
+    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "from_iso"
+    optimize(cli, model_path, out, "--isotropic-thetas", thetas_dir / "isotropic")
+    assert not (out / "isotropic").exists()
+    for idx in range(cli.OPTIMIZED_INPUTS):
+        assert torch.equal(
+            load(out / f"theta_test_{idx}.pt"), load(thetas_dir / f"theta_test_{idx}.pt")
+        )
+
+
+def test_refuses_non_empty_out_without_force(
+    cli, thetas_copy: Path, model_path: Path
+) -> None:
+    before = load(thetas_copy / "theta_test_0.pt")
+    result = cli.invoke(
+        "optimize", "--model", model_path, "--out", thetas_copy, "--max", 6, *cli.OPTIMIZE_FAST
+    )
+    cli.assert_domain_error(result, str(thetas_copy), "--force")
+    assert torch.equal(load(thetas_copy / "theta_test_0.pt"), before)
+
+
+def test_skip_and_max_select_indices(cli, model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sel"
+    cli.ok(
+        "optimize",
+        "--model",
+        model_path,
+        "--out",
+        out,
+        "--method",
+        "isotropic",
+        "--skip",
+        2,
+        "--max",
+        5,
+        *cli.OPTIMIZE_FAST,
+    )
+    assert {p.name for p in out.glob("theta_*.pt")} == {
+        "theta_test_0.pt",
+        "theta_test_2.pt",
+        "theta_test_4.pt",
+    }
+    assert json.loads((out / "manifest.json").read_text())["indices"] == [0, 2, 4]

@@ -1,0 +1,183 @@
+"""``ancer train`` end to end: checkpoint format, epoch reports, resume, l1/stability, refusals."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ancer_cli.data import dataset_info, load_dataset
+from ancer_cli.models import build_model
+
+SPEC_KEYS = {
+    "format",
+    "arch",
+    "num_classes",
+    "dataset",
+    "input_shape",
+    "norm",
+    "sigma",
+    "epoch",
+    "state_dict",
+    "optimizer_state",
+}
+EPOCH_LINE = re.compile(
+    r"^epoch +(\d+)/(\d+) .*test clean acc (\d\.\d{3}) +test noisy acc (\d\.\d{3})", re.M
+)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def clean_accuracy(checkpoint: dict) -> float:
+    """Clean test accuracy of a digits checkpoint, computed here from its state dict."""
+    model = build_model(checkpoint["arch"], dataset_info("digits"))
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    data = load_dataset("digits", "test")
+    xs = torch.stack([data.dataset[i][0] for i in range(len(data.dataset))])
+    ys = torch.tensor([int(data.dataset[i][1]) for i in range(len(data.dataset))])
+    with torch.no_grad():
+        return float((model(xs).argmax(1) == ys).float().mean())
+
+
+@pytest.fixture(scope="module")
+def one_epoch_l2(cli, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 1-epoch default (noise, l2) run to compare the l1 and stability runs with."""
+    path = tmp_path_factory.mktemp("train1") / "l2.pt"
+    cli.train_model(path, epochs=1)
+    return load(path)
+
+
+def test_checkpoint_has_spec_format(model_path: Path) -> None:
+    checkpoint = load(model_path)
+    assert set(checkpoint) == SPEC_KEYS
+    assert checkpoint["format"] == "ancer-model/1"
+    assert checkpoint["arch"] == "cnn"
+    assert checkpoint["num_classes"] == 10
+    assert checkpoint["dataset"] == "digits"
+    assert list(checkpoint["input_shape"]) == [1, 8, 8]
+    assert checkpoint["norm"] == "l2"
+    assert checkpoint["sigma"] == 0.25
+    assert checkpoint["epoch"] == 3
+    state = checkpoint["state_dict"]
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert isinstance(checkpoint["optimizer_state"], dict)
+    # the state dict fits the architecture it names
+    build_model("cnn", dataset_info("digits")).load_state_dict(state)
+    # written atomically: no temporary file left beside it
+    assert sorted(p.name for p in model_path.parent.iterdir()) == ["model.pt"]
+
+
+def test_reports_clean_and_noisy_accuracy_each_epoch(trained) -> None:
+    result = trained.result
+    assert "saved" in result.stderr and str(trained.path) in result.stderr
+    found = EPOCH_LINE.findall(result.stderr)
+    assert [(int(e), int(n)) for e, n, _, _ in found] == [(1, 3), (2, 3), (3, 3)]
+    for _, _, clean, noisy in found:
+        assert 0.0 <= float(clean) <= 1.0 and 0.0 <= float(noisy) <= 1.0
+    # the last reported clean accuracy is the saved model's, to the 3 printed decimals
+    last_clean = float(found[-1][2])
+    assert last_clean == pytest.approx(clean_accuracy(load(trained.path)), abs=0.0005 + 1e-9)
+    # a 3-epoch digits cnn learns something
+    assert last_clean > 0.5
+
+
+def test_train_emits_no_warnings(tmp_path: Path) -> None:
+    # A fresh process: torch reports some warnings only once per process, so an in-process run
+    # after the session fixture would not see them. STYLE: no warnings left behind.
+    result = subprocess.run(
+        [sys.executable, "-m", "ancer_cli", "train", "--epochs", "1", "--device", "cpu"]
+        + ["--out", str(tmp_path / "m.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+
+
+def test_resume_continues_to_the_same_state_as_an_uninterrupted_run(
+    cli, tmp_path: Path, model_path: Path
+) -> None:
+    out = tmp_path / "resumed.pt"
+    cli.train_model(out, epochs=2)
+    assert load(out)["epoch"] == 2
+    result = cli.train_model(out, "--resume", epochs=3)
+    epochs_run = [int(e) for e, _, _, _ in EPOCH_LINE.findall(result.stderr)]
+    assert epochs_run == [3], result.stderr  # epochs 1-2 are not trained again
+    resumed, uninterrupted = load(out), load(model_path)
+    assert resumed["epoch"] == uninterrupted["epoch"] == 3
+    assert_same_state(resumed["state_dict"], uninterrupted["state_dict"])
+    # the optimizer's momentum buffers too
+    buffers = [
+        s["momentum_buffer"]
+        for s in resumed["optimizer_state"]["optimizer"]["state"].values()
+    ]
+    expected = [
+        s["momentum_buffer"]
+        for s in uninterrupted["optimizer_state"]["optimizer"]["state"].values()
+    ]
+    assert len(buffers) == len(expected) > 0
+    assert all(torch.equal(a, b) for a, b in zip(buffers, expected, strict=True))
+
+
+def test_resume_with_another_sigma_is_refused(cli, tmp_path: Path) -> None:
+    out = tmp_path / "m.pt"
+    cli.train_model(out, epochs=1)
+    before = out.read_bytes()
+    result = cli.invoke(
+        "train", "--epochs", 2, "--device", "cpu", "--out", out, "--resume", "--sigma", 0.5
+    )
+    cli.assert_domain_error(result, str(out), "sigma")
+    assert out.read_bytes() == before
+
+
+def test_l1_training(cli, tmp_path: Path, one_epoch_l2: dict) -> None:
+    out = tmp_path / "l1.pt"
+    result = cli.train_model(out, "--norm", "l1", "--sigma", 0.5, epochs=1)
+    assert "l1 noise sigma=0.5" in result.stderr
+    assert len(EPOCH_LINE.findall(result.stderr)) == 1
+    checkpoint = load(out)
+    assert (checkpoint["norm"], checkpoint["sigma"], checkpoint["epoch"]) == ("l1", 0.5, 1)
+    assert checkpoint["optimizer_state"]["config"]["norm"] == "l1"
+    # uniform noise gives other weights than Gaussian noise from the same seed
+    first = next(iter(checkpoint["state_dict"]))
+    assert not torch.equal(checkpoint["state_dict"][first], one_epoch_l2["state_dict"][first])
+
+
+def test_stability_training(cli, tmp_path: Path, one_epoch_l2: dict) -> None:
+    out = tmp_path / "stab.pt"
+    cli.train_model(out, "--training", "stability", "--stability-weight", 6.0, epochs=1)
+    checkpoint = load(out)
+    assert checkpoint["epoch"] == 1 and checkpoint["norm"] == "l2"
+    config = checkpoint["optimizer_state"]["config"]
+    assert config["training"] == "stability" and config["stability_weight"] == 6.0
+    keys = list(checkpoint["state_dict"])
+    assert any(
+        not torch.equal(checkpoint["state_dict"][k], one_epoch_l2["state_dict"][k]) for k in keys
+    ), "stability training trained exactly like noise training"
+
+
+def test_refuses_existing_out_without_force_or_resume(cli, tmp_path: Path) -> None:
+    out = tmp_path / "taken.pt"
+    out.write_bytes(b"precious")
+    result = cli.invoke("train", "--epochs", 1, "--device", "cpu", "--out", out)
+    cli.assert_domain_error(result, str(out), "already exists", "--force")
+    assert result.stderr.strip() == cli.error_lines(result)[0]  # nothing else was started
+    assert out.read_bytes() == b"precious"
+    # --force overwrites it with a real checkpoint
+    cli.train_model(out, "--force", epochs=1)
+    assert load(out)["format"] == "ancer-model/1"

@@ -1,0 +1,248 @@
+"""Shared fixtures for end-to-end tests: a tiny digits model and ANCER thetas, made through the CLI.
+
+Everything runs on the CPU with tiny sample counts, so the whole CLI suite stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import warnings
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from ancer_cli.cli import app
+
+RESULT_HEADER = "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime"
+
+# Tiny settings shared by the tests: fast on two CPU cores, still meaningful.
+TRAIN_EPOCHS = 3
+CERTIFY_FAST = ("--N0", "20", "--N", "200", "--device", "cpu")
+OPTIMIZE_FAST = (
+    "--iso-iterations",
+    "5",
+    "--iterations",
+    "5",
+    "--samples",
+    "8",
+    "--iso-samples",
+    "8",
+    "--device",
+    "cpu",
+)
+OPTIMIZED_INPUTS = 6
+
+
+# ---------------------------------------------------------------------------------------------
+# running the CLI
+
+
+def invoke(*args: object) -> Result:
+    """Run ``ancer ARGS...`` in-process; stdout and stderr are captured separately."""
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def describe(result: Result) -> str:
+    """Everything useful to show when an assertion about a CLI run fails."""
+    return (
+        f"exit code {result.exit_code}, exception {result.exception!r}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+
+
+def ok(*args: object) -> Result:
+    """Run ``ancer ARGS...`` and assert it succeeded cleanly."""
+    result = invoke(*args)
+    assert result.exit_code == 0, describe(result)
+    assert result.exception is None, describe(result)
+    assert "Traceback" not in result.output
+    return result
+
+
+def error_lines(result: Result) -> list[str]:
+    """The ``error:`` lines a domain error (exit code 1) printed on stderr."""
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_domain_error(result: Result, *fragments: str) -> str:
+    """Exit code 1 through a clean exit, one ``error:`` line on stderr holding every fragment.
+
+    Returns the error line. (An uncaught exception also gives exit code 1 in CliRunner, so the
+    exception must be the SystemExit of a deliberate exit.)
+    """
+    assert result.exit_code == 1, describe(result)
+    assert isinstance(result.exception, SystemExit), describe(result)
+    assert "Traceback" not in result.output, describe(result)
+    lines = error_lines(result)
+    assert len(lines) == 1, describe(result)
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def usage_message(result: Result) -> str:
+    """The text of the error panel of a usage error, joined into one line."""
+    inside = []
+    for line in result.stderr.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("│") and stripped.endswith("│"):
+            inside.append(stripped.strip("│").strip())
+    return " ".join(inside)
+
+
+def assert_usage_error(result: Result, *fragments: str) -> str:
+    """Exit code 2 with Typer's usage-error panel holding every fragment; no traceback."""
+    assert result.exit_code == 2, describe(result)
+    assert isinstance(result.exception, SystemExit), describe(result)
+    assert "Traceback" not in result.output, describe(result)
+    message = usage_message(result)
+    assert message, describe(result)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# reading results files
+
+
+@dataclass(frozen=True)
+class Row:
+    """One results row, numbers kept as the exact decimal strings that were written."""
+
+    idx: int
+    label: int
+    predict: int
+    radius: str
+    radius_proxy: str
+    correct: int
+    min_sigma: str
+    time: str
+
+
+def read_rows(path: Path) -> list[Row]:
+    """Parse a results TSV, asserting ancer's exact header."""
+    text = path.read_text()
+    lines = text.splitlines()
+    assert lines[0] == RESULT_HEADER
+    rows = []
+    for fields in csv.reader(lines[1:], delimiter="\t"):
+        assert len(fields) == 8, fields
+        rows.append(
+            Row(
+                int(fields[0]),
+                int(fields[1]),
+                int(fields[2]),
+                fields[3],
+                fields[4],
+                int(fields[5]),
+                fields[6],
+                fields[7],
+            )
+        )
+    return rows
+
+
+def without_time(path: Path) -> list[list[str]]:
+    """The results file as fields, the (wall-clock) time column dropped."""
+    lines = path.read_text().splitlines()
+    return [line.split("\t")[:7] for line in lines]
+
+
+def rounded_down(exact: float, printed: str, digits: int = 6) -> bool:
+    """``printed`` is ``exact`` rounded toward zero with at least ``digits`` significant digits."""
+    value, target = Decimal(printed), Decimal(exact)
+    if target == 0:
+        return value == 0
+    unit = Decimal(10) ** (math.floor(math.log10(abs(exact))) - digits + 1)
+    return Decimal(0) <= target - value < unit
+
+
+# ---------------------------------------------------------------------------------------------
+# session artifacts made through the CLI
+
+
+def train_model(out: Path, *extra: object, epochs: int = TRAIN_EPOCHS) -> Result:
+    """``ancer train`` on digits, CPU, tiny; the warning torch may raise about ``float(loss)``
+    is silenced here so that the shared fixtures do not hinge on it (test_train checks it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
+        return ok("train", "--epochs", epochs, "--device", "cpu", "--out", out, *extra)
+
+
+class Cli:
+    """The helpers above, handed to test modules as the ``cli`` fixture (with
+    ``--import-mode=importlib`` test modules cannot import this conftest)."""
+
+    RESULT_HEADER = RESULT_HEADER
+    TRAIN_EPOCHS = TRAIN_EPOCHS
+    CERTIFY_FAST = CERTIFY_FAST
+    OPTIMIZE_FAST = OPTIMIZE_FAST
+    OPTIMIZED_INPUTS = OPTIMIZED_INPUTS
+    Row = Row
+    invoke = staticmethod(invoke)
+    ok = staticmethod(ok)
+    describe = staticmethod(describe)
+    error_lines = staticmethod(error_lines)
+    assert_domain_error = staticmethod(assert_domain_error)
+    assert_usage_error = staticmethod(assert_usage_error)
+    usage_message = staticmethod(usage_message)
+    read_rows = staticmethod(read_rows)
+    without_time = staticmethod(without_time)
+    rounded_down = staticmethod(rounded_down)
+    train_model = staticmethod(train_model)
+
+
+@pytest.fixture(scope="session")
+def cli() -> type[Cli]:
+    """Helpers to run ``ancer`` through Typer's CliRunner and read what it writes."""
+    return Cli
+
+
+@dataclass(frozen=True)
+class Trained:
+    path: Path
+    result: Result
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A digits ``cnn`` trained 3 epochs with the defaults (seed 0, l2, sigma 0.25), and the run."""
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    return Trained(path, train_model(path))
+
+
+@pytest.fixture(scope="session")
+def model_path(trained: Trained) -> Path:
+    """The session's trained digits model file."""
+    return trained.path
+
+
+@pytest.fixture(scope="session")
+def thetas_dir(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Path:
+    """ANCER thetas (and the isotropic stage) of the first 6 digits test inputs."""
+    path = tmp_path_factory.mktemp("thetas") / "thetas"
+    ok(
+        "optimize",
+        "--model",
+        model_path,
+        "--out",
+        path,
+        "--max",
+        OPTIMIZED_INPUTS,
+        *OPTIMIZE_FAST,
+    )
+    return path
+
+
+@pytest.fixture
+def thetas_copy(tmp_path: Path, thetas_dir: Path) -> Path:
+    """A private, writable copy of the session's thetas folder."""
+    copy = tmp_path / "thetas"
+    shutil.copytree(thetas_dir, copy)
+    return copy
