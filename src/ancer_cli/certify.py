@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
 from ancer_cli.artifacts import (
+    RESULT_HEADER,
     ResultsFile,
+    atomic_writer,
     check_resumable,
     format_result_row,
     read_results,
@@ -22,9 +25,11 @@ from ancer_cli.artifacts import (
     write_json,
 )
 from ancer_cli.core.noise import Norm, Stream, Theta, input_generator
+from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.core.smoothing import ABSTAIN, certify
 from ancer_cli.data import LoadedData
 from ancer_cli.errors import ModelError, OutputError
+from ancer_cli.memory import Claim, memory_pass
 
 
 class CertifyMethod(str, enum.Enum):
@@ -137,6 +142,15 @@ def certify_dataset(
 
 
 @dataclass(frozen=True)
+class MemorySummary:
+    """What the memory pass changed: inputs inside an earlier region, inputs whose gap shrank."""
+
+    reassigned: list[int]
+    shrunk: list[int]
+    changed_predictions: list[int]
+
+
+@dataclass(frozen=True)
 class CertifySummary:
     certified: int
     resumed: int
@@ -144,6 +158,12 @@ class CertifySummary:
     abstained: int
     mean_radius: float
     seconds: float
+    memory: MemorySummary | None
+
+
+def pre_memory_path(out: Path) -> Path:
+    """Where the certificates are written before the memory pass: ``results.csv.pre-memory``."""
+    return Path(str(out) + ".pre-memory")
 
 
 def check_compatible(model: nn.Module, data: LoadedData, device: torch.device, where: str) -> None:
@@ -167,6 +187,59 @@ def check_compatible(model: nn.Module, data: LoadedData, device: torch.device, w
         )
 
 
+def apply_memory(
+    rows: pd.DataFrame,
+    lines: list[str],
+    data: LoadedData,
+    thetas: ThetaSource,
+    norm: Norm,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[str], MemorySummary]:
+    """Run the memory pass over certified rows (index order) and return the final TSV lines.
+
+    ``lines`` are the rows as written; a row the pass does not change is kept verbatim. The gap of each row is recovered as ``radius / min(theta)`` from the written radius (rounded
+    toward zero) and the exact theta, so it never exceeds the certified gap.
+    """
+    claims = []
+    for idx, predict, radius in zip(rows["idx"], rows["predict"], rows["radius"], strict=True):
+        idx = int(idx)
+        gap = 0.0 if predict == ABSTAIN else float(radius) / min_theta(thetas(idx))
+        claims.append(Claim(idx=idx, predict=int(predict), gap=gap))
+    decisions = memory_pass(
+        claims, lambda i: data.dataset[i][0], thetas, norm, device, progress=progress
+    )
+    final = []
+    for decision, line, label, seconds in zip(
+        decisions, lines, rows["label"], rows["time"], strict=True
+    ):
+        if not (decision.reassigned or decision.shrunk):
+            final.append(line)
+            continue
+        theta = thetas(decision.theta_idx)
+        abstained = decision.predict == ABSTAIN
+        gap = 0.0 if abstained else decision.gap
+        final.append(
+            format_result_row(
+                decision.idx,
+                int(label),
+                decision.predict,
+                min_theta(theta) * gap,
+                geometric_mean(theta) * gap,
+                int(not abstained and decision.predict == int(label)),
+                min_theta(theta),
+                float(seconds),
+            )
+        )
+    before = dict(zip(rows["idx"].astype(int), rows["predict"].astype(int), strict=True))
+    summary = MemorySummary(
+        reassigned=[d.idx for d in decisions if d.reassigned],
+        shrunk=[d.idx for d in decisions if d.shrunk],
+        changed_predictions=[d.idx for d in decisions if d.predict != before[d.idx]],
+    )
+    return final, summary
+
+
 def run_certify(
     model: nn.Module,
     data: LoadedData,
@@ -177,21 +250,26 @@ def run_certify(
     out: Path,
     record: dict[str, Any],
     resume: bool = False,
+    memory: bool = False,
     on_row: Callable[[ResultRow], None] | None = None,
+    on_memory: Callable[[int, int], None] | None = None,
 ) -> CertifySummary:
     """Certify ``indices`` into the results file ``out`` and its JSON sidecar.
 
-    Rows are appended and flushed one by one, in index order. With ``resume``, rows already in
-    ``out`` are kept (its sidecar must record the same ``record["arguments"]``) and only the
-    remaining indices are certified. The sidecar says ``"complete": false`` until the end.
+    Rows are appended and flushed one by one, in index order -- into ``out`` itself, or, with
+    ``memory``, into ``out.pre-memory``, from which the memory pass then writes ``out``
+    atomically once every input is certified. With ``resume``, rows already written are kept
+    (the sidecar must record the same ``record["arguments"]``) and only the remaining indices
+    are certified. The sidecar says ``"complete": false`` until the end.
     """
     sidecar = results_sidecar_path(out)
-    if resume and out.exists():
+    working = pre_memory_path(out) if memory else out
+    if resume and (working.exists() or out.exists()):
         check_resumable(sidecar, record["arguments"], str(out))
     began = time.perf_counter()
     started = utc_now()
     write_json(sidecar, {**record, "complete": False, "started": started})
-    with ResultsFile(out, resume=resume) as results:
+    with ResultsFile(working, resume=resume and working.exists()) as results:
         done = set(results.done)
         unexpected = done.difference(indices)
         if unexpected:
@@ -205,6 +283,15 @@ def run_certify(
             results.append(row.line())
             if on_row is not None:
                 on_row(row)
+    memory_summary = None
+    if memory:
+        lines = working.read_text().splitlines(keepends=True)[1:]
+        lines, memory_summary = apply_memory(
+            read_results(working), lines, data, thetas, config.norm, device, on_memory
+        )
+        with atomic_writer(out) as handle:
+            handle.write(RESULT_HEADER)
+            handle.writelines(lines)
     frame = read_results(out)
     summary = CertifySummary(
         certified=len(frame),
@@ -213,7 +300,18 @@ def run_certify(
         abstained=int((frame["predict"] == ABSTAIN).sum()),
         mean_radius=float((frame["radius"] * frame["correct"]).mean()) if len(frame) else 0.0,
         seconds=time.perf_counter() - began,
+        memory=memory_summary,
     )
+    memory_record: dict[str, Any] = {"enabled": memory}
+    if memory_summary is not None:
+        memory_record.update(
+            before_pass=str(working),
+            reassigned=len(memory_summary.reassigned),
+            shrunk=len(memory_summary.shrunk),
+            changed_predictions=len(memory_summary.changed_predictions),
+            reassigned_indices=memory_summary.reassigned,
+            shrunk_indices=memory_summary.shrunk,
+        )
     write_json(
         sidecar,
         {
@@ -221,6 +319,7 @@ def run_certify(
             "complete": True,
             "started": started,
             "finished": utc_now(),
+            "memory": memory_record,
             "totals": {
                 "inputs": summary.certified,
                 "resumed_rows": summary.resumed,

@@ -100,6 +100,13 @@ def certify_command(
     max_index: Annotated[
         int | None, typer.Option("--max", help="Stop before this dataset index (default: all).")
     ] = None,
+    memory: Annotated[
+        bool | None,
+        typer.Option(
+            "--memory/--no-memory",
+            help="Memory-based pass that makes per-input certificates sound (default: on for isotropic/ancer, off for fixed).",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Results file (tab-separated).")] = Path("results.csv"),
     resume: ResumeOption = False,
     force: ForceOption = False,
@@ -170,6 +177,7 @@ def certify_command(
             available = None
             source = fixed_theta(theta_from_sigma(sigma, chosen_norm))
             describe = f"noise sigma={sigma}"
+        use_memory = chosen_method is not Method.fixed if memory is None else memory
         indices = select_indices(len(data.dataset), skip, max_index)  # type: ignore[arg-type]
         if available is not None:
             indices = [i for i in indices if i in available]
@@ -199,6 +207,7 @@ def certify_command(
                 "skip": skip,
                 "max": max_index,
                 "seed": seed,
+                "memory": use_memory,
             },
             "device": describe_device(torch_device),
             "versions": versions(),
@@ -210,6 +219,9 @@ def certify_command(
         )
         with progress_bar() as progress:
             task = progress.add_task("certify", total=len(indices), status="")
+            memory_task = progress.add_task(
+                "memory pass", total=len(indices), status="", visible=False, start=False
+            )
             tally = {"rows": 0, "correct": 0}
 
             def advance(row: object) -> None:
@@ -230,8 +242,13 @@ def certify_command(
                 torch_device,
                 out,
                 record,
-                resume=resume and out.exists(),
+                resume=resume,
+                memory=use_memory,
                 on_row=advance,
+                on_memory=lambda done, total: (
+                    progress.start_task(memory_task),
+                    progress.update(memory_task, completed=done, total=total, visible=True),
+                ),
             )
             progress.update(task, completed=len(indices))
         stdout.print(
@@ -244,3 +261,14 @@ def certify_command(
                 else ""
             )
         )
+        if summary.memory is not None:
+            changes = summary.memory
+            if not (changes.reassigned or changes.shrunk):
+                stdout.print("memory pass: no certified regions collided; nothing changed")
+            else:
+                stdout.print(
+                    f"memory pass: {len(changes.reassigned)} inputs lay inside an earlier "
+                    f"region and took its certificate ({len(changes.changed_predictions)} "
+                    f"changed prediction), {len(changes.shrunk)} regions shrunk to avoid "
+                    "another class's region"
+                )

@@ -1,0 +1,429 @@
+"""Bad input of every kind: exit code 1 (domain error) or 2 (usage error), one clear line on
+stderr, never a traceback, never a partial output presented as complete (SPEC sections 2 and 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+SIGMA = "0.25"
+
+
+def fixed(cli, model: Path, out: Path, *extra: object):
+    """``ancer certify`` with fixed sigma and tiny sample counts."""
+    return cli.invoke(
+        "certify", "--model", model, "--sigma", SIGMA, *cli.CERTIFY_FAST, "--out", out, *extra
+    )
+
+
+def only_error_line(cli, result) -> None:
+    """The command failed before doing anything: stderr is the one error line."""
+    assert result.stderr.strip() == cli.error_lines(result)[0], cli.describe(result)
+
+
+def not_complete(out: Path) -> None:
+    """No results presented as complete: no file, or a sidecar that says incomplete."""
+    sidecar = Path(str(out) + ".json")
+    if sidecar.exists():
+        assert json.loads(sidecar.read_text())["complete"] is False
+    else:
+        assert not out.exists() or out.read_text().count("\n") <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# model files
+
+
+def test_missing_model_file(cli, tmp_path: Path) -> None:
+    model = tmp_path / "nope.pt"
+    result = fixed(cli, model, tmp_path / "r.csv")
+    cli.assert_domain_error(result, str(model), "does not exist")
+    only_error_line(cli, result)
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_truncated_model_file(cli, model_path: Path, tmp_path: Path) -> None:
+    model = tmp_path / "cut.pt"
+    data = model_path.read_bytes()
+    model.write_bytes(data[: len(data) // 2])
+    result = fixed(cli, model, tmp_path / "r.csv")
+    cli.assert_domain_error(result, str(model), "corrupt")
+    only_error_line(cli, result)
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_random_bytes_model_file(cli, tmp_path: Path) -> None:
+    model = tmp_path / "noise.pt"
+    model.write_bytes(random.Random(0).randbytes(4096))
+    result = fixed(cli, model, tmp_path / "r.csv")
+    cli.assert_domain_error(result, str(model), "not a PyTorch file")
+    only_error_line(cli, result)
+
+
+def test_empty_model_file(cli, tmp_path: Path) -> None:
+    model = tmp_path / "empty.pt"
+    model.write_bytes(b"")
+    result = fixed(cli, model, tmp_path / "r.csv")
+    cli.assert_domain_error(result, str(model), "empty")
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets and architectures
+
+
+def test_unknown_dataset_certify(cli, model_path: Path, tmp_path: Path) -> None:
+    result = fixed(cli, model_path, tmp_path / "r.csv", "--dataset", "svhn")
+    cli.assert_domain_error(result, "unknown dataset 'svhn'", "digits")
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_unknown_dataset_train(cli, tmp_path: Path) -> None:
+    result = cli.invoke("train", "--dataset", "svhn", "--device", "cpu", "--out", tmp_path / "m.pt")
+    cli.assert_domain_error(result, "unknown dataset 'svhn'")
+    only_error_line(cli, result)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_unknown_arch(cli, tmp_path: Path) -> None:
+    out = tmp_path / "m.pt"
+    result = cli.invoke("train", "--arch", "resnet9000", "--epochs", 1, "--device", "cpu", "--out", out)
+    cli.assert_domain_error(result, "unknown architecture 'resnet9000'", "cnn")
+    assert not out.exists()
+
+
+def test_arch_contradicting_checkpoint(cli, model_path: Path, tmp_path: Path) -> None:
+    result = fixed(cli, model_path, tmp_path / "r.csv", "--arch", "resnet20")
+    cli.assert_domain_error(result, "cnn", "resnet20")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "fragment"),
+    [
+        ("cifar10", "cifar-10-batches-py"),
+        ("mnist", "MNIST/raw/train-images-idx3-ubyte"),
+        ("imagenet", "with one sub-folder of images per class"),
+        ("folder", "no class sub-folders"),
+    ],
+)
+def test_dataset_folder_in_wrong_layout(
+    cli, tmp_path: Path, dataset: str, fragment: str
+) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "README.txt").write_text("not a dataset\n")
+    out = tmp_path / "m.pt"
+    result = cli.invoke(
+        "train", "--dataset", dataset, "--data-root", root, "--device", "cpu", "--out", out
+    )
+    line = cli.assert_domain_error(result, str(root))
+    assert fragment in line
+    assert not out.exists()
+
+
+def test_dataset_needing_root_without_one(cli, tmp_path: Path) -> None:
+    result = cli.invoke("train", "--dataset", "cifar10", "--device", "cpu", "--out", tmp_path / "m.pt")
+    cli.assert_domain_error(result, "--data-root")
+
+
+def test_certify_with_dataset_the_model_does_not_fit(
+    cli, model_path: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "empty"
+    root.mkdir()
+    result = fixed(cli, model_path, tmp_path / "r.csv", "--dataset", "cifar10", "--data-root", root)
+    cli.assert_domain_error(result, "cifar-10-batches-py")
+    assert not (tmp_path / "r.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# impossible option values (usage errors, exit code 2)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--sigma", "-0.25"),
+        ("--sigma", "0"),
+        ("--sigma", "nan"),
+        ("--N0", "0"),
+        ("--N", "-5"),
+        ("--alpha", "0"),
+        ("--alpha", "1.5"),
+        ("--batch-size", "0"),
+        ("--skip", "0"),
+        ("--max", "-1"),
+    ],
+)
+def test_certify_impossible_values(
+    cli, model_path: Path, tmp_path: Path, option: str, value: str
+) -> None:
+    out = tmp_path / "r.csv"
+    result = cli.invoke(
+        "certify",
+        "--model",
+        model_path,
+        "--sigma",
+        SIGMA,
+        *cli.CERTIFY_FAST,
+        "--out",
+        out,
+        option,
+        value,
+    )
+    message = cli.assert_usage_error(result, option)
+    assert value in message or value.lstrip("-") in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        ("train", "--sigma", "-1"),
+        ("train", "--epochs", "0"),
+        ("train", "--lr", "-0.1"),
+        ("optimize", "--sigma", "-1"),
+        ("optimize", "--iterations", "0"),
+        ("optimize", "--iso-samples", "0"),
+        ("optimize", "--kappa", "-1"),
+    ],
+)
+def test_train_optimize_impossible_values(
+    cli, model_path: Path, tmp_path: Path, command: str, option: str, value: str
+) -> None:
+    out = tmp_path / "out"
+    args: list[object] = [command, "--device", "cpu", "--out", out, option, value]
+    if command == "optimize":
+        args += ["--model", model_path]
+    result = cli.invoke(*args)
+    cli.assert_usage_error(result, option)
+    assert not out.exists()
+
+
+def test_certify_without_sigma_or_thetas(cli, model_path: Path, tmp_path: Path) -> None:
+    result = cli.invoke("certify", "--model", model_path, "--out", tmp_path / "r.csv")
+    cli.assert_usage_error(result, "--sigma", "--thetas")
+
+
+def test_certify_with_sigma_and_thetas(cli, model_path: Path, thetas_dir: Path, tmp_path: Path) -> None:
+    result = cli.invoke(
+        "certify", "--model", model_path, "--sigma", SIGMA, "--thetas", thetas_dir,
+        "--out", tmp_path / "r.csv",
+    )
+    cli.assert_usage_error(result, "--sigma", "--thetas")
+
+
+def test_unknown_norm_is_a_usage_error(cli, model_path: Path, tmp_path: Path) -> None:
+    result = fixed(cli, model_path, tmp_path / "r.csv", "--norm", "linf")
+    cli.assert_usage_error(result, "linf")
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+
+
+def test_certify_refuses_existing_out(cli, model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    out.write_text("precious\n")
+    result = fixed(cli, model_path, out)
+    cli.assert_domain_error(result, str(out), "already exists", "--force")
+    only_error_line(cli, result)
+    assert out.read_text() == "precious\n"
+    assert not Path(str(out) + ".json").exists()
+
+
+def test_force_and_resume_together(cli, model_path: Path, tmp_path: Path) -> None:
+    result = fixed(cli, model_path, tmp_path / "r.csv", "--force", "--resume")
+    cli.assert_domain_error(result, "--force", "--resume")
+
+
+@pytest.mark.parametrize("command", ["certify", "train"])
+def test_out_in_missing_folder(cli, model_path: Path, tmp_path: Path, command: str) -> None:
+    out = tmp_path / "missing" / "out.file"
+    if command == "certify":
+        result = fixed(cli, model_path, out)
+    else:
+        result = cli.invoke("train", "--epochs", 1, "--device", "cpu", "--out", out)
+    cli.assert_domain_error(result, str(out.parent), "does not exist")
+    assert not out.parent.exists()
+
+
+def test_unwritable_output_folder(cli, model_path: Path, tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a 0o500 folder anyway; test_out_in_missing_folder covers it")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = fixed(cli, model_path, locked / "r.csv")
+        cli.assert_domain_error(result, str(locked / "r.csv"), "cannot write")
+    finally:
+        locked.chmod(0o700)
+    assert not (locked / "r.csv").exists()
+
+
+def test_resume_without_sidecar(cli, model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    out.write_text("idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\n")
+    result = fixed(cli, model_path, out, "--resume")
+    cli.assert_domain_error(result, str(out), "--force")
+
+
+def test_resume_foreign_file(cli, model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    out.write_text("a,b,c\n1,2,3\n")
+    first = fixed(cli, model_path, tmp_path / "good.csv", "--max", 1)
+    assert first.exit_code == 0, cli.describe(first)
+    shutil.copy(tmp_path / "good.csv.json", str(out) + ".json")
+    result = fixed(cli, model_path, out, "--resume", "--max", 1)
+    cli.assert_domain_error(result, str(out), "header")
+    assert out.read_text() == "a,b,c\n1,2,3\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# malformed thetas
+
+
+def write_theta(path: Path, value: object) -> None:
+    path.unlink()
+    if isinstance(value, bytes):
+        path.write_bytes(value)
+    else:
+        torch.save(value, path)
+
+
+BAD_THETAS = {
+    "wrong_shape": (torch.full((3, 32, 32), 0.3), ["(3, 32, 32)", "(1, 8, 8)"]),
+    "nan": (torch.full((1, 8, 8), float("nan")), ["NaN"]),
+    "negative": (torch.full((1, 8, 8), 0.3).index_fill_(2, torch.tensor([3]), -0.1), ["<= 0"]),
+    "zero": (torch.zeros((1, 8, 8)), ["<= 0"]),
+    "inf": (torch.full((1, 8, 8), float("inf")), ["infinite"]),
+    "garbage": (random.Random(1).randbytes(300), ["cannot be read"]),
+    "integer": (torch.ones((1, 8, 8), dtype=torch.int64), ["int64"]),
+    "not_a_tensor": ({"theta": [0.3]}, ["theta"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_THETAS))
+def test_malformed_theta_file(cli, thetas_copy: Path, tmp_path: Path, kind: str) -> None:
+    value, fragments = BAD_THETAS[kind]
+    bad = thetas_copy / "theta_test_2.pt"
+    write_theta(bad, value)
+    out = tmp_path / "r.csv"
+    result = cli.invoke("certify", "--thetas", thetas_copy, *cli.CERTIFY_FAST, "--out", out)
+    cli.assert_domain_error(result, str(bad), *fragments)
+    not_complete(out)
+
+
+def test_missing_theta_file_listed_in_manifest(cli, thetas_copy: Path, tmp_path: Path) -> None:
+    missing = thetas_copy / "theta_test_3.pt"
+    missing.unlink()
+    out = tmp_path / "r.csv"
+    result = cli.invoke("certify", "--thetas", thetas_copy, *cli.CERTIFY_FAST, "--out", out)
+    cli.assert_domain_error(result, str(missing), "missing")
+    not_complete(out)
+
+
+def test_malformed_manifest(cli, thetas_copy: Path, tmp_path: Path) -> None:
+    (thetas_copy / "manifest.json").write_text("{not json")
+    result = cli.invoke(
+        "certify", "--thetas", thetas_copy, *cli.CERTIFY_FAST, "--out", tmp_path / "r.csv"
+    )
+    cli.assert_domain_error(result, "manifest", "JSON")
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_unfinished_thetas_refused(cli, thetas_copy: Path, tmp_path: Path) -> None:
+    manifest = json.loads((thetas_copy / "manifest.json").read_text())
+    manifest["complete"] = False
+    (thetas_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = cli.invoke(
+        "certify", "--thetas", thetas_copy, *cli.CERTIFY_FAST, "--out", tmp_path / "r.csv"
+    )
+    cli.assert_domain_error(result, "--resume")
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_thetas_of_another_model(
+    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    checkpoint = torch.load(model_path, weights_only=True)
+    checkpoint["epoch"] = 99  # the same weights, another file: another SHA-256
+    other = tmp_path / "other.pt"
+    torch.save(checkpoint, other)
+    out = tmp_path / "r.csv"
+    result = cli.invoke(
+        "certify", "--thetas", thetas_dir, "--model", other, *cli.CERTIFY_FAST, "--out", out
+    )
+    cli.assert_domain_error(result, "another model", "SHA-256")
+    assert not out.exists()
+
+
+def test_thetas_of_another_norm(cli, thetas_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    result = cli.invoke(
+        "certify", "--thetas", thetas_dir, "--norm", "l1", *cli.CERTIFY_FAST, "--out", out
+    )
+    cli.assert_domain_error(result, "l2", "l1", "norm")
+    assert not out.exists()
+
+
+def test_method_contradicting_thetas(cli, thetas_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    result = cli.invoke(
+        "certify", "--thetas", thetas_dir, "--method", "isotropic", *cli.CERTIFY_FAST,
+        "--out", out,
+    )
+    cli.assert_domain_error(result, "isotropic", "ancer")
+    assert not out.exists()
+
+
+def test_missing_thetas_path(cli, model_path: Path, tmp_path: Path) -> None:
+    thetas = tmp_path / "nothing"
+    result = cli.invoke(
+        "certify", "--thetas", thetas, "--model", model_path, "--dataset", "digits",
+        "--norm", "l2", *cli.CERTIFY_FAST, "--out", tmp_path / "r.csv",
+    )
+    cli.assert_domain_error(result, str(thetas), "optimize")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [("0.3\n" * 10, "10 values"), ("0.3\nabc\n" * 250, "cannot be read"), ("0.3\n-1\n" * 250, "<= 0")],
+)
+def test_bad_isotropic_values_file(
+    cli, model_path: Path, tmp_path: Path, content: str, fragment: str
+) -> None:
+    source = tmp_path / "sigmas.txt"
+    source.write_text(content)
+    out = tmp_path / "r.csv"
+    result = cli.invoke(
+        "certify", "--thetas", source, "--model", model_path, "--dataset", "digits",
+        "--norm", "l2", *cli.CERTIFY_FAST, "--out", out,
+    )
+    cli.assert_domain_error(result, str(source), fragment)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy
+
+
+def test_accuracy_on_file_with_missing_columns(cli, tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("idx\tlabel\tpredict\n0\t1\t1\n")
+    result = cli.invoke("accuracy", path)
+    cli.assert_domain_error(result, str(path), "radius", "correct")
+    only_error_line(cli, result)
+    assert result.stdout == ""
+
+
+def test_accuracy_on_missing_file(cli, tmp_path: Path) -> None:
+    path = tmp_path / "nope.csv"
+    result = cli.invoke("accuracy", path)
+    cli.assert_domain_error(result, str(path), "does not exist")
