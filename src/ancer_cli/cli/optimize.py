@@ -26,7 +26,8 @@ from ancer_cli.cli.common import (
 from ancer_cli.core.noise import Norm
 from ancer_cli.errors import AncerError
 from ancer_cli.inputs import load_run_inputs
-from ancer_cli.optimize import AncerConfig, IsotropicConfig, Method, OptimizeJob, run_optimize
+from ancer_cli.optimize import AncerConfig, IsotropicConfig
+from ancer_cli.optimize_dataset import Method, OptimizeJob, run_optimize
 from ancer_cli.runtime import describe_device, resolve_device, versions
 from ancer_cli.thetas import open_thetas
 
