@@ -28,6 +28,7 @@ from ancer_cli.core.noise import Norm, Stream, Theta, input_generator
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.core.smoothing import ABSTAIN, certify
 from ancer_cli.data import LoadedData
+from ancer_cli.distributed import SINGLE, Ranks, collective, total
 from ancer_cli.errors import ModelError, OutputError
 from ancer_cli.memory import Claim, memory_pass
 
@@ -240,6 +241,33 @@ def apply_memory(
     return final, summary
 
 
+def shard_path(working: Path, ranks: Ranks) -> Path:
+    """The file one rank of a distributed run writes: ``results.csv.rank1-of-4``."""
+    return Path(f"{working}.rank{ranks.rank}-of-{ranks.world_size}")
+
+
+def merge_shards(working: Path, ranks: Ranks, indices: list[int]) -> None:
+    """Rank 0: merge every rank's shard into ``working`` in index order, then remove them."""
+    shards = [shard_path(working, Ranks(r, ranks.world_size)) for r in range(ranks.world_size)]
+    rows: dict[int, str] = {}
+    for shard in shards:
+        lines = shard.read_text().splitlines(keepends=True)
+        if not lines or lines[0] != RESULT_HEADER:
+            raise OutputError(f"shard {shard} lost its header; rerun with --force")
+        for line in lines[1:]:
+            rows[int(line.split("\t", 1)[0])] = line
+    if sorted(rows) != sorted(indices):
+        missing = sorted(set(indices) - set(rows))
+        raise OutputError(
+            f"the shards of {working} lack indices {missing[:5]}; rerun with --resume"
+        )
+    with atomic_writer(working) as handle:
+        handle.write(RESULT_HEADER)
+        handle.writelines(rows[i] for i in sorted(rows))
+    for shard in shards:
+        shard.unlink()
+
+
 def run_certify(
     model: nn.Module,
     data: LoadedData,
@@ -253,7 +281,8 @@ def run_certify(
     memory: bool = False,
     on_row: Callable[[ResultRow], None] | None = None,
     on_memory: Callable[[int, int], None] | None = None,
-) -> CertifySummary:
+    ranks: Ranks = SINGLE,
+) -> CertifySummary | None:
     """Certify ``indices`` into the results file ``out`` and its JSON sidecar.
 
     Rows are appended and flushed one by one, in index order -- into ``out`` itself, or, with
@@ -261,28 +290,48 @@ def run_certify(
     atomically once every input is certified. With ``resume``, rows already written are kept
     (the sidecar must record the same ``record["arguments"]``) and only the remaining indices
     are certified. The sidecar says ``"complete": false`` until the end.
+
+    In a distributed run each rank certifies its share into its own shard file; rank 0 merges
+    the shards in index order, runs the memory pass, writes the sidecar and returns the
+    summary (other ranks return ``None``).
     """
     sidecar = results_sidecar_path(out)
     working = pre_memory_path(out) if memory else out
-    if resume and (working.exists() or out.exists()):
-        check_resumable(sidecar, record["arguments"], str(out))
+    mine = shard_path(working, ranks) if ranks.distributed else working
     began = time.perf_counter()
     started = utc_now()
-    write_json(sidecar, {**record, "complete": False, "started": started})
-    with ResultsFile(working, resume=resume and working.exists()) as results:
-        done = set(results.done)
-        unexpected = done.difference(indices)
-        if unexpected:
-            raise OutputError(
-                f"cannot resume {out}: it holds index {min(unexpected)}, which this run would "
-                "not certify; use the same --skip/--max or --force to start over"
-            )
-        for row in certify_dataset(
-            model, data, [i for i in indices if i not in done], thetas, config, device
-        ):
-            results.append(row.line())
-            if on_row is not None:
-                on_row(row)
+
+    def begin() -> None:
+        if resume and (mine.exists() or out.exists()):
+            check_resumable(sidecar, record["arguments"], str(out))
+
+    collective(ranks, begin)
+    if ranks.is_main:
+        write_json(sidecar, {**record, "complete": False, "started": started})
+
+    def certify_share() -> int:
+        share = ranks.share(indices)
+        with ResultsFile(mine, resume=resume and mine.exists()) as results:
+            done = set(results.done)
+            unexpected = done.difference(share)
+            if unexpected:
+                raise OutputError(
+                    f"cannot resume {mine}: it holds index {min(unexpected)}, which this run "
+                    "would not certify; use the same --skip/--max or --force to start over"
+                )
+            for row in certify_dataset(
+                model, data, [i for i in share if i not in done], thetas, config, device
+            ):
+                results.append(row.line())
+                if on_row is not None:
+                    on_row(row)
+        return len(done)
+
+    resumed = total(ranks, collective(ranks, certify_share))
+    if not ranks.is_main:
+        return None
+    if ranks.distributed:
+        merge_shards(working, ranks, indices)
     memory_summary = None
     if memory:
         lines = working.read_text().splitlines(keepends=True)[1:]
@@ -295,7 +344,7 @@ def run_certify(
     frame = read_results(out)
     summary = CertifySummary(
         certified=len(frame),
-        resumed=len(done),
+        resumed=resumed,
         correct=int(frame["correct"].sum()),
         abstained=int((frame["predict"] == ABSTAIN).sum()),
         mean_radius=float((frame["radius"] * frame["correct"]).mean()) if len(frame) else 0.0,

@@ -27,6 +27,7 @@ from ancer_cli.artifacts import (
 from ancer_cli.core.noise import Norm, Stream, input_generator, theta_from_sigma
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.data import LoadedData
+from ancer_cli.distributed import SINGLE, Ranks, collective, total
 from ancer_cli.optimize import (
     AncerConfig,
     IsotropicConfig,
@@ -78,58 +79,67 @@ def run_optimize(
     resume: bool = False,
     isotropic_thetas: Callable[[int], torch.Tensor] | None = None,
     progress: OptimizeProgress | None = None,
-) -> OptimizeSummary:
+    ranks: Ranks = SINGLE,
+) -> OptimizeSummary | None:
     """Optimize theta for ``indices`` and write ``out/theta_{split}_{idx}.pt`` plus manifests.
 
     For ``Method.ancer`` the isotropic stage goes to ``out/isotropic/`` unless
-    ``isotropic_thetas`` supplies it. With ``resume``, inputs whose theta file exists are kept
-    (files are written atomically, so an existing file is complete); a stored isotropic stage is
-    reused. Model weights must already be frozen.
+    ``isotropic_thetas`` supplies it. Inputs are optimized in fixed batches of
+    ``job.batch_size`` consecutive indices, so a batch always holds the same inputs: resumed
+    and distributed runs (each rank takes every ``world_size``-th batch) write exactly the
+    files of one uninterrupted run. With ``resume``, batches whose theta files all exist are
+    kept (files are written atomically, so an existing file is complete), and a batch whose
+    isotropic stage is stored reuses it. Rank 0 writes the manifests and returns the summary
+    (other ranks return ``None``). Model weights must already be frozen.
     """
     began = time.perf_counter()
     split = data.split
-    out.mkdir(parents=True, exist_ok=True)
     iso_folder = out if job.method is Method.isotropic else out / ISOTROPIC_SUBFOLDER
     run_iso_stage = job.method is Method.isotropic or isotropic_thetas is None
     folders = [out] + ([iso_folder] if run_iso_stage and iso_folder != out else [])
     manifests = {folder: _manifest(record, job, folder == out) for folder in folders}
-    for folder, manifest in manifests.items():
-        folder.mkdir(exist_ok=True)
-        if resume and (folder / MANIFEST_NAME).exists():
-            check_resumable(folder / MANIFEST_NAME, manifest["arguments"], str(folder))
-        write_json(folder / MANIFEST_NAME, {**manifest, "complete": False})
-    todo = [i for i in indices if not (resume and theta_path(out, split, i).exists())]
-    kept = len(indices) - len(todo)
-    done = 0
-    for start in range(0, len(todo), job.batch_size):
-        batch = todo[start : start + job.batch_size]
-        x = torch.stack([data.dataset[i][0] for i in batch]).to(device, torch.float32)
 
-        def report(stage: str, finished: int = kept + done) -> Progress | None:
-            if progress is None:
-                return None
-            callback = progress
-            return lambda it, _total, objective: callback(stage, finished, it, objective)
+    def begin() -> None:
+        for folder, manifest in manifests.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            if resume and (folder / MANIFEST_NAME).exists():
+                check_resumable(folder / MANIFEST_NAME, manifest["arguments"], str(folder))
 
-        if run_iso_stage:
-            theta_iso = _isotropic_stage(
-                model, x, batch, job, device, iso_folder, split, resume, report("isotropic")
+    collective(ranks, begin)
+    if ranks.is_main:
+        for folder, manifest in manifests.items():
+            write_json(folder / MANIFEST_NAME, {**manifest, "complete": False})
+    batches = [indices[k : k + job.batch_size] for k in range(0, len(indices), job.batch_size)]
+
+    def optimize_share() -> tuple[int, int]:
+        optimized = kept = 0
+        for batch in ranks.share(batches):
+            if resume and all(theta_path(out, split, i).exists() for i in batch):
+                kept += len(batch)
+                continue
+            _optimize_batch(
+                model,
+                data,
+                batch,
+                job,
+                device,
+                out,
+                iso_folder,
+                run_iso_stage,
+                isotropic_thetas,
+                resume,
+                progress,
+                optimized + kept,
             )
-        else:
-            assert isotropic_thetas is not None
-            theta_iso = torch.stack([isotropic_thetas(i).reshape(()) for i in batch]).to(device)
-        if job.method is Method.isotropic:
-            theta = theta_iso
-        else:
-            generators = [input_generator(job.seed, i, device, Stream.ancer) for i in batch]
-            theta = optimize_ancer(
-                model, x, theta_iso, job.norm, job.ancer, generators, report("ancer")
-            )
-            for i, value in zip(batch, theta, strict=True):
-                save_theta(theta_path(out, split, i), value)
-        done += len(batch)
-        if progress is not None:
-            progress("done", kept + done, 0, math.nan)
+            optimized += len(batch)
+            if progress is not None:
+                progress("done", optimized + kept, 0, math.nan)
+        return optimized, kept
+
+    optimized, kept = collective(ranks, optimize_share)
+    optimized, kept = total(ranks, optimized), total(ranks, kept)
+    if not ranks.is_main:
+        return None
     seconds = time.perf_counter() - began
     thetas = [load_theta(theta_path(out, split, i), tuple(data.info.input_shape)) for i in indices]
     for folder, manifest in manifests.items():
@@ -138,7 +148,7 @@ def run_optimize(
             {**manifest, "complete": True, "finished": utc_now(), "wall_seconds": seconds},
         )
     return OptimizeSummary(
-        optimized=len(todo),
+        optimized=optimized,
         kept=kept,
         seconds=seconds,
         mean_min_theta=sum(min_theta(t) for t in thetas) / max(len(thetas), 1),
@@ -146,35 +156,52 @@ def run_optimize(
     )
 
 
-def _isotropic_stage(
+def _optimize_batch(
     model: nn.Module,
-    x: torch.Tensor,
+    data: LoadedData,
     batch: list[int],
     job: OptimizeJob,
     device: torch.device,
-    folder: Path,
-    split: str,
+    out: Path,
+    iso_folder: Path,
+    run_iso_stage: bool,
+    isotropic_thetas: Callable[[int], torch.Tensor] | None,
     resume: bool,
-    progress: Progress | None,
-) -> torch.Tensor:
-    """Isotropic thetas ``(B,)`` of a batch, reusing stored ones on resume, saving new ones."""
-    theta = torch.full((len(batch),), theta_from_sigma(job.sigma, job.norm), device=device)
-    stored = [resume and theta_path(folder, split, i).exists() for i in batch]
-    for k, i in enumerate(batch):
-        if stored[k]:
-            theta[k] = load_theta(theta_path(folder, split, i), None).reshape(())
-    missing = [k for k, have in enumerate(stored) if not have]
-    if missing:
-        generators = [
-            input_generator(job.seed, batch[k], device, Stream.isotropic) for k in missing
-        ]
-        found = optimize_isotropic(
-            model, x[missing], theta[missing], job.norm, job.isotropic, generators, progress
+    progress: OptimizeProgress | None,
+    finished: int,
+) -> None:
+    """Both stages for one batch; every theta file of the batch is (re)written."""
+    split = data.split
+    x = torch.stack([data.dataset[i][0] for i in batch]).to(device, torch.float32)
+
+    def report(stage: str) -> Progress | None:
+        if progress is None:
+            return None
+        callback = progress
+        return lambda it, _total, objective: callback(stage, finished, it, objective)
+
+    if not run_iso_stage:
+        assert isotropic_thetas is not None
+        theta_iso = torch.stack([isotropic_thetas(i).reshape(()) for i in batch]).to(device)
+    elif resume and all(theta_path(iso_folder, split, i).exists() for i in batch):
+        theta_iso = torch.stack(
+            [load_theta(theta_path(iso_folder, split, i), None).reshape(()) for i in batch]
+        ).to(device)
+    else:
+        start = torch.full((len(batch),), theta_from_sigma(job.sigma, job.norm), device=device)
+        generators = [input_generator(job.seed, i, device, Stream.isotropic) for i in batch]
+        theta_iso = optimize_isotropic(
+            model, x, start, job.norm, job.isotropic, generators, report("isotropic")
         )
-        for k, value in zip(missing, found, strict=True):
-            theta[k] = value
-            save_theta(theta_path(folder, split, batch[k]), value.reshape(()))
-    return theta
+        for i, value in zip(batch, theta_iso, strict=True):
+            save_theta(theta_path(iso_folder, split, i), value.reshape(()))
+    if job.method is Method.ancer:
+        generators = [input_generator(job.seed, i, device, Stream.ancer) for i in batch]
+        theta = optimize_ancer(
+            model, x, theta_iso, job.norm, job.ancer, generators, report("ancer")
+        )
+        for i, value in zip(batch, theta, strict=True):
+            save_theta(theta_path(out, split, i), value)
 
 
 def _manifest(record: dict[str, Any], job: OptimizeJob, final: bool) -> dict[str, Any]:

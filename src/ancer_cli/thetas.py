@@ -1,7 +1,11 @@
-"""Theta sources: our folders (with manifest), original ANCER folders, isotropic value files."""
+"""Theta sources: our folders (with manifest), original ANCER folders, isotropic value files.
+
+Also :func:`read_input_thetas`: chosen inputs of a source with their images, for pictures.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from ancer_cli.artifacts import (
     theta_path,
 )
 from ancer_cli.core.noise import Norm
-from ancer_cli.data import LoadedData
+from ancer_cli.data import LoadedData, load_dataset
 from ancer_cli.errors import ThetaError
 
 
@@ -128,3 +132,78 @@ def open_thetas(
     if not isinstance(indices, list) or not all(isinstance(i, int) for i in indices):
         raise ThetaError(f"{where} lack the list of optimized indices")
     return ThetaSet(path, method, indices, shape, device, manifest=manifest, split=data.split)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs beside their thetas (for pictures)
+
+DEFAULT_PICTURES = 4
+THETA_MEANING = {"l2": "noise std per pixel", "l1": "uniform half-width per pixel"}
+
+
+@dataclass(frozen=True)
+class InputTheta:
+    """One input and its theta, on the CPU: ``image`` ``(C, H, W)`` in [0, 1]; ``theta`` of the
+    same shape (anisotropic) or 0-d (isotropic); ``label`` the dataset's class."""
+
+    index: int
+    image: torch.Tensor
+    theta: torch.Tensor
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class InputThetas:
+    """The inputs :func:`read_input_thetas` chose, the source they came from and its norm
+    (``None`` when the source does not record it)."""
+
+    inputs: list[InputTheta]
+    thetas: ThetaSet
+    norm: str | None
+
+
+def read_input_thetas(
+    path: Path,
+    indices: Sequence[int] = (),
+    *,
+    dataset: str | None = None,
+    data_root: Path | None = None,
+    split: str | None = None,
+) -> InputThetas:
+    """Read the thetas of dataset ``indices`` from ``path`` with the images they belong to.
+
+    A folder with a manifest names its dataset, data root and split (``dataset``, if given,
+    must agree); an original ANCER folder or an isotropic value file needs ``dataset``.
+    Without ``indices``, the first four inputs that have a theta. Raises
+    :class:`ThetaError` for an index without a theta.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ThetaError(f"thetas {path} do not exist; run ancer optimize --out {path} first")
+    manifest = read_manifest(path) if path.is_dir() else None
+    arguments: dict[str, Any] = manifest.get("arguments", {}) if manifest else {}
+    name = dataset or arguments.get("dataset")
+    if name is None:
+        raise ThetaError(
+            f"thetas {path} have no {MANIFEST_NAME} saying which dataset they belong to; "
+            "pass --dataset (and --data-root)"
+        )
+    recorded_root = arguments.get("data_root")
+    root = data_root or (Path(recorded_root) if recorded_root else None)
+    data = load_dataset(name, split or arguments.get("split") or "test", root)
+    thetas = open_thetas(path, data, norm=None, model_sha256=None, device=torch.device("cpu"))
+    available = set(thetas.indices)
+    chosen = list(indices) if indices else thetas.indices[:DEFAULT_PICTURES]
+    size = len(data.dataset)  # type: ignore[arg-type]
+    inputs = []
+    for idx in chosen:
+        if idx not in available or not 0 <= idx < size:
+            first, last = (min(available), max(available)) if available else (None, None)
+            raise ThetaError(
+                f"thetas {path} have no theta for {data.split} index {idx} (they cover "
+                f"{len(available)} inputs, indices {first} to {last}); choose another --index"
+            )
+        image, label = data.dataset[idx]
+        inputs.append(InputTheta(idx, image.cpu(), thetas.theta(idx).cpu(), int(label)))
+    norm = arguments.get("norm")
+    return InputThetas(inputs, thetas, norm if isinstance(norm, str) else None)

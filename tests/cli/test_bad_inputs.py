@@ -427,3 +427,82 @@ def test_accuracy_on_missing_file(cli, tmp_path: Path) -> None:
     path = tmp_path / "nope.csv"
     result = cli.invoke("accuracy", path)
     cli.assert_domain_error(result, str(path), "does not exist")
+
+
+# ---------------------------------------------------------------------------------------------
+# mismatches between the pieces of a run
+
+
+def test_optimize_resume_with_other_hyperparameters(
+    cli, thetas_copy: Path, model_path: Path
+) -> None:
+    before = {p.name: p.read_bytes() for p in thetas_copy.glob("theta_test_*.pt")}
+    result = cli.invoke(
+        "optimize", "--model", model_path, "--out", thetas_copy, "--max", cli.OPTIMIZED_INPUTS,
+        *cli.OPTIMIZE_FAST, "--iterations", 7, "--resume",
+    )
+    cli.assert_domain_error(result, "cannot resume", "hyperparameters", "--force")
+    assert {p.name: p.read_bytes() for p in thetas_copy.glob("theta_test_*.pt")} == before
+
+
+def test_optimize_out_is_a_file(cli, model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "thetas.pt"
+    out.write_bytes(b"x")
+    result = cli.invoke("optimize", "--model", model_path, "--out", out, *cli.OPTIMIZE_FAST)
+    cli.assert_domain_error(result, str(out), "folder")
+    assert out.read_bytes() == b"x"
+
+
+def test_certify_out_is_a_folder(cli, model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    result = fixed(cli, model_path, out, "--force", "--max", 2)
+    cli.assert_domain_error(result, str(out))
+    assert out.is_dir() and not any(out.iterdir())
+    not_complete(out)
+
+
+def test_thetas_for_another_split(cli, thetas_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    result = cli.invoke(
+        "certify", "--thetas", thetas_dir, "--split", "train", *cli.CERTIFY_FAST, "--out", out
+    )
+    cli.assert_domain_error(result, "split", "'test'", "'train'")
+    assert not out.exists()
+
+
+def test_thetas_whose_model_was_moved(cli, thetas_copy: Path, tmp_path: Path) -> None:
+    manifest_path = thetas_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    gone = tmp_path / "moved-away" / "model.pt"
+    manifest["arguments"]["model"] = str(gone)
+    manifest_path.write_text(json.dumps(manifest))
+    out = tmp_path / "r.csv"
+    result = cli.invoke("certify", "--thetas", thetas_copy, *cli.CERTIFY_FAST, "--out", out)
+    cli.assert_domain_error(result, str(gone), "--model")
+    assert not out.exists()
+
+
+def test_model_that_cannot_process_the_dataset(cli, model_path: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for name, colour in (("cats", (255, 0, 0)), ("dogs", (0, 0, 255))):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), colour).save(root / name / "a.png")
+    out = tmp_path / "r.csv"
+    result = fixed(cli, model_path, out, "--dataset", "folder", "--data-root", root)
+    cli.assert_domain_error(result, str(model_path), "(3, 8, 8)")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:7"])
+def test_unusable_device(cli, model_path: Path, tmp_path: Path, device: str) -> None:
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    result = cli.invoke(
+        "certify", "--model", model_path, "--sigma", SIGMA, "--N0", 20, "--N", 200,
+        "--device", device, "--out", tmp_path / "r.csv",
+    )
+    cli.assert_domain_error(result, "--device", device)
+    only_error_line(cli, result)

@@ -84,7 +84,7 @@ def test_fixed_header_and_rows_in_index_order(cli, fixed_run) -> None:
         assert row.predict == -1 or 0 <= row.predict < 10
         assert row.correct == int(row.predict == row.label and row.predict != -1)
         assert float(row.time) >= 0 and ":" not in row.time
-    assert result.stdout.startswith(f"{out}: 4 inputs")
+    assert f"{out}: 4 inputs" in result.stdout
 
 
 def test_fixed_radius_is_cohens_radius_rounded_down(cli, fixed_run) -> None:
@@ -233,7 +233,6 @@ def test_certify_ancer_thetas(cli, ancer_run, thetas_dir: Path, model_path: Path
     sidecar = json.loads(Path(str(out) + ".json").read_text())
     assert sidecar["arguments"]["method"] == "ancer" and sidecar["complete"] is True
     assert sidecar["arguments"]["model_sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
-    assert "ancer thetas" in result.stderr
 
 
 def test_certify_isotropic_thetas(cli, thetas_dir: Path, tmp_path: Path) -> None:

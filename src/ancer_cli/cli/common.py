@@ -60,7 +60,7 @@ def usage_error(message: str) -> typer.BadParameter:
     return typer.BadParameter(message)
 
 
-def progress_bar(transient: bool = False) -> Progress:
+def progress_bar(transient: bool = False, enabled: bool = True) -> Progress:
     """A rich progress bar on stderr."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -71,6 +71,7 @@ def progress_bar(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
+        disable=not enabled,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,6 +24,7 @@ from ancer_cli.cli.common import (
     out as stdout,
 )
 from ancer_cli.core.noise import Norm
+from ancer_cli.distributed import collective, rank_device, ranks_from_env, start, stop
 from ancer_cli.errors import AncerError
 from ancer_cli.inputs import load_run_inputs
 from ancer_cli.optimize import AncerConfig, IsotropicConfig
@@ -95,7 +96,12 @@ def optimize_command(
     ] = JOB.batch_size,
     skip: Annotated[int, typer.Option(help="Optimize every SKIP-th input of the split.")] = 1,
     max_index: Annotated[
-        int | None, typer.Option("--max", help="Stop before this dataset index (default: all).")
+        int | None,
+        typer.Option(
+            "--max",
+            "--max-index",
+            help="Stop before this dataset index (default: all; under torchrun write --max-index).",
+        ),
     ] = None,
     resume: ResumeOption = False,
     force: ForceOption = False,
@@ -121,105 +127,127 @@ def optimize_command(
     if max_index is not None and max_index < 0:
         raise typer.BadParameter(f"--max must be >= 0, got {max_index}")
     with handle_errors():
-        if force and resume:
-            raise AncerError("--force and --resume contradict each other; pass one of them")
-        if out.exists() and not out.is_dir():
-            raise AncerError(f"--out {out} is a file; give a folder for the theta files")
-        if out.exists() and any(out.iterdir()) and not (force or resume):
-            raise AncerError(
-                f"{out} is not empty; pass --force to overwrite it or --resume to continue it"
-            )
-        torch_device = resolve_device(device)
-        run = load_run_inputs(
-            model,
-            torch_device,
-            dataset=dataset,
-            data_root=data_root,
-            split=split,
-            norm=norm,
-            arch=arch,
-        )
-        start_sigma = sigma if sigma is not None else run.model.sigma
-        if start_sigma is None:
-            raise AncerError(f"model {model} does not record its training sigma; pass --sigma")
-        iso_source = None
-        if isotropic_thetas is not None:
-            if method is Method.isotropic:
-                raise typer.BadParameter("--isotropic-thetas goes with --method ancer")
-            iso_source = open_thetas(
-                isotropic_thetas,
-                run.data,
-                norm=run.norm,
-                model_sha256=run.model.sha256,
-                device=torch_device,
-            ).theta
-        indices = select_indices(len(run.data.dataset), skip, max_index)  # type: ignore[arg-type]
-        job = OptimizeJob(
-            method=method,
-            norm=run.norm,
-            sigma=start_sigma,
-            isotropic=IsotropicConfig(iso_iterations, iso_lr, iso_samples),
-            ancer=AncerConfig(iterations, lr, samples, kappa),
-            batch_size=batch_size,
-            seed=seed,
-        )
-        if force and out.exists():
-            shutil.rmtree(out)
-        record = {
-            "arguments": {
-                "model": str(model.resolve()),
-                "model_sha256": run.model.sha256,
-                "dataset": run.data.info.name,
-                "data_root": str(data_root) if data_root else None,
-                "split": run.data.split,
-                "norm": run.norm.value,
-                "sigma": start_sigma,
-                "isotropic_thetas": str(isotropic_thetas) if isotropic_thetas else None,
-                "skip": skip,
-                "max": max_index,
-                "seed": seed,
-            },
-            "indices": indices,
-            "package_version": versions()["ancer"],
-            "versions": versions(),
-            "device": describe_device(torch_device),
-        }
-        console.print(
-            f"optimizing {method.value} thetas for {len(indices)} {run.data.info.name} "
-            f"{run.data.split} inputs ({run.norm.value}, start sigma={start_sigma}) on "
-            f"{describe_device(torch_device)}"
-        )
-        with progress_bar() as progress:
-            task = progress.add_task("optimize", total=len(indices), status="")
+        ranks = ranks_from_env()
+        torch_device = rank_device(ranks, resolve_device(device))
+        start(ranks, torch_device)
+        try:
 
-            def report(stage: str, inputs_done: int, iteration: int, value: float) -> None:
-                if stage == "done":
-                    progress.update(task, completed=inputs_done, status="")
-                else:
-                    total = (
-                        job.isotropic.iterations if stage == "isotropic" else job.ancer.iterations
+            def prepare() -> tuple[Any, ...]:
+                if force and resume:
+                    raise AncerError("--force and --resume contradict each other; pass one of them")
+                if out.exists() and not out.is_dir():
+                    raise AncerError(f"--out {out} is a file; give a folder for the theta files")
+                if out.exists() and any(out.iterdir()) and not (force or resume):
+                    raise AncerError(
+                        f"{out} is not empty; pass --force to overwrite it or --resume to continue it"
                     )
-                    progress.update(
-                        task,
-                        completed=inputs_done,
-                        status=f"{stage} step {iteration}/{total} objective {value:.4f}",
+                run = load_run_inputs(
+                    model,
+                    torch_device,
+                    dataset=dataset,
+                    data_root=data_root,
+                    split=split,
+                    norm=norm,
+                    arch=arch,
+                )
+                start_sigma = sigma if sigma is not None else run.model.sigma
+                if start_sigma is None:
+                    raise AncerError(
+                        f"model {model} does not record its training sigma; pass --sigma"
                     )
+                iso_source = None
+                if isotropic_thetas is not None:
+                    if method is Method.isotropic:
+                        raise typer.BadParameter("--isotropic-thetas goes with --method ancer")
+                    iso_source = open_thetas(
+                        isotropic_thetas,
+                        run.data,
+                        norm=run.norm,
+                        model_sha256=run.model.sha256,
+                        device=torch_device,
+                    ).theta
+                indices = select_indices(len(run.data.dataset), skip, max_index)  # type: ignore[arg-type]
+                job = OptimizeJob(
+                    method=method,
+                    norm=run.norm,
+                    sigma=start_sigma,
+                    isotropic=IsotropicConfig(iso_iterations, iso_lr, iso_samples),
+                    ancer=AncerConfig(iterations, lr, samples, kappa),
+                    batch_size=batch_size,
+                    seed=seed,
+                )
+                record = {
+                    "arguments": {
+                        "model": str(model.resolve()),
+                        "model_sha256": run.model.sha256,
+                        "dataset": run.data.info.name,
+                        "data_root": str(data_root) if data_root else None,
+                        "split": run.data.split,
+                        "norm": run.norm.value,
+                        "sigma": start_sigma,
+                        "isotropic_thetas": str(isotropic_thetas) if isotropic_thetas else None,
+                        "skip": skip,
+                        "max": max_index,
+                        "seed": seed,
+                        "world_size": ranks.world_size,
+                    },
+                    "indices": indices,
+                    "package_version": versions()["ancer"],
+                    "versions": versions(),
+                    "device": describe_device(torch_device),
+                }
+                return run, iso_source, indices, job, record, start_sigma
 
-            summary = run_optimize(
-                run.model.module,
-                run.data,
-                indices,
-                job,
-                torch_device,
-                out,
-                record,
-                resume=resume,
-                isotropic_thetas=iso_source,
-                progress=report,
+            run, iso_source, indices, job, record, start_sigma = collective(ranks, prepare)
+            if force and ranks.is_main and out.exists():
+                shutil.rmtree(out)
+            if ranks.is_main:
+                console.print(
+                    f"optimizing {method.value} thetas for {len(indices)} {run.data.info.name} "
+                    f"{run.data.split} inputs ({run.norm.value}, start sigma={start_sigma}) on "
+                    f"{describe_device(torch_device)}"
+                    + (f" and {ranks.world_size - 1} more ranks" if ranks.distributed else "")
+                )
+            with progress_bar(enabled=ranks.is_main) as progress:
+                batches = [indices[k : k + batch_size] for k in range(0, len(indices), batch_size)]
+                mine = sum(len(batch) for batch in ranks.share(batches))
+                task = progress.add_task("optimize", total=mine, status="")
+
+                def report(stage: str, inputs_done: int, iteration: int, value: float) -> None:
+                    if stage == "done":
+                        progress.update(task, completed=inputs_done, status="")
+                    else:
+                        total = (
+                            job.isotropic.iterations
+                            if stage == "isotropic"
+                            else job.ancer.iterations
+                        )
+                        progress.update(
+                            task,
+                            completed=inputs_done,
+                            status=f"{stage} step {iteration}/{total} objective {value:.4f}",
+                        )
+
+                summary = run_optimize(
+                    run.model.module,
+                    run.data,
+                    indices,
+                    job,
+                    torch_device,
+                    out,
+                    record,
+                    resume=resume,
+                    isotropic_thetas=iso_source,
+                    progress=report,
+                    ranks=ranks,
+                )
+            if summary is None:  # rank 0 reports
+                return
+            stdout.print(
+                f"{out}: {summary.optimized} inputs optimized"
+                + (f", {summary.kept} kept from the interrupted run" if summary.kept else "")
+                + f" in {summary.seconds:.1f}s; mean min(theta) {summary.mean_min_theta:.4f}, "
+                f"mean geomean(theta) {summary.mean_geomean_theta:.4f}; manifest {out / MANIFEST_NAME}"
             )
-        stdout.print(
-            f"{out}: {summary.optimized} inputs optimized"
-            + (f", {summary.kept} kept from the interrupted run" if summary.kept else "")
-            + f" in {summary.seconds:.1f}s; mean min(theta) {summary.mean_min_theta:.4f}, "
-            f"mean geomean(theta) {summary.mean_geomean_theta:.4f}; manifest {out / MANIFEST_NAME}"
-        )
+        finally:
+            stop(ranks)
