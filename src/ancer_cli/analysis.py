@@ -264,6 +264,25 @@ def high_probability_curve(
     return np.maximum(certified_counts(frame, radii, metric) - k, 0) / m
 
 
+def confidence_from_record(
+    record: Mapping[str, Any] | None, rho: float, alpha: float | None = None
+) -> Confidence:
+    """The :class:`Confidence` of a results file from its JSON sidecar ``record``.
+
+    ``alpha``, when given, wins; else the record's ``arguments.alpha``; else
+    :data:`DEFAULT_ALPHA` (Cohen et al.'s files use 0.001). Reassigned rows come from the
+    record's memory pass (``memory.reassigned``), 0 without one.
+    """
+    record = record or {}
+    arguments = record.get("arguments") or {}
+    memory = record.get("memory") or {}
+    if alpha is None:
+        recorded = arguments.get("alpha") if isinstance(arguments, Mapping) else None
+        alpha = float(recorded) if isinstance(recorded, (int, float)) else DEFAULT_ALPHA
+    reassigned = memory.get("reassigned", 0) if isinstance(memory, Mapping) else 0
+    return Confidence(alpha=alpha, rho=rho, reassigned=int(reassigned or 0))
+
+
 def summarize(
     frame: pd.DataFrame,
     radii: Iterable[float] = DEFAULT_RADII,

@@ -257,6 +257,15 @@ def results_sidecar_path(results: Path) -> Path:
     return Path(str(results) + ".json")
 
 
+def read_results_record(results: Path) -> dict[str, Any] | None:
+    """The JSON sidecar of a results file (:func:`results_sidecar_path`), or ``None`` when it
+    has none (Cohen et al.'s and the original scripts' files)."""
+    sidecar = results_sidecar_path(results)
+    if not sidecar.is_file():
+        return None
+    return read_json(sidecar, "run record")
+
+
 class ResultsFile:
     """The results TSV being written: header first, then one flushed line per certified input.
 

@@ -117,7 +117,7 @@ def run_optimize(
             if resume and all(theta_path(out, split, i).exists() for i in batch):
                 kept += len(batch)
                 continue
-            _optimize_batch(
+            written = _optimize_batch(
                 model,
                 data,
                 batch,
@@ -131,7 +131,8 @@ def run_optimize(
                 progress,
                 optimized + kept,
             )
-            optimized += len(batch)
+            optimized += written
+            kept += len(batch) - written
             if progress is not None:
                 progress("done", optimized + kept, 0, math.nan)
         return optimized, kept
@@ -169,10 +170,12 @@ def _optimize_batch(
     resume: bool,
     progress: OptimizeProgress | None,
     finished: int,
-) -> None:
-    """Both stages for one batch; every theta file of the batch is (re)written."""
+) -> int:
+    """Both stages for one whole batch (so its inputs always share a forward pass the same
+    way); with ``resume`` only missing files are written. Returns the final files written."""
     split = data.split
     x = torch.stack([data.dataset[i][0] for i in batch]).to(device, torch.float32)
+    missing = sum(1 for i in batch if not (resume and theta_path(out, split, i).exists()))
 
     def report(stage: str) -> Progress | None:
         if progress is None:
@@ -194,14 +197,23 @@ def _optimize_batch(
             model, x, start, job.norm, job.isotropic, generators, report("isotropic")
         )
         for i, value in zip(batch, theta_iso, strict=True):
-            save_theta(theta_path(iso_folder, split, i), value.reshape(()))
-    if job.method is Method.ancer:
-        generators = [input_generator(job.seed, i, device, Stream.ancer) for i in batch]
-        theta = optimize_ancer(
-            model, x, theta_iso, job.norm, job.ancer, generators, report("ancer")
-        )
-        for i, value in zip(batch, theta, strict=True):
-            save_theta(theta_path(out, split, i), value)
+            _save_missing(theta_path(iso_folder, split, i), value.reshape(()), resume)
+    if job.method is Method.isotropic:
+        return missing
+    generators = [input_generator(job.seed, i, device, Stream.ancer) for i in batch]
+    theta = optimize_ancer(model, x, theta_iso, job.norm, job.ancer, generators, report("ancer"))
+    written = 0
+    for i, value in zip(batch, theta, strict=True):
+        written += _save_missing(theta_path(out, split, i), value, resume)
+    return written
+
+
+def _save_missing(path: Path, theta: torch.Tensor, resume: bool) -> bool:
+    """Save unless resuming and the (atomically written, so complete) file exists."""
+    if resume and path.exists():
+        return False
+    save_theta(path, theta)
+    return True
 
 
 def _manifest(record: dict[str, Any], job: OptimizeJob, final: bool) -> dict[str, Any]:

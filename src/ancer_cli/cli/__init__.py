@@ -1,4 +1,5 @@
-"""The ``ancer`` command-line program: ``train``, ``optimize``, ``certify`` and ``accuracy``.
+"""The ``ancer`` command-line program: ``train``, ``optimize``, ``certify``, ``accuracy`` and
+``show``.
 
 Only this package touches typer, rich, ``sys.argv`` and exit codes.
 """
@@ -10,6 +11,7 @@ import typer
 from ancer_cli.cli.accuracy import accuracy_command
 from ancer_cli.cli.certify import certify_command
 from ancer_cli.cli.optimize import optimize_command
+from ancer_cli.cli.show import show_command
 from ancer_cli.cli.train import train_command
 
 app = typer.Typer(
@@ -24,6 +26,7 @@ app.command("train")(train_command)
 app.command("optimize")(optimize_command)
 app.command("certify")(certify_command)
 app.command("accuracy")(accuracy_command)
+app.command("show")(show_command)
 
 
 def main() -> None:

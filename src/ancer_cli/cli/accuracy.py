@@ -1,4 +1,5 @@
-"""``ancer accuracy``: certified accuracy, ACR and abstention of results files, side by side."""
+"""``ancer accuracy``: certified accuracy, ACR and abstention of results files, side by side;
+their curves and radius distributions as plots."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from rich.text import Text
 
 from ancer_cli import analysis
 from ancer_cli.analysis import Metric
-from ancer_cli.artifacts import read_results
+from ancer_cli.artifacts import read_results, read_results_record
 from ancer_cli.cli.common import ForceOption, console, fail, handle_errors, out
 
 
@@ -25,6 +26,35 @@ class OutputFormat(str, Enum):
     markdown = "markdown"
     csv = "csv"
     json = "json"
+    latex = "latex"
+
+
+class PlotMetric(str, Enum):
+    """Which radius column(s) the certified-accuracy plot draws."""
+
+    radius = "radius"
+    proxy = "proxy"
+    both = "both"
+
+
+def _metrics(choice: PlotMetric | None, metric: Metric) -> list[Metric]:
+    if choice is None:
+        return [metric]
+    if choice is PlotMetric.both:
+        return [Metric.radius, Metric.proxy]
+    return [Metric(choice.value)]
+
+
+def _check_figure(path: Path | None, option: str, force: bool) -> None:
+    """Usage error for a bad suffix; one error line for an existing file or missing folder."""
+    if path is None:
+        return
+    if path.suffix.lower() not in analysis.PLOT_SUFFIXES:
+        raise typer.BadParameter(f"{path} must end in .png or .pdf", param_hint=f"'{option}'")
+    if path.exists() and not force:
+        raise fail(f"{path} already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise fail(f"cannot write {path}: folder {path.parent} does not exist")
 
 
 def accuracy_command(
@@ -65,8 +95,32 @@ def accuracy_command(
     ] = None,
     output_format: Annotated[
         OutputFormat,
-        typer.Option("--format", help="Output on stdout: table, markdown, csv or json."),
+        typer.Option(
+            "--format", help="Output on stdout: table, markdown, csv, json or latex (booktabs)."
+        ),
     ] = OutputFormat.table,
+    high_probability: Annotated[
+        bool,
+        typer.Option(
+            "--high-probability",
+            help="Also report Cohen et al.'s lower bounds on certified accuracy that hold with "
+            "probability 1 - rho over certify's sampling.",
+        ),
+    ] = False,
+    rho: Annotated[
+        float,
+        typer.Option(
+            help="Probability (in (0, 1)) that the --high-probability bounds fail.",
+        ),
+    ] = analysis.DEFAULT_RHO,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="Probability (in (0, 1)) that one row's certificate is wrong, for "
+            "--high-probability (default: each file's sidecar arguments.alpha, else 0.001).",
+            show_default=False,
+        ),
+    ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -74,11 +128,41 @@ def accuracy_command(
             show_default=False,
         ),
     ] = None,
+    plot_metric: Annotated[
+        PlotMetric | None,
+        typer.Option(
+            help="Radius column(s) the --plot draws: radius, proxy or both (solid and dashed) "
+            "(default: --metric).",
+            show_default=False,
+        ),
+    ] = None,
+    plot_max_radius: Annotated[
+        float | None,
+        typer.Option(
+            help="Right end of the --plot radius axis, input units (default: 5% past the "
+            "largest certified radius).",
+            show_default=False,
+        ),
+    ] = None,
+    hist: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the distribution of per-input certified radii (and, for files "
+            "with radius_proxy, of radius_proxy/radius) to this .png or .pdf file.",
+            show_default=False,
+        ),
+    ] = None,
+    cdf: Annotated[
+        bool,
+        typer.Option(
+            "--cdf", help="Draw the --hist distributions as cumulative distribution functions."
+        ),
+    ] = False,
     force: ForceOption = False,
 ) -> None:
     """Certified accuracy at chosen radii, average certified radius, clean accuracy and
     abstention rate of one or more results files (this tool's, the original ANCER scripts' or
-    Cohen et al.'s)."""
+    Cohen et al.'s), optionally with high-probability bounds, curves and radius histograms."""
     radii = list(analysis.DEFAULT_RADII) if not radius else radius
     for value in radii:
         if not math.isfinite(value) or value < 0:
@@ -93,22 +177,33 @@ def accuracy_command(
     labels = label if label is not None else analysis.default_labels(files)
     if len(set(labels)) != len(labels):
         raise typer.BadParameter("labels must differ from each other", param_hint="'--label'")
-    if plot is not None:
-        if plot.suffix.lower() not in analysis.PLOT_SUFFIXES:
-            raise typer.BadParameter(f"{plot} must end in .png or .pdf", param_hint="'--plot'")
-        if plot.exists() and not force:
-            raise fail(f"{plot} already exists; pass --force to overwrite it")
-        if not plot.parent.is_dir():
-            raise fail(f"cannot write {plot}: folder {plot.parent} does not exist")
+    for name, value in (("--rho", rho), ("--alpha", alpha)):
+        if value is not None and not 0.0 < value < 1.0:
+            raise typer.BadParameter(f"must lie in (0, 1), got {value}", param_hint=f"'{name}'")
+    if plot_max_radius is not None and not (math.isfinite(plot_max_radius) and plot_max_radius > 0):
+        raise typer.BadParameter(
+            f"must be a finite number > 0, got {plot_max_radius}", param_hint="'--plot-max-radius'"
+        )
+    if plot is not None and hist is not None and plot.resolve() == hist.resolve():
+        raise typer.BadParameter("--plot and --hist must name different files")
+    _check_figure(plot, "--plot", force)
+    _check_figure(hist, "--hist", force)
 
     with handle_errors():
         frames: dict[str, pd.DataFrame] = {}
+        confidences: dict[str, analysis.Confidence | None] = {}
         for name, path in zip(labels, files, strict=True):
             frame = read_results(path)
             analysis.check_results(frame, metric, path)
             frames[name] = frame
+            confidences[name] = (
+                analysis.confidence_from_record(read_results_record(path), rho, alpha)
+                if high_probability
+                else None
+            )
         summaries = {
-            name: analysis.summarize(frame, radii, metric) for name, frame in frames.items()
+            name: analysis.summarize(frame, radii, metric, confidences[name])
+            for name, frame in frames.items()
         }
 
         if output_format is OutputFormat.json:
@@ -116,23 +211,32 @@ def accuracy_command(
             out.out(analysis.render_json(summaries, metric, sources), end="", highlight=False)
         else:
             table = analysis.table_from_summaries(summaries)
+            title = f"metric: {metric.value}"
+            if high_probability:
+                title += f", bounds hold w.p. {1 - rho:g}"
             if output_format is OutputFormat.table:
-                out.print(_rich_table(table, metric))
+                out.print(_rich_table(table, title))
             elif output_format is OutputFormat.markdown:
-                text = analysis.render_markdown(table, title=f"metric: {metric.value}")
-                out.out(text, end="", highlight=False)
+                out.out(analysis.render_markdown(table, title=title), end="", highlight=False)
+            elif output_format is OutputFormat.latex:
+                out.out(analysis.render_latex(table, title=title), end="", highlight=False)
             else:
                 out.out(analysis.render_csv(table), end="", highlight=False)
 
         if plot is not None:
-            analysis.plot_certified_accuracy(frames, metric, plot)
+            analysis.plot_certified_accuracy(
+                frames, _metrics(plot_metric, metric), plot, max_radius=plot_max_radius
+            )
             console.print(f"wrote {plot}", markup=False)
+        if hist is not None:
+            analysis.plot_radius_distribution(frames, metric, hist, cdf=cdf)
+            console.print(f"wrote {hist}", markup=False)
 
 
-def _rich_table(table: pd.DataFrame, metric: Metric) -> Table:
+def _rich_table(table: pd.DataFrame, title: str) -> Table:
     """The summary as a rich table, best value of each row in bold (several files only)."""
     best = analysis.best_mask(table)
-    rich_table = Table(title=f"certified accuracy (metric: {metric.value})", title_justify="left")
+    rich_table = Table(title=Text(f"certified accuracy ({title})"), title_justify="left")
     rich_table.add_column("", no_wrap=True)
     for name in table.columns:
         # Text, not str: labels and file names are not rich markup
