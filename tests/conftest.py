@@ -14,9 +14,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner, Result
 
 from ancer_cli.cli import app
+
+# The models here are tiny: one thread is as fast as two on an idle machine and many times
+# faster when other processes compete for the cores (OpenMP threads spin while they wait).
+torch.set_num_threads(1)
 
 RESULT_HEADER = "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime"
 

@@ -10,18 +10,22 @@ import csv
 import io
 import json
 import math
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from matplotlib.image import imread
 
 from ancer_cli import analysis
 from ancer_cli.analysis import Metric
 from ancer_cli.artifacts import parse_time, read_results
 from ancer_cli.errors import OutputError, ResultsError
+from ancer_cli.thetas import InputTheta
 
 COHEN = Path("/work/shared/reference/cohen2019")
 COHEN_FILES = sorted(COHEN.glob("*.tsv"))
@@ -377,3 +381,244 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         read_results(tmp_path / "absent.tsv")
     with pytest.raises(ResultsError, match="is a directory"):
         read_results(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cohen et al.'s high-probability certified accuracy
+
+
+def exact_false_certificates(inputs: int, alpha: Fraction, rho: Fraction) -> int:
+    """min{k : P[Binomial(inputs, alpha) > k] <= rho}, in exact rational arithmetic."""
+    pmf = [math.comb(inputs, j) * alpha**j * (1 - alpha) ** (inputs - j) for j in range(inputs + 1)]
+    above = Fraction(1)  # P[B > k] for k = -1
+    for k in range(inputs + 1):
+        above -= pmf[k]
+        if above <= rho:
+            return k
+    raise AssertionError("unreachable: P[B > inputs] = 0")
+
+
+@pytest.mark.parametrize(
+    ("inputs", "alpha", "rho"),
+    [
+        (500, "1/1000", "1/1000"),
+        (500, "1/100", "1/1000"),
+        (100, "1/1000", "1/2"),
+        (40, "1/20", "1/100"),
+        (1, "1/1000", "1/1000"),
+        (250, "1/10", "1/10000"),
+    ],
+)
+def test_false_certificate_bound_is_the_binomial_quantile(
+    inputs: int, alpha: str, rho: str
+) -> None:
+    expected = exact_false_certificates(inputs, Fraction(alpha), Fraction(rho))
+    got = analysis.false_certificate_bound(inputs, float(Fraction(alpha)), float(Fraction(rho)))
+    assert got == expected
+
+
+def test_false_certificate_bound_known_values() -> None:
+    # P[Bin(500, 0.001) > 4] = 1.5e-4 <= 0.001 < P[Bin(500, 0.001) > 3] = 1.7e-3
+    assert analysis.false_certificate_bound(500, 0.001, 0.001) == 4
+    assert analysis.false_certificate_bound(0, 0.001, 0.001) == 0
+    # rho above P[no false certificate at all] = 1 - 0.999**10 ~ 0.01: k = 0
+    assert analysis.false_certificate_bound(10, 0.001, 0.05) == 0
+
+
+def test_false_certificate_bound_with_reassigned_rows() -> None:
+    # 100 independent certificates: k0 = quantile of Bin(100, alpha); reassigned rows add up
+    k0 = exact_false_certificates(100, Fraction(1, 100), Fraction(1, 1000))
+    assert k0 > 0
+    assert analysis.false_certificate_bound(103, 0.01, 0.001, reassigned=3) == k0 + 3
+    # k0 = 0 with 10 independent rows: no certificate wrong, reassigned ones inherit that
+    assert analysis.false_certificate_bound(15, 0.001, 0.05, reassigned=5) == 0
+    with pytest.raises(ResultsError):
+        analysis.false_certificate_bound(3, 0.001, 0.001, reassigned=4)
+    with pytest.raises(ResultsError, match="alpha and rho"):
+        analysis.false_certificate_bound(3, 0.0, 0.001)
+
+
+def test_high_probability_curve_is_count_minus_k(four: pd.DataFrame) -> None:
+    confidence = analysis.Confidence(alpha=0.2, rho=0.5)
+    k = exact_false_certificates(4, Fraction(1, 5), Fraction(1, 2))
+    assert k == 1
+    lower = analysis.high_probability_curve(four, [0.0, 0.5, 1.0, 2.0], Metric.radius, confidence)
+    assert lower.tolist() == [(2 - 1) / 4, (2 - 1) / 4, 0.0, 0.0]
+    assert analysis.certified_counts(four, [0.0, 1.0]).tolist() == [2, 1]
+
+
+@needs_cohen
+@pytest.mark.parametrize("path", COHEN_FILES, ids=lambda p: p.stem)
+def test_high_probability_on_cohen_files(path: Path) -> None:
+    rows, pairs = published(path)
+    k = exact_false_certificates(rows, Fraction(1, 1000), Fraction(1, 1000))
+    summary = analysis.summarize(
+        read_results(path), PUBLISHED_RADII, confidence=analysis.Confidence()
+    )
+    high = summary.high_probability
+    assert high is not None and high.false_certificates == k
+    for radius in PUBLISHED_RADII:
+        count = sum(1 for r, correct in pairs if correct == 1 and r >= radius)
+        assert high.certified_accuracy[radius] == max(0, count - k) / rows
+        assert high.certified_accuracy[radius] <= summary.certified_accuracy[radius]
+
+
+def test_confidence_from_record() -> None:
+    assert analysis.confidence_from_record(None, 0.01) == analysis.Confidence(0.001, 0.01, 0)
+    record = {"arguments": {"alpha": 0.05}, "memory": {"enabled": True, "reassigned": 2}}
+    assert analysis.confidence_from_record(record, 0.01) == analysis.Confidence(0.05, 0.01, 2)
+    assert analysis.confidence_from_record(record, 0.01, alpha=0.2).alpha == 0.2
+    no_memory = {"arguments": {"alpha": 0.01}, "memory": {"enabled": False}}
+    assert analysis.confidence_from_record(no_memory, 0.1) == analysis.Confidence(0.01, 0.1, 0)
+
+
+def test_table_json_and_markdown_with_high_probability(four: pd.DataFrame) -> None:
+    confidence = analysis.Confidence(alpha=0.2, rho=0.5)
+    summaries = {
+        "a": analysis.summarize(four, [0.5], confidence=confidence),
+        "b": analysis.summarize(four.assign(correct=[1, 0, 0, 0]), [0.5], confidence=confidence),
+    }
+    table = analysis.table_from_summaries(summaries)
+    row = analysis.high_probability_row(0.5)
+    assert row == "high-probability certified accuracy at 0.5"
+    assert table.loc[row].tolist() == [0.25, 0.0]
+    assert table.loc[analysis.ALPHA_ROW].tolist() == [0.2, 0.2]
+    assert table.loc[analysis.FALSE_CERTIFICATES_ROW].tolist() == [1.0, 1.0]
+    best = analysis.best_mask(table)
+    assert best.loc[row].tolist() == [True, False]
+    assert not best.loc[analysis.ALPHA_ROW].any()
+    lines = analysis.render_markdown(table).splitlines()
+    assert "| high-probability certified accuracy at 0.5 | **0.250** | 0.000 |" in lines
+    assert "| alpha (per certificate) | 0.2 | 0.2 |" in lines
+    assert "| false certificates (at most) | 1 | 1 |" in lines
+    payload = json.loads(analysis.render_json(summaries, Metric.radius))
+    assert payload["files"]["a"]["high_probability"] == {
+        "alpha": 0.2,
+        "rho": 0.5,
+        "reassigned": 0,
+        "false_certificates": 1,
+        "certified_accuracy": {"0.5": 0.25},
+    }
+    assert (
+        "high_probability"
+        not in json.loads(
+            analysis.render_json({"a": analysis.summarize(four, [0.5])}, Metric.radius)
+        )["files"]["a"]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# LaTeX
+
+
+def test_render_latex(four: pd.DataFrame) -> None:
+    other = four.assign(correct=[1, 0, 0, 0])
+    table = analysis.summary_table({"run_1 & co": four, "b": other}, [0.5])
+    lines = analysis.render_latex(table, title="metric: radius").splitlines()
+    assert lines[:4] == [
+        r"\begin{tabular}{lrr}",
+        r"\toprule",
+        r"metric: radius & run\_1 \& co & b \\",
+        r"\midrule",
+    ]
+    assert lines[4] == r"certified accuracy at 0.5 & \textbf{0.500} & 0.250 \\"
+    assert r"inputs & 4 & 4 \\" in lines
+    assert lines[-2:] == [r"\bottomrule", r"\end{tabular}"]
+    assert analysis.latex_escape("a_b%c$d#e{f}g~h^i\\") == (
+        r"a\_b\%c\$d\#e\{f\}g\textasciitilde{}h\textasciicircum{}i\textbackslash{}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# more plots: both metrics, radius distributions, theta maps
+
+
+def pixels_of(path: Path) -> np.ndarray:
+    """RGB pixels of a PNG as integers 0..255, shape (H, W, 3)."""
+    return np.round(imread(path)[..., :3] * 255).astype(int)
+
+
+def near(pixels: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 12) -> int:
+    """How many pixels are within ``tolerance`` (L1) of ``rgb``."""
+    return int((np.abs(pixels - np.array(rgb)).sum(axis=-1) <= tolerance).sum())
+
+
+BLUE, ORANGE, GREEN = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)
+
+
+def test_plot_both_metrics_and_max_radius(four: pd.DataFrame, tmp_path: Path) -> None:
+    frames = {"a": four, "b": four.assign(correct=[1, 0, 1, 0])}
+    both = tmp_path / "both.png"
+    analysis.plot_certified_accuracy(frames, [Metric.radius, Metric.proxy], both, max_radius=2.0)
+    one = tmp_path / "one.png"
+    analysis.plot_certified_accuracy(frames, Metric.radius, one)
+    pixels, fewer = pixels_of(both), pixels_of(one)
+    assert pixels.shape == (660, 960, 3)
+    for rgb in (BLUE, ORANGE):
+        assert near(pixels, rgb) > 50
+    # the proxy lines add coloured pixels to the radius-only plot
+    assert near(pixels, BLUE) + near(pixels, ORANGE) > near(fewer, BLUE) + near(fewer, ORANGE)
+
+
+def test_proxy_ratios(four: pd.DataFrame) -> None:
+    assert analysis.proxy_ratios(four).tolist() == pytest.approx([1.8, 1.5, 1.5])
+    assert analysis.proxy_ratios(four.drop(columns="radius_proxy")).size == 0
+
+
+@pytest.mark.parametrize("cdf", [False, True], ids=["histogram", "cdf"])
+def test_plot_radius_distribution(four: pd.DataFrame, tmp_path: Path, cdf: bool) -> None:
+    rng = np.random.default_rng(0)
+    many = frame_of(
+        [(0, 0, float(r), 1) for r in rng.uniform(0.1, 1.5, 80)],
+        proxy=list(rng.uniform(1.6, 3.0, 80)),
+    )
+    cohen_like = many.drop(columns="radius_proxy").assign(radius=many["radius"] * 0.5)
+    frames = {"ancer": many, "cohen": cohen_like, "four": four}
+    path = tmp_path / "radii.png"
+    analysis.plot_radius_distribution(frames, Metric.radius, path, cdf=cdf)
+    pixels = pixels_of(path)
+    assert pixels.shape == (630, 1650, 3)  # two panels: radii and radius_proxy / radius
+    for rgb in (BLUE, ORANGE, GREEN):
+        assert near(pixels, rgb) > 30, rgb
+    colours = {tuple(c) for c in pixels.reshape(-1, 3).tolist()}
+    assert len(colours) > 20
+
+
+def test_plot_radius_distribution_without_certified_rows(tmp_path: Path) -> None:
+    nothing = frame_of([(0, -1, 0.0, 0), (1, 2, 0.0, 0)])
+    analysis.plot_radius_distribution({"a": nothing}, Metric.radius, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 5_000
+    with pytest.raises(OutputError, match=r"\.png or \.pdf"):
+        analysis.plot_radius_distribution({"a": nothing}, Metric.radius, tmp_path / "r.jpg")
+
+
+def theta_input(index: int, channels: int, isotropic: bool = False) -> InputTheta:
+    generator = torch.Generator().manual_seed(index)
+    image = torch.rand(channels, 8, 8, generator=generator)
+    theta = (
+        torch.tensor(0.25) if isotropic else 0.25 + torch.rand(channels, 8, 8, generator=generator)
+    )
+    return InputTheta(index, image, theta, label=index % 10)
+
+
+@pytest.mark.parametrize(
+    ("channels", "each_channel", "isotropic", "columns"),
+    [(3, True, False, 4), (1, False, True, 2)],
+    ids=["rgb-each-channel", "grey-isotropic"],
+)
+def test_plot_theta_maps(
+    tmp_path: Path, channels: int, each_channel: bool, isotropic: bool, columns: int
+) -> None:
+    pictures = [theta_input(i, channels, isotropic) for i in (0, 7)]
+    path = tmp_path / "thetas.png"
+    analysis.plot_theta_maps(pictures, path, each_channel=each_channel, theta_meaning="std")
+    pixels = pixels_of(path)
+    # figure size (2.9 * columns + 0.4) x (2.7 * rows) inches at 150 dpi
+    assert pixels.shape == (810, round((2.9 * columns + 0.4) * 150), 3)
+    colours = {tuple(c) for c in pixels.reshape(-1, 3).tolist()}
+    assert len(colours) > 50
+
+
+def test_plot_theta_maps_needs_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="at least one index"):
+        analysis.plot_theta_maps([], tmp_path / "t.png")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -302,5 +304,203 @@ def test_unknown_metric_and_format(ancer_file: Path) -> None:
 def test_help_lists_every_option() -> None:
     result = CliRunner().invoke(app, ["accuracy", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--radius", "--metric", "--label", "--format", "--plot", "--force"):
+    for option in (
+        "--radius",
+        "--metric",
+        "--label",
+        "--format",
+        "--high-probability",
+        "--rho",
+        "--alpha",
+        "--plot",
+        "--plot-metric",
+        "--plot-max-radius",
+        "--hist",
+        "--cdf",
+        "--force",
+    ):
         assert option in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# LaTeX, high-probability bounds, more plots
+
+
+def independent_false_certificates(rows: int, alpha: float, rho: float) -> int:
+    """min{k : P[Binomial(rows, alpha) > k] <= rho}, summing the binomial pmf with math.comb."""
+    below = 0.0
+    for k in range(rows + 1):
+        below += math.comb(rows, k) * alpha**k * (1 - alpha) ** (rows - k)
+        if 1.0 - below <= rho * (1 - 1e-9):
+            return k
+    return rows
+
+
+@needs_cohen
+def test_latex_table() -> None:
+    result = run(CIFAR_025, CIFAR_050, "-r", "0.5", "-r", "1", "--format", "latex")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == r"\begin{tabular}{lrr}"
+    assert lines[2] == (
+        r"metric: radius & cifar10\_resnet110\_noise\_0.25\_sigma\_0.25.tsv & "
+        r"cifar10\_resnet110\_noise\_0.50\_sigma\_0.50.tsv \\"
+    )
+    assert r"certified accuracy at 0.5 & \textbf{0.428} & 0.414 \\" in lines
+    assert r"certified accuracy at 1 & 0.000 & \textbf{0.234} \\" in lines
+    assert lines[-1] == r"\end{tabular}"
+
+
+@needs_cohen
+def test_high_probability_json_matches_formula() -> None:
+    radii = (0.0, 0.25, 0.5, 0.75, 1.0)
+    args = [CIFAR_025, IMAGENET_050, "--format", "json", "--high-probability", "--rho", "0.01"]
+    result = run(*args, *[f"--radius={r}" for r in radii])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    for path in (CIFAR_025, IMAGENET_050):
+        entry = payload["files"][path.name]
+        rows = entry["inputs"]
+        k = independent_false_certificates(rows, 0.001, 0.01)
+        high = entry["high_probability"]
+        assert (high["alpha"], high["rho"], high["false_certificates"]) == (0.001, 0.01, k)
+        expected = independent(path, radii)["certified_accuracy"]
+        for key, value in expected.items():
+            count = round(value * rows)
+            assert high["certified_accuracy"][key] == max(0, count - k) / rows
+
+
+@needs_cohen
+def test_high_probability_rows_in_table() -> None:
+    result = run(CIFAR_025, "--high-probability", "-r", "0.5", "--format", "markdown")
+    assert result.exit_code == 0, result.output
+    k = independent_false_certificates(500, 0.001, 0.001)
+    assert k == 4
+    lines = result.stdout.splitlines()
+    assert (
+        lines[0]
+        == "| metric: radius, bounds hold w.p. 0.999 | cifar10_resnet110_noise_0.25_sigma_0.25.tsv |"
+    )
+    assert f"| high-probability certified accuracy at 0.5 | {(214 - k) / 500:.3f} |" in lines
+    assert "| alpha (per certificate) | 0.001 |" in lines
+    assert "| false certificates (at most) | 4 |" in lines
+    table = run(CIFAR_025, "--high-probability", "-r", "0.5")
+    assert table.exit_code == 0 and "high-probability certified accuracy at 0.5" in table.stdout
+
+
+def test_high_probability_alpha_from_sidecar_and_option(ancer_file: Path) -> None:
+    sidecar = ancer_file.parent / (ancer_file.name + ".json")
+    sidecar.write_text(json.dumps({"arguments": {"alpha": 0.3}, "memory": {"enabled": False}}))
+    result = run(ancer_file, "--high-probability", "--rho", "0.2", "--format", "json", "-r", "0")
+    assert result.exit_code == 0, result.output
+    high = json.loads(result.stdout)["files"]["certification.tsv"]["high_probability"]
+    k = independent_false_certificates(4, 0.3, 0.2)
+    assert (high["alpha"], high["false_certificates"]) == (0.3, k)
+    assert high["certified_accuracy"] == {"0.0": max(0, 2 - k) / 4}
+    override = run(ancer_file, "--high-probability", "--alpha", "0.01", "--format", "json")
+    high = json.loads(override.stdout)["files"]["certification.tsv"]["high_probability"]
+    assert high["alpha"] == 0.01 and high["rho"] == 0.001
+
+
+@pytest.mark.parametrize("option", ["--rho", "--alpha"])
+@pytest.mark.parametrize("value", ["0", "1", "-0.1", "nan"])
+def test_bad_rho_and_alpha_are_usage_errors(ancer_file: Path, option: str, value: str) -> None:
+    result = run(ancer_file, "--high-probability", f"{option}={value}")
+    assert result.exit_code == 2, result.output
+    assert option in result.output
+
+
+def test_hist_and_both_metrics(ancer_file: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.tsv"
+    other.write_text(ANCER_FILE.replace("0.953", "2.5").replace("\t1.44\t", "\t0.9\t"))
+    curve, hist = tmp_path / "curve.png", tmp_path / "radii.png"
+    result = run(
+        ancer_file, other, "--plot", curve, "--plot-metric", "both",
+        "--plot-max-radius", "3", "--hist", hist,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert str(curve) in result.stderr and str(hist) in result.stderr
+    for path, shape in ((curve, (660, 960, 3)), (hist, (630, 1650, 3))):
+        pixels = np.round(imread(path)[..., :3] * 255).astype(int)
+        assert pixels.shape == shape
+        for rgb in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
+            assert (np.abs(pixels - np.array(rgb)).sum(axis=-1) <= 12).sum() > 30, (path, rgb)
+    again = run(ancer_file, "--hist", hist)
+    assert_one_error_line(again, str(hist), "--force")
+    assert run(ancer_file, "--hist", hist, "--cdf", "--force").exit_code == 0
+
+
+def test_plot_and_hist_options_are_checked(ancer_file: Path, tmp_path: Path) -> None:
+    assert run(ancer_file, "--hist", tmp_path / "r.svg").exit_code == 2
+    assert run(ancer_file, "--plot", tmp_path / "c.png", "--plot-max-radius", "0").exit_code == 2
+    same = tmp_path / "same.png"
+    assert run(ancer_file, "--plot", same, "--hist", same).exit_code == 2
+    assert run(ancer_file, "--plot-metric", "volume").exit_code == 2
+    assert not same.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# fresh runs of this tool
+
+
+@pytest.fixture(scope="module")
+def fresh_results(
+    tmp_path_factory: pytest.TempPathFactory, model_path: Path, thetas_dir: Path, cli: Any
+) -> tuple[Path, Path]:
+    """Fixed-sigma and ANCER results of the session's digits model, certified now."""
+    folder = tmp_path_factory.mktemp("fresh")
+    fixed, ancer = folder / "fixed.tsv", folder / "ancer.tsv"
+    cli.ok("certify", "--model", model_path, "--sigma", "0.25", "--max", 6, "--alpha", "0.01",
+           "--out", fixed, *cli.CERTIFY_FAST)  # fmt: skip
+    cli.ok("certify", "--thetas", thetas_dir, "--out", ancer, *cli.CERTIFY_FAST)
+    return fixed, ancer
+
+
+def test_fresh_runs_match_independent_computation(fresh_results: tuple[Path, Path]) -> None:
+    fixed, ancer = fresh_results
+    radii = (0.0, 0.1, 0.25, 0.5)
+    args = [fixed, ancer, "--format", "json", "--high-probability", "--rho", "0.1"]
+    result = run(*args, *[f"--radius={r}" for r in radii])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    for path, alpha in ((fixed, 0.01), (ancer, 0.001)):
+        entry = payload["files"][path.name]
+        expected = independent(path, radii)
+        for key in ("inputs", "certified_accuracy", "clean_accuracy", "abstention_rate"):
+            assert entry[key] == expected[key], key
+        assert entry["average_certified_radius"] == pytest.approx(
+            expected["average_certified_radius"], rel=1e-12
+        )
+        proxy = independent(path, radii, column="radius_proxy")
+        assert entry["average_certified_radius_proxy"] == pytest.approx(
+            proxy["average_certified_radius"], rel=1e-12
+        )
+        with open(path, newline="") as handle:
+            times = sorted(float(row["time"]) for row in csv.DictReader(handle, delimiter="\t"))
+        middle = len(times) // 2
+        median = times[middle] if len(times) % 2 else (times[middle - 1] + times[middle]) / 2
+        assert entry["median_time_seconds"] == pytest.approx(median)
+        high = entry["high_probability"]
+        k = independent_false_certificates(entry["inputs"], alpha, 0.1)
+        assert (high["alpha"], high["false_certificates"]) == (alpha, k)
+        for key, value in expected["certified_accuracy"].items():
+            count = round(value * entry["inputs"])
+            assert high["certified_accuracy"][key] == max(0, count - k) / entry["inputs"]
+
+
+def test_fresh_runs_markdown_and_plots(fresh_results: tuple[Path, Path], tmp_path: Path) -> None:
+    fixed, ancer = fresh_results
+    curve, hist = tmp_path / "curve.png", tmp_path / "radii.pdf"
+    result = run(
+        fixed, ancer, "--label", "fixed", "--label", "ancer", "--metric", "proxy",
+        "--format", "markdown", "--plot", curve, "--hist", hist, "-r", "0.25",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "| metric: proxy | fixed | ancer |"
+    for path, column in ((fixed, 1), (ancer, 2)):
+        expected = independent(path, (0.25,), column="radius_proxy")
+        row = next(line for line in lines if line.startswith("| certified accuracy at 0.25 |"))
+        cell = row.strip("|").split("|")[column].strip().strip("*")
+        assert cell == f"{expected['certified_accuracy']['0.25']:.3f}"
+    assert curve.stat().st_size > 10_000 and hist.read_bytes()[:5] == b"%PDF-"

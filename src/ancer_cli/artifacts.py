@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import decimal
+import glob
 import hashlib
 import json
 import math
@@ -75,6 +76,17 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(folder: Path, prefix: str = "") -> int:
+    """Delete the temporaries :func:`atomic_writer` left for files named ``prefix*`` in
+    ``folder`` when a process was killed mid-write."""
+    removed = 0
+    for stale in Path(folder).glob(f".{glob.escape(prefix)}*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            removed += 1
+    return removed
 
 
 def _umask() -> int:

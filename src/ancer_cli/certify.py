@@ -20,6 +20,7 @@ from ancer_cli.artifacts import (
     check_resumable,
     format_result_row,
     read_results,
+    remove_stale_temporaries,
     results_sidecar_path,
     utc_now,
     write_json,
@@ -304,6 +305,8 @@ def run_certify(
     def begin() -> None:
         if resume and (mine.exists() or out.exists()):
             check_resumable(sidecar, record["arguments"], str(out))
+        if ranks.is_main:  # nobody writes before every rank has passed this point
+            remove_stale_temporaries(out.parent, out.name)
 
     collective(ranks, begin)
     if ranks.is_main:

@@ -7,6 +7,8 @@ constants (non-persistent buffers) never enter a file.
 
 Model files are read with ``torch.load(weights_only=True)``: loading a model never runs Python code
 from the file. TorchScript archives and ``torch.export`` programs are accepted as black boxes.
+Cohen et al.'s published checkpoints (``{"arch": "cifar_resnet110", "state_dict", "epoch",
+"optimizer"}``) are recognised by their ``arch`` and mapped to ours (:data:`COHEN_ARCHITECTURES`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ CHECKPOINT_KEYS: tuple[str, ...] = (
     "optimizer_state",
 )
 NORMS: tuple[str, ...] = ("l2", "l1")
+
+# Cohen et al.'s (locuslab/smoothing) ``arch`` names -> (our architecture, training dataset,
+# default number of classes). Their files hold ``Sequential(NormalizeLayer, net)`` (ImageNet: net
+# wrapped in DataParallel, keys ``1.module.*``); NormalizeLayer keeps no state.
+COHEN_ARCHITECTURES: dict[str, tuple[str, str, int]] = {
+    "cifar_resnet20": ("resnet20", "cifar10", 10),
+    "cifar_resnet110": ("resnet110", "cifar10", 10),
+    "resnet50": ("resnet50", "imagenet", 1000),
+}
+_COHEN_INPUT_SHAPES = {"cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}
 MODEL_KINDS: tuple[str, ...] = ("checkpoint", "torchscript", "export", "factory")
 
 _ACCEPTED_FILES = (
@@ -522,6 +534,9 @@ def load_model(
 
     - an ancer checkpoint: rebuilt from its own ``arch`` (``arch``, if given, must agree); if
       ``info`` is given its classes and input shape must match the checkpoint's;
+    - a checkpoint of Cohen et al. (``arch`` in :data:`COHEN_ARCHITECTURES` and a
+      ``state_dict``): rebuilt as our equivalent architecture with the normalization of their
+      training dataset (CIFAR-10 or ImageNet), l2 norm, unknown sigma;
     - a TorchScript archive or a ``torch.export`` program: used as a black box (no ``arch``);
     - a plain state dict (or a dict holding one under ``"state_dict"``): needs ``arch``, and
       ``info`` for built-in architectures; kind ``"checkpoint"`` (with ``checkpoint=None``) for a
@@ -562,6 +577,8 @@ def load_model(
     loaded = _torch_load(path)
     if _is_ancer_checkpoint(loaded):
         return _from_checkpoint(loaded, path, digest, device, arch, info)
+    if _is_cohen_checkpoint(loaded):
+        return _from_cohen_checkpoint(loaded, path, digest, device, arch, info)
     if arch is None:
         raise ModelError(
             f"{path} holds a plain state dict without an architecture; pass --arch (one of "
@@ -655,6 +672,76 @@ def _from_checkpoint(
         norm=checkpoint["norm"],
         sigma=float(checkpoint["sigma"]),
         checkpoint=checkpoint,
+    )
+
+
+def _is_cohen_checkpoint(loaded: object) -> bool:
+    return (
+        isinstance(loaded, Mapping)
+        and loaded.get("arch") in COHEN_ARCHITECTURES
+        and _is_state_dict(loaded.get("state_dict"))
+    )
+
+
+def _from_cohen_checkpoint(
+    checkpoint: Mapping[str, Any],
+    path: Path,
+    digest: str,
+    device: torch.device,
+    arch: str | None,
+    info: DatasetInfo | None,
+) -> LoadedModel:
+    """Our model for a checkpoint of Cohen et al. (locuslab/smoothing ``train.py``).
+
+    ``cifar_resnet20``/``cifar_resnet110`` become ``resnet20``/``resnet110`` (the same parameter
+    names; our adaptive average pool equals their 8x8 pool on 32x32 inputs) with CIFAR-10's
+    normalization; ``resnet50`` is torchvision's ResNet-50 with ImageNet's. The number of
+    classes is read from the ``fc`` layer. ``1.``, ``1.module.`` and ``module.`` key prefixes
+    are handled by :func:`_load_state`.
+    """
+    cohen_arch: str = checkpoint["arch"]
+    ours, dataset, default_classes = COHEN_ARCHITECTURES[cohen_arch]
+    if arch is not None and arch not in (ours, cohen_arch):
+        raise ModelError(
+            f"{path} is Cohen et al.'s {cohen_arch} checkpoint (our {ours}), but --arch {arch} "
+            "was given; drop --arch"
+        )
+    state: Mapping[str, torch.Tensor] = checkpoint["state_dict"]
+    fc = next(
+        (tensor for key, tensor in state.items() if key.endswith("fc.weight") and tensor.ndim == 2),
+        None,
+    )
+    num_classes = int(fc.shape[0]) if fc is not None else default_classes
+    input_shape = info.input_shape if info is not None else _COHEN_INPUT_SHAPES[dataset]
+    if info is not None and (info.num_classes != num_classes or info.input_shape[0] != 3):
+        raise ModelError(
+            f"{path} is Cohen et al.'s {cohen_arch} for {dataset} with {num_classes} classes "
+            f"and 3 colour channels, but dataset {info.name} has {info.num_classes} classes and "
+            f"inputs {info.input_shape}; use the matching dataset or model"
+        )
+    mean, std = normalization(dataset)
+    build_info = DatasetInfo(
+        name=dataset,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        default_arch=ours,
+    )
+    module = build_model(ours, build_info)
+    _load_state(module, state, path, f"{ours} (Cohen et al.'s {cohen_arch})")
+    return LoadedModel(
+        module=_freeze(module.to(device)),
+        kind="checkpoint",
+        path=path,
+        sha256=digest,
+        arch=ours,
+        dataset=dataset,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        norm="l2",
+        sigma=None,
+        checkpoint=None,
     )
 
 

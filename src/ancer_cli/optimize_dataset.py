@@ -19,6 +19,7 @@ from ancer_cli.artifacts import (
     THETA_FORMAT,
     check_resumable,
     load_theta,
+    remove_stale_temporaries,
     save_theta,
     theta_path,
     utc_now,
@@ -104,6 +105,9 @@ def run_optimize(
             folder.mkdir(parents=True, exist_ok=True)
             if resume and (folder / MANIFEST_NAME).exists():
                 check_resumable(folder / MANIFEST_NAME, manifest["arguments"], str(folder))
+            if ranks.is_main:  # nobody writes before every rank has passed this point
+                remove_stale_temporaries(folder, "theta_")
+                remove_stale_temporaries(folder, MANIFEST_NAME)
 
     collective(ranks, begin)
     if ranks.is_main:

@@ -317,3 +317,42 @@ def test_isotropic_values_file(cli, model_path: Path, tmp_path: Path) -> None:
             matching_gap(cli, row, theta, theta, "l2")
     sidecar = json.loads(Path(str(out) + ".json").read_text())
     assert sidecar["arguments"]["method"] == "isotropic"
+
+
+def test_resume_after_a_crash_with_thetas(
+    cli, ancer_run, thetas_copy: Path, tmp_path: Path
+) -> None:
+    """A run that dies at input 3 (its theta file unreadable), resumed once the file is back,
+    ends with exactly the rows of an uninterrupted run: nothing lost, nothing duplicated."""
+    full, _ = ancer_run
+    good = (thetas_copy / "theta_test_3.pt").read_bytes()
+    (thetas_copy / "theta_test_3.pt").write_bytes(b"not a tensor")
+    out = tmp_path / "crash.csv"
+    crashed = cli.invoke("certify", "--thetas", thetas_copy, *cli.CERTIFY_FAST, "--out", out)
+    cli.assert_domain_error(crashed, "theta_test_3.pt")
+    assert json.loads(Path(str(out) + ".json").read_text())["complete"] is False
+
+    (thetas_copy / "theta_test_3.pt").write_bytes(good)
+    result = certify(cli, "--thetas", thetas_copy, "--out", out, "--resume")
+    assert "3 rows kept" in result.stdout
+    assert cli.without_time(out) == cli.without_time(full)
+    assert json.loads(Path(str(out) + ".json").read_text())["complete"] is True
+
+
+def test_thetas_with_skip_and_max(cli, ancer_run, thetas_dir: Path, tmp_path: Path) -> None:
+    full, _ = ancer_run
+    out = tmp_path / "some.csv"
+    certify(cli, "--thetas", thetas_dir, "--skip", 2, "--max", 5, "--out", out)
+    rows = cli.without_time(out)
+    reference = cli.without_time(full)
+    assert rows == [reference[0]] + [reference[1 + i] for i in (0, 2, 4)]
+
+
+def test_accuracy_reads_certify_output(cli, fixed_run) -> None:
+    out, _ = fixed_run
+    rows = cli.read_rows(out)
+    result = cli.ok("accuracy", out, "--radius", 0, "--format", "json")
+    entry = json.loads(result.stdout)["files"][out.name]
+    assert entry["inputs"] == len(rows)
+    assert entry["clean_accuracy"] == sum(r.correct for r in rows) / len(rows)
+    assert entry["abstention_rate"] == sum(r.predict == -1 for r in rows) / len(rows)
