@@ -506,3 +506,39 @@ def test_unusable_device(cli, model_path: Path, tmp_path: Path, device: str) -> 
     )
     cli.assert_domain_error(result, "--device", device)
     only_error_line(cli, result)
+
+
+class _Payload:
+    """Unpickling this would create the folder ``marker`` (harmless stand-in for real code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def test_model_file_that_would_run_code_is_refused(cli, model_path: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    checkpoint = torch.load(model_path, weights_only=True)
+    checkpoint["extra"] = _Payload(marker)
+    model = tmp_path / "evil.pt"
+    torch.save(checkpoint, model)
+    result = fixed(cli, model, tmp_path / "r.csv")
+    cli.assert_domain_error(result, str(model), "run code", "os.makedirs")
+    assert not marker.exists()
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_method_that_needs_thetas_with_sigma(cli, model_path: Path, tmp_path: Path) -> None:
+    result = fixed(cli, model_path, tmp_path / "r.csv", "--method", "ancer")
+    cli.assert_usage_error(result, "--method ancer", "--thetas")
+
+
+def test_train_resume_from_a_file_that_is_not_a_checkpoint(cli, tmp_path: Path) -> None:
+    out = tmp_path / "m.pt"
+    torch.save({"weights": torch.zeros(3)}, out)
+    before = out.read_bytes()
+    result = cli.invoke("train", "--epochs", 1, "--device", "cpu", "--out", out, "--resume")
+    cli.assert_domain_error(result, str(out), "ancer checkpoint")
+    assert out.read_bytes() == before

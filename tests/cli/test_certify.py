@@ -356,3 +356,25 @@ def test_accuracy_reads_certify_output(cli, fixed_run) -> None:
     assert entry["inputs"] == len(rows)
     assert entry["clean_accuracy"] == sum(r.correct for r in rows) / len(rows)
     assert entry["abstention_rate"] == sum(r.predict == -1 for r in rows) / len(rows)
+
+
+def test_l1_thetas_round_trip(cli, model_path: Path, tmp_path: Path) -> None:
+    thetas = tmp_path / "l1"
+    cli.ok(
+        "optimize", "--model", model_path, "--out", thetas, "--norm", "l1", "--max", 3,
+        *cli.OPTIMIZE_FAST,
+    )
+    manifest = json.loads((thetas / "manifest.json").read_text())
+    assert manifest["arguments"]["norm"] == "l1"
+    out = tmp_path / "l1.csv"
+    certify(cli, "--thetas", thetas, "--out", out)
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == [0, 1, 2]
+    for row in rows:
+        theta = torch.load(thetas / f"theta_test_{row.idx}.pt", weights_only=True)
+        low = float(theta.min())
+        mean = float(torch.exp(torch.log(theta.double()).mean()))
+        assert cli.rounded_down(low, row.min_sigma)
+        if row.predict != -1:
+            matching_gap(cli, row, low, mean, "l1")
+    assert json.loads(Path(str(out) + ".json").read_text())["arguments"]["norm"] == "l1"

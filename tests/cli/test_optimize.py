@@ -198,3 +198,34 @@ def test_skip_and_max_select_indices(cli, model_path: Path, tmp_path: Path) -> N
         "theta_test_4.pt",
     }
     assert json.loads((out / "manifest.json").read_text())["indices"] == [0, 2, 4]
+
+
+def test_train_split_names_files_after_the_split(cli, model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train_thetas"
+    cli.ok(
+        "optimize", "--model", model_path, "--out", out, "--method", "isotropic",
+        "--split", "train", "--max", 2, *cli.OPTIMIZE_FAST,
+    )
+    assert {p.name for p in out.glob("*.pt")} == {"theta_train_0.pt", "theta_train_1.pt"}
+    assert json.loads((out / "manifest.json").read_text())["arguments"]["split"] == "train"
+    results = tmp_path / "train.csv"
+    cli.ok("certify", "--thetas", out, *cli.CERTIFY_FAST, "--out", results)
+    from ancer_cli.data import load_dataset
+
+    data = load_dataset("digits", "train")
+    rows = cli.read_rows(results)
+    assert [(r.idx, r.label) for r in rows] == [(i, int(data.dataset[i][1])) for i in (0, 1)]
+    assert json.loads(Path(str(results) + ".json").read_text())["arguments"]["split"] == "train"
+
+
+def test_ancer_from_an_isotropic_values_file(cli, model_path: Path, tmp_path: Path) -> None:
+    values = [0.2 + 0.001 * i for i in range(500)]
+    source = tmp_path / "sigmas.txt"
+    source.write_text("\n".join(map(str, values)) + "\n")
+    out = tmp_path / "from_values"
+    optimize(cli, model_path, out, "--isotropic-thetas", source)
+    assert not (out / "isotropic").exists()
+    for idx in range(cli.OPTIMIZED_INPUTS):
+        theta = load(out / f"theta_test_{idx}.pt")
+        floor = torch.tensor(values[idx], dtype=torch.float32)
+        assert theta.shape == (1, 8, 8) and bool((theta >= floor).all())

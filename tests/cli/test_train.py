@@ -183,3 +183,24 @@ def test_refuses_existing_out_without_force_or_resume(cli, tmp_path: Path) -> No
     # --force overwrites it with a real checkpoint
     cli.train_model(out, "--force", epochs=1)
     assert load(out)["format"] == "ancer-model/1"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--lr", "0.001"), ("--seed", "5"), ("--batch-size", "7")]
+)
+def test_resume_with_other_hyperparameters_is_refused(
+    cli, tmp_path: Path, option: str, value: str
+) -> None:
+    # Resuming with another lr, seed or batch size would silently give a model that matches
+    # neither run (the optimizer state even overrides --lr), while the checkpoint's record
+    # would claim the new values for every epoch. certify and optimize refuse such resumes.
+    out = tmp_path / "m.pt"
+    cli.train_model(out, epochs=1)
+    before = out.read_bytes()
+    result = cli.invoke(
+        "train", "--epochs", 2, "--device", "cpu", "--out", out, "--resume", option, value
+    )
+    line = cli.assert_domain_error(result, str(out))
+    name = option.lstrip("-")
+    assert name in line or name.replace("-", "_") in line, line
+    assert out.read_bytes() == before

@@ -1,0 +1,86 @@
+"""Numerical precision and memory format of the base classifier: opt-in speed options.
+
+A lower precision is part of the certified base classifier ``f``: the smoothed classifier being
+certified is the one built on the low-precision ``f``. Certificates stay exactly as valid, because
+everything the guarantee rests on stays exact -- the noise is drawn and added in fp32 by the
+caller, ``f`` computes its logits under :func:`torch.autocast` and returns them as fp32, votes
+are int64 counts and the bounds are computed in double precision on the host. In optimization a
+lower precision only changes which theta is found.
+
+Channels-last (NHWC) weights let convolution libraries skip layout conversions; the values are the
+same, only the summation order inside a convolution may change. The noisy inputs stay contiguous
+NCHW, so the random stream fills the same pixels as without the option.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Precision(str, enum.Enum):
+    """The floating-point type the base classifier computes in."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+_DTYPES = {
+    Precision.fp32: torch.float32,
+    Precision.bf16: torch.bfloat16,
+    Precision.fp16: torch.float16,
+}
+
+
+def precision_dtype(precision: Precision | str) -> torch.dtype:
+    """``torch.float32``, ``torch.bfloat16`` or ``torch.float16``."""
+    return _DTYPES[Precision(precision)]
+
+
+class AutocastClassifier(nn.Module):
+    """``model`` evaluated under ``torch.autocast(dtype)``; logits returned as fp32.
+
+    Input ``(B, C, H, W)`` in fp32 (the caller's noisy batch, untouched), output ``(B, K)`` fp32.
+    Gradients flow through, so optimization works unchanged. The device type comes from the input.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            logits = self.model(x)
+        return logits.float()
+
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}"
+
+
+def prepare_model(
+    model: nn.Module, precision: Precision | str = Precision.fp32, channels_last: bool = False
+) -> nn.Module:
+    """The base classifier with the requested speed options.
+
+    ``channels_last`` converts the 4-d weights of ``model`` to channels-last *in place* (as
+    ``Module.to`` does). A precision other than fp32 wraps the model in
+    :class:`AutocastClassifier`. With the defaults ``model`` itself is returned, unchanged.
+    """
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dtype = precision_dtype(precision)
+    if dtype is torch.float32:
+        return model
+    return AutocastClassifier(model, dtype)
+
+
+def speed_options_record(
+    precision: Precision | str = Precision.fp32, channels_last: bool = False
+) -> dict[str, Any]:
+    """What a sidecar or manifest records about these options: ``{"precision", "channels_last"}``."""
+    return {"precision": Precision(precision).value, "channels_last": bool(channels_last)}
