@@ -430,7 +430,36 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         raise ThetaError(
             f"manifest {path} has format {manifest.get('format')!r}, expected {THETA_FORMAT!r}"
         )
+    _check_manifest_fields(manifest, path)
     return manifest
+
+
+def _check_manifest_fields(manifest: dict[str, Any], path: Path) -> None:
+    """The fields later code relies on, with the types it expects."""
+
+    def bad(field: str, expected: str) -> ThetaError:
+        return ThetaError(
+            f"manifest {path}: {field} must be {expected}; the file is damaged, "
+            "optimize again with --force"
+        )
+
+    arguments = manifest.get("arguments")
+    if not isinstance(arguments, dict):
+        raise bad("arguments", "an object")
+    for key in ("model", "model_sha256", "dataset", "split", "norm"):
+        if not isinstance(arguments.get(key), str):
+            raise bad(f"arguments.{key}", "a string")
+    if not isinstance(arguments.get("data_root"), str | None):
+        raise bad("arguments.data_root", "a string or null")
+    if manifest.get("method") not in ("isotropic", "ancer"):
+        raise bad("method", "isotropic or ancer")
+    indices = manifest.get("indices")
+    if not isinstance(indices, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices
+    ):
+        raise bad("indices", "a list of dataset indices")
+    if not isinstance(manifest.get("complete"), bool):
+        raise bad("complete", "true or false")
 
 
 def theta_indices(folder: Path, split: str) -> list[int]:
