@@ -293,6 +293,9 @@ class ResultsFile:
                 kept = self._recover()
                 # cut a half-written last line in place, keeping every complete row on disk
                 self.handle = open(self.path, "r+")  # noqa: SIM115 - closed in close()
+                if not self.done:
+                    self.handle.truncate(0)
+                    self.handle.write(kept)
                 self.handle.truncate(len(kept.encode()))
                 self.handle.seek(0, os.SEEK_END)
             else:
@@ -307,8 +310,10 @@ class ResultsFile:
             text = self.path.read_text()
         except (OSError, UnicodeDecodeError) as error:
             raise OutputError(f"cannot resume {self.path}: unreadable ({error})") from error
+        if RESULT_HEADER.startswith(text):  # interrupted before the header was complete
+            return RESULT_HEADER
         lines = text.splitlines(keepends=True)
-        if not lines or lines[0] != RESULT_HEADER:
+        if lines[0] != RESULT_HEADER:
             raise OutputError(
                 f"cannot resume {self.path}: its header is not ancer's "
                 f"({RESULT_HEADER.strip()!r}); use --force to start over"
@@ -355,12 +360,29 @@ def check_resumable(sidecar: Path, arguments: dict[str, Any], what: str) -> None
             f"cannot resume {what}: its record {sidecar} is missing; use --force to start over"
         )
     recorded = read_json(sidecar, "run record").get("arguments", {})
-    for key, value in arguments.items():
-        if key in recorded and recorded[key] != value:
-            raise OutputError(
-                f"cannot resume {what}: it was written with {key}={recorded[key]!r}, "
-                f"this run has {key}={value!r}; use the same arguments or --force to start over"
-            )
+    if not isinstance(recorded, dict):
+        raise OutputError(f"cannot resume {what}: {sidecar} is damaged; use --force to start over")
+    for key, (had, has) in _differences(recorded, arguments).items():
+        raise OutputError(
+            f"cannot resume {what}: it was written with {key}={had!r}, "
+            f"this run has {key}={has!r}; use the same arguments or --force to start over"
+        )
+
+
+def _differences(
+    recorded: dict[str, Any], wanted: dict[str, Any], prefix: str = ""
+) -> dict[str, Any]:
+    """``{dotted.key: (recorded, wanted)}`` for keys present in both whose values differ."""
+    found: dict[str, Any] = {}
+    for key, value in wanted.items():
+        if key not in recorded:
+            continue
+        had = recorded[key]
+        if isinstance(had, dict) and isinstance(value, dict):
+            found.update(_differences(had, value, f"{prefix}{key}."))
+        elif had != value:
+            found[f"{prefix}{key}"] = (had, value)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

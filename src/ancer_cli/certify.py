@@ -269,6 +269,14 @@ def merge_shards(working: Path, ranks: Ranks, indices: list[int]) -> None:
         shard.unlink()
 
 
+def check_resume(out: Path, arguments: dict[str, Any], memory: bool, ranks: Ranks = SINGLE) -> None:
+    """Refuse to resume ``out`` if its sidecar records other arguments (names the first)."""
+    working = pre_memory_path(out) if memory else out
+    mine = shard_path(working, ranks) if ranks.distributed else working
+    if mine.exists() or out.exists():
+        check_resumable(results_sidecar_path(out), arguments, str(out))
+
+
 def run_certify(
     model: nn.Module,
     data: LoadedData,
@@ -303,8 +311,8 @@ def run_certify(
     started = utc_now()
 
     def begin() -> None:
-        if resume and (mine.exists() or out.exists()):
-            check_resumable(sidecar, record["arguments"], str(out))
+        if resume:
+            check_resume(out, record["arguments"], memory, ranks)
         if ranks.is_main:  # nobody writes before every rank has passed this point
             remove_stale_temporaries(out.parent, out.name)
 

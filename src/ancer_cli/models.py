@@ -315,6 +315,15 @@ def is_factory_arch(arch: str) -> bool:
     return ":" in arch
 
 
+def check_architecture(arch: str) -> None:
+    """Raise a :class:`ModelError` unless ``arch`` is built in or a ``module:factory`` spec."""
+    if not is_factory_arch(arch) and arch not in _BUILDERS:
+        raise ModelError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)} "
+            "or give package.module:factory"
+        )
+
+
 def build_model(arch: str, info: DatasetInfo) -> nn.Module:
     """A freshly initialised classifier for ``info``: ``(B, *info.input_shape)`` -> ``(B, K)``.
 
@@ -324,11 +333,7 @@ def build_model(arch: str, info: DatasetInfo) -> nn.Module:
     """
     if is_factory_arch(arch):
         return _build_factory(arch, info.num_classes)
-    if arch not in _BUILDERS:
-        raise ModelError(
-            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)} "
-            "or give package.module:factory"
-        )
+    check_architecture(arch)
     channels = info.input_shape[0]
     if len(info.mean) != channels or len(info.std) != channels:
         raise ModelError(

@@ -97,14 +97,13 @@ def run_optimize(
     split = data.split
     iso_folder = out if job.method is Method.isotropic else out / ISOTROPIC_SUBFOLDER
     run_iso_stage = job.method is Method.isotropic or isotropic_thetas is None
-    folders = [out] + ([iso_folder] if run_iso_stage and iso_folder != out else [])
-    manifests = {folder: _manifest(record, job, folder == out) for folder in folders}
+    manifests = _manifests(out, record, job, run_iso_stage)
 
     def begin() -> None:
-        for folder, manifest in manifests.items():
+        if resume:
+            check_resume(out, record, job, run_iso_stage)
+        for folder in manifests:
             folder.mkdir(parents=True, exist_ok=True)
-            if resume and (folder / MANIFEST_NAME).exists():
-                check_resumable(folder / MANIFEST_NAME, manifest["arguments"], str(folder))
             if ranks.is_main:  # nobody writes before every rank has passed this point
                 remove_stale_temporaries(folder, "theta_")
                 remove_stale_temporaries(folder, MANIFEST_NAME)
@@ -218,6 +217,23 @@ def _save_missing(path: Path, theta: torch.Tensor, resume: bool) -> bool:
         return False
     save_theta(path, theta)
     return True
+
+
+def _manifests(
+    out: Path, record: dict[str, Any], job: OptimizeJob, run_iso_stage: bool
+) -> dict[Path, dict[str, Any]]:
+    """The manifest of each folder the run writes: ``out`` and, if run, its isotropic stage."""
+    folders = [out]
+    if run_iso_stage and job.method is Method.ancer:
+        folders.append(out / ISOTROPIC_SUBFOLDER)
+    return {folder: _manifest(record, job, folder == out) for folder in folders}
+
+
+def check_resume(out: Path, record: dict[str, Any], job: OptimizeJob, run_iso_stage: bool) -> None:
+    """Refuse to resume into folders whose manifests record other arguments (names the first)."""
+    for folder, manifest in _manifests(out, record, job, run_iso_stage).items():
+        if (folder / MANIFEST_NAME).exists():
+            check_resumable(folder / MANIFEST_NAME, manifest["arguments"], str(folder))
 
 
 def _manifest(record: dict[str, Any], job: OptimizeJob, final: bool) -> dict[str, Any]:

@@ -179,7 +179,7 @@ def train(
             optimizer_state={
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "config": {k: getattr(v, "value", v) for k, v in asdict(config).items()},
+                "config": _config_record(config),
             },
         )
         yield EpochReport(
@@ -192,6 +192,11 @@ def train(
             lr=lr,
             seconds=time.perf_counter() - began,
         )
+
+
+def _config_record(config: TrainConfig) -> dict[str, object]:
+    """The hyperparameters as plain values, as stored in the checkpoint."""
+    return {key: getattr(value, "value", value) for key, value in asdict(config).items()}
 
 
 def _restore(
@@ -215,6 +220,14 @@ def _restore(
             raise ModelError(
                 f"cannot resume {out}: it was trained with {key}={checkpoint.get(key)!r}, "
                 f"this run asks for {value!r}; use --force to start over"
+            )
+    stored = (checkpoint.get("optimizer_state") or {}).get("config", {})
+    for key, value in _config_record(config).items():
+        if key != "epochs" and key in stored and stored[key] != value:
+            option = "--" + key.replace("_", "-")
+            raise ModelError(
+                f"cannot resume {out}: it was trained with {option} {stored[key]!r}, this run "
+                f"asks for {value!r}; resume with the same options or use --force to start over"
             )
     model.load_state_dict(checkpoint["state_dict"])
     state = checkpoint.get("optimizer_state") or {}

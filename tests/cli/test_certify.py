@@ -200,6 +200,8 @@ def test_resume_with_other_n_is_refused(cli, fixed_run, model_path: Path, tmp_pa
         "--resume",
     )
     cli.assert_domain_error(result, "N=200", "N=300", str(copy))
+    # refused before anything starts: no banner, no progress bar, only the error line
+    assert result.stderr.strip() == cli.error_lines(result)[0], cli.describe(result)
     assert copy.read_text() == before
 
 
@@ -232,7 +234,9 @@ def test_certify_ancer_thetas(cli, ancer_run, thetas_dir: Path, model_path: Path
             assert float(row.radius) == float(row.radius_proxy) == 0.0
     sidecar = json.loads(Path(str(out) + ".json").read_text())
     assert sidecar["arguments"]["method"] == "ancer" and sidecar["complete"] is True
-    assert sidecar["arguments"]["model_sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert (
+        sidecar["arguments"]["model_sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    )
 
 
 def test_certify_isotropic_thetas(cli, thetas_dir: Path, tmp_path: Path) -> None:
@@ -253,10 +257,16 @@ def test_original_ancer_folder_without_manifest(
     cli, ancer_run, thetas_dir: Path, model_path: Path, tmp_path: Path
 ) -> None:
     out, _ = ancer_run
+    # The original package saves thetas[i] of the optimized batch: a view into the storage of
+    # the whole batch, written as it is.
     original = tmp_path / "original"
     original.mkdir()
-    for theta in thetas_dir.glob("theta_test_*.pt"):
-        shutil.copy(theta, original / theta.name)
+    count = cli.OPTIMIZED_INPUTS
+    batch = torch.stack(
+        [torch.load(thetas_dir / f"theta_test_{i}.pt", weights_only=True) for i in range(count)]
+    )
+    for i in range(count):
+        torch.save(batch[i], original / f"theta_test_{i}.pt")
     plain = tmp_path / "plain.csv"
     certify(
         cli,
@@ -361,7 +371,15 @@ def test_accuracy_reads_certify_output(cli, fixed_run) -> None:
 def test_l1_thetas_round_trip(cli, model_path: Path, tmp_path: Path) -> None:
     thetas = tmp_path / "l1"
     cli.ok(
-        "optimize", "--model", model_path, "--out", thetas, "--norm", "l1", "--max", 3,
+        "optimize",
+        "--model",
+        model_path,
+        "--out",
+        thetas,
+        "--norm",
+        "l1",
+        "--max",
+        3,
         *cli.OPTIMIZE_FAST,
     )
     manifest = json.loads((thetas / "manifest.json").read_text())
@@ -378,3 +396,50 @@ def test_l1_thetas_round_trip(cli, model_path: Path, tmp_path: Path) -> None:
         if row.predict != -1:
             matching_gap(cli, row, low, mean, "l1")
     assert json.loads(Path(str(out) + ".json").read_text())["arguments"]["norm"] == "l1"
+
+
+def test_isotropic_values_pt_file(cli, model_path: Path, tmp_path: Path) -> None:
+    """Data-dependent smoothing's own output: one 1-d tensor with a theta per dataset index."""
+    values = torch.linspace(0.2, 0.4, 500)
+    source = tmp_path / "thetas.pt"
+    torch.save(values, source)
+    out = tmp_path / "values.csv"
+    certify(
+        cli,
+        "--thetas",
+        source,
+        "--model",
+        model_path,
+        "--dataset",
+        "digits",
+        "--norm",
+        "l2",
+        "--skip",
+        250,
+        "--out",
+        out,
+    )
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == [0, 250]
+    for row in rows:
+        theta = float(values[row.idx])
+        assert cli.rounded_down(theta, row.min_sigma)
+        if row.predict != -1:
+            matching_gap(cli, row, theta, theta, "l2")
+
+
+@pytest.mark.parametrize("left", ["", "idx\tlabel\tpre"])
+def test_resume_after_a_crash_before_the_header_was_written(
+    cli, model_path: Path, tmp_path: Path, left: str
+) -> None:
+    """The sidecar is written before the results file gets its header, so a crash can leave an
+    empty (or half-headed) results file beside a sidecar; --resume must start it over."""
+    args = ("--model", model_path, "--sigma", SIGMA, "--max", 3)
+    full = tmp_path / "full.csv"
+    certify(cli, *args, "--out", full)
+    out = tmp_path / "crash.csv"
+    out.write_text(left)
+    sidecar = json.loads(Path(str(full) + ".json").read_text())
+    Path(str(out) + ".json").write_text(json.dumps({**sidecar, "complete": False}))
+    certify(cli, *args, "--out", out, "--resume")
+    assert cli.without_time(out) == cli.without_time(full)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
 import ancer_cli
+from ancer_cli.data import load_dataset
 
 SIGMA = 0.25
 
@@ -89,7 +89,10 @@ def test_theta_files(cli, thetas_dir: Path) -> None:
         assert bool((theta >= iso).all()), f"input {idx}: ancer theta below its isotropic theta"
         moved = moved or bool((theta > iso).any())
     assert moved, "the ANCER stage never moved theta above the isotropic start"
-    isos = [float(load(thetas_dir / "isotropic" / f"theta_test_{i}.pt")) for i in range(cli.OPTIMIZED_INPUTS)]
+    isos = [
+        float(load(thetas_dir / "isotropic" / f"theta_test_{i}.pt"))
+        for i in range(cli.OPTIMIZED_INPUTS)
+    ]
     assert any(value != SIGMA for value in isos), "the isotropic stage never moved theta"
 
 
@@ -105,7 +108,9 @@ def test_same_seed_gives_bit_identical_thetas(
             assert first.dtype == second.dtype and torch.equal(first, second), (sub, idx)
 
 
-def test_resume_skips_done_inputs(cli, thetas_copy: Path, thetas_dir: Path, model_path: Path) -> None:
+def test_resume_skips_done_inputs(
+    cli, thetas_copy: Path, thetas_dir: Path, model_path: Path
+) -> None:
     # an interrupted run: inputs 4 and 5 lack their ANCER theta, 5 also its isotropic one
     for path in (
         thetas_copy / "theta_test_4.pt",
@@ -141,9 +146,7 @@ def test_method_isotropic_equals_the_isotropic_stage(
 ) -> None:
     out = tmp_path / "iso"
     optimize(cli, model_path, out, "--method", "isotropic")
-    assert {p.name for p in out.iterdir()} == theta_names(cli.OPTIMIZED_INPUTS) | {
-        "manifest.json"
-    }
+    assert {p.name for p in out.iterdir()} == theta_names(cli.OPTIMIZED_INPUTS) | {"manifest.json"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"] == "isotropic"
     assert "ancer" not in manifest["arguments"]["hyperparameters"]
@@ -165,9 +168,7 @@ def test_ancer_from_given_isotropic_thetas(
         )
 
 
-def test_refuses_non_empty_out_without_force(
-    cli, thetas_copy: Path, model_path: Path
-) -> None:
+def test_refuses_non_empty_out_without_force(cli, thetas_copy: Path, model_path: Path) -> None:
     before = load(thetas_copy / "theta_test_0.pt")
     result = cli.invoke(
         "optimize", "--model", model_path, "--out", thetas_copy, "--max", 6, *cli.OPTIMIZE_FAST
@@ -203,15 +204,23 @@ def test_skip_and_max_select_indices(cli, model_path: Path, tmp_path: Path) -> N
 def test_train_split_names_files_after_the_split(cli, model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "train_thetas"
     cli.ok(
-        "optimize", "--model", model_path, "--out", out, "--method", "isotropic",
-        "--split", "train", "--max", 2, *cli.OPTIMIZE_FAST,
+        "optimize",
+        "--model",
+        model_path,
+        "--out",
+        out,
+        "--method",
+        "isotropic",
+        "--split",
+        "train",
+        "--max",
+        2,
+        *cli.OPTIMIZE_FAST,
     )
     assert {p.name for p in out.glob("*.pt")} == {"theta_train_0.pt", "theta_train_1.pt"}
     assert json.loads((out / "manifest.json").read_text())["arguments"]["split"] == "train"
     results = tmp_path / "train.csv"
     cli.ok("certify", "--thetas", out, *cli.CERTIFY_FAST, "--out", results)
-    from ancer_cli.data import load_dataset
-
     data = load_dataset("digits", "train")
     rows = cli.read_rows(results)
     assert [(r.idx, r.label) for r in rows] == [(i, int(data.dataset[i][1])) for i in (0, 1)]

@@ -125,8 +125,7 @@ def test_resume_continues_to_the_same_state_as_an_uninterrupted_run(
     assert_same_state(resumed["state_dict"], uninterrupted["state_dict"])
     # the optimizer's momentum buffers too
     buffers = [
-        s["momentum_buffer"]
-        for s in resumed["optimizer_state"]["optimizer"]["state"].values()
+        s["momentum_buffer"] for s in resumed["optimizer_state"]["optimizer"]["state"].values()
     ]
     expected = [
         s["momentum_buffer"]

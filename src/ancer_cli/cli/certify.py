@@ -10,6 +10,7 @@ import typer
 from ancer_cli.artifacts import read_manifest
 from ancer_cli.certify import (
     CertifyConfig,
+    check_resume,
     fixed_theta,
     run_certify,
     select_indices,
@@ -230,6 +231,8 @@ def certify_command(
                     "device": describe_device(torch_device),
                     "versions": versions(),
                 }
+                if resume:
+                    check_resume(out, record["arguments"], use_memory, ranks)
                 return run, data, source, describe, use_memory, indices, config, record, chosen_norm
 
             run, data, source, describe, use_memory, indices, config, record, chosen_norm = (

@@ -28,7 +28,7 @@ from ancer_cli.distributed import collective, rank_device, ranks_from_env, start
 from ancer_cli.errors import AncerError
 from ancer_cli.inputs import load_run_inputs
 from ancer_cli.optimize import AncerConfig, IsotropicConfig
-from ancer_cli.optimize_dataset import Method, OptimizeJob, run_optimize
+from ancer_cli.optimize_dataset import Method, OptimizeJob, check_resume, run_optimize
 from ancer_cli.runtime import describe_device, resolve_device, versions
 from ancer_cli.thetas import open_thetas
 
@@ -196,6 +196,8 @@ def optimize_command(
                     "versions": versions(),
                     "device": describe_device(torch_device),
                 }
+                if resume:
+                    check_resume(out, record, job, run_iso_stage=iso_source is None)
                 return run, iso_source, indices, job, record, start_sigma
 
             run, iso_source, indices, job, record, start_sigma = collective(ranks, prepare)

@@ -20,6 +20,7 @@ from ancer_cli.cli.common import (
 )
 from ancer_cli.core.noise import Norm
 from ancer_cli.data import dataset_info, load_dataset
+from ancer_cli.models import check_architecture
 from ancer_cli.runtime import describe_device, resolve_device
 from ancer_cli.train import TrainConfig, Training, train
 
@@ -106,6 +107,7 @@ def train_command(
             noisy_samples=noisy_samples,
             seed=seed,
         )
+        check_architecture(config.arch)
         train_data = load_dataset(dataset, "train", data_root, download)
         test_data = load_dataset(dataset, "test", data_root, download)
         console.print(

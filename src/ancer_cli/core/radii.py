@@ -19,7 +19,10 @@ def min_theta(theta: Theta) -> float:
 def geometric_mean(theta: Theta) -> float:
     """``exp(mean(log theta))``, computed in log space in float64 (d can be 150,528)."""
     if isinstance(theta, torch.Tensor):
-        return float(torch.exp(torch.log(theta.detach().double()).mean()))
+        values = theta.detach().double()
+        mean = torch.exp(torch.log(values).mean())
+        # exp(log(t)) can miss t by an ulp: keep the mean inside [min, max] as it must be
+        return float(mean.clamp(values.min(), values.max()))
     return float(theta)
 
 
