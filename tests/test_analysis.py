@@ -340,6 +340,21 @@ def test_original_ancer_scripts_format(tmp_path: Path) -> None:
     )
 
 
+def test_original_data_dependent_smoothing_format(tmp_path: Path) -> None:
+    """Alfarra et al.'s isotropic certify script writes a per-input ``sigma`` column."""
+    text = (
+        "idx\tlabel\tpredict\tradius\tcorrect\tsigma\ttime\n"
+        "0\t3\t3\t0.61\t1\t0.3012\t0:00:01.250000\n"
+        "1\t8\t-1\t0.0\t0\t0.1203\t0:00:01.750000\n"
+    )
+    frame = read_results(write(tmp_path, text, "dds.tsv"))
+    assert frame["sigma"].tolist() == ["0.3012", "0.1203"]  # extra columns are kept as text
+    summary = analysis.summarize(frame, [0.5])
+    assert summary.certified_accuracy == {0.5: 0.5}
+    assert summary.median_time == pytest.approx(1.5)
+    assert summary.average_proxy_radius is None
+
+
 def test_parse_time() -> None:
     assert parse_time("15.4") == 15.4
     assert parse_time("0:02:31.238689") == pytest.approx(151.238689)
@@ -470,6 +485,8 @@ def test_confidence_from_record() -> None:
     assert analysis.confidence_from_record(record, 0.01, alpha=0.2).alpha == 0.2
     no_memory = {"arguments": {"alpha": 0.01}, "memory": {"enabled": False}}
     assert analysis.confidence_from_record(no_memory, 0.1) == analysis.Confidence(0.01, 0.1, 0)
+    with pytest.raises(ResultsError, match="memory.reassigned"):
+        analysis.confidence_from_record({"memory": {"reassigned": [3, 4]}}, 0.1)
 
 
 def test_table_json_and_markdown_with_high_probability(four: pd.DataFrame) -> None:
@@ -538,6 +555,11 @@ def pixels_of(path: Path) -> np.ndarray:
     return np.round(imread(path)[..., :3] * 255).astype(int)
 
 
+def distinct_colours(pixels: np.ndarray) -> int:
+    """Number of different RGB colours in an (H, W, 3) integer image."""
+    return int(np.unique(pixels[..., 0] * 65536 + pixels[..., 1] * 256 + pixels[..., 2]).size)
+
+
 def near(pixels: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 12) -> int:
     """How many pixels are within ``tolerance`` (L1) of ``rgb``."""
     return int((np.abs(pixels - np.array(rgb)).sum(axis=-1) <= tolerance).sum())
@@ -580,8 +602,7 @@ def test_plot_radius_distribution(four: pd.DataFrame, tmp_path: Path, cdf: bool)
     assert pixels.shape == (630, 1650, 3)  # two panels: radii and radius_proxy / radius
     for rgb in (BLUE, ORANGE, GREEN):
         assert near(pixels, rgb) > 30, rgb
-    colours = {tuple(c) for c in pixels.reshape(-1, 3).tolist()}
-    assert len(colours) > 20
+    assert distinct_colours(pixels) > 20
 
 
 def test_plot_radius_distribution_without_certified_rows(tmp_path: Path) -> None:
@@ -615,10 +636,15 @@ def test_plot_theta_maps(
     pixels = pixels_of(path)
     # figure size (2.9 * columns + 0.4) x (2.7 * rows) inches at 150 dpi
     assert pixels.shape == (810, round((2.9 * columns + 0.4) * 150), 3)
-    colours = {tuple(c) for c in pixels.reshape(-1, 3).tolist()}
-    assert len(colours) > 50
+    assert distinct_colours(pixels) > 50
 
 
 def test_plot_theta_maps_needs_inputs(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="at least one index"):
         analysis.plot_theta_maps([], tmp_path / "t.png")
+
+
+def test_plot_proxy_without_proxy_columns(tmp_path: Path) -> None:
+    cohen_like = frame_of([(0, 0, 0.5, 1), (1, 1, 0.2, 1)])
+    analysis.plot_certified_accuracy({"a": cohen_like}, Metric.proxy, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 5_000

@@ -400,6 +400,12 @@ def test_high_probability_alpha_from_sidecar_and_option(ancer_file: Path) -> Non
     override = run(ancer_file, "--high-probability", "--alpha", "0.01", "--format", "json")
     high = json.loads(override.stdout)["files"]["certification.tsv"]["high_probability"]
     assert high["alpha"] == 0.01 and high["rho"] == 0.001
+    # one row reassigned by the memory pass: 3 independent certificates, plus that row
+    sidecar.write_text(json.dumps({"arguments": {"alpha": 0.3}, "memory": {"reassigned": 1}}))
+    result = run(ancer_file, "--high-probability", "--rho", "0.2", "--format", "json", "-r", "0")
+    high = json.loads(result.stdout)["files"]["certification.tsv"]["high_probability"]
+    k0 = independent_false_certificates(3, 0.3, 0.2)
+    assert k0 > 0 and high["reassigned"] == 1 and high["false_certificates"] == min(4, k0 + 1)
 
 
 @pytest.mark.parametrize("option", ["--rho", "--alpha"])
@@ -408,6 +414,11 @@ def test_bad_rho_and_alpha_are_usage_errors(ancer_file: Path, option: str, value
     result = run(ancer_file, "--high-probability", f"{option}={value}")
     assert result.exit_code == 2, result.output
     assert option in result.output
+
+
+def test_alpha_needs_high_probability(ancer_file: Path) -> None:
+    result = run(ancer_file, "--alpha", "0.01")
+    assert result.exit_code == 2 and "--high-probability" in result.output
 
 
 def test_hist_and_both_metrics(ancer_file: Path, tmp_path: Path) -> None:
@@ -437,6 +448,13 @@ def test_plot_and_hist_options_are_checked(ancer_file: Path, tmp_path: Path) -> 
     assert run(ancer_file, "--plot", same, "--hist", same).exit_code == 2
     assert run(ancer_file, "--plot-metric", "volume").exit_code == 2
     assert not same.exists()
+
+
+@needs_cohen
+def test_plot_proxy_of_cohen_file_fails(tmp_path: Path) -> None:
+    result = run(CIFAR_025, "--plot", tmp_path / "c.png", "--plot-metric", "proxy")
+    assert_one_error_line(result, str(CIFAR_025), "radius_proxy")
+    assert not (tmp_path / "c.png").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ def test_ancer_proxy_radius_beats_isotropic_radius(digits_model):
         model, x, torch.full((12,), 0.25), Norm.l2, IsotropicConfig(iterations=30, samples=32), gens
     )
     gens = [input_generator(0, i, device, Stream.ancer) for i in indices]
-    theta = optimize_ancer(model, x, theta_iso, Norm.l2, AncerConfig(iterations=30, samples=32), gens)
+    theta = optimize_ancer(
+        model, x, theta_iso, Norm.l2, AncerConfig(iterations=30, samples=32), gens
+    )
     config = CertifyConfig(n_estimation=2000, batch_size=1000)
     iso_rows = list(certify_dataset(model, data, indices, lambda i: theta_iso[i], config, device))
     ancer_rows = list(certify_dataset(model, data, indices, lambda i: theta[i], config, device))

@@ -61,7 +61,10 @@ def test_objectives_match_their_formulas():
     p1, p2 = torch.tensor([0.9, 0.6]), torch.tensor([0.05, 0.3])
     from scipy.stats import norm
 
-    expected = [0.5 / 2 * (norm.ppf(0.9) - norm.ppf(0.05)), 2.0 / 2 * (norm.ppf(0.6) - norm.ppf(0.3))]
+    expected = [
+        0.5 / 2 * (norm.ppf(0.9) - norm.ppf(0.05)),
+        2.0 / 2 * (norm.ppf(0.6) - norm.ppf(0.3)),
+    ]
     assert isotropic_objective(theta, p1, p2, "l2").tolist() == pytest.approx(expected, rel=1e-5)
     assert isotropic_objective(theta, p1, p2, "l1").tolist() == pytest.approx([0.5 * 0.85, 2 * 0.3])
     # clamping keeps Phi^-1 finite when the vote is unanimous
@@ -79,7 +82,9 @@ def test_smoothed_top_two_is_differentiable_and_per_input_seeded():
     (p1.sum()).backward()
     assert theta.grad is not None and torch.isfinite(theta.grad).all()
     # the first input's estimate does not depend on which inputs share its batch
-    alone, _ = smoothed_top_two(model, xs[:1], theta[:1].detach(), "l2", 64, _gens([0], Stream.ancer))
+    alone, _ = smoothed_top_two(
+        model, xs[:1], theta[:1].detach(), "l2", 64, _gens([0], Stream.ancer)
+    )
     assert alone[0].item() == pytest.approx(p1[0].item(), abs=1e-6)
 
 
@@ -89,8 +94,13 @@ def test_ancer_objective_increases_and_theta_stays_above_isotropic(norm_name):
     theta_iso = torch.full((8,), 0.2)
     trace: list[float] = []
     theta = optimize_ancer(
-        model, xs, theta_iso, norm_name, AncerConfig(iterations=60, lr=0.04, samples=64),
-        _gens(range(8), Stream.ancer), progress=lambda it, total, value: trace.append(value),
+        model,
+        xs,
+        theta_iso,
+        norm_name,
+        AncerConfig(iterations=60, lr=0.04, samples=64),
+        _gens(range(8), Stream.ancer),
+        progress=lambda it, total, value: trace.append(value),
     )
     assert theta.shape == (8, *SHAPE)
     assert (theta >= 0.2).all()
@@ -105,8 +115,12 @@ def test_isotropic_optimizer_keeps_theta_positive():
     # at theta = 0.06 the Ball classifier's vote collapses as theta grows, so the gradient is
     # strongly negative; a large step would take theta below zero, the floor keeps it positive
     theta = optimize_isotropic(
-        Ball(), torch.zeros((1, *SHAPE)), torch.tensor([0.06]), "l2",
-        IsotropicConfig(iterations=1, lr=50.0, samples=256), _gens([0], Stream.isotropic),
+        Ball(),
+        torch.zeros((1, *SHAPE)),
+        torch.tensor([0.06]),
+        "l2",
+        IsotropicConfig(iterations=1, lr=50.0, samples=256),
+        _gens([0], Stream.isotropic),
     )
     assert theta.shape == (1,)
     assert float(theta) == pytest.approx(THETA_FLOOR)
@@ -117,8 +131,12 @@ def test_isotropic_optimizer_moves_towards_better_theta():
     # grows the objective (theta * Phi^-1(0.999) while the vote stays unanimous)
     trace: list[float] = []
     theta = optimize_isotropic(
-        Ball(), torch.zeros((1, *SHAPE)), torch.tensor([0.01]), "l2",
-        IsotropicConfig(iterations=50, lr=0.002, samples=64), _gens([0], Stream.isotropic),
+        Ball(),
+        torch.zeros((1, *SHAPE)),
+        torch.tensor([0.01]),
+        "l2",
+        IsotropicConfig(iterations=50, lr=0.002, samples=64),
+        _gens([0], Stream.isotropic),
         progress=lambda it, total, value: trace.append(value),
     )
     assert float(theta) > 0.01
@@ -139,17 +157,26 @@ def test_linear_oracle_with_optimized_anisotropic_thetas_is_sound(norm_name):
     count, alpha = 40, 0.01
     model, w, xs, margins = _linear_problem(count, seed=5)
     theta_iso = optimize_isotropic(
-        model, xs, torch.full((count,), 0.2), norm_name, IsotropicConfig(iterations=20, samples=64),
+        model,
+        xs,
+        torch.full((count,), 0.2),
+        norm_name,
+        IsotropicConfig(iterations=20, samples=64),
         _gens(range(count), Stream.isotropic),
     )
     thetas = optimize_ancer(
-        model, xs, theta_iso, norm_name, AncerConfig(iterations=30, samples=64),
+        model,
+        xs,
+        theta_iso,
+        norm_name,
+        AncerConfig(iterations=30, samples=64),
         _gens(range(count), Stream.ancer),
     )
     unsound = certified = 0
     for i in range(count):
-        cert = certify(model, xs[i], thetas[i], norm_name, 100, 2000, alpha, 1000,
-                       input_generator(0, i, "cpu"))
+        cert = certify(
+            model, xs[i], thetas[i], norm_name, 100, 2000, alpha, 1000, input_generator(0, i, "cpu")
+        )
         if cert.prediction == ABSTAIN:
             continue
         certified += 1

@@ -33,6 +33,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from ancer_cli.artifacts import atomic_writer
@@ -280,7 +281,11 @@ def confidence_from_record(
         recorded = arguments.get("alpha") if isinstance(arguments, Mapping) else None
         alpha = float(recorded) if isinstance(recorded, (int, float)) else DEFAULT_ALPHA
     reassigned = memory.get("reassigned", 0) if isinstance(memory, Mapping) else 0
-    return Confidence(alpha=alpha, rho=rho, reassigned=int(reassigned or 0))
+    if isinstance(reassigned, bool) or not isinstance(reassigned, int):
+        raise ResultsError(
+            f"run record says memory.reassigned = {reassigned!r}, expected a count of rows"
+        )
+    return Confidence(alpha=alpha, rho=rho, reassigned=reassigned)
 
 
 def summarize(
@@ -694,7 +699,10 @@ def plot_certified_accuracy(
     axes.set_ylabel("certified accuracy")
     axes.set_title("Certified accuracy against radius")
     axes.grid(True, alpha=0.4)
-    axes.legend(loc="upper right", fontsize="small")
+    if lines:
+        axes.legend(loc="upper right", fontsize="small")
+    else:
+        axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
     _save(figure, path, image_format)
 
 
@@ -739,6 +747,7 @@ def _distribution(axes: Axes, samples: Mapping[str, tuple[int, np.ndarray]], cdf
                 label=f"{label} (n={len(v)})",
             )
         else:
+            axes.hist(v, bins=bins, histtype="stepfilled", color=_colour(index), alpha=0.15)
             axes.hist(
                 v,
                 bins=bins,
@@ -750,6 +759,8 @@ def _distribution(axes: Axes, samples: Mapping[str, tuple[int, np.ndarray]], cdf
     axes.set_ylabel("fraction of inputs at most x" if cdf else "inputs")
     if cdf:
         axes.set_ylim(0.0, 1.02)
+    else:
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of inputs
     axes.grid(True, alpha=0.4)
     axes.legend(loc="lower right" if cdf else "upper right", fontsize="small")
 
@@ -764,9 +775,10 @@ def plot_radius_distribution(
 
     Left panel: the ``metric`` radius of every correctly certified row (``correct == 1``), as
     overlaid step histograms on shared bins or, with ``cdf``, empirical CDFs. Right panel (when
-    any frame has ``radius_proxy``): the ratio ``radius_proxy / radius`` of rows with
-    ``radius > 0`` (:func:`proxy_ratios`), 1 for isotropic runs and above for ANCER. ``path``
-    must end in ``.png`` or ``.pdf``; written atomically.
+    any frame is an anisotropic run): the ratio ``radius_proxy / radius`` of rows with
+    ``radius > 0`` (:func:`proxy_ratios`) of those frames; frames whose ratios are all 1
+    (fixed sigma, isotropic thetas) are named in the panel instead of drawn. ``path`` must end
+    in ``.png`` or ``.pdf``; written atomically.
     """
     image_format = _check_plot_path(path)
     radii = {
@@ -778,21 +790,27 @@ def plot_radius_distribution(
         )
         for index, (label, frame) in enumerate(frames.items())
     }
-    ratios = {
+    every_ratio = {
         label: (index, proxy_ratios(frame))
         for index, (label, frame) in enumerate(frames.items())
         if Metric.proxy.column in frame.columns
     }
+    # radii are written rounded toward zero with 7 digits, so isotropic ratios are 1 +- 1e-6
+    isotropic = [
+        label for label, (_, r) in every_ratio.items() if np.allclose(r, 1.0, rtol=0, atol=1e-5)
+    ]
+    ratios = {label: item for label, item in every_ratio.items() if label not in isotropic}
     figure = _new_figure(11.0 if ratios else 6.4, 4.2)
     panels = figure.subplots(1, 2 if ratios else 1, squeeze=False)[0]
-    kind = "cumulative distribution" if cdf else "histogram"
+    kind = "CDF" if cdf else "histogram"
     _distribution(panels[0], radii, cdf)
     panels[0].set_xlabel(f"{_METRIC_AXIS[metric]} of correctly certified inputs")
-    panels[0].set_title(f"Per-input certified radius ({kind})")
+    panels[0].set_title(f"Certified radius per input ({kind})")
     if ratios:
         _distribution(panels[1], ratios, cdf)
-        panels[1].set_xlabel("radius_proxy / radius (1 = isotropic)")
-        panels[1].set_title(f"Per-input ratio radius_proxy / radius ({kind})")
+        panels[1].set_title(f"radius_proxy / radius per input ({kind})")
+        note = f"\nratio 1 (isotropic), not drawn: {', '.join(isotropic)}" if isotropic else ""
+        panels[1].set_xlabel(f"radius_proxy / radius{note}")
     _save(figure, path, image_format)
 
 

@@ -177,6 +177,11 @@ def accuracy_command(
     labels = label if label is not None else analysis.default_labels(files)
     if len(set(labels)) != len(labels):
         raise typer.BadParameter("labels must differ from each other", param_hint="'--label'")
+    if alpha is not None and not high_probability:
+        raise typer.BadParameter(
+            "--alpha only sets the --high-probability bounds; add --high-probability",
+            param_hint="'--alpha'",
+        )
     for name, value in (("--rho", rho), ("--alpha", alpha)):
         if value is not None and not 0.0 < value < 1.0:
             raise typer.BadParameter(f"must lie in (0, 1), got {value}", param_hint=f"'{name}'")
@@ -195,6 +200,8 @@ def accuracy_command(
         for name, path in zip(labels, files, strict=True):
             frame = read_results(path)
             analysis.check_results(frame, metric, path)
+            if plot is not None and plot_metric is PlotMetric.proxy:
+                analysis.check_results(frame, Metric.proxy, path)
             frames[name] = frame
             confidences[name] = (
                 analysis.confidence_from_record(read_results_record(path), rho, alpha)
