@@ -2,8 +2,8 @@
 
 With a theta chosen per input, a point inside x's certified region gets its own theta, so the
 plain smoothed classifier there may disagree with x's class. Alfarra et al. ("Data dependent
-randomized smoothing", UAI 2022, section 4) fix this by certifying a *memory-augmented*
-classifier, which ANCER (Eiras et al., TMLR 2022, appendix) generalizes to anisotropic regions.
+randomized smoothing", UAI 2022) fix this by certifying a *memory-augmented* classifier,
+which ANCER (Eiras et al., TMLR 2022) generalizes to anisotropic regions.
 Inputs are processed in index order with a memory of stored regions ``(center, theta, gap,
 class)``:
 
@@ -17,11 +17,11 @@ class)``:
 Stored regions of different classes are therefore pairwise disjoint. Every test is the sound
 one of :mod:`ancer_cli.core.regions`: rounding can make a certificate smaller, never wrong.
 
-Speed: for each block of consecutive inputs, one float64 matrix product against all stored
-centres (in chunks) screens out the pairs whose bounding balls are provably apart (a rigorous rounding bound
-is subtracted, so the screen never discards a pair the exact pre-filter would keep); only the
-few remaining pairs reach the exact tests. Stored regions live in preallocated, growing tensors
-on the chosen device.
+Speed: for each block of consecutive inputs, one float64 matrix product against the stored
+centres (in chunks) screens out the pairs whose bounding balls are provably apart (a rigorous
+rounding bound is subtracted, so the screen never discards a pair the exact pre-filter would
+keep); only the few remaining pairs reach the exact tests. Stored regions live in preallocated,
+growing tensors on the chosen device.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ from ancer_cli.core.regions import (
     rounding_slack,
     weighted_distance,
 )
-
-ABSTAIN = -1
+from ancer_cli.core.smoothing import ABSTAIN
 
 _SCREEN_ELEMENTS = 1 << 23
 """float64 entries (64 MiB) per screening operand: bounds the block of inputs fetched at once
@@ -85,8 +84,8 @@ class _Memory:
     Thetas are kept in float32 when they arrive as float32 (or narrower) and in float64
     otherwise (a Python float or a float64 tensor), so that a stored region is exactly the
     region certified; they are ``(capacity, 1)`` while all are isotropic and become
-    ``(capacity, D)`` with the first anisotropic one. ``norms`` holds ``||x||_2^2`` for the
-    screening product, ``radii`` the bounding-ball radii ``g max(theta)``.
+    ``(capacity, D)`` with the first anisotropic one. ``squared_norms`` holds ``||x||_2^2`` for
+    the screening product, ``radii`` the bounding-ball radii ``g max(theta)``.
     """
 
     def __init__(self, dim: int, limit: int, device: torch.device) -> None:
@@ -95,7 +94,7 @@ class _Memory:
         self.thetas = torch.empty((0, 1), dtype=torch.float32, device=device)
         self.gaps = torch.empty(0, dtype=torch.float64, device=device)
         self.radii = torch.empty(0, dtype=torch.float64, device=device)
-        self.norms = torch.empty(0, dtype=torch.float64, device=device)
+        self.squared_norms = torch.empty(0, dtype=torch.float64, device=device)
         self.classes: list[int] = []
         self.indices: list[int] = []
 
@@ -118,7 +117,7 @@ class _Memory:
         self.thetas = self._grown(self.thetas, capacity)
         self.gaps = self._grown(self.gaps, capacity)
         self.radii = self._grown(self.radii, capacity)
-        self.norms = self._grown(self.norms, capacity)
+        self.squared_norms = self._grown(self.squared_norms, capacity)
 
     def add(
         self,
@@ -126,7 +125,7 @@ class _Memory:
         theta: torch.Tensor,
         wide_theta: bool,
         gap: float,
-        norm: torch.Tensor,
+        squared_norm: torch.Tensor,
         claim: Claim,
     ) -> int:
         """Store one region (``center (D,)`` and ``theta (1 or D,)`` float64); return its slot."""
@@ -136,7 +135,7 @@ class _Memory:
         self.thetas[slot] = theta
         self.gaps[slot] = gap
         self.radii[slot] = gap * theta.max()
-        self.norms[slot] = norm
+        self.squared_norms[slot] = squared_norm
         self.classes.append(claim.predict)
         self.indices.append(claim.idx)
         self.size += 1
@@ -175,10 +174,10 @@ def _check_claims(claims: Sequence[Claim]) -> None:
 
 def _near_pairs(
     queries: torch.Tensor,
-    query_norms: torch.Tensor,
+    query_squared_norms: torch.Tensor,
     query_radii: torch.Tensor,
     centers: torch.Tensor,
-    norms: torch.Tensor,
+    squared_norms: torch.Tensor,
     radii: torch.Tensor,
     slack: float,
 ) -> torch.Tensor:
@@ -190,7 +189,7 @@ def _near_pairs(
     the l1 pre-filter. A point in a region lies within its bounding ball, so the screen also
     covers the membership test (``r_q >= 0``).
     """
-    total = query_norms[:, None] + norms[None, :]
+    total = query_squared_norms[:, None] + squared_norms[None, :]
     lower = total - 2.0 * (queries @ centers.T) - slack * total
     reach = (query_radii[:, None] + radii[None, :]) * (1.0 + MARGIN)
     return (lower <= reach * reach).nonzero()
@@ -245,7 +244,7 @@ def memory_pass(
             [x.detach().reshape(-1).to(device=device, dtype=torch.float64) for x in raw]
         )
         thetas = [_theta_vector(theta(claim.idx), dim, claim.idx, device) for claim in batch]
-        norms = (points * points).sum(dim=1)
+        squared_norms = (points * points).sum(dim=1)
         reach = torch.tensor([claim.gap for claim in batch], dtype=torch.float64, device=device)
         reach = reach * torch.stack([vector.max() for vector, _ in thetas])
 
@@ -254,17 +253,17 @@ def memory_pass(
             last = min(memory.size, first + chunk)
             pairs = _near_pairs(
                 points,
-                norms,
+                squared_norms,
                 reach,
                 memory.centers[first:last],
-                memory.norms[first:last],
+                memory.squared_norms[first:last],
                 memory.radii[first:last],
                 slack,
             )
             for query, slot in pairs.tolist():
                 candidates[query].append(first + slot)
         within: list[list[int]] = [[] for _ in batch]
-        pairs = _near_pairs(points, norms, reach, points, norms, reach, slack)
+        pairs = _near_pairs(points, squared_norms, reach, points, squared_norms, reach, slack)
         for query, earlier in pairs.tolist():
             if earlier < query:
                 within[query].append(earlier)
@@ -284,7 +283,7 @@ def memory_pass(
                     theta_x,
                     wide_theta,
                     gap,
-                    norms[position],
+                    squared_norms[position],
                     claim,
                 )
             slots.append(slot)
