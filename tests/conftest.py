@@ -168,6 +168,15 @@ def rounded_down(exact: float, printed: str, digits: int = 6) -> bool:
     return Decimal(0) <= target - value < unit
 
 
+def rounded_near(exact: float, printed: str, digits: int = 7) -> bool:
+    """``printed`` is ``exact`` rounded to nearest with ``digits`` significant digits."""
+    value, target = Decimal(printed), Decimal(exact)
+    if target == 0:
+        return value == 0
+    unit = Decimal(10) ** (math.floor(math.log10(abs(exact))) - digits + 1)
+    return abs(target - value) <= unit / 2
+
+
 # ---------------------------------------------------------------------------------------------
 # session artifacts made through the CLI
 
@@ -200,6 +209,7 @@ class Cli:
     read_rows = staticmethod(read_rows)
     without_time = staticmethod(without_time)
     rounded_down = staticmethod(rounded_down)
+    rounded_near = staticmethod(rounded_near)
     train_model = staticmethod(train_model)
 
 

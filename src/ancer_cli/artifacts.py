@@ -133,6 +133,12 @@ def format_down(value: float, digits: int = RADIUS_DIGITS) -> str:
     return text if "." in text else text + ".0"
 
 
+def format_nearest(value: float, digits: int = RADIUS_DIGITS) -> str:
+    """``value`` with ``digits`` significant digits, rounded to nearest (for non-radii)."""
+    text = f"{value:.{digits}g}"
+    return text if any(c in text for c in ".einf") else text + ".0"
+
+
 def format_result_row(
     idx: int,
     label: int,
@@ -151,7 +157,7 @@ def format_result_row(
         format_down(radius),
         format_down(radius_proxy),
         str(correct),
-        format_down(min_sigma),
+        format_nearest(min_sigma),
         f"{seconds:.4f}",
     ]
     return "\t".join(fields) + "\n"

@@ -92,7 +92,7 @@ def test_fixed_radius_is_cohens_radius_rounded_down(cli, fixed_run) -> None:
     rows = cli.read_rows(out)
     assert any(row.predict != -1 for row in rows), "nothing certified; model too weak?"
     for row in rows:
-        assert cli.rounded_down(SIGMA, row.min_sigma)
+        assert cli.rounded_near(SIGMA, row.min_sigma)
         assert row.radius == row.radius_proxy  # isotropic: min(theta) == geomean(theta)
         if row.predict == -1:
             assert float(row.radius) == 0.0 and row.correct == 0
@@ -107,7 +107,7 @@ def test_fixed_l1_uses_sqrt3_sigma_and_linear_gap(cli, model_path: Path, tmp_pat
     rows = cli.read_rows(out)
     assert [row.idx for row in rows] == [0, 1, 2, 3]
     for row in rows:
-        assert cli.rounded_down(theta, row.min_sigma)
+        assert cli.rounded_near(theta, row.min_sigma)
         assert row.radius == row.radius_proxy
         if row.predict != -1:
             matching_gap(cli, row, theta, theta, "l1")
@@ -226,7 +226,7 @@ def test_certify_ancer_thetas(cli, ancer_run, thetas_dir: Path, model_path: Path
         theta = torch.load(thetas_dir / f"theta_test_{row.idx}.pt", weights_only=True)
         low = float(theta.min())
         mean = float(torch.exp(torch.log(theta.double()).mean()))
-        assert cli.rounded_down(low, row.min_sigma)
+        assert cli.rounded_near(low, row.min_sigma)
         assert float(row.radius_proxy) >= float(row.radius)
         if row.predict != -1:
             matching_gap(cli, row, low, mean, "l2")
@@ -246,7 +246,7 @@ def test_certify_isotropic_thetas(cli, thetas_dir: Path, tmp_path: Path) -> None
     assert [row.idx for row in rows] == list(range(cli.OPTIMIZED_INPUTS))
     for row in rows:
         theta = float(torch.load(thetas_dir / "isotropic" / f"theta_test_{row.idx}.pt"))
-        assert cli.rounded_down(theta, row.min_sigma)
+        assert cli.rounded_near(theta, row.min_sigma)
         assert row.radius == row.radius_proxy
         if row.predict != -1:
             matching_gap(cli, row, theta, theta, "l2")
@@ -321,7 +321,7 @@ def test_isotropic_values_file(cli, model_path: Path, tmp_path: Path) -> None:
     assert [row.idx for row in rows] == [0, 100, 200, 300, 400]
     for row in rows:
         theta = float(torch.tensor(values[row.idx], dtype=torch.float32))
-        assert cli.rounded_down(theta, row.min_sigma)
+        assert cli.rounded_near(theta, row.min_sigma)
         assert row.radius == row.radius_proxy
         if row.predict != -1:
             matching_gap(cli, row, theta, theta, "l2")
@@ -392,7 +392,7 @@ def test_l1_thetas_round_trip(cli, model_path: Path, tmp_path: Path) -> None:
         theta = torch.load(thetas / f"theta_test_{row.idx}.pt", weights_only=True)
         low = float(theta.min())
         mean = float(torch.exp(torch.log(theta.double()).mean()))
-        assert cli.rounded_down(low, row.min_sigma)
+        assert cli.rounded_near(low, row.min_sigma)
         if row.predict != -1:
             matching_gap(cli, row, low, mean, "l1")
     assert json.loads(Path(str(out) + ".json").read_text())["arguments"]["norm"] == "l1"
@@ -423,7 +423,7 @@ def test_isotropic_values_pt_file(cli, model_path: Path, tmp_path: Path) -> None
     assert [row.idx for row in rows] == [0, 250]
     for row in rows:
         theta = float(values[row.idx])
-        assert cli.rounded_down(theta, row.min_sigma)
+        assert cli.rounded_near(theta, row.min_sigma)
         if row.predict != -1:
             matching_gap(cli, row, theta, theta, "l2")
 

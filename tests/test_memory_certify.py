@@ -1,0 +1,110 @@
+"""The memory pass end to end through ``run_certify``, with a hand-made model and inputs placed
+so that certified regions collide (SPEC section 1, "Memory-based certification").
+
+The model is a stripe classifier on 2-pixel inputs: class 1 where ``|x_0| < 1``, class 0 outside.
+Input A sits in the stripe with a huge theta: its noise mostly leaves the stripe, so the smoothed
+classifier certifies class 0 on a large region around A. Input B lies inside A's region, where the
+base classifier says 1: the memory classifier must answer A's class with A's sub-region. Input C
+is in the stripe just beyond A's region with a small theta: its own region (class 1) overlaps A's
+and must shrink to exactly the touching gap.
+"""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ancer_cli.artifacts import read_results
+from ancer_cli.certify import CertifyConfig, certify_dataset, run_certify
+from ancer_cli.core.noise import Norm
+from ancer_cli.core.regions import regions_intersect
+from ancer_cli.data import DatasetInfo, LoadedData
+
+INFO = DatasetInfo("stripe", (1, 1, 2), 2, (0.0,), (1.0,), "cnn")
+THETA = {0: 10.0, 1: 0.3, 2: 0.3}
+
+
+class Stripe(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inside = (x.flatten(1)[:, 0].abs() < 1).float()
+        return torch.stack([1 - inside, inside], dim=1) * 10
+
+
+def _data(points: list[tuple[float, float]], labels: list[int]) -> LoadedData:
+    xs = torch.tensor(points, dtype=torch.float32).view(-1, 1, 1, 2)
+    return LoadedData(TensorDataset(xs, torch.tensor(labels)), INFO, "test")
+
+
+def _norm_of(d: torch.Tensor, norm: str) -> float:
+    return float(d.norm(p=2 if norm == "l2" else 1))
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_reassign_and_shrink_through_run_certify(norm, tmp_path):
+    model, device = Stripe(), torch.device("cpu")
+    config = CertifyConfig(norm=Norm(norm), n_selection=100, n_estimation=20_000, batch_size=5000)
+    # A's certificate depends only on (seed, index, x, theta): compute it first to place C
+    a_row = next(certify_dataset(model, _data([(0, 0)], [1]), [0], THETA.get, config, device))
+    assert a_row.predict == 0 and a_row.gap > 0
+    reach = THETA[0] * a_row.gap  # radius of A's (isotropic) region
+    c_point = (0.0, reach + 0.2)
+    data = _data([(0, 0), (0, 0.5), c_point], [1, 1, 1])
+
+    out = tmp_path / "r.csv"
+    record = {"arguments": {"norm": norm}}
+    summary = run_certify(
+        model, data, [0, 1, 2], THETA.get, config, device, out, record, memory=True
+    )
+    before = read_results(tmp_path / "r.csv.pre-memory")
+    after = read_results(out)
+
+    assert summary.memory is not None
+    assert summary.memory.reassigned == [1] and summary.memory.shrunk == [2]
+    assert summary.memory.changed_predictions == [1]
+    # B: the base classifier says 1, the smoothed one certifies 1 -- but B lies in A's region
+    assert before.loc[1, "predict"] == 1
+    distance_b = _norm_of(torch.tensor([0.0, 0.5]), norm) / THETA[0]
+    assert after.loc[1, "predict"] == 0 and after.loc[1, "correct"] == 0
+    assert after.loc[1, "min_sigma"] == pytest.approx(THETA[0])
+    assert after.loc[1, "radius"] == pytest.approx(THETA[0] * (a_row.gap - distance_b), rel=1e-5)
+    # C: class 1 kept, gap shrunk to touch A's region as reported (radius rounded toward zero)
+    reported_reach = float(after.loc[0, "radius"])
+    assert reported_reach <= reach
+    c_center = data.dataset[2][0].flatten().double()  # as stored: float32
+    touching = (_norm_of(c_center, norm) - reported_reach) / THETA[2]
+    assert before.loc[2, "predict"] == 1 and before.loc[2, "radius"] > THETA[2] * touching
+    assert after.loc[2, "predict"] == 1
+    assert after.loc[2, "radius"] <= THETA[2] * touching * (1 + 1e-9)
+    assert after.loc[2, "radius"] == pytest.approx(THETA[2] * touching, rel=1e-5)
+    # A itself is untouched, and the stored regions of different classes no longer meet
+    assert after.loc[0].to_dict() == before.loc[0].to_dict()
+    gap_c = after.loc[2, "radius"] / THETA[2]
+    meets = regions_intersect(
+        c_center,
+        THETA[2],
+        gap_c,
+        torch.zeros(1, 2),
+        torch.full((1, 1), THETA[0]),
+        [reported_reach / THETA[0]],
+        norm,
+    )
+    assert not bool(meets[0])
+    record_text = (tmp_path / "r.csv.json").read_text()
+    assert '"reassigned": 1' in record_text and '"shrunk": 1' in record_text
+
+
+def test_no_collision_changes_nothing(tmp_path):
+    model, device = Stripe(), torch.device("cpu")
+    config = CertifyConfig(norm=Norm.l2, n_selection=100, n_estimation=5000, batch_size=5000)
+    data = _data([(5, 0), (0, 40), (-30, 0)], [0, 1, 0])
+    thetas = {0: 0.5, 1: 0.3, 2: 1.0}.get
+    out = tmp_path / "r.csv"
+    summary = run_certify(
+        model, data, [0, 1, 2], thetas, config, device, out, {"arguments": {}}, memory=True
+    )
+    assert summary.memory is not None
+    assert not (summary.memory.reassigned or summary.memory.shrunk)
+    assert out.read_text() == (tmp_path / "r.csv.pre-memory").read_text()
+    assert math.isclose(summary.correct, 3)
