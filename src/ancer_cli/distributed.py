@@ -80,8 +80,13 @@ def start(ranks: Ranks, device: torch.device) -> None:
 
 
 def stop(ranks: Ranks) -> None:
+    """Leave the process group once every rank is done (rank 0 finishes last: it merges), so no
+    rank closes its connections while a peer may still be reading from them."""
     if ranks.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def rank_device(ranks: Ranks, device: torch.device) -> torch.device:
