@@ -22,8 +22,8 @@ is reported, which is the least disturbed by other processes. They are never pas
     python benchmarks/bench.py                    # the full run on this machine's device
     python benchmarks/bench.py --quick            # tiny sizes, a few seconds (run in CI)
     python benchmarks/bench.py --device cuda --precision bf16 --channels-last
-    python benchmarks/bench.py --profile          # where the time goes, per contestant
-    python benchmarks/bench.py --options          # fp32/bf16, channels-last, torch.compile
+    python benchmarks/bench.py --sections profile                  # where the time goes
+    python benchmarks/bench.py --sections options --compile        # bf16, channels-last, compile
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402  (the sibling module, importable however this script is run)
 
 from ancer_cli.core.noise import Stream, input_generator  # noqa: E402
-from ancer_cli.core.precision import Precision, prepare_model  # noqa: E402
+from ancer_cli.core.precision import Precision, prepare_model, retain_freed_memory  # noqa: E402
 from ancer_cli.core.smoothing import (  # noqa: E402
     certify,
     certify_many,
@@ -70,7 +71,7 @@ SEED = 0
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmarked model and the sizes it is measured at."""
+    """One benchmarked model and the sizes it is measured at (``opt_inputs == 0``: certify only)."""
 
     arch: str
     dataset: str
@@ -78,28 +79,36 @@ class Case:
     n0: int
     n: int
     inputs: int  # inputs certified per round (and packed together by certify_many)
-    opt_inputs: int  # inputs optimized together
-    opt_samples: int  # noisy samples per input and iteration
-    opt_iterations: int  # iterations timed per round
+    opt_inputs: int = 0  # inputs optimized together
+    opt_samples: int = 100  # noisy samples per input and iteration
+    opt_iterations: int = 0  # iterations timed per round
     rounds: int = 3
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch} ({self.note})" if self.note else self.arch
 
 
-# Sizes per device. The papers' N = 100,000 is used where a round stays under a minute; the
-# overhead ratio R and the speed-ups do not depend on N once N >> batch.
+# Sizes per device. N = 100,000 (the papers') where a round stays short; R and the speed-ups do
+# not depend on N once N >> batch. The small-N and small-batch cases are where bookkeeping counts.
 CPU_CASES = (
-    Case("cnn", "digits", 1000, 100, 100_000, 2, 10, 100, 5),
+    Case("cnn", "digits", 1000, 100, 100_000, 2, 10, 100, 5, rounds=2),
+    Case("cnn", "digits", 1000, 100, 1_000, 10, note="N=1000"),
+    Case("cnn", "digits", 100, 100, 10_000, 2, note="batch 100"),
     Case("resnet20", "cifar10", 400, 100, 2_000, 2, 2, 100, 3),
     Case("resnet18", "cifar10", 200, 100, 1_000, 1, 1, 100, 2, rounds=2),
 )
 CUDA_CASES = (
     Case("cnn", "digits", 1000, 100, 100_000, 4, 50, 100, 10),
+    Case("cnn", "digits", 1000, 100, 1_000, 20, note="N=1000"),
     Case("resnet20", "cifar10", 1000, 100, 100_000, 2, 16, 100, 10),
     Case("resnet110", "cifar10", 1000, 100, 20_000, 2, 4, 100, 5),
     Case("resnet50", "imagenet", 250, 100, 2_000, 2, 1, 100, 3),
 )
 QUICK_CASES = (
-    Case("cnn", "digits", 100, 20, 300, 3, 2, 16, 2, rounds=2),
-    Case("resnet20", "cifar10", 16, 4, 24, 2, 1, 4, 1, rounds=1),
+    Case("cnn", "digits", 100, 20, 200, 2, 2, 16, 2, rounds=1),
+    Case("resnet20", "cifar10", 8, 4, 12, 2, 1, 4, 1, rounds=1),
 )
 
 
@@ -119,8 +128,9 @@ class PeakMemory:
     call and compared with the resident size at its start (MiB above the baseline).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, enabled: bool = True) -> None:
         self.device = device
+        self.enabled = enabled
         self.cpu_ok = Path("/proc/self/clear_refs").exists()
 
     @staticmethod
@@ -132,6 +142,10 @@ class PeakMemory:
 
     @contextlib.contextmanager
     def measure(self, out: list[float]) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            out.append(math.nan)
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -173,10 +187,15 @@ class Timing:
 
 
 def interleaved(
-    contestants: dict[str, Callable[[], object]], rounds: int, device: torch.device
+    contestants: dict[str, Callable[[], object]],
+    rounds: int,
+    device: torch.device,
+    measure_memory: bool = True,
 ) -> dict[str, Timing]:
-    """Run every contestant once per round (after one untimed warm-up each), alternating the order."""
-    memory = PeakMemory(device)
+    """Run every contestant once per round (after one untimed warm-up each), alternating the
+    order; peak memory too unless ``measure_memory`` is false (a retaining host allocator keeps
+    freed memory resident, so the CPU high-water mark would only show growth)."""
+    memory = PeakMemory(device, measure_memory)
     timings = {name: Timing() for name in contestants}
     for run in contestants.values():
         run()
@@ -232,7 +251,9 @@ def _imagenet_info() -> Any:
     )
 
 
-def forward_bound(model: nn.Module, shape: tuple[int, ...], batch: int, samples: int, device: torch.device) -> Callable[[], object]:
+def forward_bound(
+    model: nn.Module, shape: tuple[int, ...], batch: int, samples: int, device: torch.device
+) -> Callable[[], object]:
     """``samples`` samples through the model in forward passes of ``batch``, random inputs."""
     inputs = torch.rand((batch, *shape), device=device)
     passes = max(1, round(samples / batch))
@@ -255,7 +276,7 @@ def backward_bound(
     def run() -> None:
         for _ in range(iterations):
             leaf = inputs.clone().requires_grad_(True)
-            (gradient,) = torch.autograd.grad(torch.softmax(model(leaf), 1)[:, 0].sum(), leaf)
+            torch.autograd.grad(torch.softmax(model(leaf), 1)[:, 0].sum(), leaf)
 
     return run
 
@@ -270,6 +291,7 @@ def bench_case(
     precision: Precision,
     channels_last: bool,
     rounds: int | None,
+    measure_memory: bool,
 ) -> dict[str, Any]:
     model, soft_model, num_classes, shape = make_models(case, device, precision, channels_last)
     rounds = case.rounds if rounds is None else rounds
@@ -304,8 +326,32 @@ def bench_case(
         },
         rounds,
         device,
+        measure_memory,
     )
     per_sample = certify_times["bound"].best / bound.samples  # type: ignore[attr-defined]
+
+    def per_input(timing: Timing) -> float:
+        return timing.best / case.inputs
+
+    result: dict[str, Any] = {
+        "name": case.name,
+        "case": asdict(case),
+        "forward_us_per_sample": per_sample * 1e6,
+        "bound_peak_mib": certify_times["bound"].peak,
+        "certify": {
+            name: {
+                "seconds_per_input": per_input(timing),
+                "seconds_all_rounds": timing.seconds,
+                "R": per_input(timing) / ((case.n0 + case.n) * per_sample),
+                "speedup_vs_reference": certify_times["reference"].best / timing.best,
+                "peak_mib": timing.peak,
+            }
+            for name, timing in certify_times.items()
+            if name != "bound"
+        },
+    }
+    if case.opt_inputs == 0:
+        return result
 
     # ANCER optimization: B inputs x M samples per forward+backward
     x_opt = torch.rand((case.opt_inputs, *shape), device=device, generator=generator)
@@ -341,24 +387,10 @@ def bench_case(
         },
         rounds,
         device,
+        measure_memory,
     )
-
-    def per_input(timing: Timing) -> float:
-        return timing.best / case.inputs
-
-    certify_row = {
-        name: {
-            "seconds_per_input": per_input(timing),
-            "seconds_all_rounds": timing.seconds,
-            "R": per_input(timing) / ((case.n0 + case.n) * per_sample),
-            "speedup_vs_reference": certify_times["reference"].best / timing.best,
-            "peak_mib": timing.peak,
-        }
-        for name, timing in certify_times.items()
-        if name != "bound"
-    }
     steps = case.opt_iterations
-    optimize_row = {
+    result["optimize"] = {
         name: {
             "seconds_per_step": timing.best / steps,
             "seconds_all_rounds": timing.seconds,
@@ -369,13 +401,7 @@ def bench_case(
         }
         for name, timing in optimize_times.items()
     }
-    return {
-        "case": asdict(case),
-        "forward_us_per_sample": per_sample * 1e6,
-        "bound_peak_mib": certify_times["bound"].peak,
-        "certify": certify_row,
-        "optimize": optimize_row,
-    }
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +409,13 @@ def bench_case(
 
 
 def check_identical_votes(
-    model: nn.Module, num_classes: int, shape: tuple[int, ...], device: torch.device, n0: int, n: int, batch: int
+    model: nn.Module,
+    num_classes: int,
+    shape: tuple[int, ...],
+    device: torch.device,
+    n0: int,
+    n: int,
+    batch: int,
 ) -> dict[str, Any]:
     """The reference, ``certify``, ``sample_counts`` and ``sample_counts_many`` fed the same
     per-input streams give identical vote counts, for scalar and per-pixel theta, l2 and l1."""
@@ -405,7 +437,9 @@ def check_identical_votes(
             stream = input_generator(SEED, i, device)
             pkg_sel = sample_counts(model, x, theta, norm, n0, batch, stream, num_classes)
             pkg_est = sample_counts(model, x, theta, norm, n, batch, stream, num_classes)
-            cert = certify(model, x, theta, norm, n0, n, ALPHA, batch, input_generator(SEED, i, device))
+            cert = certify(
+                model, x, theta, norm, n0, n, ALPHA, batch, input_generator(SEED, i, device)
+            )
             same &= np.array_equal(ref_sel, pkg_sel.cpu().numpy())
             same &= np.array_equal(ref_est, pkg_est.cpu().numpy())
             same &= cert.prediction == prediction and math.isclose(cert.gap, gap, rel_tol=1e-12)
@@ -429,7 +463,9 @@ def check_identical_votes(
     return results
 
 
-def check_same_thetas(model: nn.Module, soft_model: nn.Module, shape: tuple[int, ...], device: torch.device) -> float:
+def check_same_thetas(
+    model: nn.Module, soft_model: nn.Module, shape: tuple[int, ...], device: torch.device
+) -> float:
     """Largest relative difference between the package's and the reference's ANCER thetas when
     both are fed the same noise (they differ only by the float rounding of the geometric mean)."""
     batch, samples = 2, 8
@@ -449,10 +485,7 @@ def check_same_thetas(model: nn.Module, soft_model: nn.Module, shape: tuple[int,
 
     def same_noise(new_batch: torch.Tensor, theta_repeated: torch.Tensor) -> torch.Tensor:
         eps = torch.cat(
-            [
-                torch.randn((samples, *shape), device=device, generator=stream)
-                for stream in streams
-            ]
+            [torch.randn((samples, *shape), device=device, generator=stream) for stream in streams]
         )
         return eps * theta_repeated
 
@@ -485,7 +518,9 @@ def train_digits(device: torch.device, epochs: int) -> nn.Module:
         for start in range(0, len(order), 64):
             chosen = order[start : start + 64]
             noise = torch.randn(images[chosen].shape, device=device, generator=generator)
-            loss = nn.functional.cross_entropy(model(images[chosen] + SIGMA * noise), labels[chosen])
+            loss = nn.functional.cross_entropy(
+                model(images[chosen] + SIGMA * noise), labels[chosen]
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -539,6 +574,40 @@ def check_free_seed_agreement(
     }
 
 
+def run_checks(
+    cases: tuple[Case, ...],
+    device: torch.device,
+    precision: Precision,
+    channels_last: bool,
+    quick: bool,
+) -> dict[str, Any]:
+    """Identical votes with injected noise (each benchmarked model and a trained digits cnn),
+    the same thetas, and agreement of certified accuracies with free seeds."""
+    identical = {}
+    for case in cases:
+        model, _, num_classes, shape = make_models(case, device, precision, channels_last)
+        sizes = (
+            (4, 12, 8)
+            if quick and case.arch != "cnn"
+            else (10, 50, 16)
+            if quick
+            else (100, 1000, 300)
+        )
+        identical[case.arch] = check_identical_votes(model, num_classes, shape, device, *sizes)
+    trained = prepare_model(train_digits(device, 2), precision, channels_last)
+    identical["cnn trained on digits"] = check_identical_votes(
+        trained, 10, (1, 8, 8), device, *((20, 200, 64) if quick else (100, 1000, 300))
+    )
+    model, soft_model, _, shape = make_models(cases[0], device, precision, channels_last)
+    return {
+        "identical_votes": identical,
+        "theta_max_relative_difference": check_same_thetas(model, soft_model, shape, device),
+        "free_seeds": check_free_seed_agreement(
+            device, 20 if quick else 200, 200 if quick else 2000, 2 if quick else 10
+        ),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # model options: precision, channels-last, torch.compile
 
@@ -561,9 +630,13 @@ def bench_options(
             name = f"{precision.value}{' channels-last' if channels_last else ''}"
             variants[name] = prepare_model(copy.deepcopy(base), precision, channels_last)
     if try_compile:
-        compiled = torch.compile(copy.deepcopy(base), dynamic=False)
-        variants["fp32 compile"] = compiled
-    forward = {name: forward_bound(m, shape, case.batch, case.batch * 2, device) for name, m in variants.items()}
+        variants["fp32 compile"] = torch.compile(copy.deepcopy(base), dynamic=False)
+        channels_last_copy = prepare_model(copy.deepcopy(base), Precision.fp32, True)
+        variants["fp32 channels-last compile"] = torch.compile(channels_last_copy, dynamic=False)
+    forward = {
+        name: forward_bound(m, shape, case.batch, case.batch * 2, device)
+        for name, m in variants.items()
+    }
     batch = case.opt_inputs * case.opt_samples
     backward = {name: backward_bound(m, shape, batch, 2, device) for name, m in variants.items()}
     forward_times = interleaved(forward, rounds, device)
@@ -615,14 +688,17 @@ def _category(name: str) -> str:
 
 
 def profile(run: Callable[[], object], device: torch.device) -> dict[str, float]:
-    """Share of the wall time per category: top-level profiled ops, the rest is Python."""
+    """Share of the wall time per category: top-level profiled ops, the rest is Python; and the
+    minor page faults of the run (fresh pages the kernel had to map and zero)."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     run()
     with torch.profiler.profile(activities=activities) as prof:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         began = time.perf_counter()
         run()
         synchronize(device)
         wall = time.perf_counter() - began
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     totals: dict[str, float] = {}
     for event in prof.events():
         if event.cpu_parent is not None:
@@ -630,10 +706,13 @@ def profile(run: Callable[[], object], device: torch.device) -> dict[str, float]
         category = _category(event.name)
         totals[category] = totals.get(category, 0.0) + event.cpu_time_total / 1e6
     totals["python + unprofiled"] = max(wall - sum(totals.values()), 0.0)
-    return {"wall_seconds": wall, **{k: v / wall for k, v in sorted(totals.items())}}
+    shares = {k: v / wall for k, v in sorted(totals.items())}
+    return {"wall_seconds": wall, "page_faults": float(faults), **shares}
 
 
-def profile_case(case: Case, device: torch.device, precision: Precision, channels_last: bool) -> dict[str, Any]:
+def profile_case(
+    case: Case, device: torch.device, precision: Precision, channels_last: bool
+) -> dict[str, Any]:
     model, soft_model, num_classes, shape = make_models(case, device, precision, channels_last)
     model, soft_model = Labelled(model), Labelled(soft_model)
     x = torch.rand(shape, device=device)
@@ -645,9 +724,13 @@ def profile_case(case: Case, device: torch.device, precision: Precision, channel
     generators = [input_generator(SEED, i, device, Stream.ancer) for i in range(case.opt_inputs)]
     return {
         "certify N": n,
-        "reference certify": profile(lambda: smooth.certify(x, case.n0, n, ALPHA, case.batch), device),
+        "reference certify": profile(
+            lambda: smooth.certify(x, case.n0, n, ALPHA, case.batch), device
+        ),
         "ancer certify": profile(
-            lambda: certify(model, x, SIGMA, "l2", case.n0, n, ALPHA, case.batch, input_generator(0, 0, device)),
+            lambda: certify(
+                model, x, SIGMA, "l2", case.n0, n, ALPHA, case.batch, input_generator(0, 0, device)
+            ),
             device,
         ),
         "reference optimize": profile(
@@ -681,7 +764,7 @@ def machine(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "cpu": _cpu_name(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average": os.getloadavg(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -698,115 +781,207 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def print_report(report: dict[str, Any]) -> None:
-    m = report["machine"]
-    print(
-        f"# ancer benchmark  {m['date']}  device {m['device']}"
-        f"{' (' + m['gpu'] + ')' if 'gpu' in m else ''}  cpu {m['cpu']} x{m['threads']} threads  "
-        f"torch {m['torch']}  precision {report['precision']}"
-        f"{' channels-last' if report['channels_last'] else ''}  load {m['load_average']}"
-    )
+def _mib(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.0f}"
+
+
+def print_phase(phase: dict[str, Any]) -> None:
+    print(f"### host allocator: {phase['allocator']}")
     print()
-    print("## certify (seconds per input; R = time / ((N0+N) x pure forward per sample))")
+    print("certify, seconds per input; R = time / ((N0+N) x pure forward time per sample)")
+    print()
     print(
-        f"| model | batch | N0+N | forward us/sample | reference s | ancer s | ancer_many s "
-        f"| R ref | R ancer | R many | speed-up ancer | speed-up many | peak MiB ref/ancer/many/bound |"
+        "| model | batch | N0+N | forward us/sample | reference s | ancer s | ancer_many s "
+        "| R reference | R ancer | R ancer_many | speed-up ancer | speed-up ancer_many "
+        "| peak MiB ref / ancer / many / bound |"
     )
-    print("|---" * 14 + "|")
-    for row in report["cases"]:
+    print("|---" * 13 + "|")
+    for row in phase["cases"]:
         case, c = row["case"], row["certify"]
         print(
-            f"| {case['arch']} | {case['batch']} | {case['n0']}+{case['n']} "
+            f"| {row['name']} | {case['batch']} | {case['n0']}+{case['n']} "
             f"| {row['forward_us_per_sample']:.1f} "
             f"| {c['reference']['seconds_per_input']:.4g} | {c['ancer']['seconds_per_input']:.4g} "
             f"| {c['ancer_many']['seconds_per_input']:.4g} | {c['reference']['R']:.3f} "
             f"| {c['ancer']['R']:.3f} | {c['ancer_many']['R']:.3f} "
-            f"| {c['ancer']['speedup_vs_reference']:.2f}x | {c['ancer_many']['speedup_vs_reference']:.2f}x "
-            f"| {c['reference']['peak_mib']:.0f}/{c['ancer']['peak_mib']:.0f}/"
-            f"{c['ancer_many']['peak_mib']:.0f}/{row['bound_peak_mib']:.0f} |"
+            f"| {c['ancer']['speedup_vs_reference']:.2f}x "
+            f"| {c['ancer_many']['speedup_vs_reference']:.2f}x "
+            f"| {_mib(c['reference']['peak_mib'])} / {_mib(c['ancer']['peak_mib'])} / "
+            f"{_mib(c['ancer_many']['peak_mib'])} / {_mib(row['bound_peak_mib'])} |"
         )
+    rows = [row for row in phase["cases"] if "optimize" in row]
+    if not rows:
+        return
     print()
-    print("## ANCER optimization (seconds per step of B inputs x M samples; bound = frozen fwd+bwd)")
+    print(
+        "ANCER optimization, seconds per step of B inputs x M samples; "
+        "bound = forward+backward with frozen weights"
+    )
+    print()
     print(
         "| model | B x M | bound s/step | reference s/step | ancer s/step | ancer / bound "
-        "| reference / bound | speed-up | ancer s/input (100 steps) | peak MiB ref/ancer/bound |"
+        "| reference / bound | speed-up | ancer s per input (100 steps) "
+        "| peak MiB ref / ancer / bound |"
     )
     print("|---" * 10 + "|")
-    for row in report["cases"]:
+    for row in rows:
         case, o = row["case"], row["optimize"]
         print(
-            f"| {case['arch']} | {case['opt_inputs']}x{case['opt_samples']} "
+            f"| {row['name']} | {case['opt_inputs']}x{case['opt_samples']} "
             f"| {o['bound']['seconds_per_step']:.4g} | {o['reference']['seconds_per_step']:.4g} "
             f"| {o['ancer']['seconds_per_step']:.4g} | {o['ancer']['ratio_to_bound']:.3f} "
             f"| {o['reference']['ratio_to_bound']:.3f} | {o['ancer']['speedup_vs_reference']:.2f}x "
             f"| {o['ancer']['seconds_per_input_100_steps']:.4g} "
-            f"| {o['reference']['peak_mib']:.0f}/{o['ancer']['peak_mib']:.0f}/{o['bound']['peak_mib']:.0f} |"
+            f"| {_mib(o['reference']['peak_mib'])} / {_mib(o['ancer']['peak_mib'])} / "
+            f"{_mib(o['bound']['peak_mib'])} |"
         )
+
+
+def print_allocator_gain(phases: list[dict[str, Any]]) -> None:
+    """The package with freed memory retained against the reference with glibc's defaults."""
+    by_name = {phase["allocator"]: phase for phase in phases}
+    if set(by_name) != {"glibc default", "retained"}:
+        return
+    print("### ancer (memory retained) against the reference (glibc default)")
+    print()
+    print(
+        "| model | forward us/sample default -> retained | certify speed-up | optimize speed-up |"
+    )
+    print("|---" * 4 + "|")
+    for before, after in zip(
+        by_name["glibc default"]["cases"], by_name["retained"]["cases"], strict=True
+    ):
+        certify_gain = (
+            before["certify"]["reference"]["seconds_per_input"]
+            / after["certify"]["ancer"]["seconds_per_input"]
+        )
+        optimize_gain = "-"
+        if "optimize" in before:
+            optimize_gain = f"{before['optimize']['reference']['seconds_per_step'] / after['optimize']['ancer']['seconds_per_step']:.2f}x"
+        print(
+            f"| {before['name']} | {before['forward_us_per_sample']:.1f} -> "
+            f"{after['forward_us_per_sample']:.1f} | {certify_gain:.2f}x | {optimize_gain} |"
+        )
+    print()
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    gpu = f" ({m['gpu']})" if "gpu" in m else ""
+    print(f"## ancer benchmark, {m['date']}")
+    print()
+    print(f"`{report['command']}`")
+    print()
+    print(
+        f"device {m['device']}{gpu}, cpu {m['cpu']} with {m['threads']} torch threads, "
+        f"torch {m['torch']}, precision {report['precision']}"
+        f"{', channels-last' if report['channels_last'] else ''}; load average "
+        f"{_load(m['load_average'])} at the start, {_load(m.get('load_average_end'))} at the end"
+    )
+    print()
+    for phase in report["phases"]:
+        print_phase(phase)
+        print()
+    print_allocator_gain(report["phases"])
     if "checks" in report:
         checks = report["checks"]
+        print("### no regression in results")
         print()
-        print("## no regression in results")
-        for arch, votes in checks["identical_votes"].items():
-            print(f"- same injected noise, {arch}: identical votes " + ", ".join(
-                f"{label} {'yes' if ok else 'NO'}" for label, ok in votes.items()
-            ))
+        for name, votes in checks["identical_votes"].items():
+            verdicts = ", ".join(f"{label} {'yes' if ok else 'NO'}" for label, ok in votes.items())
+            print(f"- same injected noise, {name}: identical votes to the reference: {verdicts}")
         print(
-            "- same injected noise, ANCER thetas: max relative difference "
-            f"{checks['theta_max_relative_difference']:.2e} (float rounding of the geometric mean)"
+            "- same injected noise, ANCER thetas: largest relative difference to the reference "
+            f"{checks['theta_max_relative_difference']:.1e} (float rounding of the geometric mean)"
         )
         free = checks["free_seeds"]
-        print(
-            f"- free seeds, trained digits cnn, {free['inputs']} inputs, N={free['N']}: certified "
-            "accuracy at radius " + ", ".join(
-                f"{r}: reference {a:.3f} / ancer {b:.3f} (z {z:+.2f})"
-                for r, a, b, z in zip(free["radii"], free["reference"], free["ancer"], free["z"], strict=True)
-            ) + f" -> {'agree' if free['agree'] else 'DISAGREE'} within sampling error"
+        accuracies = ", ".join(
+            f"r={r}: {a:.3f} vs {b:.3f} (z {z:+.2f})"
+            for r, a, b, z in zip(
+                free["radii"], free["reference"], free["ancer"], free["z"], strict=True
+            )
         )
-    if "options" in report:
+        print(
+            f"- free seeds, cnn trained on digits, {free['inputs']} test inputs, N={free['N']}: "
+            f"certified accuracy reference vs ancer {accuracies}: "
+            f"{'agree' if free['agree'] else 'DISAGREE'} within sampling error"
+        )
         print()
-        print("## model options (per sample; speed-up over fp32 NCHW eager)")
-        print("| model | option | forward us | speed-up | fwd+bwd us | speed-up |")
+    if "options" in report:
+        print("### model options, per sample (speed-up over fp32 NCHW eager)")
+        print()
+        print("| model | option | forward us | speed-up | forward+backward us | speed-up |")
         print("|---" * 6 + "|")
         for arch, options in report["options"].items():
             for name, o in options.items():
                 print(
-                    f"| {arch} | {name} | {o['forward_us_per_sample']:.1f} | {o['forward_speedup']:.2f}x "
-                    f"| {o['fwd_bwd_us_per_sample']:.1f} | {o['fwd_bwd_speedup']:.2f}x |"
+                    f"| {arch} | {name} | {o['forward_us_per_sample']:.1f} "
+                    f"| {o['forward_speedup']:.2f}x | {o['fwd_bwd_us_per_sample']:.1f} "
+                    f"| {o['fwd_bwd_speedup']:.2f}x |"
                 )
-    if "profile" in report:
         print()
-        print("## profile (share of wall time)")
+    if "profile" in report:
+        print("### profile, share of wall time")
+        print()
         for arch, contestants in report["profile"].items():
             for name, shares in contestants.items():
                 if not isinstance(shares, dict):
                     continue
                 parts = ", ".join(
-                    f"{k} {v:.1%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]) if k != "wall_seconds" and v >= 0.001
+                    f"{key} {value:.1%}"
+                    for key, value in sorted(shares.items(), key=lambda kv: -kv[1])
+                    if key not in ("wall_seconds", "page_faults") and value >= 0.001
                 )
-                print(f"- {arch} {name} ({shares['wall_seconds']:.3f} s): {parts}")
+                print(
+                    f"- {arch}, {name} ({shares['wall_seconds']:.3f} s, "
+                    f"{shares['page_faults']:.0f} page faults): {parts}"
+                )
+
+
+def _load(values: Any) -> str:
+    return "?" if not values else " ".join(f"{v:.2f}" for v in values)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI: seconds)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
-    parser.add_argument("--models", default=None, help="comma-separated archs (default: all for the device)")
+    parser.add_argument("--models", default=None, help="comma-separated archs (default: all)")
     parser.add_argument("--precision", default="fp32", choices=[p.value for p in Precision])
-    parser.add_argument("--channels-last", action="store_true", help="channels-last model weights")
-    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default per model)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last weights")
+    parser.add_argument(
+        "--allocator",
+        default="both",
+        choices=["both", "default", "retained"],
+        help="host allocator phases: glibc's defaults, then freed memory retained (CPU only)",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default per case)")
     parser.add_argument("--n", type=int, default=None, help="override N (estimation samples)")
     parser.add_argument("--batch", type=int, default=None, help="override the certify batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--no-checks", action="store_true", help="skip the result checks")
-    parser.add_argument("--options", action="store_true", help="also time precision/memory-format options")
-    parser.add_argument("--compile", action="store_true", help="with --options: also torch.compile")
-    parser.add_argument("--profile", action="store_true", help="profile each contestant")
-    parser.add_argument("--profile-only", action="store_true", help="only the profile")
+    parser.add_argument(
+        "--sections",
+        default="bench,checks",
+        help="comma-separated: bench (the timings), checks (no regression in results), options "
+        "(precision, channels-last, torch.compile), profile (where the time goes)",
+    )
+    parser.add_argument("--compile", action="store_true", help="options: also torch.compile")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
     return parser.parse_args(argv)
+
+
+def select_cases(args: argparse.Namespace, device: torch.device) -> tuple[Case, ...]:
+    cases = QUICK_CASES if args.quick else CUDA_CASES if device.type == "cuda" else CPU_CASES
+    if args.models:
+        wanted = args.models.split(",")
+        pool = [*cases, *CPU_CASES, *CUDA_CASES]
+        cases = tuple(next(c for c in pool if c.arch == name) for name in wanted)
+    if args.n is not None or args.batch is not None:
+        cases = tuple(replace(c, n=args.n or c.n, batch=args.batch or c.batch) for c in cases)
+    return cases
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -817,60 +992,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     precision = Precision(args.precision)
-    if args.quick:
-        cases = QUICK_CASES
-    else:
-        cases = CUDA_CASES if device.type == "cuda" else CPU_CASES
-    if args.models:
-        wanted = args.models.split(",")
-        pool = {c.arch: c for c in (*CPU_CASES, *CUDA_CASES)} | {c.arch: c for c in cases}
-        cases = tuple(pool[name] for name in wanted)
-    if args.n is not None or args.batch is not None:
-        cases = tuple(
-            Case(**{**asdict(c), "n": args.n or c.n, "batch": args.batch or c.batch}) for c in cases
-        )
+    cases = select_cases(args, device)
+    allocators = {
+        "both": ["glibc default", "retained"],
+        "default": ["glibc default"],
+        "retained": ["retained"],
+    }[args.allocator]
+    if device.type == "cuda":  # the host allocator does not matter there
+        allocators = ["retained"]
+    arguments = argv if argv is not None else sys.argv[1:]
     report: dict[str, Any] = {
-        "command": " ".join(["python benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python benchmarks/bench.py", *arguments]),
         "machine": machine(device),
         "precision": precision.value,
         "channels_last": args.channels_last,
-        "cases": [],
+        "phases": [],
     }
-    if not args.profile_only:
+    sections = set(args.sections.split(","))
+    unknown = sections - {"bench", "checks", "options", "profile"}
+    if unknown:
+        raise SystemExit(f"unknown --sections {', '.join(sorted(unknown))}")
+    for allocator in allocators if "bench" in sections else allocators[-1:]:
+        if allocator == "retained":
+            report["machine"]["retained"] = retain_freed_memory()
+        if "bench" not in sections:
+            break
+        phase: dict[str, Any] = {"allocator": allocator, "cases": []}
         for case in cases:
-            print(f"... {case.arch}", file=sys.stderr, flush=True)
-            report["cases"].append(bench_case(case, device, precision, args.channels_last, args.rounds))
-        if not args.no_checks:
-            identical = {}
-            for case in cases:
-                model, soft_model, num_classes, shape = make_models(case, device, precision, args.channels_last)
-                identical[case.arch] = check_identical_votes(
-                    model, num_classes, shape, device, 10, 50, 16
-                ) if args.quick else check_identical_votes(
-                    model, num_classes, shape, device, 100, 1000, 300
+            print(f"... {allocator}: {case.name}", file=sys.stderr, flush=True)
+            phase["cases"].append(
+                bench_case(
+                    case,
+                    device,
+                    precision,
+                    args.channels_last,
+                    args.rounds,
+                    measure_memory=allocator != "retained" or device.type == "cuda",
                 )
-            trained = train_digits(device, 2)
-            trained = prepare_model(trained, precision, args.channels_last)
-            identical["digits cnn, trained"] = check_identical_votes(
-                trained, 10, (1, 8, 8), device, 100, 1000, 300
             )
-            model, soft_model, _, shape = make_models(cases[0], device, precision, args.channels_last)
-            report["checks"] = {
-                "identical_votes": identical,
-                "theta_max_relative_difference": check_same_thetas(model, soft_model, shape, device),
-                "free_seeds": check_free_seed_agreement(
-                    device, 20 if args.quick else 200, 200 if args.quick else 2000, 2 if args.quick else 10
-                ),
-            }
-        if args.options:
-            report["options"] = {
-                case.arch: bench_options(case, device, args.rounds or 3, args.compile) for case in cases
-            }
-    if args.profile or args.profile_only:
-        report["profile"] = {
-            case.arch: profile_case(case, device, precision, args.channels_last) for case in cases
+        report["phases"].append(phase)
+    if "checks" in sections:
+        print("... checks", file=sys.stderr, flush=True)
+        report["checks"] = run_checks(cases, device, precision, args.channels_last, args.quick)
+    if "options" in sections:
+        print("... options", file=sys.stderr, flush=True)
+        report["options"] = {
+            case.arch: bench_options(case, device, args.rounds or 3, args.compile)
+            for case in cases
+            if not case.note
         }
-    report["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if "profile" in sections:
+        print("... profile", file=sys.stderr, flush=True)
+        report["profile"] = {
+            case.name: profile_case(case, device, precision, args.channels_last)
+            for case in cases
+            if not case.note
+        }
+    report["machine"]["load_average_end"] = os.getloadavg()
     print_report(report)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, default=str))

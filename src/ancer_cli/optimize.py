@@ -158,10 +158,11 @@ def optimize_ancer(
     theta = floor.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([theta], lr=config.lr)
     for iteration in range(1, config.iterations + 1):
-        optimizer.zero_grad(set_to_none=True)
         p1, p2 = smoothed_top_two(model, x, theta, norm, config.samples, generators)
         objective = ancer_objective(theta, p1, p2, norm, config.kappa)
-        (-objective.sum()).backward()
+        # autograd.grad, not backward(): only the gradient w.r.t. theta is computed, so a model
+        # whose weights still require gradients costs no weight gradients (and keeps its .grad)
+        (theta.grad,) = torch.autograd.grad(-objective.sum(), theta)
         optimizer.step()
         with torch.no_grad():
             torch.maximum(theta, floor, out=theta)

@@ -52,3 +52,21 @@ def versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
     }
+
+
+_HOST_MEMORY_RETAINED = False
+
+
+def retain_host_memory() -> bool:
+    """Process-wide, once at start-up of the command-line program: keep freed CPU memory mapped
+    for reuse (see :func:`ancer_cli.core.precision.retain_freed_memory`). Returns whether it
+    took effect; :func:`host_memory_retained` reports it for sidecars and manifests."""
+    from ancer_cli.core.precision import retain_freed_memory
+
+    global _HOST_MEMORY_RETAINED
+    _HOST_MEMORY_RETAINED = retain_freed_memory()
+    return _HOST_MEMORY_RETAINED
+
+
+def host_memory_retained() -> bool:
+    return _HOST_MEMORY_RETAINED

@@ -13,7 +13,18 @@ from scipy.stats import binom, norm
 from torch import nn
 
 from ancer_cli.core.noise import input_generator
-from ancer_cli.core.smoothing import ABSTAIN, certify, predict, sample_counts
+from ancer_cli.core.smoothing import (
+    ABSTAIN,
+    MAX_INPUTS_PER_GROUP,
+    _forward_passes,
+    certify,
+    certify_many,
+    chunk_sizes,
+    inputs_per_group,
+    predict,
+    sample_counts,
+    sample_counts_many,
+)
 
 SHAPE = (1, 8, 8)
 
@@ -220,3 +231,122 @@ def test_certify_on_cuda_matches_cpu_statistics():
         scale = float(torch.linalg.vector_norm(0.25 * w))
         p_true = float(norm.cdf(abs(float(margins[i])) / scale))
         assert cert.p_a_lower <= p_true + 1e-9 or cert.prediction == ABSTAIN
+
+
+# ---------------------------------------------------------------------------------------------
+# several inputs per forward pass (certify_many / sample_counts_many)
+
+
+class BatchSizes(nn.Module):
+    """Wraps a model and records the batch size of every forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.model(x)
+
+
+@pytest.mark.parametrize("norm_name", ["l2", "l1"])
+@pytest.mark.parametrize("batch_size", [64, 250, 1000, 5000])
+def test_certify_many_equals_one_at_a_time(norm_name, batch_size):
+    model, _, xs, _ = _problem(5, seed=4)
+    thetas = [0.3, _anisotropic_theta(2), 0.5, _anisotropic_theta(3), 0.2]
+    one_by_one = [
+        certify(
+            model,
+            xs[i],
+            thetas[i],
+            norm_name,
+            100,
+            1234,
+            0.001,
+            batch_size,
+            input_generator(9, i, "cpu"),
+        )
+        for i in range(5)
+    ]
+    together = certify_many(
+        model,
+        xs,
+        thetas,
+        norm_name,
+        100,
+        1234,
+        0.001,
+        batch_size,
+        [input_generator(9, i, "cpu") for i in range(5)],
+    )
+    assert together == one_by_one
+
+
+def test_sample_counts_many_equals_sample_counts_stage_by_stage():
+    model, _, xs, _ = _problem(3, seed=5)
+    theta = _anisotropic_theta()
+    counts = sample_counts_many(
+        model,
+        xs,
+        [theta] * 3,
+        "l2",
+        (37, 501),
+        128,
+        [input_generator(1, i, "cpu") for i in range(3)],
+    )
+    assert counts.shape == (3, 2, 2) and counts.dtype == torch.int64
+    for i in range(3):
+        stream = input_generator(1, i, "cpu")
+        first = sample_counts(model, xs[i], theta, "l2", 37, 128, stream)
+        second = sample_counts(model, xs[i], theta, "l2", 501, 128, stream, 2)
+        assert torch.equal(counts[i, 0], first) and torch.equal(counts[i, 1], second)
+
+
+def test_short_chunks_of_several_inputs_share_forward_passes():
+    model, _, xs, _ = _problem(10, seed=6)
+    recorder = BatchSizes(model)
+    certify_many(
+        recorder,
+        xs,
+        [0.25] * 10,
+        "l2",
+        100,
+        1000,
+        0.001,
+        1000,
+        [input_generator(0, i, "cpu") for i in range(10)],
+    )
+    # the ten selection stages fill one pass; each estimation stage is a full pass of its own
+    assert recorder.sizes == [1000] * 11
+    recorder.sizes.clear()
+    certify(recorder, xs[0], 0.25, "l2", 100, 1000, 0.001, 1000, input_generator(0, 0, "cpu"))
+    assert recorder.sizes == [100, 1000]  # one input alone: as before
+
+
+def test_forward_passes_keep_each_inputs_chunks_in_order():
+    for count, nums, batch in [(7, (100, 2345), 300), (3, (10, 10, 999), 64), (4, (1000,), 1000)]:
+        passes = _forward_passes(count, nums, batch)
+        assert all(sum(c.size for c in chunks) <= batch for chunks in passes)
+        for item in range(count):
+            seen = [(c.stage, c.size) for chunks in passes for c in chunks if c.item == item]
+            expected = [(s, size) for s, num in enumerate(nums) for size in chunk_sizes(num, batch)]
+            assert seen == expected
+
+
+def test_chunk_sizes_and_group_size():
+    assert chunk_sizes(2345, 1000) == [1000, 1000, 345]
+    assert chunk_sizes(100, 1000) == [100]
+    assert chunk_sizes(0, 1000) == []
+    assert inputs_per_group(100, 10_000, 1000) == 10  # ten selection stages fill a pass
+    assert inputs_per_group(100, 100_000, 1000) == 1  # 1 short pass in 101: not worth a group
+    assert inputs_per_group(1000, 2000, 1000) == 1  # every chunk is already a full pass
+    assert inputs_per_group(100, 1000, 10_000) == 10
+    assert inputs_per_group(1, 1, 10**6) == MAX_INPUTS_PER_GROUP
+
+
+def test_certify_many_of_no_inputs():
+    model, _, _, _ = _problem(1)
+    assert certify_many(model, torch.empty((0, *SHAPE)), [], "l2", 10, 10, 0.001, 8, []) == []
+    with pytest.raises(ValueError, match="one theta and one generator per input"):
+        certify_many(model, torch.zeros((2, *SHAPE)), [0.25], "l2", 10, 10, 0.001, 8, [])

@@ -13,6 +13,7 @@ from ancer_cli.cli.certify import certify_command
 from ancer_cli.cli.optimize import optimize_command
 from ancer_cli.cli.show import show_command
 from ancer_cli.cli.train import train_command
+from ancer_cli.runtime import retain_host_memory
 
 app = typer.Typer(
     name="ancer",
@@ -31,4 +32,5 @@ app.command("show")(show_command)
 
 def main() -> None:
     """Console-script entry point."""
+    retain_host_memory()  # CPU forward passes stop page-faulting their activations back in
     app(prog_name="ancer")

@@ -33,10 +33,11 @@ from ancer_cli.cli.common import (
     out as stdout,
 )
 from ancer_cli.core.noise import Norm, theta_from_sigma
+from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
 from ancer_cli.distributed import collective, rank_device, ranks_from_env, start, stop
 from ancer_cli.errors import AncerError
 from ancer_cli.inputs import load_run_inputs
-from ancer_cli.runtime import describe_device, resolve_device, versions
+from ancer_cli.runtime import describe_device, host_memory_retained, resolve_device, versions
 from ancer_cli.thetas import open_thetas
 
 D = CertifyConfig()
@@ -115,6 +116,19 @@ def certify_command(
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Results file (tab-separated).")] = Path("results.csv"),
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            help="Arithmetic of the base classifier: fp32, or bf16/fp16 autocast (noise stays fp32)."
+        ),
+    ] = Precision.fp32,
+    channels_last: Annotated[
+        bool,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help="Run the model in channels-last memory format.",
+        ),
+    ] = False,
     resume: ResumeOption = False,
     force: ForceOption = False,
     device: DeviceOption = "auto",
@@ -227,8 +241,10 @@ def certify_command(
                         "seed": seed,
                         "memory": use_memory,
                         "world_size": ranks.world_size,
+                        **speed_options_record(precision, channels_last),
                     },
                     "device": describe_device(torch_device),
+                    "host_memory_retained": host_memory_retained(),
                     "versions": versions(),
                 }
                 if resume:
@@ -262,7 +278,7 @@ def certify_command(
                     )
 
                 summary = run_certify(
-                    run.model.module,
+                    prepare_model(run.model.module, precision, channels_last),
                     data,
                     indices,
                     source,

@@ -24,12 +24,13 @@ from ancer_cli.cli.common import (
     out as stdout,
 )
 from ancer_cli.core.noise import Norm
+from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
 from ancer_cli.distributed import collective, rank_device, ranks_from_env, start, stop
 from ancer_cli.errors import AncerError
 from ancer_cli.inputs import load_run_inputs
 from ancer_cli.optimize import AncerConfig, IsotropicConfig
 from ancer_cli.optimize_dataset import Method, OptimizeJob, check_resume, run_optimize
-from ancer_cli.runtime import describe_device, resolve_device, versions
+from ancer_cli.runtime import describe_device, host_memory_retained, resolve_device, versions
 from ancer_cli.thetas import open_thetas
 
 ISO = IsotropicConfig()
@@ -103,6 +104,19 @@ def optimize_command(
             help="Stop before this dataset index (default: all; under torchrun write --max-index).",
         ),
     ] = None,
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            help="Arithmetic of the base classifier: fp32, or bf16/fp16 autocast (noise stays fp32)."
+        ),
+    ] = Precision.fp32,
+    channels_last: Annotated[
+        bool,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help="Run the model in channels-last memory format.",
+        ),
+    ] = False,
     resume: ResumeOption = False,
     force: ForceOption = False,
     device: DeviceOption = "auto",
@@ -190,11 +204,13 @@ def optimize_command(
                         "max": max_index,
                         "seed": seed,
                         "world_size": ranks.world_size,
+                        **speed_options_record(precision, channels_last),
                     },
                     "indices": indices,
                     "package_version": versions()["ancer"],
                     "versions": versions(),
                     "device": describe_device(torch_device),
+                    "host_memory_retained": host_memory_retained(),
                 }
                 if resume:
                     check_resume(out, record, job, run_iso_stage=iso_source is None)
@@ -231,7 +247,7 @@ def optimize_command(
                         )
 
                 summary = run_optimize(
-                    run.model.module,
+                    prepare_model(run.model.module, precision, channels_last),
                     run.data,
                     indices,
                     job,

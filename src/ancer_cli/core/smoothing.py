@@ -2,11 +2,19 @@
 
 Generalized to per-coordinate theta and to l1 (uniform) noise. All sampling stays on the
 model's device: noise is drawn in place into one preallocated buffer, the input and theta are
-broadcast, votes are counted on device as int64 and come to the host once per input.
+broadcast, votes are counted on device as int64 (with ``index_add_``, which unlike
+``torch.bincount`` never waits for the device) and come to the host once per input -- or once per
+group of inputs with :func:`certify_many`, which packs several inputs' samples into each forward
+pass when one input alone would leave a pass short.
+
+Every input draws its noise from its own generator, in the chunks :func:`chunk_sizes` gives, in
+the same order, whichever function samples it; so the noise of an input -- and with it its votes
+-- does not depend on which other inputs share its forward passes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +26,11 @@ from ancer_cli.core.noise import Norm, Theta, perturb_
 from ancer_cli.core.radii import geometric_mean, min_theta
 
 ABSTAIN = -1
+
+MAX_INPUTS_PER_GROUP = 64
+"""Upper bound of :func:`inputs_per_group`: rows are written once their whole group is done."""
+MIN_SHORT_SHARE = 0.05
+"""Below this share of short forward passes per input, :func:`inputs_per_group` returns 1."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +64,148 @@ class Certificate:
         return self.geomean_theta * self.gap
 
 
-def _model_dtype(model: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
-    for parameter in model.parameters():
-        if parameter.is_floating_point():
-            return parameter.dtype
-    return default
+def chunk_sizes(num: int, batch_size: int) -> list[int]:
+    """How the ``num`` samples of one input and stage are drawn: ``num // b`` chunks of
+    ``b = min(batch_size, num)`` and one chunk with the rest. An input's generator is always
+    consumed in exactly these chunks, so packing inputs together cannot change its noise."""
+    if num <= 0:
+        return []
+    batch = max(1, min(batch_size, num))
+    sizes = [batch] * (num // batch)
+    if num % batch:
+        sizes.append(num % batch)
+    return sizes
+
+
+def inputs_per_group(n_selection: int, n_estimation: int, batch_size: int) -> int:
+    """How many inputs :func:`certify_many` should take at once.
+
+    Enough for the short chunks (a selection stage smaller than a batch, the remainder of the
+    estimation stage) to fill whole forward passes, at most ``MAX_INPUTS_PER_GROUP``; 1 when
+    short chunks are under ``MIN_SHORT_SHARE`` of an input's forward passes (then packing saves
+    little, and results are written only once their whole group is done).
+    """
+    chunks = chunk_sizes(n_selection, batch_size) + chunk_sizes(n_estimation, batch_size)
+    short = [size for size in chunks if size < batch_size]
+    if not short or len(short) < MIN_SHORT_SHARE * len(chunks):
+        return 1
+    return max(1, min(MAX_INPUTS_PER_GROUP, -(-batch_size // max(short))))
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """``size`` samples of input ``item`` for stage ``stage``."""
+
+    item: int
+    stage: int
+    size: int
+
+
+def _forward_passes(count: int, nums: Sequence[int], batch_size: int) -> list[list[_Chunk]]:
+    """The forward passes that sample ``nums[s]`` noisy copies of each of ``count`` inputs.
+
+    Stage by stage: a chunk of a whole batch is a pass of its own; the shorter chunks (at most
+    one per input and stage, always an input's last in that stage) are packed first-fit
+    decreasing into passes of at most ``batch_size``. Each input thus meets its chunks in
+    :func:`chunk_sizes` order, stage after stage.
+    """
+    passes: list[list[_Chunk]] = []
+    for stage, num in enumerate(nums):
+        short: list[_Chunk] = []
+        for item in range(count):
+            for size in chunk_sizes(num, batch_size):
+                if size >= batch_size:
+                    passes.append([_Chunk(item, stage, size)])
+                else:
+                    short.append(_Chunk(item, stage, size))
+        bins: list[tuple[int, list[_Chunk]]] = []
+        for chunk in sorted(short, key=lambda c: -c.size):  # stable: equal sizes keep item order
+            for k, (used, members) in enumerate(bins):
+                if used + chunk.size <= batch_size:
+                    members.append(chunk)
+                    bins[k] = (used + chunk.size, members)
+                    break
+            else:
+                bins.append((chunk.size, [chunk]))
+        for _, members in bins:
+            # draw in item order within a pass (any order would do: the generators are separate)
+            passes.append(sorted(members, key=lambda c: c.item))
+    return passes
+
+
+@torch.inference_mode()
+def sample_counts_many(
+    model: nn.Module,
+    xs: torch.Tensor | Sequence[torch.Tensor],
+    thetas: Sequence[Theta],
+    norm: Norm | str,
+    nums: Sequence[int],
+    batch_size: int,
+    generators: Sequence[torch.Generator],
+    num_classes: int | None = None,
+) -> torch.Tensor:
+    """Votes of the base classifier on noisy copies of several inputs, several stages each.
+
+    Input ``i`` gets ``nums[0]``, then ``nums[1]``, ... noisy copies drawn from
+    ``generators[i]`` exactly as :func:`sample_counts` would draw them one stage after the other,
+    so its votes equal one-at-a-time sampling; chunks of different inputs share forward passes of
+    at most ``batch_size`` samples when they are shorter than a batch.
+
+    Args:
+        model: maps a batch ``(b, C, H, W)`` in [0, 1] to logits ``(b, K)``.
+        xs: inputs ``(n, C, H, W)`` (or a sequence of ``(C, H, W)``) on the model's device.
+        thetas: per input, a positive number or a positive tensor of the input's shape.
+        nums: noisy samples per stage (CERTIFY: ``(n_selection, n_estimation)``).
+        generators: one per input, on the inputs' device.
+
+    Returns:
+        int64 tensor ``(n, len(nums), K)`` of vote counts, on the inputs' device.
+    """
+    count = len(xs)
+    if not (len(thetas) == len(generators) == count):
+        raise ValueError(
+            f"need one theta and one generator per input: got {count} inputs, "
+            f"{len(thetas)} thetas and {len(generators)} generators"
+        )
+    if count == 0:
+        device = xs.device if isinstance(xs, torch.Tensor) else None
+        return torch.zeros((0, len(nums), num_classes or 0), dtype=torch.int64, device=device)
+    first = xs[0]
+    passes = _forward_passes(count, nums, batch_size)
+    largest = max((sum(c.size for c in chunks) for chunks in passes), default=0)
+    buffer = torch.empty((largest, *first.shape), dtype=first.dtype, device=first.device)
+    ones = torch.ones(largest, dtype=torch.int64, device=first.device)
+    counts: torch.Tensor | None = None
+    if num_classes is not None:
+        counts = torch.zeros(
+            (count, len(nums), num_classes), dtype=torch.int64, device=first.device
+        )
+    for chunks in passes:
+        offset = 0
+        for chunk in chunks:
+            perturb_(
+                buffer[offset : offset + chunk.size],
+                xs[chunk.item],
+                thetas[chunk.item],
+                norm,
+                generators[chunk.item],
+            )
+            offset += chunk.size
+        logits = model(buffer[:offset])
+        if counts is None:
+            counts = torch.zeros(
+                (count, len(nums), logits.shape[1]), dtype=torch.int64, device=first.device
+            )
+        predictions = logits.argmax(dim=1)
+        offset = 0
+        for chunk in chunks:
+            counts[chunk.item, chunk.stage].index_add_(
+                0, predictions[offset : offset + chunk.size], ones[: chunk.size]
+            )
+            offset += chunk.size
+    if counts is None:  # every stage asked for 0 samples and no class count was given
+        counts = torch.zeros((count, len(nums), 0), dtype=torch.int64, device=first.device)
+    return counts
 
 
 @torch.inference_mode()
@@ -81,22 +231,58 @@ def sample_counts(
     Returns:
         int64 tensor ``(K,)`` of vote counts, on ``x``'s device.
     """
-    batch = min(batch_size, num)
-    buffer = torch.empty((batch, *x.shape), dtype=x.dtype, device=x.device)
-    counts: torch.Tensor | None = None
-    if num_classes is not None:
-        counts = torch.zeros(num_classes, dtype=torch.int64, device=x.device)
-    remaining = num
-    while remaining > 0:
-        size = min(batch, remaining)
-        chunk = perturb_(buffer[:size], x, theta, norm, generator)
-        logits = model(chunk)
-        if counts is None:
-            counts = torch.zeros(logits.shape[1], dtype=torch.int64, device=x.device)
-        counts += torch.bincount(logits.argmax(dim=1), minlength=counts.numel())
-        remaining -= size
-    assert counts is not None
-    return counts
+    counts = sample_counts_many(
+        model, x.unsqueeze(0), [theta], norm, (num,), batch_size, [generator], num_classes
+    )
+    return counts[0, 0]
+
+
+def _certificate(
+    selection: np.ndarray,
+    estimation: np.ndarray,
+    theta: Theta,
+    norm: Norm | str,
+    n_estimation: int,
+    alpha: float,
+) -> Certificate:
+    c_a_hat = int(np.argmax(selection))
+    n_a = int(estimation[c_a_hat])
+    p_a_lower = clopper_pearson_lower(n_a, n_estimation, alpha)
+    low, mean = min_theta(theta), geometric_mean(theta)
+    if p_a_lower < 0.5:
+        return Certificate(ABSTAIN, n_a, n_estimation, p_a_lower, 0.0, low, mean)
+    gap = gap_from_p_lower(p_a_lower, norm)
+    return Certificate(c_a_hat, n_a, n_estimation, p_a_lower, gap, low, mean)
+
+
+def certify_many(
+    model: nn.Module,
+    xs: torch.Tensor | Sequence[torch.Tensor],
+    thetas: Sequence[Theta],
+    norm: Norm | str,
+    n_selection: int,
+    n_estimation: int,
+    alpha: float,
+    batch_size: int,
+    generators: Sequence[torch.Generator],
+) -> list[Certificate]:
+    """CERTIFY for a group of inputs, sharing forward passes between them.
+
+    Equal to ``[certify(model, xs[i], thetas[i], ..., generators[i]) for i ...]``: every input
+    consumes its own generator exactly as :func:`certify` does. Only the short chunks (a
+    selection stage below ``batch_size``, the remainder of the estimation stage) of different
+    inputs are packed together, so groups pay off when those chunks are a large part of the work
+    (small ``N``, small models, GPUs); :func:`inputs_per_group` sizes the group. The votes of the
+    whole group come to the host in one transfer.
+    """
+    counts = sample_counts_many(
+        model, xs, thetas, norm, (n_selection, n_estimation), batch_size, generators
+    )
+    both = counts.cpu().numpy()  # the one host transfer
+    return [
+        _certificate(both[i, 0], both[i, 1], thetas[i], norm, n_estimation, alpha)
+        for i in range(len(thetas))
+    ]
 
 
 def certify(
@@ -112,19 +298,17 @@ def certify(
 ) -> Certificate:
     """CERTIFY: select the class on ``n_selection`` samples, bound its probability on
     ``n_estimation`` fresh samples, and return the certificate (abstain if ``pA_low < 0.5``)."""
-    selection = sample_counts(model, x, theta, norm, n_selection, batch_size, generator)
-    estimation = sample_counts(
-        model, x, theta, norm, n_estimation, batch_size, generator, selection.numel()
-    )
-    both = torch.stack([selection, estimation]).cpu().numpy()  # the one host transfer
-    c_a_hat = int(np.argmax(both[0]))
-    n_a = int(both[1, c_a_hat])
-    p_a_lower = clopper_pearson_lower(n_a, n_estimation, alpha)
-    low, mean = min_theta(theta), geometric_mean(theta)
-    if p_a_lower < 0.5:
-        return Certificate(ABSTAIN, n_a, n_estimation, p_a_lower, 0.0, low, mean)
-    gap = gap_from_p_lower(p_a_lower, norm)
-    return Certificate(c_a_hat, n_a, n_estimation, p_a_lower, gap, low, mean)
+    return certify_many(
+        model,
+        x.unsqueeze(0),
+        [theta],
+        norm,
+        n_selection,
+        n_estimation,
+        alpha,
+        batch_size,
+        [generator],
+    )[0]
 
 
 def predict(
