@@ -19,8 +19,11 @@ from ancer_cli.certify import (
     CertifyMethod as Method,
 )
 from ancer_cli.cli.common import (
+    ChannelsLastOption,
     DeviceOption,
     ForceOption,
+    MaxIndexOption,
+    PrecisionOption,
     ResumeOption,
     SeedOption,
     check_output,
@@ -100,14 +103,7 @@ def certify_command(
     ] = D.alpha,
     batch_size: Annotated[int, typer.Option(help="Noisy samples per forward pass.")] = D.batch_size,
     skip: Annotated[int, typer.Option(help="Certify every SKIP-th input of the split.")] = 1,
-    max_index: Annotated[
-        int | None,
-        typer.Option(
-            "--max",
-            "--max-index",
-            help="Stop before this dataset index (default: all; under torchrun write --max-index).",
-        ),
-    ] = None,
+    max_index: MaxIndexOption = None,
     memory: Annotated[
         bool | None,
         typer.Option(
@@ -116,19 +112,8 @@ def certify_command(
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Results file (tab-separated).")] = Path("results.csv"),
-    precision: Annotated[
-        Precision,
-        typer.Option(
-            help="Arithmetic of the base classifier: fp32, or bf16/fp16 autocast (noise stays fp32)."
-        ),
-    ] = Precision.fp32,
-    channels_last: Annotated[
-        bool,
-        typer.Option(
-            "--channels-last/--no-channels-last",
-            help="Run the model in channels-last memory format.",
-        ),
-    ] = False,
+    precision: PrecisionOption = Precision.fp32,
+    channels_last: ChannelsLastOption = False,
     resume: ResumeOption = False,
     force: ForceOption = False,
     device: DeviceOption = "auto",

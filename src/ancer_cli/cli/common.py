@@ -19,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ancer_cli.core.precision import Precision
 from ancer_cli.errors import AncerError
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -30,6 +31,26 @@ DeviceOption = Annotated[
 ]
 SeedOption = Annotated[
     int, typer.Option(help="Random seed; the same seed gives the same output on the same device.")
+]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        help="Arithmetic of the base classifier: fp32, or bf16/fp16 autocast (noise stays fp32)."
+    ),
+]
+ChannelsLastOption = Annotated[
+    bool,
+    typer.Option(
+        "--channels-last/--no-channels-last", help="Run the model in channels-last memory format."
+    ),
+]
+MaxIndexOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max",
+        "--max-index",
+        help="Stop before this dataset index (default: all; under torchrun write --max-index).",
+    ),
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 ResumeOption = Annotated[

@@ -11,8 +11,11 @@ import typer
 from ancer_cli.artifacts import MANIFEST_NAME
 from ancer_cli.certify import select_indices
 from ancer_cli.cli.common import (
+    ChannelsLastOption,
     DeviceOption,
     ForceOption,
+    MaxIndexOption,
+    PrecisionOption,
     ResumeOption,
     SeedOption,
     console,
@@ -96,27 +99,9 @@ def optimize_command(
         int, typer.Option(help="Inputs optimized together (x samples noisy copies per forward).")
     ] = JOB.batch_size,
     skip: Annotated[int, typer.Option(help="Optimize every SKIP-th input of the split.")] = 1,
-    max_index: Annotated[
-        int | None,
-        typer.Option(
-            "--max",
-            "--max-index",
-            help="Stop before this dataset index (default: all; under torchrun write --max-index).",
-        ),
-    ] = None,
-    precision: Annotated[
-        Precision,
-        typer.Option(
-            help="Arithmetic of the base classifier: fp32, or bf16/fp16 autocast (noise stays fp32)."
-        ),
-    ] = Precision.fp32,
-    channels_last: Annotated[
-        bool,
-        typer.Option(
-            "--channels-last/--no-channels-last",
-            help="Run the model in channels-last memory format.",
-        ),
-    ] = False,
+    max_index: MaxIndexOption = None,
+    precision: PrecisionOption = Precision.fp32,
+    channels_last: ChannelsLastOption = False,
     resume: ResumeOption = False,
     force: ForceOption = False,
     device: DeviceOption = "auto",
