@@ -29,6 +29,7 @@ from ancer_cli.core.noise import Norm, Stream, input_generator, theta_from_sigma
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.data import LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, collective, total
+from ancer_cli.errors import OutputError
 from ancer_cli.optimize import (
     AncerConfig,
     IsotropicConfig,
@@ -103,7 +104,10 @@ def run_optimize(
         if resume:
             check_resume(out, record, job, run_iso_stage)
         for folder in manifests:
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise OutputError(f"cannot create {folder}: {error.strerror or error}") from error
             if ranks.is_main:  # nobody writes before every rank has passed this point
                 remove_stale_temporaries(folder, "theta_")
                 remove_stale_temporaries(folder, MANIFEST_NAME)

@@ -325,3 +325,32 @@ def test_unwritable_output_folder(cli, model_path, tmp_path):
         cli.assert_domain_error(result, "cannot write")
     finally:
         locked.chmod(0o700)
+
+
+def test_output_in_a_read_only_filesystem(cli, model_path):
+    """A folder nobody can write to, root included: /proc (Linux)."""
+    if not Path("/proc/self").exists():
+        pytest.skip("needs Linux /proc")
+    result = cli.invoke(
+        "certify",
+        "--model",
+        model_path,
+        "--sigma",
+        "0.25",
+        "--max",
+        "2",
+        *CERTIFY_TINY,
+        "--out",
+        "/proc/ancer-results.csv",
+    )
+    cli.assert_domain_error(result, "cannot write", "/proc/ancer-results.csv")
+    for name in ("train", "optimize"):
+        args = (
+            ["--out", "/proc/ancer-model.pt"]
+            if name == "train"
+            else ["--model", model_path, "--out", "/proc/ancer-thetas", "--max", "1"]
+        )
+        result = cli.invoke(
+            name, *args, "--epochs" if name == "train" else "--iterations", "1", "--device", "cpu"
+        )
+        cli.assert_domain_error(result, "/proc/ancer-")

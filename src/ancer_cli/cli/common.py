@@ -71,6 +71,9 @@ def handle_errors() -> Iterator[None]:
         yield
     except AncerError as error:
         raise fail(str(error)) from None
+    except OSError as error:  # the file system refused: not a bug, say what and where
+        where = f"{error.filename}: " if error.filename else ""
+        raise fail(f"{where}{error.strerror or error}") from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: rerun with --resume to continue")
         raise typer.Exit(130) from None
