@@ -315,6 +315,19 @@ def is_factory_arch(arch: str) -> bool:
     return ":" in arch
 
 
+def _build_for(
+    arch: str,
+    dataset: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> nn.Module:
+    """A fresh built-in ``arch`` for a model file's recorded dataset, shape and classes."""
+    info = DatasetInfo(dataset, input_shape, num_classes, tuple(mean), tuple(std), arch)
+    return build_model(arch, info)
+
+
 def check_architecture(arch: str) -> None:
     """Raise a :class:`ModelError` unless ``arch`` is built in or a ``module:factory`` spec."""
     if not is_factory_arch(arch) and arch not in _BUILDERS:
@@ -655,15 +668,7 @@ def _from_checkpoint(
                 f"checkpoint {path} names dataset {dataset!r}, which ancer does not know; "
                 f"expected one of {', '.join(DATASETS)}"
             )
-        build_info = DatasetInfo(
-            name=dataset,
-            input_shape=input_shape,
-            num_classes=num_classes,
-            mean=mean,
-            std=std,
-            default_arch=saved_arch,
-        )
-        module = build_model(saved_arch, build_info)
+        module = _build_for(saved_arch, dataset, input_shape, num_classes, mean, std)
     _load_state(module, checkpoint["state_dict"], path, saved_arch)
     return LoadedModel(
         module=_freeze(module.to(device)),
@@ -725,15 +730,7 @@ def _from_cohen_checkpoint(
             f"inputs {info.input_shape}; use the matching dataset or model"
         )
     mean, std = normalization(dataset)
-    build_info = DatasetInfo(
-        name=dataset,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        mean=mean,
-        std=std,
-        default_arch=ours,
-    )
-    module = build_model(ours, build_info)
+    module = _build_for(ours, dataset, input_shape, num_classes, mean, std)
     _load_state(module, state, path, f"{ours} (Cohen et al.'s {cohen_arch})")
     return LoadedModel(
         module=_freeze(module.to(device)),
