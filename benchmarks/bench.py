@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402  (the sibling module, importable however this script is run)
 
 from ancer_cli.core.noise import Stream, input_generator  # noqa: E402
+from ancer_cli.core.optimize import AncerConfig, optimize_ancer  # noqa: E402
 from ancer_cli.core.precision import Precision, prepare_model, retain_freed_memory  # noqa: E402
 from ancer_cli.core.smoothing import (  # noqa: E402
     certify,
@@ -62,7 +63,6 @@ from ancer_cli.core.smoothing import (  # noqa: E402
 )
 from ancer_cli.data import dataset_info, load_dataset  # noqa: E402
 from ancer_cli.models import build_model  # noqa: E402
-from ancer_cli.optimize import AncerConfig, optimize_ancer  # noqa: E402
 
 SIGMA = 0.25
 ALPHA = 0.001

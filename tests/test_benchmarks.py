@@ -92,7 +92,7 @@ def test_quick_benchmark_runs_and_its_checks_pass(tmp_path):
 
 def test_reference_and_package_find_the_same_thetas_with_the_same_noise(reference):
     from ancer_cli.core.noise import Stream
-    from ancer_cli.optimize import AncerConfig, optimize_ancer
+    from ancer_cli.core.optimize import AncerConfig, optimize_ancer
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3))

@@ -7,9 +7,9 @@ import torch
 
 from ancer_cli.certify import CertifyConfig, certify_dataset
 from ancer_cli.core.noise import Norm, Stream, input_generator
+from ancer_cli.core.optimize import AncerConfig, IsotropicConfig, optimize_ancer, optimize_isotropic
 from ancer_cli.data import load_dataset
 from ancer_cli.models import load_model
-from ancer_cli.optimize import AncerConfig, IsotropicConfig, optimize_ancer, optimize_isotropic
 from ancer_cli.train import TrainConfig, train
 
 

@@ -25,13 +25,13 @@ from ancer_cli.artifacts import (
     utc_now,
     write_json,
 )
+from ancer_cli.core.memory import Claim, memory_pass
 from ancer_cli.core.noise import Norm, Stream, Theta, input_generator
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.core.smoothing import ABSTAIN, certify_many, inputs_per_group
 from ancer_cli.data import LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, collective, total
 from ancer_cli.errors import AncerError, ModelError, OutputError
-from ancer_cli.memory import Claim, memory_pass
 
 
 class CertifyMethod(str, enum.Enum):

@@ -27,12 +27,12 @@ from ancer_cli.cli.common import (
     out as stdout,
 )
 from ancer_cli.core.noise import Norm
+from ancer_cli.core.optimize import AncerConfig, IsotropicConfig
 from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
 from ancer_cli.distributed import collective, rank_device, ranks_from_env, start, stop
 from ancer_cli.errors import AncerError
 from ancer_cli.inputs import load_run_inputs
-from ancer_cli.optimize import AncerConfig, IsotropicConfig
-from ancer_cli.optimize_dataset import Method, OptimizeJob, check_resume, run_optimize
+from ancer_cli.optimize import Method, OptimizeJob, check_resume, run_optimize
 from ancer_cli.runtime import describe_device, host_memory_retained, resolve_device, versions
 from ancer_cli.thetas import open_thetas
 

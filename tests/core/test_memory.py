@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from ancer_cli.core.memory import Claim, Decision, memory_pass
 from ancer_cli.core.regions import (
     GAP_TOLERANCE,
     MARGIN,
@@ -20,7 +21,6 @@ from ancer_cli.core.regions import (
     rounding_slack,
     weighted_distance,
 )
-from ancer_cli.memory import Claim, Decision, memory_pass
 
 CPU = torch.device("cpu")
 F64 = torch.float64

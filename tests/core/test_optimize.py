@@ -7,8 +7,7 @@ from torch import nn
 
 from ancer_cli.artifacts import load_theta, save_theta
 from ancer_cli.core.noise import Stream, input_generator
-from ancer_cli.core.smoothing import ABSTAIN, certify
-from ancer_cli.optimize import (
+from ancer_cli.core.optimize import (
     THETA_FLOOR,
     AncerConfig,
     IsotropicConfig,
@@ -18,6 +17,7 @@ from ancer_cli.optimize import (
     optimize_isotropic,
     smoothed_top_two,
 )
+from ancer_cli.core.smoothing import ABSTAIN, certify
 
 SHAPE = (1, 8, 8)
 
