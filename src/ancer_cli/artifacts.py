@@ -24,7 +24,7 @@ from typing import IO, Any
 import pandas as pd
 import torch
 
-from ancer_cli.errors import OutputError, ResultsError, ThetaError
+from ancer_cli.errors import OutputError, ResultsError, ThetaError, first_line
 
 RESULT_COLUMNS = (
     "idx",
@@ -87,6 +87,34 @@ def remove_stale_temporaries(folder: Path, prefix: str = "") -> int:
             stale.unlink()
             removed += 1
     return removed
+
+
+def check_new_output(
+    path: Path, *, force: bool, resume: bool | None = None, folder: bool = False
+) -> None:
+    """Refuse to overwrite an output silently (the one home of this check).
+
+    ``path`` must not exist (for a ``folder``: may exist empty) unless ``force``, or ``resume``
+    for outputs that can be continued (``resume=None``: this output cannot be). A file's folder
+    must exist. Raises :class:`OutputError` naming the option that would allow it.
+    """
+    path = Path(path)
+    if force and resume:
+        raise OutputError("--force and --resume contradict each other; pass one of them")
+    allowed = force or bool(resume)
+    hint = "pass --force to overwrite it" + (
+        " or --resume to continue it" if resume is not None else ""
+    )
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"--out {path} is a file; give a folder for the theta files")
+        if path.exists() and any(path.iterdir()) and not allowed:
+            raise OutputError(f"{path} is not empty; {hint}")
+        return
+    if path.exists() and not allowed:
+        raise OutputError(f"{path} already exists; {hint}")
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
 
 
 def _umask() -> int:
@@ -263,7 +291,7 @@ def _read_tab_separated(path: Path) -> pd.DataFrame:
             f"results file {path} is empty; expected a tab-separated header"
         ) from error
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ResultsError(
             f"results file {path} cannot be parsed as tab-separated text: {first}"
         ) from error

@@ -1,4 +1,6 @@
-"""The dataset loop of ``ancer certify``: inputs + thetas -> certificates -> result rows."""
+"""The dataset loop of ``ancer certify`` over :mod:`ancer_cli.core.smoothing`: a request becomes a
+plan (model, data, thetas, indices, record), the plan's inputs become certificates, the
+certificates rows of the results file (then, for per-input thetas, the memory pass)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from ancer_cli.artifacts import (
     RESULT_HEADER,
     ResultsFile,
     atomic_writer,
+    check_new_output,
     check_resumable,
     format_result_row,
     read_results,
@@ -25,13 +28,18 @@ from ancer_cli.artifacts import (
     utc_now,
     write_json,
 )
+from ancer_cli.core.bounds import DEFAULT_ALPHA
 from ancer_cli.core.memory import Claim, memory_pass
-from ancer_cli.core.noise import Norm, Stream, Theta, input_generator
+from ancer_cli.core.noise import Norm, Stream, Theta, input_generator, theta_from_sigma
+from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.core.smoothing import ABSTAIN, certify_many, inputs_per_group
 from ancer_cli.data import LoadedData
-from ancer_cli.distributed import SINGLE, Ranks, collective, total
-from ancer_cli.errors import AncerError, ModelError, OutputError
+from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
+from ancer_cli.errors import AncerError, OutputError
+from ancer_cli.inputs import load_run_inputs, select_indices
+from ancer_cli.runtime import provenance
+from ancer_cli.thetas import open_thetas, recorded_run
 
 
 class CertifyMethod(str, enum.Enum):
@@ -53,14 +61,14 @@ class CertifyConfig:
     norm: Norm = Norm.l2
     n_selection: int = 100
     n_estimation: int = 100_000
-    alpha: float = 0.001
+    alpha: float = DEFAULT_ALPHA
     batch_size: int = 1000
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One line of the results file, plus the gap needed by the memory pass."""
+    """One line of the results file."""
 
     idx: int
     label: int
@@ -70,7 +78,6 @@ class ResultRow:
     correct: int
     min_sigma: float
     seconds: float
-    gap: float
 
     def line(self) -> str:
         return format_result_row(
@@ -83,13 +90,6 @@ class ResultRow:
             self.min_sigma,
             self.seconds,
         )
-
-
-def select_indices(size: int, skip: int = 1, max_index: int | None = None) -> list[int]:
-    """Dataset indices to certify, as in Cohen et al.'s scripts: every ``skip``-th index,
-    stopping before ``max_index`` (all when ``None``)."""
-    stop = size if max_index is None else min(size, max_index)
-    return list(range(0, stop, skip))
 
 
 def fixed_theta(theta: float) -> ThetaSource:
@@ -150,7 +150,6 @@ def certify_dataset(
                 correct=int(certificate.prediction == label and certificate.prediction != ABSTAIN),
                 min_sigma=certificate.min_theta,
                 seconds=seconds,
-                gap=certificate.gap,
             )
         if failure is not None:
             raise failure
@@ -190,27 +189,6 @@ class CertifySummary:
 def pre_memory_path(out: Path) -> Path:
     """Where the certificates are written before the memory pass: ``results.csv.pre-memory``."""
     return Path(str(out) + ".pre-memory")
-
-
-def check_compatible(model: nn.Module, data: LoadedData, device: torch.device, where: str) -> None:
-    """One forward pass on the first input: the model must accept the dataset's inputs and
-    return one logit per class of the dataset."""
-    x, _ = data.dataset[0]
-    try:
-        with torch.inference_mode():
-            logits = model(x.unsqueeze(0).to(device=device, dtype=torch.float32))
-    except Exception as error:  # any failure here is a model/data mismatch, not a bug of ours
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(
-            f"model {where} cannot process {data.info.name} inputs of shape "
-            f"{tuple(x.shape)}: {first}"
-        ) from error
-    if logits.ndim != 2 or logits.shape[1] != data.info.num_classes:
-        raise ModelError(
-            f"model {where} returns logits of shape {tuple(logits.shape)} for one input; "
-            f"{data.info.name} has {data.info.num_classes} classes, expected (1, "
-            f"{data.info.num_classes})"
-        )
 
 
 def apply_memory(
@@ -416,3 +394,174 @@ def run_certify(
         },
     )
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# a certify run: request -> plan -> rows
+
+
+@dataclass(frozen=True)
+class CertifyRequest:
+    """What ``ancer certify`` is asked to do. ``None`` means "as the thetas' manifest (or the
+    model file) records it"; exactly one of ``sigma`` and ``thetas`` is given."""
+
+    out: Path = Path("results.csv")
+    model: Path | None = None
+    thetas: Path | None = None
+    sigma: float | None = None
+    method: CertifyMethod | None = None
+    dataset: str | None = None
+    data_root: Path | None = None
+    split: str | None = None
+    norm: Norm | None = None
+    arch: str | None = None
+    n_selection: int = CertifyConfig.n_selection
+    n_estimation: int = CertifyConfig.n_estimation
+    alpha: float = CertifyConfig.alpha
+    batch_size: int = CertifyConfig.batch_size
+    skip: int = 1
+    max_index: int | None = None
+    memory: bool | None = None
+    precision: Precision = Precision.fp32
+    channels_last: bool = False
+    resume: bool = False
+    force: bool = False
+    seed: int = CertifyConfig.seed
+
+
+@dataclass(frozen=True)
+class CertifyPlan:
+    """Everything a certify run needs, loaded and checked: the base classifier with its speed
+    options, the data, each input's theta, the indices to certify and the run's record."""
+
+    request: CertifyRequest
+    model: nn.Module
+    data: LoadedData
+    method: CertifyMethod
+    thetas: ThetaSource
+    theta_description: str
+    indices: list[int]
+    config: CertifyConfig
+    memory: bool
+    record: dict[str, Any]
+
+    def run(
+        self,
+        session: Session,
+        on_row: Callable[[ResultRow], None] | None = None,
+        on_memory: Callable[[int, int], None] | None = None,
+    ) -> CertifySummary | None:
+        """:func:`run_certify` of this plan (``None`` on ranks other than 0)."""
+        return run_certify(
+            self.model,
+            self.data,
+            self.indices,
+            self.thetas,
+            self.config,
+            session.device,
+            self.request.out,
+            self.record,
+            resume=self.request.resume,
+            memory=self.memory,
+            on_row=on_row,
+            on_memory=on_memory,
+            ranks=session.ranks,
+        )
+
+
+def plan_certify(request: CertifyRequest, session: Session) -> CertifyPlan:
+    """Load and check everything ``request`` needs, on every rank (a collective: if one rank
+    fails, all raise). Defaults come from the thetas' manifest, then from the model file."""
+    return collective(session.ranks, lambda: _plan(request, session))
+
+
+def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
+    check_new_output(request.out, force=request.force, resume=request.resume)
+    recorded = recorded_run(request.thetas)
+    model_path = request.model or recorded.model
+    if model_path is None:
+        raise AncerError("give --model (the thetas have no manifest naming their model)")
+    if request.thetas is not None and recorded.manifest is None:
+        if request.dataset is None or request.norm is None:
+            raise AncerError(
+                f"{request.thetas} has no manifest.json: pass --dataset and --norm with --model"
+            )
+    run = load_run_inputs(
+        model_path,
+        session.device,
+        dataset=request.dataset or recorded.dataset,
+        data_root=request.data_root or recorded.data_root,
+        split=request.split or recorded.split or "test",
+        norm=request.norm or recorded.norm,
+        arch=request.arch,
+    )
+    indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
+    if request.thetas is not None:
+        theta_set = open_thetas(
+            request.thetas,
+            run.data,
+            norm=run.norm,
+            model_sha256=run.model.sha256,
+            device=session.device,
+        )
+        method = CertifyMethod(theta_set.method)
+        if request.method is not None and request.method is not method:
+            raise AncerError(
+                f"--method {request.method.value} but {request.thetas} holds {method.value} thetas"
+            )
+        available = set(theta_set.indices)
+        indices = [i for i in indices if i in available]
+        thetas: ThetaSource = theta_set.theta
+        description = f"{method.value} thetas from {request.thetas}"
+    else:
+        assert request.sigma is not None
+        method = CertifyMethod.fixed
+        thetas = fixed_theta(theta_from_sigma(request.sigma, run.norm))
+        description = f"noise sigma={request.sigma}"
+    memory = method is not CertifyMethod.fixed if request.memory is None else request.memory
+    config = CertifyConfig(
+        norm=run.norm,
+        n_selection=request.n_selection,
+        n_estimation=request.n_estimation,
+        alpha=request.alpha,
+        batch_size=request.batch_size,
+        seed=request.seed,
+    )
+    record = {
+        "format": "ancer-results/1",
+        "arguments": {
+            "method": method.value,
+            "model": str(model_path),
+            "model_sha256": run.model.sha256,
+            "thetas": str(request.thetas) if request.thetas is not None else None,
+            "dataset": run.data.info.name,
+            "split": run.data.split,
+            "norm": run.norm.value,
+            "sigma": request.sigma,
+            "N0": request.n_selection,
+            "N": request.n_estimation,
+            "alpha": request.alpha,
+            "batch_size": request.batch_size,
+            "skip": request.skip,
+            "max": request.max_index,
+            "seed": request.seed,
+            "memory": memory,
+            "world_size": session.ranks.world_size,
+            **speed_options_record(request.precision, request.channels_last),
+        },
+        **provenance(session.device),
+    }
+    if request.resume:
+        check_resume(request.out, record["arguments"], memory, session.ranks)
+    return CertifyPlan(
+        request=request,
+        model=prepare_model(run.model.module, request.precision, request.channels_last),
+        data=run.data,
+        method=method,
+        thetas=thetas,
+        theta_description=description,
+        indices=indices,
+        config=config,
+        memory=memory,
+        record=record,
+    )

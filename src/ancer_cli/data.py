@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ancer_cli.errors import DataError
+from ancer_cli.errors import DataError, first_line
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10", "imagenet", "folder")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -264,7 +264,7 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _download_error(name: str, root: Path, error: BaseException) -> DataError:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    first = first_line(error)
     return DataError(
         f"could not download {name} into {root}: {first}; check the network, or place the files "
         "there by hand"
@@ -486,7 +486,7 @@ def _restricted_unpickle(path: Path) -> Any:
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 - a malformed pickle can raise almost anything
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise DataError(
             f"cannot read {path} as a CIFAR-10 pickle ({reason}); {_cifar10_missing(path)}"
         ) from error

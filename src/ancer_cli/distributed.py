@@ -8,9 +8,10 @@ single-process run. Rank 0 merges and finishes. Backend: ``nccl`` on CUDA, ``glo
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ancer_cli.errors import AncerError
+from ancer_cli.runtime import resolve_device
 
 T = TypeVar("T")
 
@@ -124,3 +126,28 @@ def collective(ranks: Ranks, work: Callable[[], T]) -> T:
             "fix it and rerun with --resume"
         )
     return result
+
+
+@dataclass(frozen=True)
+class Session:
+    """Where this process runs: its place among the ranks and its device."""
+
+    ranks: Ranks
+    device: torch.device
+
+
+@contextlib.contextmanager
+def session(device: str) -> Iterator[Session]:
+    """The process group of a command, from joining to leaving.
+
+    Reads the ranks torchrun set (a single process otherwise), resolves ``device`` (``auto``,
+    ``cpu``, ``cuda``, ``cuda:K``; each rank of a CUDA run on ``cuda:LOCAL_RANK``), joins the
+    group, and on exit -- success or error -- waits for every rank and leaves it.
+    """
+    ranks = ranks_from_env()
+    chosen = rank_device(ranks, resolve_device(device))
+    start(ranks, chosen)
+    try:
+        yield Session(ranks, chosen)
+    finally:
+        stop(ranks)

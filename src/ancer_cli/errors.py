@@ -28,3 +28,10 @@ class ResultsError(AncerError):
 
 class OutputError(AncerError):
     """An output would be overwritten, cannot be written, or cannot be resumed."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``error``'s message (at most ``limit`` characters), or its
+    type name when the message is empty: how a foreign exception enters a one-line message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(error).__name__

@@ -1,4 +1,5 @@
-"""The model and data a run works on: loaded, matched to each other, checked once up front."""
+"""The model and data a run works on: loaded, matched to each other, checked once up front, and
+the dataset indices it covers."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ancer_cli.certify import check_compatible
 from ancer_cli.core.noise import Norm
 from ancer_cli.data import LoadedData, load_dataset
-from ancer_cli.errors import AncerError
+from ancer_cli.errors import AncerError, ModelError, first_line
 from ancer_cli.models import LoadedModel, load_model
 
 
@@ -41,3 +42,31 @@ def load_run_inputs(
     check_compatible(loaded.module, data, device, str(model_path))
     chosen = Norm(norm) if norm is not None else Norm(loaded.norm or Norm.l2.value)
     return RunInputs(loaded, data, chosen)
+
+
+def select_indices(size: int, skip: int = 1, max_index: int | None = None) -> list[int]:
+    """Dataset indices to certify, as in Cohen et al.'s scripts: every ``skip``-th index,
+    stopping before ``max_index`` (all when ``None``)."""
+    stop = size if max_index is None else min(size, max_index)
+    return list(range(0, stop, skip))
+
+
+def check_compatible(model: nn.Module, data: LoadedData, device: torch.device, where: str) -> None:
+    """One forward pass on the first input: the model must accept the dataset's inputs and
+    return one logit per class of the dataset."""
+    x, _ = data.dataset[0]
+    try:
+        with torch.inference_mode():
+            logits = model(x.unsqueeze(0).to(device=device, dtype=torch.float32))
+    except Exception as error:  # any failure here is a model/data mismatch, not a bug of ours
+        first = first_line(error)
+        raise ModelError(
+            f"model {where} cannot process {data.info.name} inputs of shape "
+            f"{tuple(x.shape)}: {first}"
+        ) from error
+    if logits.ndim != 2 or logits.shape[1] != data.info.num_classes:
+        raise ModelError(
+            f"model {where} returns logits of shape {tuple(logits.shape)} for one input; "
+            f"{data.info.name} has {data.info.num_classes} classes, expected (1, "
+            f"{data.info.num_classes})"
+        )

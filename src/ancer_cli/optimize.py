@@ -1,9 +1,12 @@
-"""The dataset loop of ``ancer optimize``: batches of inputs -> thetas -> theta files + manifests."""
+"""The dataset loop of ``ancer optimize`` over :mod:`ancer_cli.core.optimize`: a request becomes a
+plan (model, data, indices, job, record), fixed batches of inputs become thetas, the thetas theta
+files and manifests."""
 
 from __future__ import annotations
 
 import enum
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,6 +20,7 @@ from ancer_cli.artifacts import (
     ISOTROPIC_SUBFOLDER,
     MANIFEST_NAME,
     THETA_FORMAT,
+    check_new_output,
     check_resumable,
     load_theta,
     remove_stale_temporaries,
@@ -33,10 +37,14 @@ from ancer_cli.core.optimize import (
     optimize_ancer,
     optimize_isotropic,
 )
+from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.data import LoadedData
-from ancer_cli.distributed import SINGLE, Ranks, collective, total
-from ancer_cli.errors import OutputError
+from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
+from ancer_cli.errors import AncerError, OutputError
+from ancer_cli.inputs import load_run_inputs, select_indices
+from ancer_cli.runtime import provenance, versions
+from ancer_cli.thetas import open_thetas
 
 
 class Method(str, enum.Enum):
@@ -248,3 +256,144 @@ def _manifest(record: dict[str, Any], job: OptimizeJob, final: bool) -> dict[str
         hyper["ancer"] = asdict(job.ancer)
     arguments = {**record["arguments"], "method": method, "hyperparameters": hyper}
     return {**record, "format": THETA_FORMAT, "method": method, "arguments": arguments}
+
+
+# ---------------------------------------------------------------------------------------------
+# an optimize run: request -> plan -> theta files
+
+
+@dataclass(frozen=True)
+class OptimizeRequest:
+    """What ``ancer optimize`` is asked to do. ``None`` means "as the model file records it"."""
+
+    model: Path
+    out: Path
+    method: Method = Method.ancer
+    dataset: str | None = None
+    data_root: Path | None = None
+    split: str = "test"
+    norm: Norm | None = None
+    arch: str | None = None
+    sigma: float | None = None
+    isotropic_thetas: Path | None = None
+    isotropic: IsotropicConfig = IsotropicConfig()
+    ancer: AncerConfig = AncerConfig()
+    batch_size: int = OptimizeJob.batch_size
+    skip: int = 1
+    max_index: int | None = None
+    precision: Precision = Precision.fp32
+    channels_last: bool = False
+    resume: bool = False
+    force: bool = False
+    seed: int = OptimizeJob.seed
+
+
+@dataclass(frozen=True)
+class OptimizePlan:
+    """Everything an optimize run needs, loaded and checked."""
+
+    request: OptimizeRequest
+    model: nn.Module
+    data: LoadedData
+    indices: list[int]
+    job: OptimizeJob
+    record: dict[str, Any]
+    isotropic_thetas: Callable[[int], torch.Tensor] | None
+
+    def batches(self) -> list[list[int]]:
+        """The fixed batches of consecutive indices the run optimizes together."""
+        size = self.job.batch_size
+        return [self.indices[k : k + size] for k in range(0, len(self.indices), size)]
+
+    def run(
+        self, session: Session, progress: OptimizeProgress | None = None
+    ) -> OptimizeSummary | None:
+        """:func:`run_optimize` of this plan (with ``force``, rank 0 first empties the output
+        folder); ``None`` on ranks other than 0."""
+        out = self.request.out
+        if self.request.force and session.ranks.is_main and out.exists():
+            shutil.rmtree(out)
+        return run_optimize(
+            self.model,
+            self.data,
+            self.indices,
+            self.job,
+            session.device,
+            out,
+            self.record,
+            resume=self.request.resume,
+            isotropic_thetas=self.isotropic_thetas,
+            progress=progress,
+            ranks=session.ranks,
+        )
+
+
+def plan_optimize(request: OptimizeRequest, session: Session) -> OptimizePlan:
+    """Load and check everything ``request`` needs, on every rank (a collective)."""
+    return collective(session.ranks, lambda: _plan(request, session))
+
+
+def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
+    check_new_output(request.out, force=request.force, resume=request.resume, folder=True)
+    run = load_run_inputs(
+        request.model,
+        session.device,
+        dataset=request.dataset,
+        data_root=request.data_root,
+        split=request.split,
+        norm=request.norm,
+        arch=request.arch,
+    )
+    sigma = request.sigma if request.sigma is not None else run.model.sigma
+    if sigma is None:
+        raise AncerError(f"model {request.model} does not record its training sigma; pass --sigma")
+    isotropic_thetas = None
+    if request.isotropic_thetas is not None:
+        isotropic_thetas = open_thetas(
+            request.isotropic_thetas,
+            run.data,
+            norm=run.norm,
+            model_sha256=run.model.sha256,
+            device=session.device,
+        ).theta
+    indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
+    job = OptimizeJob(
+        method=request.method,
+        norm=run.norm,
+        sigma=sigma,
+        isotropic=request.isotropic,
+        ancer=request.ancer,
+        batch_size=request.batch_size,
+        seed=request.seed,
+    )
+    record = {
+        "arguments": {
+            "model": str(request.model.resolve()),
+            "model_sha256": run.model.sha256,
+            "dataset": run.data.info.name,
+            "data_root": str(request.data_root) if request.data_root else None,
+            "split": run.data.split,
+            "norm": run.norm.value,
+            "sigma": sigma,
+            "isotropic_thetas": str(request.isotropic_thetas) if request.isotropic_thetas else None,
+            "skip": request.skip,
+            "max": request.max_index,
+            "seed": request.seed,
+            "world_size": session.ranks.world_size,
+            **speed_options_record(request.precision, request.channels_last),
+        },
+        "indices": indices,
+        "package_version": versions()["ancer"],
+        **provenance(session.device),
+    }
+    if request.resume:
+        check_resume(request.out, record, job, run_iso_stage=isotropic_thetas is None)
+    return OptimizePlan(
+        request=request,
+        model=prepare_model(run.model.module, request.precision, request.channels_last),
+        data=run.data,
+        indices=indices,
+        job=job,
+        record=record,
+        isotropic_thetas=isotropic_thetas,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 import torch
 
@@ -70,3 +71,13 @@ def retain_host_memory() -> bool:
 
 def host_memory_retained() -> bool:
     return _HOST_MEMORY_RETAINED
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """What every sidecar and manifest records about where it was made: the device, whether
+    freed host memory was retained, and the versions of the package and its main libraries."""
+    return {
+        "device": describe_device(device),
+        "host_memory_retained": host_memory_retained(),
+        "versions": versions(),
+    }

@@ -45,7 +45,11 @@ class ThetaSet:
     _cache: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def theta(self, idx: int) -> torch.Tensor:
-        """Theta of dataset index ``idx`` on the device: 0-d (isotropic) or the input's shape."""
+        """Theta of dataset index ``idx`` on the device: 0-d (isotropic) or the input's shape.
+
+        Each file is read once per run: the validated theta is kept (on the CPU) for the later
+        calls -- certification, then the memory pass's claims, regions and rewritten rows.
+        """
         if self.values is not None:
             if idx >= self.values.numel():
                 raise ThetaError(
@@ -53,13 +57,50 @@ class ThetaSet:
                     f"none for dataset index {idx}"
                 )
             return self.values[idx].to(self.device)
-        theta = load_theta(theta_path(self.path, self.split, idx), self.shape)
-        if self.method == "ancer" and theta.ndim == 0:
-            raise ThetaError(
-                f"theta file {theta_path(self.path, self.split, idx)} holds one number but the "
-                f"folder holds anisotropic thetas of shape {self.shape}"
-            )
+        theta = self._cache.get(idx)
+        if theta is None:
+            theta = load_theta(theta_path(self.path, self.split, idx), self.shape)
+            if self.method == "ancer" and theta.ndim == 0:
+                raise ThetaError(
+                    f"theta file {theta_path(self.path, self.split, idx)} holds one number but "
+                    f"the folder holds anisotropic thetas of shape {self.shape}"
+                )
+            self._cache[idx] = theta
         return theta.to(self.device)
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """What a thetas folder's manifest says about the run that wrote it (``None`` where it has
+    no manifest or does not say): the defaults of every command that reads the folder."""
+
+    manifest: dict[str, Any] | None
+    model: Path | None = None
+    dataset: str | None = None
+    data_root: Path | None = None
+    split: str | None = None
+    norm: str | None = None
+
+
+def recorded_run(path: Path | None) -> RecordedRun:
+    """The :class:`RecordedRun` of thetas at ``path`` (a folder with or without a manifest, or an
+    isotropic values file, which records nothing)."""
+    manifest = read_manifest(path) if path is not None and Path(path).is_dir() else None
+    if manifest is None:
+        return RecordedRun(None)
+    arguments = manifest.get("arguments", {})
+
+    def as_path(key: str) -> Path | None:
+        return Path(arguments[key]) if arguments.get(key) else None
+
+    return RecordedRun(
+        manifest,
+        model=as_path("model"),
+        dataset=arguments.get("dataset"),
+        data_root=as_path("data_root"),
+        split=arguments.get("split"),
+        norm=arguments.get("norm"),
+    )
 
 
 def open_thetas(
@@ -180,17 +221,14 @@ def read_input_thetas(
     path = Path(path)
     if not path.exists():
         raise ThetaError(f"thetas {path} do not exist; run ancer optimize --out {path} first")
-    manifest = read_manifest(path) if path.is_dir() else None
-    arguments: dict[str, Any] = manifest.get("arguments", {}) if manifest else {}
-    name = dataset or arguments.get("dataset")
+    recorded = recorded_run(path)
+    name = dataset or recorded.dataset
     if name is None:
         raise ThetaError(
             f"thetas {path} have no {MANIFEST_NAME} saying which dataset they belong to; "
             "pass --dataset (and --data-root)"
         )
-    recorded_root = arguments.get("data_root")
-    root = data_root or (Path(recorded_root) if recorded_root else None)
-    data = load_dataset(name, split or arguments.get("split") or "test", root)
+    data = load_dataset(name, split or recorded.split or "test", data_root or recorded.data_root)
     thetas = open_thetas(path, data, norm=None, model_sha256=None, device=torch.device("cpu"))
     available = set(thetas.indices)
     chosen = list(indices) if indices else thetas.indices[:DEFAULT_PICTURES]
@@ -205,5 +243,4 @@ def read_input_thetas(
             )
         image, label = data.dataset[idx]
         inputs.append(InputTheta(idx, image.cpu(), thetas.theta(idx).cpu(), int(label)))
-    norm = arguments.get("norm")
-    return InputThetas(inputs, thetas, norm if isinstance(norm, str) else None)
+    return InputThetas(inputs, thetas, recorded.norm)

@@ -15,8 +15,8 @@ from rich.text import Text
 
 from ancer_cli import analysis
 from ancer_cli.analysis import Metric
-from ancer_cli.artifacts import read_results, read_results_record
-from ancer_cli.cli.common import ForceOption, console, fail, handle_errors, out
+from ancer_cli.artifacts import check_new_output
+from ancer_cli.cli.common import ForceOption, console, handle_errors, out
 
 
 class OutputFormat(str, Enum):
@@ -45,16 +45,9 @@ def _metrics(choice: PlotMetric | None, metric: Metric) -> list[Metric]:
     return [Metric(choice.value)]
 
 
-def _check_figure(path: Path | None, option: str, force: bool) -> None:
-    """Usage error for a bad suffix; one error line for an existing file or missing folder."""
-    if path is None:
-        return
-    if path.suffix.lower() not in analysis.PLOT_SUFFIXES:
+def _check_figure_suffix(path: Path | None, option: str) -> None:
+    if path is not None and path.suffix.lower() not in analysis.PLOT_SUFFIXES:
         raise typer.BadParameter(f"{path} must end in .png or .pdf", param_hint=f"'{option}'")
-    if path.exists() and not force:
-        raise fail(f"{path} already exists; pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise fail(f"cannot write {path}: folder {path.parent} does not exist")
 
 
 def accuracy_command(
@@ -191,52 +184,40 @@ def accuracy_command(
         )
     if plot is not None and hist is not None and plot.resolve() == hist.resolve():
         raise typer.BadParameter("--plot and --hist must name different files")
-    _check_figure(plot, "--plot", force)
-    _check_figure(hist, "--hist", force)
+    _check_figure_suffix(plot, "--plot")
+    _check_figure_suffix(hist, "--hist")
 
     with handle_errors():
-        frames: dict[str, pd.DataFrame] = {}
-        confidences: dict[str, analysis.Confidence | None] = {}
-        for name, path in zip(labels, files, strict=True):
-            frame = read_results(path)
-            analysis.check_results(frame, metric, path)
-            if plot is not None and plot_metric is PlotMetric.proxy:
-                analysis.check_results(frame, Metric.proxy, path)
-            frames[name] = frame
-            confidences[name] = (
-                analysis.confidence_from_record(read_results_record(path), rho, alpha)
-                if high_probability
-                else None
-            )
-        summaries = {
-            name: analysis.summarize(frame, radii, metric, confidences[name])
-            for name, frame in frames.items()
-        }
-
+        for figure in (plot, hist):
+            if figure is not None:
+                check_new_output(figure, force=force)
+        also = [Metric.proxy] if plot is not None and plot_metric is PlotMetric.proxy else []
+        rho_used = rho if high_probability else None
+        result = analysis.compare(
+            files, labels, radii, metric, also=also, rho=rho_used, alpha=alpha
+        )
         if output_format is OutputFormat.json:
             sources = {name: str(path) for name, path in zip(labels, files, strict=True)}
-            out.out(analysis.render_json(summaries, metric, sources), end="", highlight=False)
+            text = analysis.render_json(result.summaries, metric, sources)
+            out.out(text, end="", highlight=False)
         else:
-            table = analysis.table_from_summaries(summaries)
+            table = analysis.table_from_summaries(result.summaries)
             title = f"metric: {metric.value}"
             if high_probability:
                 title += f", bounds hold w.p. {1 - rho:g}"
             if output_format is OutputFormat.table:
                 out.print(_rich_table(table, title))
-            elif output_format is OutputFormat.markdown:
-                out.out(analysis.render_markdown(table, title=title), end="", highlight=False)
-            elif output_format is OutputFormat.latex:
-                out.out(analysis.render_latex(table, title=title), end="", highlight=False)
             else:
-                out.out(analysis.render_csv(table), end="", highlight=False)
-
+                text = analysis.render(table, output_format.value, title=title)
+                out.out(text, end="", highlight=False)
         if plot is not None:
+            metrics = _metrics(plot_metric, metric)
             analysis.plot_certified_accuracy(
-                frames, _metrics(plot_metric, metric), plot, max_radius=plot_max_radius
+                result.frames, metrics, plot, max_radius=plot_max_radius
             )
             console.print(f"wrote {plot}", markup=False)
         if hist is not None:
-            analysis.plot_radius_distribution(frames, metric, hist, cdf=cdf)
+            analysis.plot_radius_distribution(result.frames, metric, hist, cdf=cdf)
             console.print(f"wrote {hist}", markup=False)
 
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from ancer_cli.artifacts import read_manifest
 from ancer_cli.certify import (
     CertifyConfig,
-    check_resume,
-    fixed_theta,
-    run_certify,
-    select_indices,
+    CertifyPlan,
+    CertifyRequest,
+    CertifySummary,
+    plan_certify,
 )
-from ancer_cli.certify import (
-    CertifyMethod as Method,
-)
+from ancer_cli.certify import CertifyMethod as Method
 from ancer_cli.cli.common import (
     ChannelsLastOption,
     DeviceOption,
@@ -26,22 +23,18 @@ from ancer_cli.cli.common import (
     PrecisionOption,
     ResumeOption,
     SeedOption,
-    check_output,
     console,
     handle_errors,
+    non_negative,
     positive,
+    probability,
     progress_bar,
 )
-from ancer_cli.cli.common import (
-    out as stdout,
-)
-from ancer_cli.core.noise import Norm, theta_from_sigma
-from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
-from ancer_cli.distributed import collective, rank_device, ranks_from_env, start, stop
-from ancer_cli.errors import AncerError
-from ancer_cli.inputs import load_run_inputs
-from ancer_cli.runtime import describe_device, host_memory_retained, resolve_device, versions
-from ancer_cli.thetas import open_thetas
+from ancer_cli.cli.common import out as stdout
+from ancer_cli.core.noise import Norm
+from ancer_cli.core.precision import Precision
+from ancer_cli.distributed import Session, session
+from ancer_cli.runtime import describe_device
 
 D = CertifyConfig()
 
@@ -125,14 +118,15 @@ def certify_command(
     and method come from DIR/manifest.json; original ANCER folders and isotropic value files need
     --model, --dataset and --norm).
     """
-    positive("--N0", n_selection)
-    positive("--N", n_estimation)
-    positive("--batch-size", batch_size)
-    positive("--skip", skip)
-    if not 0.0 < alpha < 1.0:
-        raise typer.BadParameter(f"--alpha must lie in (0, 1), got {alpha}")
-    if max_index is not None and max_index < 0:
-        raise typer.BadParameter(f"--max must be >= 0, got {max_index}")
+    for name, value in [
+        ("--N0", n_selection),
+        ("--N", n_estimation),
+        ("--batch-size", batch_size),
+        ("--skip", skip),
+    ]:
+        positive(name, value)
+    probability("--alpha", alpha)
+    non_negative("--max", max_index)
     if thetas is None and sigma is None:
         raise typer.BadParameter("give --sigma (fixed sigma) or --thetas (per-input thetas)")
     if thetas is not None and sigma is not None:
@@ -141,168 +135,68 @@ def certify_command(
         positive("--sigma", sigma)
         if method not in (None, Method.fixed):
             raise typer.BadParameter(f"--method {method.value} needs --thetas, not --sigma")
-    with handle_errors():
-        ranks = ranks_from_env()
-        torch_device = rank_device(ranks, resolve_device(device))
-        start(ranks, torch_device)
-        try:
-
-            def prepare() -> tuple[Any, ...]:
-                check_output(out, force=force, resume=resume)
-                manifest = read_manifest(thetas) if thetas is not None and thetas.is_dir() else None
-                recorded = manifest.get("arguments", {}) if manifest else {}
-                model_path = model or (Path(recorded["model"]) if recorded.get("model") else None)
-                if model_path is None:
-                    raise AncerError(
-                        "give --model (the thetas have no manifest naming their model)"
-                    )
-                if thetas is not None and manifest is None and (dataset is None or norm is None):
-                    raise AncerError(
-                        f"{thetas} has no manifest.json: pass --dataset and --norm with --model"
-                    )
-                run = load_run_inputs(
-                    model_path,
-                    torch_device,
-                    dataset=dataset or recorded.get("dataset"),
-                    data_root=data_root
-                    or (Path(recorded["data_root"]) if recorded.get("data_root") else None),
-                    split=split or recorded.get("split") or "test",
-                    norm=norm or recorded.get("norm"),
-                    arch=arch,
-                )
-                chosen_norm = run.norm
-                data = run.data
-                if thetas is not None:
-                    theta_set = open_thetas(
-                        thetas,
-                        data,
-                        norm=chosen_norm,
-                        model_sha256=run.model.sha256,
-                        device=torch_device,
-                    )
-                    chosen_method = Method(theta_set.method)
-                    if method is not None and method is not chosen_method:
-                        raise AncerError(
-                            f"--method {method.value} but {thetas} holds {chosen_method.value} thetas"
-                        )
-                    available = set(theta_set.indices)
-                    source = theta_set.theta
-                    describe = f"{chosen_method.value} thetas from {thetas}"
-                else:
-                    assert sigma is not None
-                    chosen_method = Method.fixed
-                    available = None
-                    source = fixed_theta(theta_from_sigma(sigma, chosen_norm))
-                    describe = f"noise sigma={sigma}"
-                use_memory = chosen_method is not Method.fixed if memory is None else memory
-                indices = select_indices(len(data.dataset), skip, max_index)  # type: ignore[arg-type]
-                if available is not None:
-                    indices = [i for i in indices if i in available]
-                config = CertifyConfig(
-                    norm=chosen_norm,
-                    n_selection=n_selection,
-                    n_estimation=n_estimation,
-                    alpha=alpha,
-                    batch_size=batch_size,
-                    seed=seed,
-                )
-                record = {
-                    "format": "ancer-results/1",
-                    "arguments": {
-                        "method": chosen_method.value,
-                        "model": str(model_path),
-                        "model_sha256": run.model.sha256,
-                        "thetas": str(thetas) if thetas is not None else None,
-                        "dataset": data.info.name,
-                        "split": data.split,
-                        "norm": chosen_norm.value,
-                        "sigma": sigma,
-                        "N0": n_selection,
-                        "N": n_estimation,
-                        "alpha": alpha,
-                        "batch_size": batch_size,
-                        "skip": skip,
-                        "max": max_index,
-                        "seed": seed,
-                        "memory": use_memory,
-                        "world_size": ranks.world_size,
-                        **speed_options_record(precision, channels_last),
-                    },
-                    "device": describe_device(torch_device),
-                    "host_memory_retained": host_memory_retained(),
-                    "versions": versions(),
-                }
-                if resume:
-                    check_resume(out, record["arguments"], use_memory, ranks)
-                return run, data, source, describe, use_memory, indices, config, record, chosen_norm
-
-            run, data, source, describe, use_memory, indices, config, record, chosen_norm = (
-                collective(ranks, prepare)
+    request = CertifyRequest(
+        out=out, model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
+        data_root=data_root, split=split, norm=norm, arch=arch, n_selection=n_selection,
+        n_estimation=n_estimation, alpha=alpha, batch_size=batch_size, skip=skip,
+        max_index=max_index, memory=memory, precision=precision, channels_last=channels_last,
+        resume=resume, force=force, seed=seed,
+    )  # fmt: skip
+    with handle_errors(), session(device) as where:
+        plan = plan_certify(request, where)
+        main = where.ranks.is_main
+        if main:
+            console.print(_describe(plan, where))
+        with progress_bar(enabled=main) as progress:
+            task = progress.add_task(
+                "certify", total=len(where.ranks.share(plan.indices)), status=""
             )
-            if ranks.is_main:
-                console.print(
-                    f"certifying {len(indices)} {data.info.name} {data.split} inputs ({chosen_norm.value}) "
-                    f"with {describe} (N0={n_selection}, N={n_estimation}, alpha={alpha}) "
-                    f"on {describe_device(torch_device)}"
-                    + (f" and {ranks.world_size - 1} more ranks" if ranks.distributed else "")
-                )
-            with progress_bar(enabled=ranks.is_main) as progress:
-                task = progress.add_task("certify", total=len(ranks.share(indices)), status="")
-                memory_task = progress.add_task(
-                    "memory pass", total=len(indices), status="", visible=False, start=False
-                )
-                tally = {"rows": 0, "correct": 0}
-
-                def advance(row: object) -> None:
-                    tally["rows"] += 1
-                    tally["correct"] += row.correct  # type: ignore[attr-defined]
-                    progress.update(
-                        task,
-                        advance=1,
-                        status=f"acc@0 {tally['correct'] / tally['rows']:.3f}",
-                    )
-
-                summary = run_certify(
-                    prepare_model(run.model.module, precision, channels_last),
-                    data,
-                    indices,
-                    source,
-                    config,
-                    torch_device,
-                    out,
-                    record,
-                    resume=resume,
-                    memory=use_memory,
-                    on_row=advance,
-                    ranks=ranks,
-                    on_memory=lambda done, total: (
-                        progress.start_task(memory_task),
-                        progress.update(memory_task, completed=done, total=total, visible=True),
-                    ),
-                )
-                progress.update(task, completed=len(ranks.share(indices)))
-            if summary is None:  # another rank finishes the run
-                return
-            stdout.print(
-                f"{out}: {summary.certified} inputs, certified accuracy at radius 0 "
-                f"{summary.correct / max(summary.certified, 1):.3f}, abstained {summary.abstained}, "
-                f"average certified radius {summary.mean_radius:.4f}"
-                + (
-                    f" ({summary.resumed} rows kept from the interrupted run)"
-                    if summary.resumed
-                    else ""
-                )
+            memory_task = progress.add_task(
+                "memory pass", total=len(plan.indices), status="", visible=False, start=False
             )
-            if summary.memory is not None:
-                changes = summary.memory
-                if not (changes.reassigned or changes.shrunk):
-                    stdout.print("memory pass: no certified regions collided; nothing changed")
-                else:
-                    stdout.print(
-                        f"memory pass: {len(changes.reassigned)} inputs lay inside an earlier "
-                        f"region and took its certificate ({len(changes.changed_predictions)} "
-                        f"changed prediction), {len(changes.shrunk)} regions shrunk to avoid "
-                        "another class's region"
-                    )
-        finally:
-            stop(ranks)
+            tally = {"rows": 0, "correct": 0}
+
+            def advance(row: object) -> None:
+                tally["rows"] += 1
+                tally["correct"] += row.correct  # type: ignore[attr-defined]
+                status = f"acc@0 {tally['correct'] / tally['rows']:.3f}"
+                progress.update(task, advance=1, status=status)
+
+            def memory_progress(done: int, total: int) -> None:
+                progress.start_task(memory_task)
+                progress.update(memory_task, completed=done, total=total, visible=True)
+
+            summary = plan.run(where, on_row=advance, on_memory=memory_progress)
+            progress.update(task, completed=len(where.ranks.share(plan.indices)))
+        if summary is not None:  # rank 0 reports
+            _report(out, summary)
+
+
+def _describe(plan: CertifyPlan, where: Session) -> str:
+    data, config = plan.data, plan.config
+    return (
+        f"certifying {len(plan.indices)} {data.info.name} {data.split} inputs "
+        f"({config.norm.value}) with {plan.theta_description} (N0={config.n_selection}, "
+        f"N={config.n_estimation}, alpha={config.alpha}) on {describe_device(where.device)}"
+        + (f" and {where.ranks.world_size - 1} more ranks" if where.ranks.distributed else "")
+    )
+
+
+def _report(out: Path, summary: CertifySummary) -> None:
+    stdout.print(
+        f"{out}: {summary.certified} inputs, certified accuracy at radius 0 "
+        f"{summary.correct / max(summary.certified, 1):.3f}, abstained {summary.abstained}, "
+        f"average certified radius {summary.mean_radius:.4f}"
+        + (f" ({summary.resumed} rows kept from the interrupted run)" if summary.resumed else "")
+    )
+    changes = summary.memory
+    if changes is None:
+        return
+    if not (changes.reassigned or changes.shrunk):
+        stdout.print("memory pass: no certified regions collided; nothing changed")
+    else:
+        stdout.print(
+            f"memory pass: {len(changes.reassigned)} inputs lay inside an earlier region and "
+            f"took its certificate ({len(changes.changed_predictions)} changed prediction), "
+            f"{len(changes.shrunk)} regions shrunk to avoid another class's region"
+        )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -79,11 +78,6 @@ def handle_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def usage_error(message: str) -> typer.BadParameter:
-    """A usage error (exit code 2) with Typer's usual presentation."""
-    return typer.BadParameter(message)
-
-
 def progress_bar(transient: bool = False, enabled: bool = True) -> Progress:
     """A rich progress bar on stderr."""
     return Progress(
@@ -105,13 +99,13 @@ def positive(name: str, value: float) -> None:
         raise typer.BadParameter(f"{name} must be a finite number > 0, got {value}")
 
 
-def check_output(path: Path, *, force: bool, resume: bool) -> None:
-    """Refuse to overwrite ``path`` silently: it must not exist unless --force or --resume."""
-    if force and resume:
-        raise AncerError("--force and --resume contradict each other; pass one of them")
-    if path.exists() and not (force or resume):
-        raise AncerError(
-            f"{path} already exists; pass --force to overwrite it or --resume to continue it"
-        )
-    if not path.parent.exists():
-        raise AncerError(f"cannot write {path}: folder {path.parent} does not exist")
+def probability(name: str, value: float | None) -> None:
+    """Usage error (exit 2) unless ``value`` (when given) lies in (0, 1)."""
+    if value is not None and not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"{name} must lie in (0, 1), got {value}")
+
+
+def non_negative(name: str, value: int | None) -> None:
+    """Usage error (exit 2) unless ``value`` (when given) is >= 0."""
+    if value is not None and value < 0:
+        raise typer.BadParameter(f"{name} must be >= 0, got {value}")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ancer_cli.artifacts import MANIFEST_NAME
-from ancer_cli.certify import select_indices
 from ancer_cli.cli.common import (
     ChannelsLastOption,
     DeviceOption,
@@ -20,21 +18,17 @@ from ancer_cli.cli.common import (
     SeedOption,
     console,
     handle_errors,
+    non_negative,
     positive,
     progress_bar,
 )
-from ancer_cli.cli.common import (
-    out as stdout,
-)
+from ancer_cli.cli.common import out as stdout
 from ancer_cli.core.noise import Norm
 from ancer_cli.core.optimize import AncerConfig, IsotropicConfig
-from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
-from ancer_cli.distributed import collective, rank_device, ranks_from_env, start, stop
-from ancer_cli.errors import AncerError
-from ancer_cli.inputs import load_run_inputs
-from ancer_cli.optimize import Method, OptimizeJob, check_resume, run_optimize
-from ancer_cli.runtime import describe_device, host_memory_retained, resolve_device, versions
-from ancer_cli.thetas import open_thetas
+from ancer_cli.core.precision import Precision
+from ancer_cli.distributed import session
+from ancer_cli.optimize import Method, OptimizeJob, OptimizeRequest, plan_optimize
+from ancer_cli.runtime import describe_device
 
 ISO = IsotropicConfig()
 ANC = AncerConfig()
@@ -115,142 +109,56 @@ def optimize_command(
         ("--samples", samples),
         ("--batch-size", batch_size),
         ("--skip", skip),
+        ("--iso-lr", iso_lr),
+        ("--lr", lr),
     ]:
-        positive(name, value)
-    for name, value in [("--iso-lr", iso_lr), ("--lr", lr)]:
         positive(name, value)
     if kappa < 0:
         raise typer.BadParameter(f"--kappa must be >= 0, got {kappa}")
     if sigma is not None:
         positive("--sigma", sigma)
-    if max_index is not None and max_index < 0:
-        raise typer.BadParameter(f"--max must be >= 0, got {max_index}")
-    with handle_errors():
-        ranks = ranks_from_env()
-        torch_device = rank_device(ranks, resolve_device(device))
-        start(ranks, torch_device)
-        try:
-
-            def prepare() -> tuple[Any, ...]:
-                if force and resume:
-                    raise AncerError("--force and --resume contradict each other; pass one of them")
-                if out.exists() and not out.is_dir():
-                    raise AncerError(f"--out {out} is a file; give a folder for the theta files")
-                if out.exists() and any(out.iterdir()) and not (force or resume):
-                    raise AncerError(
-                        f"{out} is not empty; pass --force to overwrite it or --resume to continue it"
-                    )
-                run = load_run_inputs(
-                    model,
-                    torch_device,
-                    dataset=dataset,
-                    data_root=data_root,
-                    split=split,
-                    norm=norm,
-                    arch=arch,
+    non_negative("--max", max_index)
+    if isotropic_thetas is not None and method is Method.isotropic:
+        raise typer.BadParameter("--isotropic-thetas goes with --method ancer")
+    request = OptimizeRequest(
+        model=model, out=out, method=method, dataset=dataset, data_root=data_root, split=split,
+        norm=norm, arch=arch, sigma=sigma, isotropic_thetas=isotropic_thetas,
+        isotropic=IsotropicConfig(iso_iterations, iso_lr, iso_samples),
+        ancer=AncerConfig(iterations, lr, samples, kappa), batch_size=batch_size, skip=skip,
+        max_index=max_index, precision=precision, channels_last=channels_last, resume=resume,
+        force=force, seed=seed,
+    )  # fmt: skip
+    with handle_errors(), session(device) as where:
+        plan = plan_optimize(request, where)
+        job, main = plan.job, where.ranks.is_main
+        if main:
+            console.print(
+                f"optimizing {method.value} thetas for {len(plan.indices)} "
+                f"{plan.data.info.name} {plan.data.split} inputs ({job.norm.value}, start "
+                f"sigma={job.sigma}) on {describe_device(where.device)}"
+                + (
+                    f" and {where.ranks.world_size - 1} more ranks"
+                    if where.ranks.distributed
+                    else ""
                 )
-                start_sigma = sigma if sigma is not None else run.model.sigma
-                if start_sigma is None:
-                    raise AncerError(
-                        f"model {model} does not record its training sigma; pass --sigma"
-                    )
-                iso_source = None
-                if isotropic_thetas is not None:
-                    if method is Method.isotropic:
-                        raise typer.BadParameter("--isotropic-thetas goes with --method ancer")
-                    iso_source = open_thetas(
-                        isotropic_thetas,
-                        run.data,
-                        norm=run.norm,
-                        model_sha256=run.model.sha256,
-                        device=torch_device,
-                    ).theta
-                indices = select_indices(len(run.data.dataset), skip, max_index)  # type: ignore[arg-type]
-                job = OptimizeJob(
-                    method=method,
-                    norm=run.norm,
-                    sigma=start_sigma,
-                    isotropic=IsotropicConfig(iso_iterations, iso_lr, iso_samples),
-                    ancer=AncerConfig(iterations, lr, samples, kappa),
-                    batch_size=batch_size,
-                    seed=seed,
-                )
-                record = {
-                    "arguments": {
-                        "model": str(model.resolve()),
-                        "model_sha256": run.model.sha256,
-                        "dataset": run.data.info.name,
-                        "data_root": str(data_root) if data_root else None,
-                        "split": run.data.split,
-                        "norm": run.norm.value,
-                        "sigma": start_sigma,
-                        "isotropic_thetas": str(isotropic_thetas) if isotropic_thetas else None,
-                        "skip": skip,
-                        "max": max_index,
-                        "seed": seed,
-                        "world_size": ranks.world_size,
-                        **speed_options_record(precision, channels_last),
-                    },
-                    "indices": indices,
-                    "package_version": versions()["ancer"],
-                    "versions": versions(),
-                    "device": describe_device(torch_device),
-                    "host_memory_retained": host_memory_retained(),
-                }
-                if resume:
-                    check_resume(out, record, job, run_iso_stage=iso_source is None)
-                return run, iso_source, indices, job, record, start_sigma
-
-            run, iso_source, indices, job, record, start_sigma = collective(ranks, prepare)
-            if force and ranks.is_main and out.exists():
-                shutil.rmtree(out)
-            if ranks.is_main:
-                console.print(
-                    f"optimizing {method.value} thetas for {len(indices)} {run.data.info.name} "
-                    f"{run.data.split} inputs ({run.norm.value}, start sigma={start_sigma}) on "
-                    f"{describe_device(torch_device)}"
-                    + (f" and {ranks.world_size - 1} more ranks" if ranks.distributed else "")
-                )
-            with progress_bar(enabled=ranks.is_main) as progress:
-                batches = [indices[k : k + batch_size] for k in range(0, len(indices), batch_size)]
-                mine = sum(len(batch) for batch in ranks.share(batches))
-                task = progress.add_task("optimize", total=mine, status="")
-
-                def report(stage: str, inputs_done: int, iteration: int, value: float) -> None:
-                    if stage == "done":
-                        progress.update(task, completed=inputs_done, status="")
-                    else:
-                        total = (
-                            job.isotropic.iterations
-                            if stage == "isotropic"
-                            else job.ancer.iterations
-                        )
-                        progress.update(
-                            task,
-                            completed=inputs_done,
-                            status=f"{stage} step {iteration}/{total} objective {value:.4f}",
-                        )
-
-                summary = run_optimize(
-                    prepare_model(run.model.module, precision, channels_last),
-                    run.data,
-                    indices,
-                    job,
-                    torch_device,
-                    out,
-                    record,
-                    resume=resume,
-                    isotropic_thetas=iso_source,
-                    progress=report,
-                    ranks=ranks,
-                )
-            if summary is None:  # rank 0 reports
-                return
-            stdout.print(
-                f"{out}: {summary.optimized} inputs optimized"
-                + (f", {summary.kept} kept from the interrupted run" if summary.kept else "")
-                + f" in {summary.seconds:.1f}s; mean min(theta) {summary.mean_min_theta:.4f}, "
-                f"mean geomean(theta) {summary.mean_geomean_theta:.4f}; manifest {out / MANIFEST_NAME}"
             )
-        finally:
-            stop(ranks)
+        with progress_bar(enabled=main) as progress:
+            mine = sum(len(batch) for batch in where.ranks.share(plan.batches()))
+            task = progress.add_task("optimize", total=mine, status="")
+            steps = {"isotropic": job.isotropic.iterations, "ancer": job.ancer.iterations}
+
+            def report(stage: str, inputs_done: int, iteration: int, value: float) -> None:
+                status = "" if stage == "done" else (
+                    f"{stage} step {iteration}/{steps[stage]} objective {value:.4f}"
+                )  # fmt: skip
+                progress.update(task, completed=inputs_done, status=status)
+
+            summary = plan.run(where, progress=report)
+        if summary is None:  # rank 0 reports
+            return
+        stdout.print(
+            f"{out}: {summary.optimized} inputs optimized"
+            + (f", {summary.kept} kept from the interrupted run" if summary.kept else "")
+            + f" in {summary.seconds:.1f}s; mean min(theta) {summary.mean_min_theta:.4f}, "
+            f"mean geomean(theta) {summary.mean_geomean_theta:.4f}; manifest {out / MANIFEST_NAME}"
+        )

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from ancer_cli import analysis
-from ancer_cli.cli.common import ForceOption, console, fail, handle_errors
+from ancer_cli.artifacts import check_new_output
+from ancer_cli.cli.common import ForceOption, console, handle_errors
 from ancer_cli.thetas import DEFAULT_PICTURES, THETA_MEANING, read_input_thetas
 
 
@@ -72,12 +73,9 @@ def show_command(
     for value in index or []:
         if value < 0:
             raise typer.BadParameter(f"must be >= 0, got {value}", param_hint="'--index'")
-    if out.exists() and not force:
-        raise fail(f"{out} already exists; pass --force to overwrite it")
-    if not out.parent.is_dir():
-        raise fail(f"cannot write {out}: folder {out.parent} does not exist")
 
     with handle_errors():
+        check_new_output(out, force=force)
         chosen = read_input_thetas(
             thetas, index or (), dataset=dataset, data_root=data_root, split=split
         )

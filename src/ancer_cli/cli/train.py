@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
+from ancer_cli.artifacts import check_new_output
 from ancer_cli.cli.common import (
     DeviceOption,
     ForceOption,
     ResumeOption,
     SeedOption,
-    check_output,
     console,
     handle_errors,
     positive,
@@ -88,7 +88,7 @@ def train_command(
     positive("--noisy-samples", noisy_samples)
     positive("--lr-step", lr_step)
     with handle_errors():
-        check_output(out, force=force, resume=resume)
+        check_new_output(out, force=force, resume=resume)
         torch_device = resolve_device(device)
         info = dataset_info(dataset, data_root)
         config = TrainConfig(

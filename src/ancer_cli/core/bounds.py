@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 from scipy.stats import beta, binomtest
 from scipy.stats import norm as normal
 
 from ancer_cli.core.noise import Norm
+
+DEFAULT_ALPHA = 0.001
+"""Cohen et al.'s failure probability of one certificate, the default of every command."""
 
 
 def clopper_pearson_lower(n_a: int, n: int, alpha: float) -> float:
@@ -36,6 +37,3 @@ def top_two_p_value(n1: int, n2: int) -> float:
         return 1.0
     return float(binomtest(n1, n1 + n2, 0.5).pvalue)
 
-
-def is_finite_positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0

@@ -1,4 +1,4 @@
-"""The memory-based certification pass: sound certificates for per-input theta (SPEC section 1).
+"""The memory-based certification pass: sound certificates for per-input theta.
 
 With a theta chosen per input, a point inside x's certified region gets its own theta, so the
 plain smoothed classifier there may disagree with x's class. Alfarra et al. ("Data dependent
@@ -203,7 +203,7 @@ def memory_pass(
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Decision]:
-    """Run the memory-based certification pass over ``claims`` (SPEC section 1, steps 1-3).
+    """Run the memory-based certification pass over ``claims`` (steps 1-3 above).
 
     Args:
         claims: the certificates, in increasing ``idx`` order.

@@ -1,6 +1,6 @@
 """Smoothing noise in pixel space and per-input random streams.
 
-theta is always the *natural* parameter of the noise (SPEC section 1):
+theta is always the *natural* parameter of the noise:
 
 * ``l2``: ``eps = theta * z`` with ``z ~ N(0, I)`` -- theta is the per-coordinate standard deviation;
 * ``l1``: ``eps = theta * u`` with ``u ~ U[-1, 1]^d`` -- theta is the per-coordinate half-width.

@@ -50,6 +50,10 @@ class AncerConfig:
 
 
 def _phi_inv(p: torch.Tensor) -> torch.Tensor:
+    """``Phi^-1(p)`` exactly as the original packages compute it
+    (``torch.distributions.Normal(0, 1).icdf``: ``sqrt(2) erfinv(2p - 1)``). ``torch.special.ndtri``
+    is the same function but differs in the last bits for about half of all float32 inputs,
+    which would change the published algorithms' thetas on the same noise."""
     return math.sqrt(2.0) * torch.erfinv(2.0 * p - 1.0)
 
 

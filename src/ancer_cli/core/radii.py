@@ -1,8 +1,11 @@
-"""Radii reported for a certified region ``{x + d : ||d / theta||_p <= gap}`` (SPEC section 1)."""
+"""The two numbers that summarise theta in every results row: ``min(theta)`` and ``geomean(theta)``.
+
+For a certified region ``{x + d : ||d / theta||_p <= gap}``, ``min(theta) * gap`` is the radius of
+the largest isotropic ball inside it and ``geomean(theta) * gap`` the radius of the isotropic ball
+of the same volume.
+"""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -25,19 +28,3 @@ def geometric_mean(theta: Theta) -> float:
         return float(mean.clamp(values.min(), values.max()))
     return float(theta)
 
-
-def certified_radius(theta: Theta, gap: float) -> float:
-    """Radius of the largest isotropic ball inside the region: ``min(theta) * gap``."""
-    return min_theta(theta) * gap
-
-
-def proxy_radius(theta: Theta, gap: float) -> float:
-    """Radius of the isotropic ball with the region's volume: ``geomean(theta) * gap``."""
-    return geometric_mean(theta) * gap
-
-
-def is_valid_theta(theta: Theta) -> bool:
-    """True when every entry is finite and strictly positive."""
-    if isinstance(theta, torch.Tensor):
-        return bool(torch.isfinite(theta).all() and (theta > 0).all())
-    return math.isfinite(theta) and theta > 0

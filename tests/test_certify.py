@@ -1,5 +1,5 @@
 """The memory pass end to end through ``run_certify``, with a hand-made model and inputs placed
-so that certified regions collide (SPEC section 1, "Memory-based certification").
+so that certified regions collide (the memory-based certification of Alfarra et al. 2022).
 
 The model is a stripe classifier on 2-pixel inputs: class 1 where ``|x_0| < 1``, class 0 outside.
 Input A sits in the stripe with a huge theta: its noise mostly leaves the stripe, so the smoothed
@@ -47,8 +47,9 @@ def test_reassign_and_shrink_through_run_certify(norm, tmp_path):
     config = CertifyConfig(norm=Norm(norm), n_selection=100, n_estimation=20_000, batch_size=5000)
     # A's certificate depends only on (seed, index, x, theta): compute it first to place C
     a_row = next(certify_dataset(model, _data([(0, 0)], [1]), [0], THETA.get, config, device))
-    assert a_row.predict == 0 and a_row.gap > 0
-    reach = THETA[0] * a_row.gap  # radius of A's (isotropic) region
+    assert a_row.predict == 0 and a_row.radius > 0
+    reach = a_row.radius  # radius of A's (isotropic) region: THETA[0] * its gap
+    gap_a = a_row.radius / THETA[0]
     c_point = (0.0, reach + 0.2)
     data = _data([(0, 0), (0, 0.5), c_point], [1, 1, 1])
 
@@ -68,7 +69,7 @@ def test_reassign_and_shrink_through_run_certify(norm, tmp_path):
     distance_b = _norm_of(torch.tensor([0.0, 0.5]), norm) / THETA[0]
     assert after.loc[1, "predict"] == 0 and after.loc[1, "correct"] == 0
     assert after.loc[1, "min_sigma"] == pytest.approx(THETA[0])
-    assert after.loc[1, "radius"] == pytest.approx(THETA[0] * (a_row.gap - distance_b), rel=1e-5)
+    assert after.loc[1, "radius"] == pytest.approx(THETA[0] * (gap_a - distance_b), rel=1e-5)
     # C: class 1 kept, gap shrunk to touch A's region as reported (radius rounded toward zero)
     reported_reach = float(after.loc[0, "radius"])
     assert reported_reach <= reach
