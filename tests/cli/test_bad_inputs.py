@@ -1,5 +1,5 @@
 """Bad input of every kind: exit code 1 (domain error) or 2 (usage error), one clear line on
-stderr, never a traceback, never a partial output presented as complete (SPEC sections 2 and 4)."""
+stderr, never a traceback, never a partial output presented as complete."""
 
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ def test_no_collisions_change_nothing(norm):
 
 
 def reference_pass(claims, centers, thetas, norm) -> list[Decision]:
-    """SPEC steps 1-3 literally: every stored region tested, no screening, no blocks."""
+    """Steps 1-3 of the memory pass literally: every stored region tested, no screening, no blocks."""
     stored: list[tuple[torch.Tensor, torch.Tensor, float, int, int]] = []
     decisions = []
     for claim in claims:

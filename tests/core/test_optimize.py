@@ -1,4 +1,4 @@
-"""Isotropic and ANCER optimization (SPEC section 1) on models with known behaviour."""
+"""Isotropic and ANCER optimization on models with known behaviour."""
 
 import pytest
 import torch

@@ -13,7 +13,7 @@ from torch import nn
 from ancer_cli.core.noise import input_generator
 from ancer_cli.core.smoothing import certify, sample_counts
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
