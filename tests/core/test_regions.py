@@ -3,8 +3,9 @@
 Soundness is the property that matters: a test may say "intersect" for disjoint regions that
 touch within its margin, but never "disjoint" for regions with a common point. Ground truth
 comes from independent computations: sampled common points (witnesses), a constrained
-optimization (l2: minimize one ellipsoid's quadratic form over the other) and a linear program
-(l1: two weighted l1 balls intersect iff a small LP is feasible).
+optimization (l2: minimize one ellipsoid's quadratic form over the other) and linear programs
+(l1: two weighted l1 balls intersect iff a small LP is feasible, and another LP gives the scale
+at which they touch), and, near touching, the l1 criterion evaluated pair by pair at every kink.
 """
 
 import math
@@ -122,6 +123,52 @@ def l1_overlap(a, axes_a, b, axes_b) -> bool:
     )
     assert result.status in (0, 2)
     return result.status == 0
+
+
+def l1_touching_scale(a, axes_a, b, axes_b) -> float:
+    """The smallest ``t`` at which the regions, both scaled by ``t`` about their centres, share a
+    point: an LP in ``[z, s, w, t]``, ``s >= |z - a|``, ``w >= |z - b|``, ``sum s / A <= t``,
+    ``sum w / B <= t``, minimizing ``t``. The regions intersect iff ``t <= 1``; by the
+    separating-hyperplane argument of the l1 test, ``t`` is ``max over lambda of h(lambda)``."""
+    dim = a.size
+    eye, zero, column = np.eye(dim), np.zeros((dim, dim)), np.zeros((dim, 1))
+    # variables [z, s, w, t]
+    rows = [
+        np.hstack([eye, -eye, zero, column]),
+        np.hstack([-eye, -eye, zero, column]),
+        np.hstack([eye, zero, -eye, column]),
+        np.hstack([-eye, zero, -eye, column]),
+        np.hstack([np.zeros(dim), 1 / axes_a, np.zeros(dim), [-1.0]])[None],
+        np.hstack([np.zeros(2 * dim), 1 / axes_b, [-1.0]])[None],
+    ]
+    rhs = np.concatenate([a, -a, b, -b, [0.0, 0.0]])
+    cost = np.zeros(3 * dim + 1)
+    cost[-1] = 1.0
+    result = linprog(
+        cost,
+        A_ub=np.vstack(rows),
+        b_ub=rhs,
+        bounds=[(None, None)] * dim + [(0, None)] * (2 * dim + 1),
+        options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10},
+    )
+    assert result.status == 0
+    return float(result.fun)
+
+
+def l1_kink_maximum(d, axes_a, axes_b) -> float:
+    """``max over lambda of sum_i |d_i| min(lambda / A_i, (1 - lambda) / B_i)``, evaluated
+    directly at every kink ``lambda_k = A_k / (A_k + B_k)`` (``O(D^2)``, no sorting, no prefix
+    sums): there the sum is ``sum_i |d_i| min(A_k / A_i, B_k / B_i) / (A_k + B_k)``."""
+    branches = np.minimum(axes_a[:, None] / axes_a[None, :], axes_b[:, None] / axes_b[None, :])
+    return float(((np.abs(d)[None, :] * branches).sum(axis=1) / (axes_a + axes_b)).max())
+
+
+def l1_disjoint(a, axes_a, b, axes_b) -> bool:
+    """:func:`proven_disjoint` alone (no pre-filter) for regions of gap 1."""
+    center_a, theta_a = as_region(a, axes_a, 1.0)
+    center_b, theta_b = as_region(b, axes_b, 1.0)
+    verdict = proven_disjoint(center_a, theta_a, 1.0, center_b[None], theta_b[None], [1.0], "l1")
+    return bool(verdict[0])
 
 
 def random_pair(rng: np.random.Generator, dim: int, kind: str):
@@ -298,57 +345,158 @@ def test_zero_gap_regions_are_points(norm):
 
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("kind", ["plain", "elongated", "inside"])
-def test_l1_sufficient_test_never_says_disjoint_for_intersecting_pairs(dim, kind):
+def test_l1_exact_test_against_brute_force(dim, kind):
     rng = np.random.default_rng(10 * dim + len(kind))
+    verdicts = []
     for _ in range(150):
         a, axes_a, b, axes_b = random_pair(rng, dim, kind)
         gap_a, gap_b = rng.uniform(0.2, 3.0, 2)
         verdict = intersects(a, axes_a, gap_a, b, axes_b, gap_b, "l1")
+        verdicts.append(verdict)
+        scale = l1_touching_scale(a, axes_a, b, axes_b)
+        # the LP touches where the separating-hyperplane criterion says: at scale max h
+        assert scale == pytest.approx(l1_kink_maximum(b - a, axes_a, axes_b), rel=1e-7)
         if sampled_witness(a, axes_a, b, axes_b, 1, rng):
             assert verdict, "a sampled common point, yet 'disjoint'"
         if l1_overlap(a, axes_a, b, axes_b):
             assert verdict, "the LP finds a common point, yet 'disjoint'"
+        if not verdict:
+            assert scale > 1 - 1e-7
+        if scale > 1 + 1e-6:
+            assert not verdict, "the l1 test is exact: clearly disjoint regions must be separated"
+    # "inside" puts b's centre at l2 (not l1) weighted distance 0.8 from a's: mostly inside
+    assert any(verdicts) and (kind == "inside" or not all(verdicts))
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_l1_far_pairs_are_disjoint(dim):
+def test_l1_near_touching_along_an_axis(dim):
+    # cross-polytopes displaced along an axis first touch at vertices: at |d_1| = A_1 + B_1
+    rng = np.random.default_rng(20 + dim)
+    for _ in range(100):
+        axes_a = np.exp(rng.uniform(math.log(1e-3), math.log(10), dim))
+        axes_b = np.exp(rng.uniform(math.log(1e-3), math.log(10), dim))
+        a = rng.uniform(-1, 1, dim)
+        touching = axes_a[0] + axes_b[0]
+        direction = np.eye(dim)[0] * rng.choice([-1, 1])
+        gap_a, gap_b = rng.uniform(0.2, 3.0, 2)
+        for factor, expected in [(1 - 1e-7, True), (1.0, True), (1 + 1e-6, False), (1.5, False)]:
+            b = a + factor * touching * direction
+            assert intersects(a, axes_a, gap_a, b, axes_b, gap_b, "l1") is expected, factor
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_l1_near_touching_in_random_directions(dim):
+    # b slides toward a along a random direction; max h is linear in the offset, so the regions
+    # touch at the offset 1 / max h (from the kink-by-kink evaluation), which the LP confirms
+    rng = np.random.default_rng(40 + dim)
+    for _ in range(30):
+        a, axes_a, _, axes_b = random_pair(
+            rng, dim, "elongated" if rng.uniform() < 0.5 else "plain"
+        )
+        direction = rng.normal(size=dim)
+        touching = 1.0 / l1_kink_maximum(direction, axes_a, axes_b)
+        assert l1_touching_scale(a, axes_a, a + touching * direction, axes_b) == pytest.approx(
+            1.0, rel=1e-7
+        )
+        gap_a, gap_b = rng.uniform(0.2, 3.0, 2)
+        for factor in [1 - 1e-4, 1 - 1e-6, 1 - 1e-7, 1.0, 1 + 1e-7, 1 + 1e-6, 1 + 1e-4]:
+            b = a + factor * touching * direction
+            verdict = intersects(a, axes_a, gap_a, b, axes_b, gap_b, "l1")
+            if factor <= 1:
+                assert verdict, factor  # touching or overlapping: never "disjoint"
+            else:  # past touching by far more than the margin: the exact test separates
+                assert not verdict, factor
+            if abs(factor - 1) >= 1e-4:
+                assert l1_overlap(a, axes_a, b, axes_b) is (factor < 1)
+
+
+@pytest.mark.parametrize("dim", [2, 1000])
+@pytest.mark.parametrize("ratio", [1e-9, 1e-5, 1e5, 1e9])
+def test_l1_extreme_size_ratios(dim, ratio):
+    # a tiny cross-polytope next to a huge one (the maximizing kink sits near 0 or 1)
+    rng = np.random.default_rng(dim)
+    for _ in range(5):
+        axes_a = np.exp(rng.uniform(-2, 2, dim))
+        axes_b = np.exp(rng.uniform(-2, 2, dim)) * ratio
+        a = rng.uniform(-1, 1, dim)
+        touching = axes_a[0] + axes_b[0]
+        for factor, expected in [(1 - 1e-7, True), (1 + 1e-6, False)]:
+            b = a + factor * touching * np.eye(dim)[0]
+            assert intersects(a, axes_a, 1.0, b, axes_b, 1.0, "l1") is expected, factor
+
+
+@pytest.mark.parametrize("dim", [3, 40])
+def test_l1_kinks_crowded_against_the_ends(dim):
+    # per-coordinate size ratios B_i / A_i from 1e-20 to 1e20: many kinks lambda_i round to
+    # exactly 0 or 1 in float64, yet the ratios that order them stay accurate, so the test
+    # still decides within a relative 1e-7 of touching
+    rng = np.random.default_rng(60 + dim)
+    for _ in range(20):
+        axes_a = np.exp(rng.uniform(-2, 2, dim))
+        axes_b = axes_a * 10 ** rng.uniform(-20, 20, dim)
+        direction = rng.normal(size=dim)
+        touching = 1.0 / l1_kink_maximum(direction, axes_a, axes_b)
+        for factor, expected in [(1 - 1e-7, False), (1 + 1e-7, True)]:
+            d = factor * touching * direction
+            assert l1_disjoint(np.zeros(dim), axes_a, d, axes_b) is expected, factor
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_l1_exact_test_separates_every_pair_the_sufficient_test_did(dim):
+    # the earlier sufficient test sum |d| / max(A, B) > 2 is h(1/2) > 1: every pair it proved
+    # disjoint stays proven; and far pairs, just past touching, are separated too
     rng = np.random.default_rng(dim)
     for _ in range(100):
         a, axes_a, _, axes_b = random_pair(rng, dim, "plain")
         direction = rng.normal(size=dim)
-        # scale the offset so that sum |d| / max(A, B) = 2.01: just past the sufficient test
         spread = np.sum(np.abs(direction) / np.maximum(axes_a, axes_b))
         b = a + direction * 2.01 / spread
-        center_a, theta_a = as_region(a, axes_a, 1.0)
-        center_b, theta_b = as_region(b, axes_b, 1.0)
-        assert bool(
-            proven_disjoint(center_a, theta_a, 1.0, center_b[None], theta_b[None], [1.0], "l1")[0]
-        )
+        assert l1_disjoint(a, axes_a, b, axes_b)
         assert not intersects(a, axes_a, 1.0, b, axes_b, 1.0, "l1")
         assert not l1_overlap(a, axes_a, b, axes_b)
-        b = a + direction * 1.99 / spread
-        center_b, _ = as_region(b, axes_b, 1.0)
-        assert not bool(
-            proven_disjoint(center_a, theta_a, 1.0, center_b[None], theta_b[None], [1.0], "l1")[0]
-        )
+        touching = 1.0 / l1_kink_maximum(direction, axes_a, axes_b)
+        assert touching <= 2.0 / spread * (1 + 1e-12)  # never later than the old test
+        assert l1_disjoint(a, axes_a, a + direction * 1.01 * touching, axes_b)
+        assert not l1_overlap(a, axes_a, a + direction * 1.01 * touching, axes_b)
+        assert not l1_disjoint(a, axes_a, a + direction * 0.99 * touching, axes_b)
+        assert l1_overlap(a, axes_a, a + direction * 0.99 * touching, axes_b)
 
 
-def test_l1_sufficient_test_is_exact_for_equal_isotropic_regions():
-    # two l1 balls of equal radius r = theta g touch at ||d||_1 = 2r: there the sufficient test
-    # alone is exact. (With unequal gaps it proves less, but for isotropic regions the l1
-    # pre-filter is exact, see test_largest_disjoint_gap_isotropic_l1_balls.)
+def test_l1_exact_test_for_isotropic_regions():
+    # isotropic regions are l1 balls of radii r = theta g: they touch at ||d||_1 = r_a + r_b,
+    # whatever the thetas and gaps (the sufficient test was exact only for r_a = r_b)
     rng = np.random.default_rng(3)
     for dim in [2, 3, 50]:
         for _ in range(20):
-            theta, gap = float(rng.uniform(0.1, 2.0)), float(rng.uniform(0.1, 3.0))
-            direction = rng.normal(size=dim)
-            direction /= np.abs(direction).sum()
-            for factor, expected in [(1 - 1e-7, True), (1 + 1e-6, False)]:
-                stored = torch.tensor(direction * factor * 2 * theta * gap, dtype=F64)[None]
-                arguments = (torch.zeros(dim, dtype=F64), theta, gap, stored)
-                thetas = torch.tensor([[theta]], dtype=F64)
-                assert bool(proven_disjoint(*arguments, thetas, [gap], "l1")[0]) is not expected
-                assert bool(regions_intersect(*arguments, thetas, [gap], "l1")[0]) is expected
+            theta_a, theta_b = rng.uniform(0.1, 2.0, 2)
+            gap_a, gap_b = rng.uniform(0.1, 3.0, 2)
+            for theta_b_, gap_b_ in [(theta_a, gap_a), (theta_b, gap_b)]:
+                direction = rng.normal(size=dim)
+                direction /= np.abs(direction).sum()
+                touching = theta_a * gap_a + theta_b_ * gap_b_
+                for factor, expected in [(1 - 1e-7, True), (1 + 1e-6, False)]:
+                    stored = torch.tensor(direction * factor * touching, dtype=F64)[None]
+                    arguments = (torch.zeros(dim, dtype=F64), float(theta_a), gap_a, stored)
+                    thetas = torch.tensor([[theta_b_]], dtype=F64)
+                    disjoint = proven_disjoint(*arguments, thetas, [gap_b_], "l1")
+                    assert bool(disjoint[0]) is not expected
+                    meets = regions_intersect(*arguments, thetas, [gap_b_], "l1")
+                    assert bool(meets[0]) is expected
+
+
+def test_l1_exact_test_agrees_with_the_lp_in_moderate_dimension():
+    dim = 50
+    rng = np.random.default_rng(50)
+    for _ in range(6):
+        a, axes_a, _, axes_b = random_pair(rng, dim, "elongated")
+        direction = rng.normal(size=dim)
+        touching = l1_touching_scale(np.zeros(dim), axes_a, direction, axes_b)
+        assert touching == pytest.approx(l1_kink_maximum(direction, axes_a, axes_b), rel=1e-7)
+        for factor in [1 - 1e-4, 1 + 1e-4]:
+            # the regions scaled by t touch where the offset scaled by t does
+            b = a + direction * factor / touching
+            assert intersects(a, axes_a, 1.0, b, axes_b, 1.0, "l1") is (factor < 1)
+            assert l1_overlap(a, axes_a, b, axes_b) is (factor < 1)
 
 
 @settings(max_examples=200, deadline=None)
@@ -373,9 +521,8 @@ def test_prefilter_never_contradicts_the_truth(seed, dim, norm, spread):
     assert not (early & verdict).any()
     exact = proven_disjoint(center, theta, gap, stored, thetas, gaps, norm)
     for j in np.flatnonzero(early.numpy()):
-        if norm == "l2" or gap == 0 or gaps[j] == 0:
-            assert exact[j]  # the l2 test and the point tests are exact
-        else:
+        assert exact[j]  # the pair tests and the point tests are exact
+        if norm == "l1" and gap > 0 and gaps[j] > 0:
             axes_a, axes_b = theta.numpy() * gap, thetas[j].numpy() * float(gaps[j])
             assert not l1_overlap(center.numpy(), axes_a, stored[j].numpy(), axes_b)
 
@@ -449,8 +596,7 @@ def test_largest_disjoint_gap_anisotropic_axis_displacement():
 
 def test_largest_disjoint_gap_isotropic_l1_balls():
     # isotropic l1 regions are l1 balls: offset delta (in units of theta), they touch at
-    # g' = delta - g_b. The pre-filter is exact for balls, so the combined test finds exactly
-    # that, whatever g_b (the sufficient test alone would prove only g' < delta / 2).
+    # g' = delta - g_b, which the pre-filter and the exact test both find, whatever g_b.
     rng = np.random.default_rng(5)
     for dim in [2, 3, 40]:
         for _ in range(10):
@@ -470,6 +616,41 @@ def test_largest_disjoint_gap_isotropic_l1_balls():
                     "l1",
                 )
                 assert touching - 1e-6 * delta - 1e-12 <= found <= touching + 1e-12
+
+
+def test_largest_disjoint_gap_l1_keeps_what_the_sufficient_test_shrank():
+    # A = g' (1, 0.5), B = 2 (0.25, 0.5) = (0.5, 1), d = (3, 2). The ratios A_i / B_i are
+    # (2 g', g' / 2); at the kink of axis 1, h = (|d_1| + |d_0| min(A_1 / A_0, B_1 / B_0)) /
+    # (A_1 + B_1) = 3.5 / (g' / 2 + 1), at that of axis 0, h = 4 / (g' + 0.5): max h > 1 iff
+    # g' < 5. The sufficient test, (3 / g' + 2 / (g' / 2)) / 2 = 3.5 / g' > 1, proved only
+    # g' < 3.5, and the l1-ball pre-filter, 5 > g' + 1, only g' < 4.
+    center, theta = torch.zeros(2, dtype=F64), torch.tensor([1.0, 0.5], dtype=F64)
+    stored = torch.tensor([[3.0, 2.0]], dtype=F64)
+    thetas, gaps = torch.tensor([[0.25, 0.5]], dtype=F64), [2.0]
+    for gap, disjoint in [(4.5, True), (5 * (1 - 1e-6), True), (5 * (1 + 1e-6), False)]:
+        assert not prefilter_disjoint(center, theta, gap, stored, thetas, gaps, "l1")[0]
+        assert bool(proven_disjoint(center, theta, gap, stored, thetas, gaps, "l1")[0]) is disjoint
+    gap = 10.0
+    found = largest_disjoint_gap(center, theta, gap, stored, thetas, gaps, "l1", tol=1e-6)
+    assert 5.0 - 1e-6 * gap <= found <= 5.0
+
+
+def test_largest_disjoint_gap_l1_anisotropic_axis_displacement():
+    # displaced along axis 0, cross-polytopes touch at |d_0| = theta_a0 g' + theta_b0 g_b
+    rng = np.random.default_rng(12)
+    for dim in [2, 3, 100, 3072]:
+        for _ in range(10):
+            theta_a = torch.tensor(np.exp(rng.uniform(-3, 1, dim)))
+            theta_b = torch.tensor(np.exp(rng.uniform(-3, 1, dim)))
+            gap_b = rng.uniform(0.1, 2.0)
+            d0 = float(theta_b[0]) * gap_b + rng.uniform(0.01, 2.0)
+            stored = torch.zeros(1, dim, dtype=F64)
+            stored[0, 0] = d0
+            touching = (d0 - float(theta_b[0]) * gap_b) / float(theta_a[0])
+            found = largest_disjoint_gap(
+                torch.zeros(dim), theta_a, 2 * touching, stored, theta_b[None], [gap_b], "l1"
+            )
+            assert touching - 2e-6 * touching - 1e-12 <= found <= touching + 1e-12
 
 
 @pytest.mark.parametrize("norm", ["l2", "l1"])
