@@ -190,8 +190,7 @@ def train_model(out: Path, *extra: object, epochs: int = TRAIN_EPOCHS) -> Result
 
 
 class Cli:
-    """The helpers above, handed to test modules as the ``cli`` fixture (with
-    ``--import-mode=importlib`` test modules cannot import this conftest)."""
+    """The helpers above, handed to test modules as the ``cli`` fixture."""
 
     RESULT_HEADER = RESULT_HEADER
     TRAIN_EPOCHS = TRAIN_EPOCHS

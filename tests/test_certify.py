@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ancer_cli.artifacts import read_results
-from ancer_cli.certify import CertifyConfig, certify_dataset, run_certify
+from ancer_cli.certify import CertifyConfig, Sequential, certify_dataset, run_certify
 from ancer_cli.core.noise import Norm
 from ancer_cli.core.regions import regions_intersect
 from ancer_cli.data import DatasetInfo, LoadedData
@@ -41,10 +41,17 @@ def _norm_of(d: torch.Tensor, norm: str) -> float:
     return float(d.norm(p=2 if norm == "l2" else 1))
 
 
+@pytest.mark.parametrize("sequential", [None, Sequential()], ids=["fixed-N", "sequential"])
 @pytest.mark.parametrize("norm", ["l2", "l1"])
-def test_reassign_and_shrink_through_run_certify(norm, tmp_path):
+def test_reassign_and_shrink_through_run_certify(norm, sequential, tmp_path):
     model, device = Stripe(), torch.device("cpu")
-    config = CertifyConfig(norm=Norm(norm), n_selection=100, n_estimation=20_000, batch_size=5000)
+    config = CertifyConfig(
+        norm=Norm(norm),
+        n_selection=100,
+        n_estimation=20_000,
+        batch_size=5000,
+        sequential=sequential,
+    )
     # A's certificate depends only on (seed, index, x, theta): compute it first to place C
     a_row = next(certify_dataset(model, _data([(0, 0)], [1]), [0], THETA.get, config, device))
     assert a_row.predict == 0 and a_row.radius > 0
@@ -94,6 +101,9 @@ def test_reassign_and_shrink_through_run_certify(norm, tmp_path):
     assert not bool(meets[0])
     record_text = (tmp_path / "r.csv.json").read_text()
     assert '"reassigned": 1' in record_text and '"shrunk": 1' in record_text
+    if sequential is not None:  # rewritten rows keep the samples each input used
+        assert list(after["samples"]) == list(before["samples"])
+        assert list(after["stop"]) == list(before["stop"])
 
 
 def test_no_collision_changes_nothing(tmp_path):

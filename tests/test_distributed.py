@@ -17,7 +17,11 @@ def _run(command: list[object]) -> subprocess.CompletedProcess:
 
 
 def _without_time(path: Path) -> list[list[str]]:
-    return [line.split("\t")[:7] for line in path.read_text().splitlines()]
+    """Every field but ``time`` (the 8th), including the sequential columns after it."""
+    return [
+        [f for i, f in enumerate(line.split("\t")) if i != 7]
+        for line in path.read_text().splitlines()
+    ]
 
 
 @pytest.mark.slow
@@ -90,3 +94,11 @@ def test_torchrun_optimize_and_certify_match_single_process(model_path: Path, tm
     _run([*ANCER, *fixed, "--out", tmp_path / "fixed1.csv"])
     _run([*TORCHRUN, "-m", "ancer_cli", *fixed, "--out", tmp_path / "fixed2.csv"])
     assert _without_time(tmp_path / "fixed2.csv") == _without_time(tmp_path / "fixed1.csv")
+
+    # sequential radius mode with the memory pass: the same rows, sample counts included
+    sequential = [*certify, "--N", "20000", "--radius", "0.25"]
+    _run([*ANCER, *sequential, "--out", tmp_path / "seq1.csv"])
+    _run([*TORCHRUN, "-m", "ancer_cli", *sequential, "--out", tmp_path / "seq2.csv"])
+    rows = _without_time(tmp_path / "seq1.csv")
+    assert rows[0][-2:] == ["samples", "stop"] and len(rows) == 11
+    assert _without_time(tmp_path / "seq2.csv") == rows

@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +37,9 @@ RESULT_COLUMNS = (
     "time",
 )
 REQUIRED_RESULT_COLUMNS = ("idx", "label", "predict", "radius", "correct")
+SEQUENTIAL_COLUMNS = ("samples", "stop")
+"""Columns after the eight in sequential certification: samples used (selection and estimation)
+and why sampling stopped."""
 RADIUS_DIGITS = 7
 
 
@@ -176,8 +179,10 @@ def format_result_row(
     correct: int,
     min_sigma: float,
     seconds: float,
+    extra: Sequence[str] = (),
 ) -> str:
-    """One line of the results TSV (with trailing newline), radii rounded toward zero."""
+    """One line of the results TSV (with trailing newline), radii rounded toward zero;
+    ``extra`` fields (e.g. :data:`SEQUENTIAL_COLUMNS`) follow the eight columns."""
     fields = [
         str(idx),
         str(label),
@@ -187,11 +192,17 @@ def format_result_row(
         str(correct),
         format_nearest(min_sigma),
         f"{seconds:.4f}",
+        *extra,
     ]
     return "\t".join(fields) + "\n"
 
 
-RESULT_HEADER = "\t".join(RESULT_COLUMNS) + "\n"
+def results_header(extra: Sequence[str] = ()) -> str:
+    """The header line of a results TSV: the eight columns, then ``extra`` ones."""
+    return "\t".join((*RESULT_COLUMNS, *extra)) + "\n"
+
+
+RESULT_HEADER = results_header()
 
 _CLOCK = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
 
@@ -229,7 +240,9 @@ def read_results(path: Path) -> pd.DataFrame:
             f"results file {path} lacks column(s) {', '.join(missing)}; expected tab-separated "
             f"columns {' '.join(REQUIRED_RESULT_COLUMNS)} (got {' '.join(frame.columns)})"
         )
-    integer = ("idx", "label", "predict", "correct")
+    integer = ("idx", "label", "predict", "correct") + (
+        ("samples",) if "samples" in frame.columns else ()
+    )
     real = tuple(c for c in ("radius", "radius_proxy", "min_sigma") if c in frame.columns)
     for column in integer + real:
         values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
@@ -319,8 +332,9 @@ class ResultsFile:
     crash is dropped) and :attr:`done` lists the indices already there.
     """
 
-    def __init__(self, path: Path, resume: bool = False) -> None:
+    def __init__(self, path: Path, resume: bool = False, header: str = RESULT_HEADER) -> None:
         self.path = Path(path)
+        self.header = header
         self.done: list[int] = []
         try:
             if resume and self.path.exists():
@@ -334,7 +348,7 @@ class ResultsFile:
                 self.handle.seek(0, os.SEEK_END)
             else:
                 self.handle = open(self.path, "w")  # noqa: SIM115
-                self.handle.write(RESULT_HEADER)
+                self.handle.write(self.header)
             self.handle.flush()
         except OSError as error:
             raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from error
@@ -344,18 +358,19 @@ class ResultsFile:
             text = self.path.read_text()
         except (OSError, UnicodeDecodeError) as error:
             raise OutputError(f"cannot resume {self.path}: unreadable ({error})") from error
-        if RESULT_HEADER.startswith(text):  # interrupted before the header was complete
-            return RESULT_HEADER
+        if self.header.startswith(text):  # interrupted before the header was complete
+            return self.header
         lines = text.splitlines(keepends=True)
-        if lines[0] != RESULT_HEADER:
+        if lines[0] != self.header:
             raise OutputError(
-                f"cannot resume {self.path}: its header is not ancer's "
-                f"({RESULT_HEADER.strip()!r}); use --force to start over"
+                f"cannot resume {self.path}: its header is not this run's "
+                f"({self.header.strip()!r}); use --force to start over"
             )
-        kept = [RESULT_HEADER]
+        kept = [self.header]
+        width = len(self.header.rstrip("\n").split("\t"))
         for line in lines[1:]:
             fields = line.rstrip("\n").split("\t")
-            if not line.endswith("\n") or len(fields) != len(RESULT_COLUMNS):
+            if not line.endswith("\n") or len(fields) != width:
                 break  # a line cut short by an interruption: certify that input again
             try:
                 self.done.append(int(fields[0]))

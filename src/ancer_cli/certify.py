@@ -7,16 +7,20 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import norm as normal
 from torch import nn
 
 from ancer_cli.artifacts import (
+    RESULT_COLUMNS,
     RESULT_HEADER,
+    SEQUENTIAL_COLUMNS,
     ResultsFile,
     atomic_writer,
     check_new_output,
@@ -24,6 +28,7 @@ from ancer_cli.artifacts import (
     format_result_row,
     read_results,
     remove_stale_temporaries,
+    results_header,
     results_sidecar_path,
     utc_now,
     write_json,
@@ -33,7 +38,14 @@ from ancer_cli.core.memory import Claim, memory_pass
 from ancer_cli.core.noise import Norm, Stream, Theta, input_generator, theta_from_sigma
 from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
 from ancer_cli.core.radii import geometric_mean, min_theta
-from ancer_cli.core.smoothing import ABSTAIN, certify_many, inputs_per_group
+from ancer_cli.core.sequential import SequentialPlan
+from ancer_cli.core.smoothing import (
+    ABSTAIN,
+    MAX_INPUTS_PER_GROUP,
+    certify_many,
+    certify_sequential_many,
+    inputs_per_group,
+)
 from ancer_cli.data import LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
 from ancer_cli.errors import AncerError, OutputError
@@ -55,8 +67,62 @@ ThetaSource = Callable[[int], Theta]
 
 
 @dataclass(frozen=True)
+class Sequential:
+    """Sequential (anytime-valid) certification instead of a fixed ``N``.
+
+    With ``radii``, *radius mode*: decide for each input whether it is certified at each radius
+    (in the unit of ``metric``: ``radius`` = ``min(theta) * gap``, ``proxy`` = ``geomean(theta)
+    * gap``) and stop as soon as every radius is decided. Without, *adaptive mode*: stop early
+    for inputs that will abstain and once the cap could raise the gap by at most ``tolerance``
+    (relative). ``N`` is the cap. See :class:`ancer_cli.core.sequential.SequentialPlan`.
+    """
+
+    radii: tuple[float, ...] = ()
+    metric: str = "radius"
+    tolerance: float = SequentialPlan.tol
+    first: int = SequentialPlan.first
+    growth: float = SequentialPlan.growth
+    cap_share: float = SequentialPlan.cap_share
+
+    @property
+    def mode(self) -> str:
+        return "radius" if self.radii else "adaptive"
+
+    def plan(self, cap: int, alpha: float, norm: Norm) -> SequentialPlan:
+        """The stopping plan; in radius mode its thresholds come per input
+        (:meth:`thresholds`), the plan's own ``(1/2,)`` only selects the mode."""
+        return SequentialPlan(
+            cap=cap,
+            alpha=alpha,
+            p_needed=(0.5,) if self.radii else None,
+            norm=norm,
+            tol=self.tolerance,
+            cap_share=self.cap_share,
+            first=self.first,
+            growth=self.growth,
+        )
+
+    def thresholds(self, theta: Theta, norm: Norm) -> np.ndarray:
+        """The probabilities ``pA`` must exceed for each radius (sorted, with 1/2 first):
+        l2 ``Phi(R / s)``, l1 ``(1 + R / s)/2`` with ``s = min(theta)`` (``geomean`` for
+        ``proxy``); ``inf`` where no ``pA < 1`` reaches the radius."""
+        scale = geometric_mean(theta) if self.metric == "proxy" else min_theta(theta)
+        ratio = np.asarray(sorted(self.radii), dtype=np.float64) / scale
+        needed = normal.cdf(ratio) if norm is Norm.l2 else (1.0 + ratio) / 2.0
+        needed = np.where(needed < 1.0, needed, np.inf)
+        return np.concatenate([[0.5], np.maximum(needed, 0.5)])
+
+    def record(self) -> dict[str, Any]:
+        """What the sidecar records about the mode."""
+        return {"mode": self.mode, **asdict(self), "radii": sorted(self.radii)}
+
+
+@dataclass(frozen=True)
 class CertifyConfig:
-    """Sampling and confidence settings; the defaults are the command's defaults."""
+    """Sampling and confidence settings; the defaults are the command's defaults.
+
+    ``sequential`` switches from Cohen et al.'s fixed ``N`` (the default) to sequential
+    certification with ``n_estimation`` as the cap."""
 
     norm: Norm = Norm.l2
     n_selection: int = 100
@@ -64,6 +130,12 @@ class CertifyConfig:
     alpha: float = DEFAULT_ALPHA
     batch_size: int = 1000
     seed: int = 0
+    sequential: Sequential | None = None
+
+    @property
+    def header(self) -> str:
+        """The results file's header: eight columns, plus samples and stop when sequential."""
+        return results_header(SEQUENTIAL_COLUMNS if self.sequential is not None else ())
 
 
 @dataclass(frozen=True)
@@ -78,6 +150,14 @@ class ResultRow:
     correct: int
     min_sigma: float
     seconds: float
+    samples: int | None = None
+    stop: str | None = None
+
+    def extra(self) -> tuple[str, ...]:
+        """The fields after the eight: samples used and why sampling stopped (sequential)."""
+        if self.samples is None:
+            return ()
+        return (str(self.samples), str(self.stop))
 
     def line(self) -> str:
         return format_result_row(
@@ -89,6 +169,7 @@ class ResultRow:
             self.correct,
             self.min_sigma,
             self.seconds,
+            self.extra(),
         )
 
 
@@ -115,7 +196,13 @@ def certify_dataset(
     by the inputs of a group.
     """
     order = list(indices)
-    group = inputs_per_group(config.n_selection, config.n_estimation, config.batch_size)
+    sequential = config.sequential
+    if sequential is None:
+        group = inputs_per_group(config.n_selection, config.n_estimation, config.batch_size)
+    else:
+        plan = sequential.plan(config.n_estimation, config.alpha, config.norm)
+        # the first looks are short: enough inputs to fill a forward pass with them
+        group = max(1, min(MAX_INPUTS_PER_GROUP, config.batch_size // plan.first))
     for start in range(0, len(order), group):
         chosen = order[start : start + group]
         group_thetas, failure = _load_thetas(thetas, chosen)
@@ -127,17 +214,33 @@ def certify_dataset(
         xs = torch.stack([x for x, _ in items]).to(device=device, dtype=torch.float32)
         generators = [input_generator(config.seed, idx, device, Stream.certify) for idx in chosen]
         began = time.perf_counter()
-        certificates = certify_many(
-            model,
-            xs,
-            group_thetas,
-            config.norm,
-            config.n_selection,
-            config.n_estimation,
-            config.alpha,
-            config.batch_size,
-            generators,
-        )
+        if sequential is None:
+            certificates = certify_many(
+                model,
+                xs,
+                group_thetas,
+                config.norm,
+                config.n_selection,
+                config.n_estimation,
+                config.alpha,
+                config.batch_size,
+                generators,
+            )
+        else:
+            needed = None
+            if sequential.radii:
+                needed = np.stack([sequential.thresholds(th, config.norm) for th in group_thetas])
+            certificates = certify_sequential_many(
+                model,
+                xs,
+                group_thetas,
+                config.norm,
+                config.n_selection,
+                plan,
+                config.batch_size,
+                generators,
+                needed,
+            )
         seconds = (time.perf_counter() - began) / len(chosen)
         for idx, (_, label), certificate in zip(chosen, items, certificates, strict=True):
             label = int(label)
@@ -150,6 +253,8 @@ def certify_dataset(
                 correct=int(certificate.prediction == label and certificate.prediction != ABSTAIN),
                 min_sigma=certificate.min_theta,
                 seconds=seconds,
+                samples=None if sequential is None else config.n_selection + certificate.n_estimation,
+                stop=certificate.stop,
             )
         if failure is not None:
             raise failure
@@ -184,6 +289,37 @@ class CertifySummary:
     mean_radius: float
     seconds: float
     memory: MemorySummary | None
+    samples: SampleSummary | None = None
+
+
+@dataclass(frozen=True)
+class SampleSummary:
+    """Samples per input (selection and estimation) of a sequential run, and why it stopped."""
+
+    mean: float
+    median: float
+    cap: int
+    stops: dict[str, int]
+
+    @staticmethod
+    def of(frame: pd.DataFrame, cap: int) -> SampleSummary | None:
+        if "samples" not in frame.columns or not len(frame):
+            return None
+        stops = frame["stop"].value_counts().sort_index()
+        return SampleSummary(
+            mean=float(frame["samples"].mean()),
+            median=float(frame["samples"].median()),
+            cap=cap,
+            stops={str(k): int(v) for k, v in stops.items()},
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "mean_samples_per_input": self.mean,
+            "median_samples_per_input": self.median,
+            "samples_cap_per_input": self.cap,
+            "stops": self.stops,
+        }
 
 
 def pre_memory_path(out: Path) -> Path:
@@ -202,8 +338,10 @@ def apply_memory(
 ) -> tuple[list[str], MemorySummary]:
     """Run the memory pass over certified rows (index order) and return the final TSV lines.
 
-    ``lines`` are the rows as written; a row the pass does not change is kept verbatim. The gap of each row is recovered as ``radius / min(theta)`` from the written radius (rounded
-    toward zero) and the exact theta, so it never exceeds the certified gap.
+    ``lines`` are the rows as written; a row the pass does not change is kept verbatim, a
+    changed one keeps its fields after the eight columns. The gap of each row is recovered as
+    ``radius / min(theta)`` from the written radius (rounded toward zero) and the exact theta,
+    so it never exceeds the certified gap.
     """
     claims = []
     for idx, predict, radius in zip(rows["idx"], rows["predict"], rows["radius"], strict=True):
@@ -233,6 +371,7 @@ def apply_memory(
                 int(not abstained and decision.predict == int(label)),
                 min_theta(theta),
                 float(seconds),
+                line.rstrip("\n").split("\t")[len(RESULT_COLUMNS) :],  # samples, stop
             )
         )
     before = dict(zip(rows["idx"].astype(int), rows["predict"].astype(int), strict=True))
@@ -249,13 +388,15 @@ def shard_path(working: Path, ranks: Ranks) -> Path:
     return Path(f"{working}.rank{ranks.rank}-of-{ranks.world_size}")
 
 
-def merge_shards(working: Path, ranks: Ranks, indices: list[int]) -> None:
+def merge_shards(
+    working: Path, ranks: Ranks, indices: list[int], header: str = RESULT_HEADER
+) -> None:
     """Rank 0: merge every rank's shard into ``working`` in index order, then remove them."""
     shards = [shard_path(working, Ranks(r, ranks.world_size)) for r in range(ranks.world_size)]
     rows: dict[int, str] = {}
     for shard in shards:
         lines = shard.read_text().splitlines(keepends=True)
-        if not lines or lines[0] != RESULT_HEADER:
+        if not lines or lines[0] != header:
             raise OutputError(f"shard {shard} lost its header; rerun with --force")
         for line in lines[1:]:
             rows[int(line.split("\t", 1)[0])] = line
@@ -265,7 +406,7 @@ def merge_shards(working: Path, ranks: Ranks, indices: list[int]) -> None:
             f"the shards of {working} lack indices {missing[:5]}; rerun with --resume"
         )
     with atomic_writer(working) as handle:
-        handle.write(RESULT_HEADER)
+        handle.write(header)
         handle.writelines(rows[i] for i in sorted(rows))
     for shard in shards:
         shard.unlink()
@@ -324,7 +465,7 @@ def run_certify(
 
     def certify_share() -> int:
         share = ranks.share(indices)
-        with ResultsFile(mine, resume=resume and mine.exists()) as results:
+        with ResultsFile(mine, resume=resume and mine.exists(), header=config.header) as results:
             done = set(results.done)
             unexpected = done.difference(share)
             if unexpected:
@@ -344,7 +485,7 @@ def run_certify(
     if not ranks.is_main:
         return None
     if ranks.distributed:
-        merge_shards(working, ranks, indices)
+        merge_shards(working, ranks, indices, config.header)
     memory_summary = None
     if memory:
         lines = working.read_text().splitlines(keepends=True)[1:]
@@ -352,7 +493,7 @@ def run_certify(
             read_results(working), lines, data, thetas, config.norm, device, on_memory
         )
         with atomic_writer(out) as handle:
-            handle.write(RESULT_HEADER)
+            handle.write(config.header)
             handle.writelines(lines)
     frame = read_results(out)
     summary = CertifySummary(
@@ -363,6 +504,7 @@ def run_certify(
         mean_radius=float((frame["radius"] * frame["correct"]).mean()) if len(frame) else 0.0,
         seconds=time.perf_counter() - began,
         memory=memory_summary,
+        samples=SampleSummary.of(frame, config.n_selection + config.n_estimation),
     )
     memory_record: dict[str, Any] = {"enabled": memory}
     if memory_summary is not None:
@@ -390,6 +532,7 @@ def run_certify(
                 "certified_accuracy_at_0": summary.correct / max(summary.certified, 1),
                 "average_certified_radius": summary.mean_radius,
                 "seconds_this_run": summary.seconds,
+                **(summary.samples.record() if summary.samples is not None else {}),
             },
         },
     )
@@ -422,6 +565,7 @@ class CertifyRequest:
     skip: int = 1
     max_index: int | None = None
     memory: bool | None = None
+    sequential: Sequential | None = None
     precision: Precision = Precision.fp32
     channels_last: bool = False
     resume: bool = False
@@ -526,6 +670,7 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
         alpha=request.alpha,
         batch_size=request.batch_size,
         seed=request.seed,
+        sequential=request.sequential,
     )
     record = {
         "format": "ancer-results/1",
@@ -548,6 +693,7 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
             "memory": memory,
             "world_size": session.ranks.world_size,
             **speed_options_record(request.precision, request.channels_last),
+            **({"sequential": request.sequential.record()} if request.sequential else {}),
         },
         **provenance(session.device),
     }

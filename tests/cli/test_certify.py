@@ -443,3 +443,84 @@ def test_resume_after_a_crash_before_the_header_was_written(
     Path(str(out) + ".json").write_text(json.dumps({**sidecar, "complete": False}))
     certify(cli, *args, "--out", out, "--resume")
     assert cli.without_time(out) == cli.without_time(full)
+
+
+# ---------------------------------------------------------------------------------------------
+# sequential certification
+
+
+def test_radius_mode_decides_each_radius_and_records_samples(cli, model_path: Path, tmp_path: Path):
+    out = tmp_path / "radius.csv"
+    cap = 20_000
+    result = cli.ok(
+        "certify", "--model", model_path, "--sigma", SIGMA, "--max", 12, "--N", cap,
+        "--radius", 0.5, "--radius", 0.25, "--out", out, "--device", "cpu",
+    )  # fmt: skip
+    lines = out.read_text().splitlines()
+    # the seed's eight columns in their order, the sequential ones after them
+    assert lines[0] == cli.RESULT_HEADER.rstrip("\n") + "\tsamples\tstop"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [int(r[0]) for r in rows] == list(range(12))
+    samples = [int(r[8]) for r in rows]
+    assert all(100 < s <= 100 + cap for s in samples)
+    assert sum(samples) / len(samples) < (100 + cap) / 4  # most inputs decided early
+    for r in rows:
+        radius, stop = float(r[3]), r[9]
+        assert stop in {"certified", "cannot", "abstain", "cap"}
+        if stop == "certified":
+            assert radius >= 0.5  # certified at every requested radius
+        if stop == "cannot":
+            assert radius < 0.5
+    record = json.loads(Path(str(out) + ".json").read_text())
+    assert record["arguments"]["sequential"]["mode"] == "radius"
+    assert record["arguments"]["sequential"]["radii"] == [0.25, 0.5]
+    totals = record["totals"]
+    assert totals["mean_samples_per_input"] == pytest.approx(sum(samples) / len(samples))
+    assert totals["samples_cap_per_input"] == 100 + cap
+    assert sum(totals["stops"].values()) == 12
+    assert "samples per input: mean" in result.stdout
+    table = cli.ok("accuracy", out, "--radius", 0.5, "--format", "csv").stdout
+    assert "mean samples per input" in table and "median samples per input" in table
+
+
+def test_adaptive_mode_and_proxy_radius_with_thetas(cli, thetas_copy: Path, tmp_path: Path):
+    out = tmp_path / "adaptive.csv"
+    cli.ok("certify", "--thetas", thetas_copy, "--N", 5000, "--sequential", "--out", out,
+           "--device", "cpu")  # fmt: skip
+    rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
+    assert {r[9] for r in rows} <= {"converged", "abstain", "cap"}
+    assert all(int(r[8]) <= 5100 for r in rows)
+    proxy = tmp_path / "proxy.csv"
+    cli.ok("certify", "--thetas", thetas_copy, "--N", 5000, "--radius", 0.3, "--metric", "proxy",
+           "--out", proxy, "--device", "cpu")  # fmt: skip
+    for r in (line.split("\t") for line in proxy.read_text().splitlines()[1:]):
+        if r[9] == "certified":
+            assert float(r[4]) >= 0.3  # radius_proxy, the unit asked for
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--radius", "-1"), "--radius"),
+        (("--radius", "nan"), "--radius"),
+        (("--metric", "proxy"), "--metric"),
+        (("--tolerance", "0.2"), "--tolerance"),
+        (("--sequential", "--tolerance", "-0.1"), "--tolerance"),
+    ],
+)
+def test_sequential_usage_errors(cli, model_path: Path, tmp_path: Path, args, fragment):
+    result = cli.invoke(
+        "certify", "--model", model_path, "--sigma", SIGMA, "--out", tmp_path / "r.csv", *args
+    )
+    cli.assert_usage_error(result, fragment)
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_resume_refuses_another_mode(cli, model_path: Path, tmp_path: Path):
+    out = tmp_path / "r.csv"
+    base = ("certify", "--model", model_path, "--sigma", SIGMA, "--max", 3, "--N", 2000)
+    cli.ok(*base, "--radius", 0.5, "--out", out, "--device", "cpu")
+    result = cli.invoke(*base, "--radius", 0.25, "--out", out, "--resume", "--device", "cpu")
+    cli.assert_domain_error(result, "sequential.radii")
+    result = cli.invoke(*base, "--out", out, "--resume", "--device", "cpu")
+    cli.assert_domain_error(result, "header")

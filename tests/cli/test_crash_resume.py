@@ -31,7 +31,11 @@ OPTIMIZE = (
 
 
 def _rows(path: Path) -> list[list[str]]:
-    return [line.split("\t")[:7] for line in path.read_text().splitlines()]
+    """Every field but ``time`` (the 8th), including the sequential columns after it."""
+    return [
+        [f for i, f in enumerate(line.split("\t")) if i != 7]
+        for line in path.read_text().splitlines()
+    ]
 
 
 def _run(*args: object) -> subprocess.CompletedProcess:
@@ -64,11 +68,14 @@ def _lines(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_certify_killed_at_random_moments_resumes_exactly(model_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [(), ("--radius", "0.5"), ("--sequential",)], ids=str)
+def test_certify_killed_at_random_moments_resumes_exactly(
+    model_path: Path, tmp_path: Path, mode: tuple[str, ...]
+) -> None:
     reference = tmp_path / "reference.csv"
     assert (
         _run(
-            "certify", "--model", model_path, "--sigma", "0.25", "--out", reference, *CERTIFY
+            "certify", "--model", model_path, "--sigma", "0.25", "--out", reference, *CERTIFY, *mode
         ).returncode
         == 0
     )
@@ -85,6 +92,7 @@ def test_certify_killed_at_random_moments_resumes_exactly(model_path: Path, tmp_
             "--out",
             str(out),
             *CERTIFY,
+            *mode,
         ]
         _kill_when(args, lambda out=out, k=rows_before_kill: _lines(out) >= k + 1)
         assert out.exists()

@@ -7,18 +7,21 @@ iff ``g * ||theta * w||_2 <= |m|``, and an l1 certificate (``sum |d_i| / theta_i
 ``g * max_i theta_i |w_i| <= |m|``.
 """
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import binom, norm
 from torch import nn
 
 from ancer_cli.core.noise import input_generator
+from ancer_cli.core.sequential import SequentialPlan, cs_lower
 from ancer_cli.core.smoothing import (
     ABSTAIN,
     MAX_INPUTS_PER_GROUP,
     _forward_passes,
     certify,
     certify_many,
+    certify_sequential_many,
     chunk_sizes,
     inputs_per_group,
     predict,
@@ -350,3 +353,96 @@ def test_certify_many_of_no_inputs():
     assert certify_many(model, torch.empty((0, *SHAPE)), [], "l2", 10, 10, 0.001, 8, []) == []
     with pytest.raises(ValueError, match="one theta and one generator per input"):
         certify_many(model, torch.zeros((2, *SHAPE)), [0.25], "l2", 10, 10, 0.001, 8, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# sequential certification
+
+
+def _sequential_plan(cap: int, alpha: float, radius_mode: bool) -> SequentialPlan:
+    return SequentialPlan(cap=cap, alpha=alpha, p_needed=(0.5,) if radius_mode else None)
+
+
+def _exact_gap(norm_name: str, margin: float, theta_w: torch.Tensor) -> float:
+    """The largest gap whose region lies on the input's side of the decision plane."""
+    rate = (
+        float(torch.linalg.vector_norm(theta_w))
+        if norm_name == "l2"
+        else float(theta_w.abs().max())
+    )
+    return abs(margin) / rate
+
+
+@pytest.mark.parametrize("norm_name", ["l2", "l1"])
+@pytest.mark.parametrize("radius_mode", [True, False], ids=["radius", "adaptive"])
+def test_sequential_certificates_are_never_larger_than_exact_beyond_alpha(norm_name, radius_mode):
+    # A large alpha and inputs crowded near the decision threshold make false certificates
+    # frequent enough to count: their rate must stay within a binomial test of alpha.
+    count, alpha, theta = 400, 0.1, 0.25
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(SHAPE, generator=g) / 8
+    scale = float(torch.linalg.vector_norm(theta * w))
+    xs = torch.rand((count, *SHAPE), generator=g)
+    base = xs.flatten(1) @ w.flatten()
+    # margins such that pA sits around the probability radius 0.25 needs, for l2
+    wanted = torch.linspace(0.8, 1.4, count) * scale
+    b_shift = wanted - base
+    plan = _sequential_plan(4000, alpha, radius_mode)
+    false, certified = 0, 0
+    for i in range(count):
+        model = Linear2(w, float(b_shift[i]))
+        margin = float(wanted[i])
+        needed = None
+        if radius_mode:
+            r = 0.25
+            p = norm.cdf(r / theta) if norm_name == "l2" else (1 + r / theta) / 2
+            needed = np.array([[0.5, p]])
+        [cert] = certify_sequential_many(
+            model, xs[i : i + 1], [theta], norm_name, 50, plan, 1000,
+            [input_generator(0, i, "cpu")], needed,
+        )  # fmt: skip
+        assert cert.stop is not None and cert.n_estimation <= 4000
+        if cert.prediction == ABSTAIN:
+            continue
+        certified += 1
+        truth = int(margin > 0)
+        if cert.prediction != truth or cert.gap > _exact_gap(norm_name, margin, theta * w):
+            false += 1
+    assert certified > count // 4
+    assert false <= binom.ppf(1 - 1e-4, certified, alpha), (false, certified)
+
+
+def test_sequential_group_equals_one_at_a_time_and_is_deterministic():
+    model, _, xs, _ = _problem(12, seed=7)
+    thetas = [0.25] * 6 + [_anisotropic_theta(2)] * 6
+    plan = _sequential_plan(20_000, 0.001, radius_mode=False)
+
+    def generators():
+        return [input_generator(3, i, "cpu") for i in range(12)]
+
+    group = certify_sequential_many(model, xs, thetas, "l2", 100, plan, 700, generators())
+    alone = [
+        certify_sequential_many(
+            model, xs[i : i + 1], [thetas[i]], "l2", 100, plan, 700, [generators()[i]]
+        )[0]
+        for i in range(12)
+    ]
+    assert group == alone
+    assert certify_sequential_many(model, xs, thetas, "l2", 100, plan, 700, generators()) == group
+
+
+def test_sequential_radius_mode_stops_early_and_reports_its_bound():
+    # a far input (pA ~ 1) is certified at the first sufficient look; its radius is exactly
+    # sigma * Phi^-1 of the reported bound, which the confidence sequence gives for its counts
+    model, w, xs, margins = _problem(40, seed=3)
+    far = int(margins.abs().argmax())
+    plan = _sequential_plan(100_000, 0.001, radius_mode=True)
+    needed = np.array([[0.5, norm.cdf(0.25 / 0.25)]])
+    [cert] = certify_sequential_many(
+        model, xs[far : far + 1], [0.25], "l2", 100, plan, 1000, [input_generator(0, far, "cpu")],
+        needed,
+    )  # fmt: skip
+    assert cert.stop == "certified" and cert.n_estimation < 1000
+    assert cert.p_a_lower == pytest.approx(cs_lower(cert.n_a, cert.n_estimation, 0.001), abs=0)
+    assert cert.radius == pytest.approx(0.25 * norm.ppf(cert.p_a_lower), rel=1e-12)
+    assert cert.radius >= 0.25

@@ -86,7 +86,8 @@ class AccuracySummary:
 
     ``certified_accuracy`` maps each radius to a fraction in [0, 1]; ``median_time`` is in
     seconds, ``None`` when the file has no ``time`` column; ``high_probability`` is present when
-    a :class:`Confidence` was given.
+    a :class:`Confidence` was given; ``mean_samples``/``median_samples`` (selection and
+    estimation samples per input) when the file comes from sequential certification.
     """
 
     inputs: int
@@ -97,6 +98,8 @@ class AccuracySummary:
     abstention_rate: float
     median_time: float | None
     high_probability: HighProbabilityAccuracy | None = None
+    mean_samples: float | None = None
+    median_samples: float | None = None
 
 
 def check_results(frame: pd.DataFrame, metric: Metric, source: str | Path) -> None:
@@ -275,6 +278,7 @@ def summarize(
     With ``confidence``, also the high-probability lower bounds at the same radii.
     """
     grid = sorted({float(radius) for radius in radii})
+    sampled = "samples" in frame.columns and len(frame) > 0  # sequential certification
     curve = certified_accuracy_curve(frame, grid, metric)
     high_probability = None
     if confidence is not None:
@@ -303,6 +307,8 @@ def summarize(
         abstention_rate=abstention_rate(frame),
         median_time=median_time(frame),
         high_probability=high_probability,
+        mean_samples=float(frame["samples"].mean()) if sampled else None,
+        median_samples=float(frame["samples"].median()) if sampled else None,
     )
 
 

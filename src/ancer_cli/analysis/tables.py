@@ -32,6 +32,8 @@ INPUTS_ROW = "inputs"
 
 
 TIME_ROW = "median time per input (s)"
+MEAN_SAMPLES_ROW = "mean samples per input"
+MEDIAN_SAMPLES_ROW = "median samples per input"
 
 
 ALPHA_ROW = "alpha (per certificate)"
@@ -62,7 +64,8 @@ def table_from_summaries(summaries: Mapping[str, AccuracySummary]) -> pd.DataFra
     Rows: certified accuracy at each radius (the union of the summaries' radii), then, when
     the summaries carry them, the high-probability lower bounds at the same radii; average
     certified radius (and on radius_proxy), clean accuracy, abstention rate, inputs, median
-    time per input in seconds (when any file has times) and, with high-probability bounds,
+    time per input in seconds (when any file has times), mean and median samples per input
+    (sequential certification) and, with high-probability bounds,
     each file's alpha and bound on the number of wrong certificates.
     """
     radii = sorted(
@@ -87,6 +90,12 @@ def table_from_summaries(summaries: Mapping[str, AccuracySummary]) -> pd.DataFra
         column[INPUTS_ROW] = float(summary.inputs)
         if any(s.median_time is not None for s in summaries.values()):
             column[TIME_ROW] = math.nan if summary.median_time is None else summary.median_time
+        if any(s.mean_samples is not None for s in summaries.values()):
+            for row, value in (
+                (MEAN_SAMPLES_ROW, summary.mean_samples),
+                (MEDIAN_SAMPLES_ROW, summary.median_samples),
+            ):
+                column[row] = math.nan if value is None else value
         if bounded:
             column[ALPHA_ROW] = math.nan if high is None else high.alpha
             column[FALSE_CERTIFICATES_ROW] = (
@@ -118,7 +127,7 @@ def _better(row: str) -> int:
         CLEAN_ROW,
     ):
         return 1
-    if row in (ABSTENTION_ROW, TIME_ROW):
+    if row in (ABSTENTION_ROW, TIME_ROW, MEAN_SAMPLES_ROW, MEDIAN_SAMPLES_ROW):
         return -1
     return 0
 
@@ -154,6 +163,8 @@ def format_cell(row: str, value: float) -> str:
         return str(int(value))
     if row == TIME_ROW:
         return f"{value:.2f}"
+    if row in (MEAN_SAMPLES_ROW, MEDIAN_SAMPLES_ROW):
+        return f"{value:.0f}"
     if row == ALPHA_ROW:
         return f"{value:g}"
     return f"{value:.3f}"
@@ -263,6 +274,8 @@ def summaries_to_json(
             clean_accuracy=summary.clean_accuracy,
             abstention_rate=summary.abstention_rate,
             median_time_seconds=summary.median_time,
+            mean_samples_per_input=summary.mean_samples,
+            median_samples_per_input=summary.median_samples,
         )
         high = summary.high_probability
         if high is not None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ancer_cli.analysis.metrics import Metric
 from ancer_cli.certify import (
     CertifyConfig,
     CertifyPlan,
     CertifyRequest,
     CertifySummary,
+    Sequential,
     plan_certify,
 )
 from ancer_cli.certify import CertifyMethod as Method
@@ -104,6 +107,36 @@ def certify_command(
             help="Memory-based pass that makes per-input certificates sound (default: on for isotropic/ancer, off for fixed).",
         ),
     ] = None,
+    radius: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--radius",
+            help="Sequential radius mode: decide per input whether it is certified at this radius "
+            "(input units; repeatable), drawing samples until an anytime-valid bound decides, "
+            "at most --N.",
+            show_default=False,
+        ),
+    ] = None,
+    metric: Annotated[
+        Metric,
+        typer.Option(
+            help="Unit of --radius: radius (min(theta) x gap) or proxy (geomean(theta) x gap)."
+        ),
+    ] = Metric.radius,
+    sequential: Annotated[
+        bool,
+        typer.Option(
+            "--sequential",
+            help="Sequential adaptive mode: stop early for inputs that will abstain and once "
+            "the cap --N could raise the certified radius by less than --tolerance.",
+        ),
+    ] = False,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            help="--sequential: stop once the cap could raise the gap by at most this fraction."
+        ),
+    ] = Sequential.tolerance,
     out: Annotated[Path, typer.Option(help="Results file (tab-separated).")] = Path("results.csv"),
     precision: PrecisionOption = Precision.fp32,
     channels_last: ChannelsLastOption = False,
@@ -135,11 +168,18 @@ def certify_command(
         positive("--sigma", sigma)
         if method not in (None, Method.fixed):
             raise typer.BadParameter(f"--method {method.value} needs --thetas, not --sigma")
+    for value in radius or []:
+        if not (math.isfinite(value) and value >= 0):
+            raise typer.BadParameter(f"--radius must be a finite number >= 0, got {value}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise typer.BadParameter(f"--tolerance must be a finite number >= 0, got {tolerance}")
+    chosen = (radius, metric, sequential, tolerance)
     request = CertifyRequest(
         out=out, model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
         data_root=data_root, split=split, norm=norm, arch=arch, n_selection=n_selection,
         n_estimation=n_estimation, alpha=alpha, batch_size=batch_size, skip=skip,
-        max_index=max_index, memory=memory, precision=precision, channels_last=channels_last,
+        max_index=max_index, memory=memory, sequential=_sequential(*chosen),
+        precision=precision, channels_last=channels_last,
         resume=resume, force=force, seed=seed,
     )  # fmt: skip
     with handle_errors(), session(device) as where:
@@ -172,14 +212,38 @@ def certify_command(
             _report(out, summary)
 
 
+def _sequential(
+    radius: list[float] | None, metric: Metric, sequential: bool, tolerance: float
+) -> Sequential | None:
+    """The sequential settings the options ask for (``None``: Cohen et al.'s fixed N)."""
+    if radius:
+        return Sequential(radii=tuple(sorted(set(radius))), metric=metric.value)
+    if metric is not Metric.radius:
+        raise typer.BadParameter("--metric sets the unit of --radius; give --radius")
+    if tolerance != Sequential.tolerance and not sequential:
+        raise typer.BadParameter("--tolerance goes with --sequential")
+    return Sequential(tolerance=tolerance) if sequential else None
+
+
 def _describe(plan: CertifyPlan, where: Session) -> str:
     data, config = plan.data, plan.config
     return (
         f"certifying {len(plan.indices)} {data.info.name} {data.split} inputs "
         f"({config.norm.value}) with {plan.theta_description} (N0={config.n_selection}, "
-        f"N={config.n_estimation}, alpha={config.alpha}) on {describe_device(where.device)}"
+        f"N={config.n_estimation}{_mode(config)}, alpha={config.alpha}) on "
+        f"{describe_device(where.device)}"
         + (f" and {where.ranks.world_size - 1} more ranks" if where.ranks.distributed else "")
     )
+
+
+def _mode(config: CertifyConfig) -> str:
+    settings = config.sequential
+    if settings is None:
+        return ""
+    if settings.radii:
+        radii = ", ".join(f"{r:g}" for r in sorted(settings.radii))
+        return f" at most, sequential, deciding {settings.metric} {radii}"
+    return f" at most, sequential adaptive, tolerance {settings.tolerance:g}"
 
 
 def _report(out: Path, summary: CertifySummary) -> None:
@@ -189,6 +253,14 @@ def _report(out: Path, summary: CertifySummary) -> None:
         f"average certified radius {summary.mean_radius:.4f}"
         + (f" ({summary.resumed} rows kept from the interrupted run)" if summary.resumed else "")
     )
+    if summary.samples is not None:
+        counted = summary.samples
+        stops = ", ".join(f"{k} {v}" for k, v in counted.stops.items())
+        stdout.print(
+            f"samples per input: mean {counted.mean:.0f}, median {counted.median:.0f} "
+            f"(fixed N: {counted.cap}; {counted.cap / max(counted.mean, 1):.1f}x fewer); "
+            f"stopped: {stops}"
+        )
     changes = summary.memory
     if changes is None:
         return

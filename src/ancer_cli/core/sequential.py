@@ -329,9 +329,9 @@ def update_bounds(
 
 
 def undecided(
-    p_a_lower: npt.ArrayLike, p_a_upper: npt.ArrayLike, p_needed: Sequence[float]
+    p_a_lower: npt.ArrayLike, p_a_upper: npt.ArrayLike, p_needed: npt.ArrayLike
 ) -> npt.NDArray[np.bool_]:
-    """``L < p <= U`` per threshold: shape ``(..., len(p_needed))`` of bools."""
+    """``L < p <= U`` per threshold: shape ``(..., T)`` of bools for thresholds ``(..., T)``."""
     p = np.asarray(p_needed, dtype=np.float64)
     lower = np.asarray(p_a_lower, dtype=np.float64)[..., None]
     upper = np.asarray(p_a_upper, dtype=np.float64)[..., None]
@@ -360,10 +360,19 @@ def optimistic_gap(p_a_upper: npt.ArrayLike, plan: SequentialPlan) -> FloatArray
 
 
 def stop_codes(
-    plan: SequentialPlan, p_a_lower: npt.ArrayLike, p_a_upper: npt.ArrayLike, n: npt.ArrayLike
+    plan: SequentialPlan,
+    p_a_lower: npt.ArrayLike,
+    p_a_upper: npt.ArrayLike,
+    n: npt.ArrayLike,
+    p_needed: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.int8]:
     """The stopping rule after a look, on running bounds: 0 to keep sampling, else
-    ``1 + list(Stop).index(reason)`` (see :func:`stop_reason`). Broadcasts."""
+    ``1 + list(Stop).index(reason)`` (see :func:`stop_reason`). Broadcasts.
+
+    ``p_needed`` (radius mode) overrides ``plan.p_needed`` with thresholds of shape
+    ``(..., T)``, sorted along the last axis: one row per input when the thresholds depend on
+    each input's theta. A threshold of ``inf`` can never be certified (a radius the theta
+    cannot reach) and counts as decided."""
     lower, upper, n_ = np.broadcast_arrays(
         np.asarray(p_a_lower, dtype=np.float64),
         np.asarray(p_a_upper, dtype=np.float64),
@@ -372,8 +381,9 @@ def stop_codes(
     abstain = upper < 0.5
     at_cap = n_ >= plan.cap
     if plan.p_needed is not None:
-        decided = ~undecided(lower, upper, plan.p_needed).any(axis=-1)
-        certified = lower >= plan.p_needed[-1]
+        needed = np.asarray(plan.p_needed if p_needed is None else p_needed, dtype=np.float64)
+        decided = ~undecided(lower, upper, needed).any(axis=-1)
+        certified = lower >= needed[..., -1]
         conditions = [decided & certified, decided & abstain, decided, at_cap]
         reasons = [Stop.certified, Stop.abstain, Stop.cannot, Stop.cap]
     else:

@@ -24,6 +24,13 @@ from torch import nn
 from ancer_cli.core.bounds import clopper_pearson_lower, gap_from_p_lower, top_two_p_value
 from ancer_cli.core.noise import Norm, Theta, perturb_
 from ancer_cli.core.radii import geometric_mean, min_theta
+from ancer_cli.core.sequential import (
+    SequentialPlan,
+    reported_lower,
+    stop_codes,
+    stop_reason,
+    update_bounds,
+)
 
 ABSTAIN = -1
 
@@ -48,6 +55,9 @@ class Certificate:
     gap: float
     min_theta: float
     geomean_theta: float
+    stop: str | None = None
+    """Sequential certification: why sampling stopped (:class:`~ancer_cli.core.sequential.Stop`);
+    ``n_estimation`` is then the number of estimation samples used. ``None`` for fixed ``N``."""
 
     @property
     def abstained(self) -> bool:
@@ -283,6 +293,92 @@ def certify_many(
         _certificate(both[i, 0], both[i, 1], thetas[i], norm, n_estimation, alpha)
         for i in range(len(thetas))
     ]
+
+
+def certify_sequential_many(
+    model: nn.Module,
+    xs: torch.Tensor | Sequence[torch.Tensor],
+    thetas: Sequence[Theta],
+    norm: Norm | str,
+    n_selection: int,
+    plan: SequentialPlan,
+    batch_size: int,
+    generators: Sequence[torch.Generator],
+    p_needed: np.ndarray | None = None,
+) -> list[Certificate]:
+    """Sequential CERTIFY for a group of inputs: stop each input's sampling as soon as
+    :mod:`ancer_cli.core.sequential`'s rule decides (``plan``), at most ``plan.cap`` samples.
+
+    As in :func:`certify_many`, ``n_selection`` samples select the class; then estimation
+    samples are drawn look by look (``plan.looks()``: the same increments for every input), the
+    selected class's votes counted, the time-uniform bounds updated and the rule applied; inputs
+    still undecided go on to the next look, sharing its forward passes. Every input consumes its
+    own generator in the chunks :func:`chunk_sizes` gives for each increment, so its certificate
+    does not depend on the other inputs of the group. ``p_needed`` (radius mode): per input, the
+    sorted probabilities its radii need, shape ``(n, T)`` (``inf`` for a radius out of reach);
+    without it the plan's own thresholds (or adaptive mode). Votes come to the host once per look.
+
+    Returns:
+        One :class:`Certificate` per input; ``n_estimation`` is the number of estimation samples
+        it used, ``p_a_lower`` the bound at its stopping time (``plan``'s reported bound) and
+        ``stop`` the reason.
+    """
+    count = len(thetas)
+    selection = sample_counts_many(
+        model, xs, thetas, norm, (n_selection,), batch_size, generators
+    )[:, 0]
+    chosen = selection.argmax(dim=1)
+    classes = selection.shape[1]
+    n_a = np.zeros(count, dtype=np.int64)
+    n = np.zeros(count, dtype=np.int64)
+    lower, upper = np.zeros(count), np.ones(count)
+    codes = np.zeros(count, dtype=np.int8)
+    active = np.arange(count)
+    drawn = 0
+    for size in plan.looks():
+        step, drawn = size - drawn, size
+        members = active.tolist()
+        counts = sample_counts_many(
+            model,
+            [xs[i] for i in members],
+            [thetas[i] for i in members],
+            norm,
+            (step,),
+            batch_size,
+            [generators[i] for i in members],
+            num_classes=classes,
+        )[:, 0]
+        rows = torch.as_tensor(active, device=chosen.device)
+        hits = counts.gather(1, chosen[rows].unsqueeze(1)).squeeze(1)
+        n_a[active] += hits.cpu().numpy()  # the one host transfer of this look
+        n[active] = size
+        lower[active], upper[active] = update_bounds(
+            plan, n_a[active], n[active], lower[active], upper[active]
+        )
+        needed = None if p_needed is None else p_needed[active]
+        codes[active] = stop_codes(plan, lower[active], upper[active], n[active], needed)
+        active = active[codes[active] == 0]
+        if active.size == 0:
+            break
+    reported = reported_lower(plan, n_a, n, lower)
+    c_hat = chosen.cpu().numpy()
+    certificates = []
+    for i in range(count):
+        p_a_lower = float(reported[i])
+        low, mean = min_theta(thetas[i]), geometric_mean(thetas[i])
+        stop = stop_reason(int(codes[i]))
+        assert stop is not None  # the last look is at the cap
+        if p_a_lower < 0.5:
+            certificate = Certificate(
+                ABSTAIN, int(n_a[i]), int(n[i]), p_a_lower, 0.0, low, mean, stop.value
+            )
+        else:
+            gap = gap_from_p_lower(p_a_lower, norm)
+            certificate = Certificate(
+                int(c_hat[i]), int(n_a[i]), int(n[i]), p_a_lower, gap, low, mean, stop.value
+            )
+        certificates.append(certificate)
+    return certificates
 
 
 def certify(
