@@ -92,7 +92,11 @@ def certify_command(
     ] = D.n_selection,
     n_estimation: Annotated[
         int,
-        typer.Option("--N", help="Noisy samples used to bound the predicted class's probability."),
+        typer.Option(
+            "--N",
+            help="Noisy samples used to bound the predicted class's probability (the cap with "
+            "--radius or --sequential).",
+        ),
     ] = D.n_estimation,
     alpha: Annotated[
         float, typer.Option(help="Failure probability of each certificate, in (0, 1).")
