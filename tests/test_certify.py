@@ -41,9 +41,10 @@ def _norm_of(d: torch.Tensor, norm: str) -> float:
     return float(d.norm(p=2 if norm == "l2" else 1))
 
 
+@pytest.mark.parametrize("device_name", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("norm", ["l2", "l1"])
-def test_reassign_and_shrink_through_run_certify(norm, tmp_path):
-    model, device = Stripe(), torch.device("cpu")
+def test_reassign_and_shrink_through_run_certify(norm, device_name, tmp_path):
+    model, device = Stripe(), torch.device(device_name)
     config = CertifyConfig(norm=Norm(norm), n_selection=100, n_estimation=20_000, batch_size=5000)
     # A's certificate depends only on (seed, index, x, theta): compute it first to place C
     a_row = next(certify_dataset(model, _data([(0, 0)], [1]), [0], THETA.get, config, device))
