@@ -24,6 +24,7 @@ is reported, which is the least disturbed by other processes. They are never pas
     python benchmarks/bench.py --device cuda --precision bf16 --channels-last
     python benchmarks/bench.py --sections profile                  # where the time goes
     python benchmarks/bench.py --sections options --compile        # bf16, channels-last, compile
+    python benchmarks/bench.py --sections gpu --device cuda        # the GPU check (gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import io
 import json
 import math
 import os
@@ -84,6 +86,7 @@ class Case:
     opt_iterations: int = 0  # iterations timed per round
     rounds: int = 3
     note: str = ""
+    image_size: int | None = None  # height = width of the inputs, if not the dataset's
 
     @property
     def name(self) -> str:
@@ -229,6 +232,8 @@ def make_models(
     """The frozen model (package and bound) and the reference's soft classifier, whose weights
     (the same values) still require gradients; plus the number of classes and the input shape."""
     info = dataset_info(case.dataset) if case.dataset != "imagenet" else _imagenet_info()
+    if case.image_size is not None:
+        info = replace(info, input_shape=(info.input_shape[0], case.image_size, case.image_size))
     torch.manual_seed(SEED)
     base = build_model(case.arch, info).to(device).eval()
     soft = nn.Sequential(copy.deepcopy(base), nn.Softmax(dim=1)).eval()
@@ -292,8 +297,15 @@ def bench_case(
     channels_last: bool,
     rounds: int | None,
     measure_memory: bool,
+    many: bool = True,
+    models: tuple[nn.Module, nn.Module, int, tuple[int, ...]] | None = None,
 ) -> dict[str, Any]:
-    model, soft_model, num_classes, shape = make_models(case, device, precision, channels_last)
+    """Certify (and, with ``opt_inputs``, ANCER optimization) timings of one case; ``many``:
+    also ``certify_many`` (pointless for one input); ``models``: what :func:`make_models` gives,
+    if already built."""
+    if models is None:
+        models = make_models(case, device, precision, channels_last)
+    model, soft_model, num_classes, shape = models
     rounds = case.rounds if rounds is None else rounds
     generator = torch.Generator(device=device).manual_seed(SEED)
     xs = torch.rand((case.inputs, *shape), device=device, generator=generator)
@@ -317,17 +329,14 @@ def bench_case(
 
     samples = case.inputs * (case.n0 + case.n)
     bound = forward_bound(model, shape, case.batch, samples, device)
-    certify_times = interleaved(
-        {
-            "bound": bound,
-            "reference": reference_certify,
-            "ancer": package_certify,
-            "ancer_many": package_certify_many,
-        },
-        rounds,
-        device,
-        measure_memory,
-    )
+    certify_contestants: dict[str, Callable[[], object]] = {
+        "bound": bound,
+        "reference": reference_certify,
+        "ancer": package_certify,
+    }
+    if many:
+        certify_contestants["ancer_many"] = package_certify_many
+    certify_times = interleaved(certify_contestants, rounds, device, measure_memory)
     per_sample = certify_times["bound"].best / bound.samples  # type: ignore[attr-defined]
 
     def per_input(timing: Timing) -> float:
@@ -416,11 +425,12 @@ def check_identical_votes(
     n0: int,
     n: int,
     batch: int,
+    inputs: int = 3,
 ) -> dict[str, Any]:
     """The reference, ``certify``, ``sample_counts`` and ``sample_counts_many`` fed the same
     per-input streams give identical vote counts, for scalar and per-pixel theta, l2 and l1."""
     generator = torch.Generator(device=device).manual_seed(1)
-    xs = torch.rand((3, *shape), device=device, generator=generator)
+    xs = torch.rand((inputs, *shape), device=device, generator=generator)
     theta_map = 0.1 + 0.4 * torch.rand(shape, device=device, generator=generator)
     results = {}
     for label, theta, norm in (
@@ -753,6 +763,247 @@ def profile_case(
 
 
 # ---------------------------------------------------------------------------------------------
+# the GPU check (benchmarks/gpu_check.sh): CIFAR and ImageNet nets in the CLI's speed options
+
+
+GPU_OPTIONS: tuple[tuple[Precision, bool], ...] = (
+    (Precision.fp32, False),
+    (Precision.bf16, False),
+    (Precision.bf16, True),
+)
+# resnet110 at the papers' N = 100,000, so its certify time is the time of one CIFAR certificate;
+# resnet50 at N = 10,000 (R does not depend on N once N >> batch: 40 full passes and one short
+# selection pass). One input each: the CLI would not group inputs at these sizes.
+GPU_CHECK_CASES = (
+    Case("resnet110", "cifar10", 1000, 100, 100_000, 1, 4, 100, 5, rounds=2),
+    Case("resnet50", "imagenet", 250, 100, 10_000, 1, 1, 100, 3, rounds=2),
+)
+# The CPU rehearsal: the same steps at tiny sizes (resnet50 on 32x32 inputs).
+GPU_CHECK_QUICK_CASES = (
+    Case("resnet110", "cifar10", 4, 2, 4, 1, 1, 4, 1, rounds=1, note="quick"),
+    Case("resnet50", "imagenet", 4, 2, 4, 1, 1, 4, 1, rounds=1, note="quick, 32x32", image_size=32),
+)
+GPU_TARGET_R = 1.05
+GPU_TARGET_SPEEDUP = 3.0
+GPU_TARGET_CERTIFICATE_SECONDS = 1.0
+GPU_TARGET_N = 100_000
+
+
+def option_label(precision: Precision, channels_last: bool) -> str:
+    return f"{precision.value}{' channels-last' if channels_last else ''}"
+
+
+def select_gpu_cases(args: argparse.Namespace) -> tuple[Case, ...]:
+    cases = GPU_CHECK_QUICK_CASES if args.quick else GPU_CHECK_CASES
+    if args.models:
+        wanted = args.models.split(",")
+        cases = tuple(c for c in cases if c.arch in wanted)
+    if args.n is not None or args.batch is not None:
+        cases = tuple(replace(c, n=args.n or c.n, batch=args.batch or c.batch) for c in cases)
+    return cases
+
+
+def gpu_section(
+    cases: tuple[Case, ...],
+    device: torch.device,
+    rounds: int | None,
+    quick: bool,
+    budget_seconds: float | None,
+    on_update: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Each case in each of :data:`GPU_OPTIONS`: certify (bound, reference, ancer) and the ANCER
+    step (bound, reference, ancer), identical votes with the same noise, then the targets.
+
+    ``on_update`` gets the section after every (case, option), so an interrupted run leaves its
+    figures so far; once ``budget_seconds`` are spent, the remaining (case, option) pairs are
+    skipped and listed.
+    """
+    began = time.perf_counter()
+    section: dict[str, Any] = {
+        "options": [option_label(p, c) for p, c in GPU_OPTIONS],
+        "rows": [],
+        "skipped": [],
+        "budget_seconds": budget_seconds,
+    }
+    vote_sizes = (2, 4, 4, 1) if quick else (10, 50, 16, 3)  # N0, N, batch, inputs
+    for case in cases:
+        for precision, channels_last in GPU_OPTIONS:
+            label = option_label(precision, channels_last)
+            spent = time.perf_counter() - began
+            if budget_seconds is not None and spent > budget_seconds:
+                section["skipped"].append(
+                    {"model": case.name, "option": label, "reason": f"time budget ({spent:.0f} s)"}
+                )
+                continue
+            print(f"... gpu: {case.name}, {label}", file=sys.stderr, flush=True)
+            models = make_models(case, device, precision, channels_last)
+            row = bench_case(
+                case,
+                device,
+                precision,
+                channels_last,
+                rounds,
+                measure_memory=device.type == "cuda",  # CPU: the retained heap hides peaks
+                many=case.inputs > 1,
+                models=models,
+            )
+            model, _, num_classes, shape = models
+            *sizes, inputs = vote_sizes
+            row["option"] = label
+            row["identical_votes"] = check_identical_votes(
+                model, num_classes, shape, device, *sizes, inputs=inputs
+            )
+            row["seconds_measuring"] = time.perf_counter() - began - spent
+            section["rows"].append(row)
+            del model, models
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            on_update(section)
+    section["targets"] = gpu_targets(section["rows"], device, quick)
+    section["seconds"] = time.perf_counter() - began
+    on_update(section)
+    return section
+
+
+def gpu_targets(rows: list[dict[str, Any]], device: torch.device, quick: bool) -> list[dict]:
+    """The issue's targets: measured values, and whether they are met (``None``: not evaluated,
+    on a CPU or at quick sizes, where they mean nothing)."""
+    evaluated = device.type == "cuda" and not quick
+    found = {(row["case"]["arch"], row["option"]): row for row in rows}
+
+    def verdict(value: float | None, ok: bool) -> bool | None:
+        return ok if evaluated and value is not None else None
+
+    targets = []
+    for arch in ("resnet110", "resnet50"):
+        row = found.get((arch, "fp32"))
+        value = row["certify"]["ancer"]["R"] if row else None
+        targets.append(
+            {
+                "target": f"certify overhead R <= {GPU_TARGET_R}, fp32, {arch}",
+                "value": value,
+                "unit": "",
+                "met": verdict(value, value is not None and value <= GPU_TARGET_R),
+            }
+        )
+    slow, fast = found.get(("resnet50", "fp32")), found.get(("resnet50", "bf16 channels-last"))
+    speedup = None
+    if slow and fast:
+        speedup = (
+            slow["certify"]["reference"]["seconds_per_input"]
+            / fast["certify"]["ancer"]["seconds_per_input"]
+        )
+    targets.append(
+        {
+            "target": f"resnet50 certify, bf16 channels-last, >= {GPU_TARGET_SPEEDUP:g}x faster "
+            "than the faithful fp32 reference loop",
+            "value": speedup,
+            "unit": "x",
+            "met": verdict(speedup, speedup is not None and speedup >= GPU_TARGET_SPEEDUP),
+        }
+    )
+    cifar = [row for arch_option, row in found.items() if arch_option[0] == "resnet110"]
+    best = min(cifar, key=lambda row: row["certify"]["ancer"]["seconds_per_input"], default=None)
+    seconds = best["certify"]["ancer"]["seconds_per_input"] if best else None
+    at_n = best["case"]["n"] if best else None
+    targets.append(
+        {
+            "target": f"resnet110 certificate at N = {GPU_TARGET_N:,} in under "
+            f"{GPU_TARGET_CERTIFICATE_SECONDS:g} s (fastest option)",
+            "value": seconds,
+            "unit": "s",
+            "option": best["option"] if best else None,
+            "N": at_n,
+            "met": verdict(
+                seconds if at_n == GPU_TARGET_N else None,
+                seconds is not None and seconds < GPU_TARGET_CERTIFICATE_SECONDS,
+            ),
+        }
+    )
+    return targets
+
+
+def _figure(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}{unit}" if unit != "s" else f"{value:.4g} s"
+
+
+def print_gpu_section(section: dict[str, Any]) -> None:
+    print("### the GPU check: certify, seconds per input")
+    print()
+    print(
+        "R = time / ((N0+N) x pure forward time per sample); speed-ups over the reference in the "
+        "same option and over the fp32 reference"
+    )
+    print()
+    print(
+        "| model | option | batch | N0+N | forward us/sample | reference s | ancer s | R reference "
+        "| R ancer | speed-up | speed-up vs fp32 reference | peak MiB ref / ancer / bound |"
+    )
+    print("|---" * 12 + "|")
+    fp32_reference = {
+        row["name"]: row["certify"]["reference"]["seconds_per_input"]
+        for row in section["rows"]
+        if row["option"] == "fp32"
+    }
+    for row in section["rows"]:
+        case, c = row["case"], row["certify"]
+        base = fp32_reference.get(row["name"])
+        versus_fp32 = f"{base / c['ancer']['seconds_per_input']:.2f}x" if base else "-"
+        print(
+            f"| {row['name']} | {row['option']} | {case['batch']} | {case['n0']}+{case['n']} "
+            f"| {row['forward_us_per_sample']:.2f} | {c['reference']['seconds_per_input']:.4g} "
+            f"| {c['ancer']['seconds_per_input']:.4g} | {c['reference']['R']:.3f} "
+            f"| {c['ancer']['R']:.3f} | {c['ancer']['speedup_vs_reference']:.2f}x "
+            f"| {versus_fp32} | {_mib(c['reference']['peak_mib'])} / "
+            f"{_mib(c['ancer']['peak_mib'])} / {_mib(row['bound_peak_mib'])} |"
+        )
+    print()
+    print(
+        "### the GPU check: ANCER optimization, seconds per step of B inputs x M samples; "
+        "bound = forward+backward with frozen weights"
+    )
+    print()
+    print(
+        "| model | option | B x M | bound s/step | reference s/step | ancer s/step | ancer / bound "
+        "| speed-up |"
+    )
+    print("|---" * 8 + "|")
+    for row in section["rows"]:
+        if "optimize" not in row:
+            continue
+        case, o = row["case"], row["optimize"]
+        print(
+            f"| {row['name']} | {row['option']} | {case['opt_inputs']}x{case['opt_samples']} "
+            f"| {o['bound']['seconds_per_step']:.4g} | {o['reference']['seconds_per_step']:.4g} "
+            f"| {o['ancer']['seconds_per_step']:.4g} | {o['ancer']['ratio_to_bound']:.3f} "
+            f"| {o['ancer']['speedup_vs_reference']:.2f}x |"
+        )
+    print()
+    print("### the GPU check: identical votes to the reference with the same noise")
+    print()
+    for row in section["rows"]:
+        votes = row["identical_votes"]
+        verdicts = ", ".join(f"{label} {'yes' if ok else 'NO'}" for label, ok in votes.items())
+        print(f"- {row['name']}, {row['option']}: {verdicts}")
+    for skipped in section["skipped"]:
+        print(f"- not measured: {skipped['model']}, {skipped['option']} ({skipped['reason']})")
+    print()
+    if "targets" not in section:
+        return
+    print("### the GPU check: targets")
+    print()
+    print("| target | measured | met |")
+    print("|---|---|---|")
+    for target in section["targets"]:
+        met = {True: "yes", False: "NO", None: "not evaluated"}[target["met"]]
+        extra = f" ({target['option']}, N = {target['N']:,})" if target.get("option") else ""
+        print(f"| {target['target']} | {_figure(target['value'], target['unit'])}{extra} | {met} |")
+    print()
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 
 
@@ -768,6 +1019,11 @@ def machine(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        # "fp32" is PyTorch's default: convolutions may use TF32, matrix products do not
+        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+        info["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+        info["cuda_runtime"] = torch.version.cuda
     return info
 
 
@@ -867,7 +1123,11 @@ def print_allocator_gain(phases: list[dict[str, Any]]) -> None:
 
 def print_report(report: dict[str, Any]) -> None:
     m = report["machine"]
-    gpu = f" ({m['gpu']})" if "gpu" in m else ""
+    gpu = (
+        f" ({m['gpu']}, cuDNN TF32 {'on' if m.get('cudnn_allow_tf32') else 'off'})"
+        if "gpu" in m
+        else ""
+    )
     print(f"## ancer benchmark, {m['date']}")
     print()
     print(f"`{report['command']}`")
@@ -883,6 +1143,8 @@ def print_report(report: dict[str, Any]) -> None:
         print_phase(phase)
         print()
     print_allocator_gain(report["phases"])
+    if "gpu" in report:
+        print_gpu_section(report["gpu"])
     if "checks" in report:
         checks = report["checks"]
         print("### no regression in results")
@@ -966,10 +1228,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sections",
         default="bench,checks",
         help="comma-separated: bench (the timings), checks (no regression in results), options "
-        "(precision, channels-last, torch.compile), profile (where the time goes)",
+        "(precision, channels-last, torch.compile), profile (where the time goes), gpu (the GPU "
+        "check: resnet110 and resnet50 in fp32, bf16 and bf16 channels-last, and the targets)",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="gpu: seconds after which the remaining models and options are skipped (listed)",
     )
     parser.add_argument("--compile", action="store_true", help="options: also torch.compile")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="write the printed report here too"
+    )
     return parser.parse_args(argv)
 
 
@@ -1009,7 +1281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "phases": [],
     }
     sections = set(args.sections.split(","))
-    unknown = sections - {"bench", "checks", "options", "profile"}
+    unknown = sections - {"bench", "checks", "options", "profile", "gpu"}
     if unknown:
         raise SystemExit(f"unknown --sections {', '.join(sorted(unknown))}")
     for allocator in allocators if "bench" in sections else allocators[-1:]:
@@ -1048,11 +1320,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for case in cases
             if not case.note
         }
+    if "gpu" in sections:
+
+        def save_so_far(section: dict[str, Any]) -> None:
+            report["gpu"] = section
+            write_report(report, args.json, args.markdown)
+
+        gpu_section(
+            select_gpu_cases(args), device, args.rounds, args.quick, args.time_budget, save_so_far
+        )
     report["machine"]["load_average_end"] = os.getloadavg()
+    report["complete"] = True
     print_report(report)
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+    write_report(report, args.json, args.markdown)
     return report
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """What :func:`print_report` prints, as a string."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        print_report(report)
+    return text.getvalue()
+
+
+def write_report(report: dict[str, Any], json_path: Path | None, markdown: Path | None) -> None:
+    """The report as JSON and as markdown, each file replaced whole (an interrupted run leaves
+    the last complete version)."""
+    for path, text in (
+        (json_path, lambda: json.dumps(report, indent=2, default=str)),
+        (markdown, lambda: render_report(report)),
+    ):
+        if path is None:
+            continue
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text())
+        os.replace(partial, path)
 
 
 if __name__ == "__main__":

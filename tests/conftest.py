@@ -1,6 +1,10 @@
 """Shared fixtures for end-to-end tests: a tiny digits model and ANCER thetas, made through the CLI.
 
-Everything runs on the CPU with tiny sample counts, so the whole CLI suite stays fast.
+Everything runs on the CPU with tiny sample counts, so the whole CLI suite stays fast. Tests
+marked ``cuda`` run on a CUDA device (``bash benchmarks/gpu_check.sh`` runs them all) and are
+skipped without one. This file and the modules with ``cuda`` tests import nothing beyond the
+package's run-time dependencies and pytest (no matplotlib, no hypothesis), so that they run
+on a bare GPU machine.
 """
 
 from __future__ import annotations
@@ -41,6 +45,22 @@ OPTIMIZE_FAST = (
     "cpu",
 )
 OPTIMIZED_INPUTS = 6
+
+
+def on_device(fast: tuple[str, ...], device: str) -> tuple[str, ...]:
+    """Tiny settings ``fast`` (``CERTIFY_FAST``, ``OPTIMIZE_FAST``) with ``--device device``."""
+    where = fast.index("--device")
+    return (*fast[:where], "--device", device, *fast[where + 2 :])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip cleanly where no CUDA device is visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +217,7 @@ class Cli:
     CERTIFY_FAST = CERTIFY_FAST
     OPTIMIZE_FAST = OPTIMIZE_FAST
     OPTIMIZED_INPUTS = OPTIMIZED_INPUTS
+    on_device = staticmethod(on_device)
     Row = Row
     invoke = staticmethod(invoke)
     ok = staticmethod(ok)
@@ -260,3 +281,21 @@ def thetas_copy(tmp_path: Path, thetas_dir: Path) -> Path:
     copy = tmp_path / "thetas"
     shutil.copytree(thetas_dir, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def cuda_thetas_dir(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Path:
+    """ANCER thetas (and the isotropic stage) of the first 6 digits test inputs, optimized on
+    CUDA (for ``cuda`` tests only)."""
+    path = tmp_path_factory.mktemp("cuda-thetas") / "thetas"
+    ok(
+        "optimize",
+        "--model",
+        model_path,
+        "--out",
+        path,
+        "--max",
+        OPTIMIZED_INPUTS,
+        *on_device(OPTIMIZE_FAST, "cuda"),
+    )
+    return path

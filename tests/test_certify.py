@@ -42,9 +42,10 @@ def _norm_of(d: torch.Tensor, norm: str) -> float:
 
 
 @pytest.mark.parametrize("sequential", [None, Sequential()], ids=["fixed-N", "sequential"])
+@pytest.mark.parametrize("device_name", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("norm", ["l2", "l1"])
-def test_reassign_and_shrink_through_run_certify(norm, sequential, tmp_path):
-    model, device = Stripe(), torch.device("cpu")
+def test_reassign_and_shrink_through_run_certify(norm, device_name, sequential, tmp_path):
+    model, device = Stripe(), torch.device(device_name)
     config = CertifyConfig(
         norm=Norm(norm),
         n_selection=100,

@@ -51,9 +51,7 @@ class Ranks:
         """True when every rank reports ``ok`` (a collective: every rank must call it)."""
         if not self.distributed:
             return ok
-        flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
+        flag = torch.tensor([0 if ok else 1], dtype=torch.int64, device=_collective_device())
         dist.all_reduce(flag)
         return int(flag.item()) == 0
 
@@ -78,7 +76,16 @@ def start(ranks: Ranks, device: torch.device) -> None:
     """Join the process group (``nccl`` for CUDA devices, ``gloo`` otherwise)."""
     if ranks.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL's tensors and streams go to this rank's GPU
         dist.init_process_group(backend=backend, timeout=_TIMEOUT)
+
+
+def _collective_device() -> torch.device:
+    """Where the small tensors of a collective live: this rank's GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def stop(ranks: Ranks) -> None:
@@ -102,9 +109,7 @@ def total(ranks: Ranks, value: int) -> int:
     """Sum of ``value`` over all ranks (a collective)."""
     if not ranks.distributed:
         return value
-    tensor = torch.tensor([value], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
+    tensor = torch.tensor([value], dtype=torch.int64, device=_collective_device())
     dist.all_reduce(tensor)
     return int(tensor.item())
 

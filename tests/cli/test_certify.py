@@ -524,3 +524,102 @@ def test_resume_refuses_another_mode(cli, model_path: Path, tmp_path: Path):
     cli.assert_domain_error(result, "sequential.radii")
     result = cli.invoke(*base, "--out", out, "--resume", "--device", "cpu")
     cli.assert_domain_error(result, "header")
+
+
+# on CUDA (benchmarks/gpu_check.sh runs these; skipped without a CUDA device)
+
+
+def certify_on_cuda(cli, *args: object):
+    return cli.ok("certify", *cli.on_device(cli.CERTIFY_FAST, "cuda"), *args)
+
+
+@pytest.mark.cuda
+def test_same_seed_same_results_on_cuda_twice(cli, model_path: Path, tmp_path: Path) -> None:
+    # batch 64: several forward passes per input, and certify_many groups (N0 = 20 < 64)
+    args = ("--model", model_path, "--sigma", SIGMA, "--max", 8, "--batch-size", 64)
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    certify_on_cuda(cli, *args, "--out", first)
+    certify_on_cuda(cli, *args, "--out", second)
+    assert cli.without_time(first) == cli.without_time(second)
+    rows = cli.read_rows(first)
+    assert [row.idx for row in rows] == list(range(8))
+    assert any(row.predict != -1 for row in rows), "nothing certified on CUDA"
+    for row in rows:
+        if row.predict != -1:
+            matching_gap(cli, row, SIGMA, SIGMA, "l2")
+    sidecar = json.loads((tmp_path / "first.csv.json").read_text())
+    assert sidecar["device"].startswith("cuda")
+
+
+@pytest.mark.cuda
+def test_device_auto_picks_cuda(cli, model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "auto.csv"
+    cli.ok(
+        "certify",
+        "--N0",
+        20,
+        "--N",
+        N,
+        "--model",
+        model_path,
+        "--sigma",
+        SIGMA,
+        "--max",
+        2,
+        "--out",
+        out,
+    )
+    sidecar = json.loads((tmp_path / "auto.csv.json").read_text())
+    assert sidecar["device"].startswith("cuda"), sidecar["device"]
+    assert len(cli.read_rows(out)) == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--channels-last",),
+        ("--precision", "bf16"),
+        ("--precision", "bf16", "--channels-last"),
+        ("--precision", "fp16", "--channels-last"),
+    ],
+    ids=["fp32-channels-last", "bf16", "bf16-channels-last", "fp16-channels-last"],
+)
+def test_speed_options_on_cuda(cli, model_path: Path, tmp_path: Path, options) -> None:
+    out = tmp_path / "fast.csv"
+    certify_on_cuda(
+        cli, "--model", model_path, "--sigma", SIGMA, "--max", 4, "--out", out, *options
+    )
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == [0, 1, 2, 3]
+    assert any(row.predict != -1 for row in rows)
+    for row in rows:
+        if row.predict != -1:
+            matching_gap(cli, row, SIGMA, SIGMA, "l2")
+    arguments = json.loads((tmp_path / "fast.csv.json").read_text())["arguments"]
+    precision = options[options.index("--precision") + 1] if "--precision" in options else "fp32"
+    assert arguments["precision"] == precision
+    assert arguments["channels_last"] == ("--channels-last" in options)
+
+
+@pytest.mark.cuda
+def test_ancer_thetas_and_memory_pass_on_cuda(cli, cuda_thetas_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ancer.csv"
+    result = certify_on_cuda(
+        cli, "--thetas", cuda_thetas_dir, "--out", out, "--precision", "bf16", "--channels-last"
+    )
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == list(range(cli.OPTIMIZED_INPUTS))
+    assert any(row.predict != -1 for row in rows)
+    for row in rows:
+        theta = torch.load(cuda_thetas_dir / f"theta_test_{row.idx}.pt", weights_only=True)
+        low = float(theta.min())
+        mean = float(torch.exp(torch.log(theta.double()).mean()))
+        assert cli.rounded_near(low, row.min_sigma)
+        if row.predict != -1:
+            matching_gap(cli, row, low, mean, "l2")
+    sidecar = json.loads((tmp_path / "ancer.csv.json").read_text())
+    assert sidecar["device"].startswith("cuda") and sidecar["complete"] is True
+    assert sidecar["memory"]["enabled"] is True and "reassigned" in sidecar["memory"]
+    assert (tmp_path / "ancer.csv.pre-memory").exists()
+    assert "memory pass" in result.stdout

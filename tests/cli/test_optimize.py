@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 import ancer_cli
@@ -238,3 +239,50 @@ def test_ancer_from_an_isotropic_values_file(cli, model_path: Path, tmp_path: Pa
         theta = load(out / f"theta_test_{idx}.pt")
         floor = torch.tensor(values[idx], dtype=torch.float32)
         assert theta.shape == (1, 8, 8) and bool((theta >= floor).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# on CUDA (benchmarks/gpu_check.sh runs these; skipped without a CUDA device)
+
+
+@pytest.mark.cuda
+def test_optimize_on_cuda(cli, cuda_thetas_dir: Path) -> None:
+    manifest = json.loads((cuda_thetas_dir / "manifest.json").read_text())
+    assert manifest["device"].startswith("cuda") and manifest["complete"] is True
+    moved = False
+    for idx in range(cli.OPTIMIZED_INPUTS):
+        theta = load(cuda_thetas_dir / f"theta_test_{idx}.pt")
+        iso = load(cuda_thetas_dir / "isotropic" / f"theta_test_{idx}.pt")
+        assert theta.device.type == "cpu" and theta.dtype == torch.float32  # saved portable
+        assert theta.shape == (1, 8, 8) and iso.shape == ()
+        assert bool(torch.isfinite(theta).all()) and bool((theta >= iso).all())
+        moved = moved or bool((theta > iso).any())
+    assert moved, "the ANCER stage never moved theta on CUDA"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "options",
+    [("--precision", "bf16", "--channels-last"), ("--precision", "fp16")],
+    ids=["bf16-channels-last", "fp16"],
+)
+def test_optimize_speed_options_on_cuda(cli, model_path: Path, tmp_path: Path, options) -> None:
+    out = tmp_path / "thetas"
+    cli.ok(
+        "optimize",
+        "--model",
+        model_path,
+        "--out",
+        out,
+        "--max",
+        2,
+        *cli.on_device(cli.OPTIMIZE_FAST, "cuda"),
+        *options,
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["arguments"]["precision"] == options[1]
+    assert manifest["arguments"]["channels_last"] == ("--channels-last" in options)
+    for idx in range(2):
+        theta = load(out / f"theta_test_{idx}.pt")
+        assert theta.shape == (1, 8, 8) and bool(torch.isfinite(theta).all())
+        assert bool((theta >= load(out / "isotropic" / f"theta_test_{idx}.pt")).all())

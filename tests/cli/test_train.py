@@ -203,3 +203,17 @@ def test_resume_with_other_hyperparameters_is_refused(
     name = option.lstrip("-")
     assert name in line or name.replace("-", "_") in line, line
     assert out.read_bytes() == before
+
+
+@pytest.mark.cuda
+def test_train_on_cuda_writes_a_checkpoint_that_loads_without_a_gpu(cli, tmp_path: Path) -> None:
+    out = tmp_path / "cuda.pt"
+    cli.train_model(out, "--device", "cuda", epochs=1)  # the last --device wins
+    checkpoint = torch.load(out, weights_only=True)  # no map_location: as on a CPU-only machine
+    tensors = [*checkpoint["state_dict"].values()]
+    for state in checkpoint["optimizer_state"]["optimizer"]["state"].values():
+        tensors += [value for value in state.values() if isinstance(value, torch.Tensor)]
+    assert tensors and all(tensor.device.type == "cpu" for tensor in tensors)
+    assert clean_accuracy(checkpoint) > 0.3  # learned something on the GPU (chance: 0.1)
+    result = cli.train_model(out, "--device", "cuda", "--resume", epochs=2)
+    assert [int(e) for e, _, _, _ in EPOCH_LINE.findall(result.stderr)] == [2], result.stderr

@@ -1,4 +1,4 @@
-"""CERTIFY and PREDICT against an analytic oracle.
+"""CERTIFY and PREDICT against an analytic oracle; on CUDA, the same votes as on the CPU.
 
 A linear two-class model ``class 1 iff w.x + b > 0`` under Gaussian noise ``theta * z`` has
 ``pA = Phi(|m| / ||theta * w||)`` with margin ``m = w.x + b``, and its smoothed classifier has
@@ -7,12 +7,19 @@ iff ``g * ||theta * w||_2 <= |m|``, and an l1 certificate (``sum |d_i| / theta_i
 ``g * max_i theta_i |w_i| <= |m|``.
 """
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import binom, norm
 from torch import nn
 
+import ancer_cli
+from ancer_cli.core import noise as noise_module
 from ancer_cli.core.noise import input_generator
 from ancer_cli.core.sequential import SequentialPlan, cs_lower
 from ancer_cli.core.smoothing import (
@@ -214,7 +221,6 @@ def test_predict():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_certify_on_cuda_matches_cpu_statistics():
     model, w, xs, margins = _problem(4)
     device = torch.device("cuda")
@@ -446,3 +452,199 @@ def test_sequential_radius_mode_stops_early_and_reports_its_bound():
     assert cert.p_a_lower == pytest.approx(cs_lower(cert.n_a, cert.n_estimation, 0.001), abs=0)
     assert cert.radius == pytest.approx(0.25 * norm.ppf(cert.p_a_lower), rel=1e-12)
     assert cert.radius >= 0.25
+
+
+# CUDA (benchmarks/gpu_check.sh runs these; skipped without a CUDA device)
+
+
+class Linear64(nn.Module):
+    """A 3-class linear classifier computed in float64.
+
+    The noisy input is the same fp32 tensor on every device (elementwise fp32 ops are correctly
+    rounded everywhere); the logits then differ between devices only by float64 summation
+    order, ~1e-16, far below the gaps between logits of continuous noise: the argmax -- the vote
+    -- is the same on the CPU and on CUDA.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(11)
+        self.register_buffer("w", torch.randn(3, 64, generator=generator, dtype=torch.float64))
+        self.register_buffer("b", torch.randn(3, generator=generator, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.double().flatten(1) @ self.w.T + self.b
+
+
+@pytest.fixture
+def host_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every generator's noise is drawn on the host by a CPU twin seeded like it and copied to
+    the generator's device: the very same noise on the CPU and on CUDA, consumed in the
+    package's own chunks."""
+    draw = noise_module.draw_base_noise_
+    twins: dict[int, tuple[torch.Generator, torch.Generator]] = {}  # keeps generators alive
+
+    def from_host(out: torch.Tensor, norm_name: str, generator: torch.Generator) -> torch.Tensor:
+        if id(generator) not in twins:
+            twin = torch.Generator().manual_seed(generator.initial_seed())
+            twins[id(generator)] = (generator, twin)
+        host = torch.empty(out.shape, dtype=out.dtype)
+        draw(host, norm_name, twins[id(generator)][1])
+        return out.copy_(host)
+
+    monkeypatch.setattr(noise_module, "draw_base_noise_", from_host)
+
+
+def _on(device: torch.device, theta):
+    return theta.to(device) if isinstance(theta, torch.Tensor) else theta
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("norm_name", ["l2", "l1"])
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_cuda_votes_equal_cpu_votes_with_the_same_noise(host_noise, norm_name, anisotropic):
+    xs = torch.rand((4, *SHAPE), generator=torch.Generator().manual_seed(8))
+    theta = _anisotropic_theta() if anisotropic else 0.3
+    cuda = torch.device("cuda")
+
+    def votes(device: torch.device) -> torch.Tensor:
+        model = Linear64().to(device)
+        streams = [input_generator(3, i, device) for i in range(4)]
+        counts = sample_counts_many(
+            model, xs.to(device), [_on(device, theta)] * 4, norm_name, (100, 2345), 500, streams
+        )
+        return counts.cpu()
+
+    def certificates(device: torch.device):
+        model = Linear64().to(device)
+        streams = [input_generator(3, i, device) for i in range(4)]
+        return certify_many(
+            model,
+            xs.to(device),
+            [_on(device, theta)] * 4,
+            norm_name,
+            100,
+            2345,
+            0.001,
+            500,
+            streams,
+        )
+
+    on_cpu = votes(torch.device("cpu"))
+    mixed = (on_cpu[:, 1] > 0).sum(dim=1) >= 2  # inputs whose votes went to several classes
+    assert int(mixed.sum()) >= 2, "noise too weak to mix the classes: a vacuous comparison"
+    assert torch.equal(votes(cuda), on_cpu)
+    for a, b in zip(certificates(torch.device("cpu")), certificates(cuda), strict=True):
+        assert (a.prediction, a.n_a, a.p_a_lower, a.gap, a.min_theta) == (
+            b.prediction,
+            b.n_a,
+            b.p_a_lower,
+            b.gap,
+            b.min_theta,
+        )
+        # exp(mean(log theta)): a float64 reduction, its order differs between devices
+        assert a.geomean_theta == pytest.approx(b.geomean_theta, rel=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("norm_name", ["l2", "l1"])
+@pytest.mark.parametrize("batch_size", [64, 1000])
+def test_certify_many_equals_one_at_a_time_on_cuda(norm_name, batch_size):
+    cuda = torch.device("cuda")
+    model = Linear64().to(cuda)
+    xs = torch.rand((5, *SHAPE), generator=torch.Generator().manual_seed(4)).to(cuda)
+    thetas = [0.3, _anisotropic_theta(2), 0.5, _anisotropic_theta(3), 0.2]
+    thetas = [_on(cuda, theta) for theta in thetas]
+    one_by_one = [
+        certify(
+            model,
+            xs[i],
+            thetas[i],
+            norm_name,
+            100,
+            1234,
+            0.001,
+            batch_size,
+            input_generator(9, i, cuda),
+        )
+        for i in range(5)
+    ]
+    together = certify_many(
+        model,
+        xs,
+        thetas,
+        norm_name,
+        100,
+        1234,
+        0.001,
+        batch_size,
+        [input_generator(9, i, cuda) for i in range(5)],
+    )
+    assert together == one_by_one
+    assert len({cert.n_a for cert in together}) > 1  # the inputs really differ
+
+
+@contextlib.contextmanager
+def synchronizations() -> Iterator[list[str]]:
+    """Collects a message for each synchronizing CUDA operation (copies to the host, ``.item()``,
+    stream waits) run inside the block, through ``torch.cuda.set_sync_debug_mode("warn")``."""
+    found: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield found
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    found.extend(str(w.message) for w in caught if "synchroniz" in str(w.message))
+
+
+@pytest.mark.cuda
+def test_sampling_loop_never_waits_for_the_device_and_certify_waits_once():
+    cuda = torch.device("cuda")
+    model = Linear64().to(cuda)
+    xs = torch.rand((8, *SHAPE), generator=torch.Generator().manual_seed(5)).to(cuda)
+    theta_map = _anisotropic_theta().to(cuda)
+    certify(model, xs[0], 0.25, "l2", 100, 1000, 0.001, 100, input_generator(0, 0, cuda))  # warm-up
+
+    # the loop itself: 2 x 101 forward passes, and any host synchronization raises
+    streams = [input_generator(0, i, cuda) for i in range(2)]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        counts = sample_counts_many(
+            model, xs[:2], [0.25, theta_map], "l2", (100, 10_000), 100, streams
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert counts.sum().item() == 2 * 10_100
+
+    def waits(n_estimation: int, batch_size: int, theta) -> int:
+        stream = input_generator(0, 1, cuda)
+        with synchronizations() as found:
+            certify(model, xs[1], theta, "l2", 100, n_estimation, 0.001, batch_size, stream)
+        return len(found)
+
+    # the count does not grow with the number of batches: 2 passes vs 201 passes
+    few, many = waits(1000, 1000, 0.25), waits(20_000, 100, 0.25)
+    assert few == many == 1  # the votes' one copy to the host
+    # a per-pixel theta adds its min and geometric mean, once per input, not per batch
+    few_map, many_map = waits(1000, 1000, theta_map), waits(20_000, 100, theta_map)
+    assert few_map == many_map <= 3
+
+    # a group of inputs sharing forward passes: one wait for the whole group
+    streams = [input_generator(0, i, cuda) for i in range(8)]
+    with synchronizations() as found:
+        certify_many(model, xs, [0.25] * 8, "l2", 100, 1000, 0.001, 1000, streams)
+    assert len(found) == 1
+
+
+def test_sampling_and_optimization_code_never_hard_codes_cuda():
+    """Devices come from the inputs and ``--device``; a ``.cuda()`` would pin work to GPU 0."""
+    package = Path(ancer_cli.__file__).parent
+    for path in [
+        *sorted((package / "core").glob("*.py")),
+        package / "certify.py",
+        package / "optimize.py",
+        package / "train.py",
+    ]:
+        assert ".cuda(" not in path.read_text(), f"{path} hard-codes .cuda()"

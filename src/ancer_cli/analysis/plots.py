@@ -1,19 +1,19 @@
 """Pictures: certified accuracy against radius, radius distributions, theta maps. Written with
 matplotlib's Agg canvas (never pyplot's global state), atomically, as .png or .pdf.
+
+matplotlib is imported when a picture is drawn, not with this module: everything else in the
+package and the command-line program (``certify``, ``optimize``, ...) runs without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from ancer_cli.analysis.metrics import (
     Metric,
@@ -25,6 +25,10 @@ from ancer_cli.analysis.metrics import (
 from ancer_cli.artifacts import atomic_writer
 from ancer_cli.errors import OutputError, ResultsError
 from ancer_cli.thetas import InputTheta
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 PLOT_SUFFIXES = (".png", ".pdf")
 
@@ -48,6 +52,14 @@ def _check_plot_path(path: Path) -> str:
 
 def _new_figure(width: float, height: float) -> Figure:
     """A figure on its own Agg canvas (no pyplot global state)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise OutputError(
+            f"drawing pictures needs matplotlib, which cannot be imported ({error}); "
+            "install it with: pip install matplotlib"
+        ) from error
     figure = Figure(figsize=(width, height), dpi=150, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -166,6 +178,8 @@ def _distribution(axes: Axes, samples: Mapping[str, tuple[int, np.ndarray]], cdf
     if cdf:
         axes.set_ylim(0.0, 1.02)
     else:
+        from matplotlib.ticker import MaxNLocator
+
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of inputs
     axes.grid(True, alpha=0.4)
     axes.legend(loc="lower right" if cdf else "upper right", fontsize="small")

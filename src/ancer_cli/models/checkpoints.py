@@ -4,6 +4,7 @@ dicts -- writing, reading, validating, and fitting a state dict into a module.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,9 @@ def save_checkpoint(
     """Write an ``ancer-model/1`` checkpoint atomically (loadable with ``weights_only=True``).
 
     ``model`` is what :func:`build_model` returned; its whole state dict is stored (keys ``1.*``
-    for built-in architectures). ``sigma`` is the training noise standard deviation.
+    for built-in architectures). ``sigma`` is the training noise standard deviation. Tensors are
+    stored on the CPU, so a checkpoint trained on a GPU loads on a machine without one (resuming
+    moves the optimizer state back to the parameters' device).
     """
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -81,11 +84,28 @@ def save_checkpoint(
         "norm": norm,
         "sigma": float(sigma),
         "epoch": int(epoch),
-        "state_dict": model.state_dict(),
-        "optimizer_state": optimizer_state,
+        "state_dict": _on_cpu(model.state_dict()),
+        "optimizer_state": _on_cpu(optimizer_state),
     }
     with atomic_writer(Path(path), mode="wb") as handle:
         torch.save(payload, handle)
+
+
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor inside (dicts, lists, tuples) moved to the CPU; a state
+    dict keeps its type and the ``_metadata`` (module versions) ``load_state_dict`` reads."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        moved = {key: _on_cpu(item) for key, item in value.items()}
+        if isinstance(value, OrderedDict):
+            moved = OrderedDict(moved)
+            if hasattr(value, "_metadata"):
+                moved._metadata = value._metadata  # type: ignore[attr-defined]
+        return moved
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
