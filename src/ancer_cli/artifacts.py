@@ -505,8 +505,9 @@ def _check_manifest_fields(manifest: dict[str, Any], path: Path) -> None:
     for key in ("model", "model_sha256", "dataset", "split", "norm"):
         if not isinstance(arguments.get(key), str):
             raise bad(f"arguments.{key}", "a string")
-    if not isinstance(arguments.get("data_root"), str | None):
-        raise bad("arguments.data_root", "a string or null")
+    for key in ("data_root", "classes"):
+        if not isinstance(arguments.get(key), str | None):
+            raise bad(f"arguments.{key}", "a string or null")
     if manifest.get("method") not in ("isotropic", "ancer"):
         raise bad("method", "isotropic or ancer")
     indices = manifest.get("indices")

@@ -5,6 +5,7 @@ certificates rows of the results file (then, for per-input thetas, the memory pa
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -34,10 +35,10 @@ from ancer_cli.core.noise import Norm, Stream, Theta, input_generator, theta_fro
 from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.core.smoothing import ABSTAIN, certify_many, inputs_per_group
-from ancer_cli.data import LoadedData
+from ancer_cli.data import UNLABELED, LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
 from ancer_cli.errors import AncerError, OutputError
-from ancer_cli.inputs import load_run_inputs, select_indices
+from ancer_cli.inputs import labels_record, load_run_inputs, select_indices
 from ancer_cli.runtime import provenance
 from ancer_cli.thetas import open_thetas, recorded_run
 
@@ -177,6 +178,9 @@ class MemorySummary:
 
 @dataclass(frozen=True)
 class CertifySummary:
+    """Totals of a certify run; ``labeled`` counts the rows with a label (an unlabeled image
+    folder has none: then accuracy and ``mean_radius``, the average certified radius, are NaN)."""
+
     certified: int
     resumed: int
     correct: int
@@ -184,6 +188,12 @@ class CertifySummary:
     mean_radius: float
     seconds: float
     memory: MemorySummary | None
+    labeled: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        """Certified accuracy at radius 0 of the labeled rows (NaN without labels)."""
+        return self.correct / self.labeled if self.labeled else math.nan
 
 
 def pre_memory_path(out: Path) -> Path:
@@ -355,14 +365,18 @@ def run_certify(
             handle.write(RESULT_HEADER)
             handle.writelines(lines)
     frame = read_results(out)
+    scored = frame[frame["label"] != UNLABELED]
     summary = CertifySummary(
         certified=len(frame),
         resumed=resumed,
         correct=int(frame["correct"].sum()),
         abstained=int((frame["predict"] == ABSTAIN).sum()),
-        mean_radius=float((frame["radius"] * frame["correct"]).mean()) if len(frame) else 0.0,
+        mean_radius=float((scored["radius"] * scored["correct"]).mean())
+        if len(scored)
+        else math.nan,
         seconds=time.perf_counter() - began,
         memory=memory_summary,
+        labeled=len(scored),
     )
     memory_record: dict[str, Any] = {"enabled": memory}
     if memory_summary is not None:
@@ -387,8 +401,9 @@ def run_certify(
                 "resumed_rows": summary.resumed,
                 "correct": summary.correct,
                 "abstained": summary.abstained,
-                "certified_accuracy_at_0": summary.correct / max(summary.certified, 1),
-                "average_certified_radius": summary.mean_radius,
+                "labeled": summary.labeled,
+                "certified_accuracy_at_0": _finite(summary.accuracy),
+                "average_certified_radius": _finite(summary.mean_radius),
                 "seconds_this_run": summary.seconds,
             },
         },
@@ -415,6 +430,7 @@ class CertifyRequest:
     split: str | None = None
     norm: Norm | None = None
     arch: str | None = None
+    classes: Path | None = None
     n_selection: int = CertifyConfig.n_selection
     n_estimation: int = CertifyConfig.n_estimation
     alpha: float = CertifyConfig.alpha
@@ -444,6 +460,7 @@ class CertifyPlan:
     config: CertifyConfig
     memory: bool
     record: dict[str, Any]
+    logits: int = 0
 
     def run(
         self,
@@ -494,6 +511,7 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
         split=request.split or recorded.split or "test",
         norm=request.norm or recorded.norm,
         arch=request.arch,
+        classes=request.classes or recorded.classes,
     )
     indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
     if request.thetas is not None:
@@ -536,6 +554,7 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
             "thetas": str(request.thetas) if request.thetas is not None else None,
             "dataset": run.data.info.name,
             "split": run.data.split,
+            "classes": _text(request.classes or recorded.classes),
             "norm": run.norm.value,
             "sigma": request.sigma,
             "N0": request.n_selection,
@@ -549,6 +568,7 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
             "world_size": session.ranks.world_size,
             **speed_options_record(request.precision, request.channels_last),
         },
+        "labels": labels_record(run.data),
         **provenance(session.device),
     }
     if request.resume:
@@ -564,4 +584,14 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
         config=config,
         memory=memory,
         record=record,
+        logits=run.logits,
     )
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or ``None`` (JSON null) where it is NaN: a quantity without labels."""
+    return None if math.isnan(value) else value
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None

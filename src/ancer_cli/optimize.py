@@ -42,7 +42,7 @@ from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.data import LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
 from ancer_cli.errors import AncerError, OutputError
-from ancer_cli.inputs import load_run_inputs, select_indices
+from ancer_cli.inputs import labels_record, load_run_inputs, select_indices
 from ancer_cli.runtime import provenance, versions
 from ancer_cli.thetas import open_thetas
 
@@ -274,6 +274,7 @@ class OptimizeRequest:
     split: str = "test"
     norm: Norm | None = None
     arch: str | None = None
+    classes: Path | None = None
     sigma: float | None = None
     isotropic_thetas: Path | None = None
     isotropic: IsotropicConfig = IsotropicConfig()
@@ -299,6 +300,7 @@ class OptimizePlan:
     job: OptimizeJob
     record: dict[str, Any]
     isotropic_thetas: Callable[[int], torch.Tensor] | None
+    logits: int = 0
 
     def batches(self) -> list[list[int]]:
         """The fixed batches of consecutive indices the run optimizes together."""
@@ -343,6 +345,7 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
         split=request.split,
         norm=request.norm,
         arch=request.arch,
+        classes=request.classes,
     )
     sigma = request.sigma if request.sigma is not None else run.model.sigma
     if sigma is None:
@@ -373,6 +376,7 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
             "dataset": run.data.info.name,
             "data_root": str(request.data_root) if request.data_root else None,
             "split": run.data.split,
+            "classes": str(request.classes.resolve()) if request.classes else None,
             "norm": run.norm.value,
             "sigma": sigma,
             "isotropic_thetas": str(request.isotropic_thetas) if request.isotropic_thetas else None,
@@ -383,6 +387,7 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
             **speed_options_record(request.precision, request.channels_last),
         },
         "indices": indices,
+        "labels": labels_record(run.data),
         "package_version": versions()["ancer"],
         **provenance(session.device),
     }
@@ -396,4 +401,5 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
         job=job,
         record=record,
         isotropic_thetas=isotropic_thetas,
+        logits=run.logits,
     )

@@ -80,6 +80,7 @@ class RecordedRun:
     data_root: Path | None = None
     split: str | None = None
     norm: str | None = None
+    classes: Path | None = None
 
 
 def recorded_run(path: Path | None) -> RecordedRun:
@@ -100,6 +101,7 @@ def recorded_run(path: Path | None) -> RecordedRun:
         data_root=as_path("data_root"),
         split=arguments.get("split"),
         norm=arguments.get("norm"),
+        classes=as_path("classes"),
     )
 
 

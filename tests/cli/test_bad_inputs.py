@@ -606,3 +606,78 @@ def test_train_resume_from_a_file_that_is_not_a_checkpoint(cli, tmp_path: Path) 
     result = cli.invoke("train", "--epochs", 1, "--device", "cpu", "--out", out, "--resume")
     cli.assert_domain_error(result, str(out), "ancer checkpoint")
     assert out.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# image folders: class lists and labels
+
+
+def folder_run(cli, model: Path, root: Path, out: Path, *extra: object):
+    return cli.invoke(
+        "certify", "--model", model, "--dataset", "folder", "--data-root", root, "--sigma",
+        SIGMA, *cli.CERTIFY_FAST, "--out", out, *extra,
+    )  # fmt: skip
+
+
+def test_label_out_of_the_models_range(cli, colour_model: Path, tmp_path: Path) -> None:
+    cli.write_class_images(tmp_path / "images" / "12", 9, 10)
+    out = tmp_path / "r.csv"
+    result = folder_run(cli, colour_model, tmp_path / "images", out)
+    cli.assert_domain_error(result, "returns 10 logits", "need 13", "largest label is 12")
+    only_error_line(cli, result)
+    assert not out.exists() and not Path(str(out) + ".json").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        (None, ["does not exist"]),
+        ("", ["is empty"]),
+        ("cat\ncat\n", ["names 'cat' twice"]),
+        ("dog\nbird\n", ["sub-folder 'cat'", "not a class of --classes"]),
+        (b"\xff\xfe\x00", ["UTF-8"]),
+    ],
+    ids=["missing", "empty", "duplicate", "unknown-name", "binary"],
+)
+def test_bad_class_list(
+    cli, colour_model: Path, tmp_path: Path, content: str | bytes | None, fragments: list[str]
+) -> None:
+    cli.write_class_images(tmp_path / "images" / "cat", 3, 10)
+    names = tmp_path / "classes.txt"
+    if isinstance(content, bytes):
+        names.write_bytes(content)
+    elif content is not None:
+        names.write_text(content)
+    out = tmp_path / "r.csv"
+    result = folder_run(cli, colour_model, tmp_path / "images", out, "--classes", names)
+    cli.assert_domain_error(result, str(names), *fragments)
+    only_error_line(cli, result)
+    assert not out.exists()
+
+
+def test_class_list_with_more_classes_than_logits(cli, colour_model: Path, tmp_path: Path) -> None:
+    cli.write_class_images(tmp_path / "images" / "n01", 3, 10)
+    names = tmp_path / "imagenet.txt"
+    names.write_text("".join(f"n{k:02d}\n" for k in range(1000)))
+    result = folder_run(cli, colour_model, tmp_path / "images", tmp_path / "r.csv",
+                        "--classes", names)  # fmt: skip
+    cli.assert_domain_error(result, "returns 10 logits", "need 1000", "lists 1000 classes")
+
+
+def test_class_list_for_a_dataset_with_fixed_labels(cli, model_path: Path, tmp_path: Path):
+    names = tmp_path / "classes.txt"
+    names.write_text("zero\none\n")
+    result = fixed(cli, model_path, tmp_path / "r.csv", "--classes", names)
+    cli.assert_domain_error(result, "dataset digits has fixed labels", "drop --classes")
+    only_error_line(cli, result)
+
+
+def test_accuracy_plot_of_a_file_without_labels(cli, tmp_path: Path) -> None:
+    path = tmp_path / "unlabeled.csv"
+    path.write_text(
+        "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\n"
+        "0\t-1\t3\t0.4\t0.4\t0\t0.25\t0.1\n"
+    )
+    result = cli.invoke("accuracy", path, "--plot", tmp_path / "curve.png")
+    cli.assert_domain_error(result, str(path), "no labels", "--plot")
+    assert result.stdout == "" and not (tmp_path / "curve.png").exists()

@@ -443,3 +443,118 @@ def test_resume_after_a_crash_before_the_header_was_written(
     Path(str(out) + ".json").write_text(json.dumps({**sidecar, "complete": False}))
     certify(cli, *args, "--out", out, "--resume")
     assert cli.without_time(out) == cli.without_time(full)
+
+
+# ---------------------------------------------------------------------------------------------
+# image folders as users have them: class-index names, a class list, any subset, no labels
+
+CIFAR10_NAMES = "airplane automobile bird cat deer dog frog horse ship truck".split()
+
+
+def certify_folder(cli, model: Path, root: Path, out: Path, *extra: object):
+    return certify(
+        cli, "--model", model, "--dataset", "folder", "--data-root", root, "--sigma", SIGMA,
+        "--out", out, *extra,
+    )  # fmt: skip
+
+
+def test_ten_class_model_on_one_class_index_folder(cli, colour_model: Path, tmp_path: Path):
+    root = tmp_path / "mine"
+    cli.write_class_images(root / "7", 7, 10, count=3)
+    out = tmp_path / "r.csv"
+    result = certify_folder(cli, colour_model, root, out)
+    rows = cli.read_rows(out)
+    assert [(row.label, row.predict, row.correct) for row in rows] == [(7, 7, 1)] * 3
+    assert "labels from sub-folders named by class index: 7 -> 7" in result.stderr
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["labels"] == {"rule": "index", "classes_file": None, "labels": {"7": 7}}
+    assert sidecar["arguments"]["classes"] is None
+
+
+def test_subset_of_classes_named_in_a_class_list(cli, colour_model: Path, tmp_path: Path):
+    root = tmp_path / "mine"
+    cli.write_class_images(root / "dog", 5, 10)
+    cli.write_class_images(root / "cat", 3, 10)
+    names = tmp_path / "cifar10_classes.txt"
+    names.write_text("\n".join(CIFAR10_NAMES) + "\n")
+    out = tmp_path / "r.csv"
+    result = certify_folder(cli, colour_model, root, out, "--classes", names)
+    rows = cli.read_rows(out)
+    assert [row.label for row in rows] == [3, 3, 5, 5]
+    assert all(row.correct == 1 for row in rows)
+    assert "cat -> 3, dog -> 5" in result.stderr and "caution" not in result.stderr
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["labels"]["rule"] == "classes-file"
+    assert sidecar["labels"]["labels"] == {"cat": 3, "dog": 5}
+    assert sidecar["arguments"]["classes"] == str(names)
+    # the sorted-names rule would call cat 0 and dog 1: it is used, and said, without the list
+    plain = tmp_path / "plain.csv"
+    warned = certify_folder(cli, colour_model, root, plain)
+    assert [row.label for row in cli.read_rows(plain)] == [0, 0, 1, 1]
+    assert "labels from sorted sub-folder names: cat -> 0, dog -> 1" in warned.stderr
+    assert "caution" in warned.stderr and "--classes FILE" in warned.stderr
+
+
+def test_imagenet_subset_with_a_1000_class_model(cli, tmp_path: Path):
+    model = cli.save_colour_model(tmp_path / "resnet50-like.pt", 1000)
+    wnids = [f"n{1440764 + 11 * k:08d}" for k in range(1000)]
+    synsets = tmp_path / "LOC_synset_mapping.txt"
+    synsets.write_text("".join(f"{w} class number {k}\n" for k, w in enumerate(wnids)))
+    for k in (0, 999):
+        cli.write_class_images(tmp_path / "imagenet" / "val" / wnids[k], k, 1000, size=(40, 30))
+    out = tmp_path / "r.csv"
+    certify(
+        cli, "--model", model, "--dataset", "imagenet", "--data-root", tmp_path / "imagenet",
+        "--classes", synsets, "--sigma", SIGMA, "--out", out,
+    )  # fmt: skip
+    rows = cli.read_rows(out)
+    assert [row.label for row in rows] == [0, 0, 999, 999]
+    assert all(row.correct == int(row.predict == row.label) for row in rows)
+
+
+def test_flat_folder_of_unlabeled_images(cli, colour_model: Path, tmp_path: Path):
+    root = tmp_path / "photos"
+    for k in (2, 8):
+        cli.write_class_images(root / "tmp", k, 10, count=1)
+        (root / "tmp" / "0.png").rename(root / f"photo_{k}.png")
+    (root / "tmp").rmdir()
+    out = tmp_path / "r.csv"
+    result = certify_folder(cli, colour_model, root, out)
+    rows = cli.read_rows(out)
+    assert [(row.label, row.predict, row.correct) for row in rows] == [(-1, 2, 0), (-1, 8, 0)]
+    assert all(float(row.radius) > 0 for row in rows)
+    assert "no labels (accuracy not measured)" in result.stdout
+    assert "unlabeled (label -1)" in result.stderr
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["labels"]["rule"] == "unlabeled"
+    assert sidecar["totals"]["labeled"] == 0
+    assert sidecar["totals"]["certified_accuracy_at_0"] is None
+
+    report = cli.ok("accuracy", out, "--format", "json", "-r", 0, "-r", 0.25)
+    entry = json.loads(report.stdout)["files"][out.name]
+    assert entry["inputs"] == 2 and entry["labeled_inputs"] == 0
+    assert entry["clean_accuracy"] is None and entry["certified_accuracy"]["0.25"] is None
+    assert entry["abstention_rate"] == 0.0
+    assert "no labels" in report.stderr and "not applicable" in report.stderr
+    table = cli.ok("accuracy", out, "--format", "markdown", "-r", 0.25).stdout
+    assert "| certified accuracy at 0.25 | - |" in table
+    assert "| labeled inputs | 0 |" in table and "| abstention rate | 0.000 |" in table
+
+
+def test_optimize_records_the_class_list_for_certify(cli, colour_model: Path, tmp_path: Path):
+    root = tmp_path / "mine"
+    cli.write_class_images(root / "truck", 9, 10)
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(CIFAR10_NAMES) + "\n")
+    thetas = tmp_path / "thetas"
+    cli.ok(
+        "optimize", "--model", colour_model, "--dataset", "folder", "--data-root", root,
+        "--classes", names, "--sigma", SIGMA, "--method", "isotropic", "--out", thetas,
+        *cli.OPTIMIZE_FAST,
+    )  # fmt: skip
+    manifest = json.loads((thetas / "manifest.json").read_text())
+    assert manifest["arguments"]["classes"] == str(names.resolve())
+    assert manifest["labels"]["labels"] == {"truck": 9}
+    out = tmp_path / "r.csv"
+    certify(cli, "--thetas", thetas, "--out", out)
+    assert [row.label for row in cli.read_rows(out)] == [9, 9]

@@ -31,6 +31,9 @@ ABSTENTION_ROW = "abstention rate"
 INPUTS_ROW = "inputs"
 
 
+LABELED_ROW = "labeled inputs"
+
+
 TIME_ROW = "median time per input (s)"
 
 
@@ -61,7 +64,8 @@ def table_from_summaries(summaries: Mapping[str, AccuracySummary]) -> pd.DataFra
 
     Rows: certified accuracy at each radius (the union of the summaries' radii), then, when
     the summaries carry them, the high-probability lower bounds at the same radii; average
-    certified radius (and on radius_proxy), clean accuracy, abstention rate, inputs, median
+    certified radius (and on radius_proxy), clean accuracy, abstention rate, inputs (and
+    labeled inputs when a file has rows without labels), median
     time per input in seconds (when any file has times) and, with high-probability bounds,
     each file's alpha and bound on the number of wrong certificates.
     """
@@ -85,6 +89,8 @@ def table_from_summaries(summaries: Mapping[str, AccuracySummary]) -> pd.DataFra
         column[CLEAN_ROW] = summary.clean_accuracy
         column[ABSTENTION_ROW] = summary.abstention_rate
         column[INPUTS_ROW] = float(summary.inputs)
+        if any(s.labeled < s.inputs for s in summaries.values()):
+            column[LABELED_ROW] = float(summary.labeled)
         if any(s.median_time is not None for s in summaries.values()):
             column[TIME_ROW] = math.nan if summary.median_time is None else summary.median_time
         if bounded:
@@ -143,7 +149,7 @@ def best_mask(table: pd.DataFrame) -> pd.DataFrame:
     return mask
 
 
-_COUNT_ROWS = (INPUTS_ROW, FALSE_CERTIFICATES_ROW)
+_COUNT_ROWS = (INPUTS_ROW, LABELED_ROW, FALSE_CERTIFICATES_ROW)
 
 
 def format_cell(row: str, value: float) -> str:
@@ -240,7 +246,8 @@ def summaries_to_json(
 ) -> dict[str, Any]:
     """A JSON-ready dict for scripts: ``{"metric", "radii", "files": {label: {...}}}``.
 
-    Per file: ``path`` (when ``sources`` gives it), ``inputs``, ``certified_accuracy`` (a dict
+    Per file: ``path`` (when ``sources`` gives it), ``inputs``, ``labeled_inputs`` (rows with a
+    label; accuracies are over these and null when there are none), ``certified_accuracy`` (a dict
     from the radius written as a float, e.g. ``"0.5"``, to a fraction),
     ``average_certified_radius``, ``clean_accuracy``, ``abstention_rate``,
     ``median_time_seconds`` (null without times) and, with high-probability bounds,
@@ -257,6 +264,7 @@ def summaries_to_json(
             entry["path"] = sources[label]
         entry.update(
             inputs=summary.inputs,
+            labeled_inputs=summary.labeled,
             certified_accuracy={repr(r): a for r, a in summary.certified_accuracy.items()},
             average_certified_radius=summary.average_certified_radius,
             average_certified_radius_proxy=summary.average_proxy_radius,

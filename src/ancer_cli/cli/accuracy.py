@@ -17,6 +17,7 @@ from ancer_cli import analysis
 from ancer_cli.analysis import Metric
 from ancer_cli.artifacts import check_new_output
 from ancer_cli.cli.common import ForceOption, console, handle_errors, out
+from ancer_cli.errors import AncerError
 
 
 class OutputFormat(str, Enum):
@@ -196,8 +197,29 @@ def accuracy_command(
         result = analysis.compare(
             files, labels, radii, metric, also=also, rho=rho_used, alpha=alpha
         )
+        paths = dict(zip(labels, files, strict=True))
+        for figure, option in ((plot, "--plot"), (hist, "--hist")):
+            unlabeled = [paths[name] for name, s in result.summaries.items() if s.labeled == 0]
+            if figure is not None and unlabeled:
+                raise AncerError(
+                    f"{unlabeled[0]} has no labels (every label is -1), so it has no certified "
+                    f"accuracy or correctly certified radii to draw; leave it out of {option}"
+                )
+        for name, summary in result.summaries.items():
+            if summary.labeled == 0:
+                console.print(
+                    f"{name}: no labels (every label is -1): accuracy is not applicable; "
+                    "reporting predictions and abstentions only",
+                    markup=False,
+                )
+            elif summary.labeled < summary.inputs:
+                console.print(
+                    f"{name}: {summary.inputs - summary.labeled} of {summary.inputs} rows have "
+                    f"no label (-1); accuracies are over the {summary.labeled} labeled rows",
+                    markup=False,
+                )
         if output_format is OutputFormat.json:
-            sources = {name: str(path) for name, path in zip(labels, files, strict=True)}
+            sources = {name: str(path) for name, path in paths.items()}
             text = analysis.render_json(result.summaries, metric, sources)
             out.out(text, end="", highlight=False)
         else:

@@ -12,11 +12,13 @@ from ancer_cli.certify import (
     CertifyPlan,
     CertifyRequest,
     CertifySummary,
+    ResultRow,
     plan_certify,
 )
 from ancer_cli.certify import CertifyMethod as Method
 from ancer_cli.cli.common import (
     ChannelsLastOption,
+    ClassesOption,
     DeviceOption,
     ForceOption,
     MaxIndexOption,
@@ -25,6 +27,7 @@ from ancer_cli.cli.common import (
     SeedOption,
     console,
     handle_errors,
+    label_notes,
     non_negative,
     positive,
     probability,
@@ -33,6 +36,8 @@ from ancer_cli.cli.common import (
 from ancer_cli.cli.common import out as stdout
 from ancer_cli.core.noise import Norm
 from ancer_cli.core.precision import Precision
+from ancer_cli.core.smoothing import ABSTAIN
+from ancer_cli.data import UNLABELED
 from ancer_cli.distributed import Session, session
 from ancer_cli.runtime import describe_device
 
@@ -84,6 +89,7 @@ def certify_command(
             help="Architecture for a plain state-dict model file (or package.module:factory)."
         ),
     ] = None,
+    classes: ClassesOption = None,
     n_selection: Annotated[
         int, typer.Option("--N0", help="Noisy samples used to select the predicted class.")
     ] = D.n_selection,
@@ -137,7 +143,8 @@ def certify_command(
             raise typer.BadParameter(f"--method {method.value} needs --thetas, not --sigma")
     request = CertifyRequest(
         out=out, model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
-        data_root=data_root, split=split, norm=norm, arch=arch, n_selection=n_selection,
+        data_root=data_root, split=split, norm=norm, arch=arch, classes=classes,
+        n_selection=n_selection,
         n_estimation=n_estimation, alpha=alpha, batch_size=batch_size, skip=skip,
         max_index=max_index, memory=memory, precision=precision, channels_last=channels_last,
         resume=resume, force=force, seed=seed,
@@ -147,6 +154,8 @@ def certify_command(
         main = where.ranks.is_main
         if main:
             console.print(_describe(plan, where))
+            for note in label_notes(plan.data, plan.logits):
+                console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
             task = progress.add_task(
                 "certify", total=len(where.ranks.share(plan.indices)), status=""
@@ -154,12 +163,18 @@ def certify_command(
             memory_task = progress.add_task(
                 "memory pass", total=len(plan.indices), status="", visible=False, start=False
             )
-            tally = {"rows": 0, "correct": 0}
+            tally = {"rows": 0, "correct": 0, "abstained": 0}
 
-            def advance(row: object) -> None:
-                tally["rows"] += 1
-                tally["correct"] += row.correct  # type: ignore[attr-defined]
-                status = f"acc@0 {tally['correct'] / tally['rows']:.3f}"
+            def advance(row: ResultRow) -> None:
+                labeled = row.label != UNLABELED
+                tally["rows"] += labeled
+                tally["correct"] += row.correct
+                tally["abstained"] += row.predict == ABSTAIN
+                status = (
+                    f"acc@0 {tally['correct'] / tally['rows']:.3f}"
+                    if tally["rows"]
+                    else f"abstained {tally['abstained']}"
+                )
                 progress.update(task, advance=1, status=status)
 
             def memory_progress(done: int, total: int) -> None:
@@ -183,10 +198,14 @@ def _describe(plan: CertifyPlan, where: Session) -> str:
 
 
 def _report(out: Path, summary: CertifySummary) -> None:
+    accuracy = (
+        f"certified accuracy at radius 0 {summary.accuracy:.3f}, "
+        if summary.labeled
+        else "no labels (accuracy not measured), "
+    )
+    radius = f", average certified radius {summary.mean_radius:.4f}" if summary.labeled else ""
     stdout.print(
-        f"{out}: {summary.certified} inputs, certified accuracy at radius 0 "
-        f"{summary.correct / max(summary.certified, 1):.3f}, abstained {summary.abstained}, "
-        f"average certified radius {summary.mean_radius:.4f}"
+        f"{out}: {summary.certified} inputs, {accuracy}abstained {summary.abstained}{radius}"
         + (f" ({summary.resumed} rows kept from the interrupted run)" if summary.resumed else "")
     )
     changes = summary.memory

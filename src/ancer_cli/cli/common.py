@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,6 +20,7 @@ from rich.progress import (
 )
 
 from ancer_cli.core.precision import Precision
+from ancer_cli.data import LabelRule, LoadedData
 from ancer_cli.errors import AncerError
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -51,10 +53,40 @@ MaxIndexOption = Annotated[
         help="Stop before this dataset index (default: all; under torchrun write --max-index).",
     ),
 ]
+ClassesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Class list of an image folder (imagenet, folder): one name per line, the first "
+        "line class 0; sub-folders carry the class their name is on.",
+        show_default=False,
+    ),
+]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run into the same output.")
 ]
+
+
+def label_notes(data: LoadedData, logits: int) -> list[str]:
+    """What to tell people about the labels of an image folder (nothing for built-in data): the
+    mapping used and, where it may not be the model's, a caution."""
+    mapping = data.classes
+    if mapping is None:
+        return []
+    notes = [mapping.describe()]
+    if mapping.rule is LabelRule.unlabeled:
+        notes.append(
+            "no labels: every row has label -1 and correct 0; ancer accuracy reports "
+            "predictions and abstentions only"
+        )
+    elif mapping.rule is LabelRule.sorted and logits != mapping.num_classes:
+        notes.append(
+            f"caution: the sub-folder names are not class indices, so their sorted positions "
+            f"are the labels, but the model has {logits} classes: if its classes are ordered "
+            "otherwise, pass --classes FILE (one name per line) or name the sub-folders by "
+            "class index"
+        )
+    return notes
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -10,6 +10,7 @@ import typer
 from ancer_cli.artifacts import MANIFEST_NAME
 from ancer_cli.cli.common import (
     ChannelsLastOption,
+    ClassesOption,
     DeviceOption,
     ForceOption,
     MaxIndexOption,
@@ -18,6 +19,7 @@ from ancer_cli.cli.common import (
     SeedOption,
     console,
     handle_errors,
+    label_notes,
     non_negative,
     positive,
     progress_bar,
@@ -57,6 +59,7 @@ def optimize_command(
     arch: Annotated[
         str | None, typer.Option(help="Architecture for a plain state-dict model file.")
     ] = None,
+    classes: ClassesOption = None,
     sigma: Annotated[
         float | None,
         typer.Option(
@@ -122,7 +125,7 @@ def optimize_command(
         raise typer.BadParameter("--isotropic-thetas goes with --method ancer")
     request = OptimizeRequest(
         model=model, out=out, method=method, dataset=dataset, data_root=data_root, split=split,
-        norm=norm, arch=arch, sigma=sigma, isotropic_thetas=isotropic_thetas,
+        norm=norm, arch=arch, classes=classes, sigma=sigma, isotropic_thetas=isotropic_thetas,
         isotropic=IsotropicConfig(iso_iterations, iso_lr, iso_samples),
         ancer=AncerConfig(iterations, lr, samples, kappa), batch_size=batch_size, skip=skip,
         max_index=max_index, precision=precision, channels_last=channels_last, resume=resume,
@@ -142,6 +145,8 @@ def optimize_command(
                     else ""
                 )
             )
+            for note in label_notes(plan.data, plan.logits):
+                console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
             mine = sum(len(batch) for batch in where.ranks.share(plan.batches()))
             task = progress.add_task("optimize", total=mine, status="")
