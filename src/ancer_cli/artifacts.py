@@ -529,12 +529,22 @@ def theta_indices(folder: Path, split: str) -> list[int]:
     return sorted(found)
 
 
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive, or a legacy pickle
+
+
 def read_isotropic_values(path: Path) -> torch.Tensor:
-    """An isotropic thetas file holding one value per dataset index: a ``.pt`` 1-d tensor or a
-    text file with one number per line (the original data-dependent smoothing outputs)."""
+    """An isotropic thetas file: a 1-d float tensor saved with ``torch.save`` (the original
+    data-dependent smoothing code's output, whatever its file name: it writes
+    ``isotropic_parameters`` without a suffix) or a text file with one number per line.
+
+    Returns the values as a 1-d float32 tensor; how they map to inputs is the caller's
+    (:func:`ancer_cli.thetas.open_thetas`) business.
+    """
     path = Path(path)
     try:
-        if path.suffix in (".pt", ".pth"):
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if path.suffix in (".pt", ".pth") or head.startswith(_TORCH_MAGIC):
             values = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(values, torch.Tensor):
                 raise ThetaError(
@@ -548,9 +558,14 @@ def read_isotropic_values(path: Path) -> torch.Tensor:
         raise ThetaError(
             f"isotropic thetas file {path} cannot be read ({type(error).__name__}: {error})"
         ) from error
-    values = values.flatten().to(torch.float32)
+    if sum(size > 1 for size in values.shape) > 1:
+        raise ThetaError(
+            f"isotropic thetas file {path} holds a tensor of shape {tuple(values.shape)}; "
+            "expected one sigma per input (a 1-d tensor)"
+        )
+    values = values.detach().flatten().to(torch.float32)
     if values.numel() == 0:
         raise ThetaError(
-            f"isotropic thetas file {path} is empty; expected one value per dataset index"
+            f"isotropic thetas file {path} is empty; expected one sigma per input"
         )
     return validate_theta(values, f"isotropic thetas file {path}", None)

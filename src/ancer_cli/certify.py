@@ -521,6 +521,7 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
             norm=run.norm,
             model_sha256=run.model.sha256,
             device=session.device,
+            selected=indices,
         )
         method = CertifyMethod(theta_set.method)
         if request.method is not None and request.method is not method:
@@ -530,7 +531,9 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
         available = set(theta_set.indices)
         indices = [i for i in indices if i in available]
         thetas: ThetaSource = theta_set.theta
-        description = f"{method.value} thetas from {request.thetas}"
+        description = f"{method.value} thetas from {request.thetas}" + (
+            f" ({theta_set.layout.value})" if theta_set.layout is not None else ""
+        )
     else:
         assert request.sigma is not None
         method = CertifyMethod.fixed

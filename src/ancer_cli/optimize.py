@@ -350,6 +350,7 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
     sigma = request.sigma if request.sigma is not None else run.model.sigma
     if sigma is None:
         raise AncerError(f"model {request.model} does not record its training sigma; pass --sigma")
+    indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
     isotropic_thetas = None
     if request.isotropic_thetas is not None:
         isotropic_thetas = open_thetas(
@@ -358,8 +359,8 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
             norm=run.norm,
             model_sha256=run.model.sha256,
             device=session.device,
+            selected=indices,
         ).theta
-    indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
     job = OptimizeJob(
         method=request.method,
         norm=run.norm,

@@ -681,3 +681,47 @@ def test_accuracy_plot_of_a_file_without_labels(cli, tmp_path: Path) -> None:
     result = cli.invoke("accuracy", path, "--plot", tmp_path / "curve.png")
     cli.assert_domain_error(result, str(path), "no labels", "--plot")
     assert result.stdout == "" and not (tmp_path / "curve.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# isotropic value files of the original package: lengths
+
+
+def values_run(cli, model: Path, source: Path, out: Path, *extra: object):
+    return cli.invoke(
+        "certify", "--thetas", source, "--model", model, "--dataset", "digits", "--norm", "l2",
+        *cli.CERTIFY_FAST, "--out", out, *extra,
+    )  # fmt: skip
+
+
+def test_isotropic_file_of_neither_length_names_all_three(
+    cli, model_path: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "isotropic_parameters"
+    torch.save(0.25 * torch.ones(40), source)  # the original's output for --max 40
+    out = tmp_path / "r.csv"
+    result = values_run(cli, model_path, source, out, "--skip", 2, "--max", 40)  # 20 selected
+    cli.assert_domain_error(result, str(source), "40 values", "has 500 inputs", "or 20 (one per")
+    only_error_line(cli, result)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (torch.full((3, 8), 0.25), "shape (3, 8)"),
+        ({"sigmas": torch.ones(5)}, "holds a dict"),
+        (torch.tensor([0.2, float("nan"), 0.3]), "NaN"),
+        (torch.tensor([0.2, 0.0, 0.3]), "<= 0"),
+    ],
+    ids=["2-d", "dict", "nan", "zero"],
+)
+def test_bad_original_isotropic_file(
+    cli, model_path: Path, tmp_path: Path, value: object, fragment: str
+) -> None:
+    source = tmp_path / "isotropic_parameters"  # no suffix, as the original names it
+    torch.save(value, source)
+    out = tmp_path / "r.csv"
+    result = values_run(cli, model_path, source, out, "--max", 3)
+    cli.assert_domain_error(result, str(source), fragment)
+    assert not out.exists()

@@ -558,3 +558,88 @@ def test_optimize_records_the_class_list_for_certify(cli, colour_model: Path, tm
     out = tmp_path / "r.csv"
     certify(cli, "--thetas", thetas, "--out", out)
     assert [row.label for row in cli.read_rows(out)] == [9, 9]
+
+
+# ---------------------------------------------------------------------------------------------
+# the original data-dependent smoothing package's isotropic file, and ours for its scripts
+
+
+def original_isotropic_file(path: Path, sigmas: torch.Tensor) -> Path:
+    """As ``OptimizeIsotropicSmoothingParameters.run_optimization`` writes it: ``theta_0`` (one
+    entry per input of its test loader, here the selected inputs) filled batch by batch with
+    the optimized sigmas, then ``torch.save(theta_0, filename)``; its scripts name the file
+    ``isotropic_parameters``, without a suffix."""
+    theta_0 = 0.25 * torch.ones(len(sigmas))
+    for batch in torch.arange(len(sigmas)).split(4):  # the loader's batches
+        theta_0[batch] = sigmas[batch].detach()
+    torch.save(theta_0, path)
+    return path
+
+
+@pytest.mark.parametrize("form", ["torch", "text"])
+def test_isotropic_file_with_one_value_per_selected_input(
+    cli, model_path: Path, tmp_path: Path, form: str
+) -> None:
+    selected = list(range(0, 20, 2))  # --skip 2 --max 20: 10 inputs
+    sigmas = torch.linspace(0.15, 0.35, len(selected))
+    if form == "torch":
+        source = original_isotropic_file(tmp_path / "isotropic_parameters", sigmas)
+    else:
+        source = tmp_path / "sigmas.txt"
+        source.write_text("".join(f"{float(v)!r}\n" for v in sigmas))
+    common = ("--model", model_path, "--dataset", "digits", "--norm", "l2", "--skip", 2,
+              "--max", 20)  # fmt: skip
+    out = tmp_path / "selected.csv"
+    result = certify(cli, "--thetas", source, *common, "--out", out)
+    assert "one value per selected input" in result.stderr
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == selected
+    for row, sigma in zip(rows, sigmas, strict=True):
+        assert cli.rounded_near(float(sigma), row.min_sigma)
+    # the same sigmas written one per dataset index certify exactly the same rows
+    per_index = torch.full((500,), 0.3)
+    per_index[selected] = sigmas
+    full = tmp_path / "per_index.pt"
+    torch.save(per_index, full)
+    reference = tmp_path / "per_index.csv"
+    certify(cli, "--thetas", full, *common, "--out", reference)
+    assert cli.without_time(out) == cli.without_time(reference)
+
+
+def test_optimize_from_an_original_isotropic_file(cli, model_path: Path, tmp_path: Path) -> None:
+    sigmas = torch.tensor([0.2, 0.3, 0.4])
+    source = original_isotropic_file(tmp_path / "isotropic_parameters", sigmas)
+    out = tmp_path / "ancer"
+    cli.ok(
+        "optimize", "--model", model_path, "--out", out, "--isotropic-thetas", source,
+        "--max", 3, *cli.OPTIMIZE_FAST,
+    )  # fmt: skip
+    for idx, sigma in enumerate(sigmas):
+        theta = torch.load(out / f"theta_test_{idx}.pt", weights_only=True)
+        assert bool((theta >= sigma).all())  # ANCER keeps theta above its isotropic start
+
+
+def test_our_folders_as_the_original_scripts_read_them(
+    cli, thetas_dir: Path, tmp_path: Path
+) -> None:
+    """The README's recipe: the original certify_dataset.py reads an ANCER folder of ours as it
+    is (``--optimized-sigmas thetas/``), and an isotropic folder once gathered into one tensor
+    with one sigma per dataset index (``torch.load(...)[i]`` for every index it certifies)."""
+    ancer_folder = str(thetas_dir)
+    for i in range(0, cli.OPTIMIZED_INPUTS):  # their get_ancer_sigma, for --skip 1 --max 6
+        theta_i = torch.relu(torch.load(ancer_folder + "/theta_test_" + str(i) + ".pt"))
+        assert theta_i.shape == (1, 8, 8) and bool((theta_i > 0).all())
+
+    # the recipe of the README, verbatim apart from the paths and the split's size
+    folder = str(thetas_dir / "isotropic")
+    manifest = json.loads(Path(f"{folder}/manifest.json").read_text())
+    split, sigma = manifest["arguments"]["split"], manifest["arguments"]["sigma"]
+    sigmas = torch.full((500,), sigma)  # the split's size; other inputs keep the initial sigma
+    for i in manifest["indices"]:
+        sigmas[i] = torch.load(f"{folder}/theta_{split}_{i}.pt")
+    torch.save(sigmas, tmp_path / "isotropic_sigmas.pt")
+
+    all_sigmas = torch.load(tmp_path / "isotropic_sigmas.pt")  # as their script reads it
+    for i in range(cli.OPTIMIZED_INPUTS):
+        theta = torch.load(thetas_dir / "isotropic" / f"theta_test_{i}.pt", weights_only=True)
+        assert torch.Tensor([all_sigmas[i].item()]).item() == float(theta)

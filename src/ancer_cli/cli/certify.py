@@ -54,7 +54,7 @@ def certify_command(
     thetas: Annotated[
         Path | None,
         typer.Option(
-            help="Per-input thetas: a folder written by ancer optimize (or the original ANCER package), or an isotropic values file."
+            help="Per-input thetas: a folder written by ancer optimize (or the original ANCER package), or an isotropic values file (one sigma per dataset index, or per input --skip/--max select)."
         ),
     ] = None,
     method: Annotated[

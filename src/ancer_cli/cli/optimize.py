@@ -69,7 +69,7 @@ def optimize_command(
     isotropic_thetas: Annotated[
         Path | None,
         typer.Option(
-            help="Reuse this isotropic thetas folder (or one-value-per-index file) instead of the isotropic stage."
+            help="Reuse this isotropic thetas folder (or values file: one sigma per dataset index or per selected input) instead of the isotropic stage."
         ),
     ] = None,
     iso_iterations: Annotated[
