@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -312,19 +312,58 @@ def read_results_record(results: Path) -> dict[str, Any] | None:
     return read_json(sidecar, "run record")
 
 
-class ResultsFile:
-    """The results TSV being written: header first, then one flushed line per certified input.
+def complete_rows(path: Path, columns: Sequence[str] = RESULT_COLUMNS) -> list[tuple[int, str]]:
+    """The complete rows of a results file being written, as ``(idx, line)`` in file order.
 
-    With ``resume`` an existing file is kept up to its last complete line (a line cut short by a
-    crash is dropped) and :attr:`done` lists the indices already there.
+    A line cut short by an interruption ends the rows (it and anything after it are left out);
+    a file holding part of the header, or nothing, has none. Raises :class:`OutputError` when
+    the file cannot be read or its header is not ``columns``.
+    """
+    path = Path(path)
+    header = "\t".join(columns) + "\n"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise OutputError(f"cannot resume {path}: unreadable ({error})") from error
+    if header.startswith(text):  # interrupted before the header was complete
+        return []
+    lines = text.splitlines(keepends=True)
+    if lines[0] != header:
+        raise OutputError(
+            f"cannot resume {path}: its header is not ancer's ({header.strip()!r}); use --force "
+            "to start over"
+        )
+    rows = []
+    for line in lines[1:]:
+        fields = line.rstrip("\n").split("\t")
+        if not line.endswith("\n") or len(fields) != len(columns):
+            break  # a line cut short by an interruption: that input is certified again
+        try:
+            rows.append((int(fields[0]), line))
+        except ValueError:
+            break
+    return rows
+
+
+class ResultsFile:
+    """The results TSV being written: header first, then one flushed line per input.
+
+    ``columns`` are the header's (the results of certify by default). With ``resume`` an
+    existing file is kept up to its last complete line (a line cut short by a crash is dropped)
+    and :attr:`done` lists the indices already there.
     """
 
-    def __init__(self, path: Path, resume: bool = False) -> None:
+    def __init__(
+        self, path: Path, resume: bool = False, columns: Sequence[str] = RESULT_COLUMNS
+    ) -> None:
         self.path = Path(path)
         self.done: list[int] = []
+        header = "\t".join(columns) + "\n"
         try:
             if resume and self.path.exists():
-                kept = self._recover()
+                rows = complete_rows(self.path, columns)
+                self.done = [idx for idx, _ in rows]
+                kept = header + "".join(line for _, line in rows)
                 # cut a half-written last line in place, keeping every complete row on disk
                 self.handle = open(self.path, "r+")  # noqa: SIM115 - closed in close()
                 if not self.done:
@@ -334,35 +373,10 @@ class ResultsFile:
                 self.handle.seek(0, os.SEEK_END)
             else:
                 self.handle = open(self.path, "w")  # noqa: SIM115
-                self.handle.write(RESULT_HEADER)
+                self.handle.write(header)
             self.handle.flush()
         except OSError as error:
             raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from error
-
-    def _recover(self) -> str:
-        try:
-            text = self.path.read_text()
-        except (OSError, UnicodeDecodeError) as error:
-            raise OutputError(f"cannot resume {self.path}: unreadable ({error})") from error
-        if RESULT_HEADER.startswith(text):  # interrupted before the header was complete
-            return RESULT_HEADER
-        lines = text.splitlines(keepends=True)
-        if lines[0] != RESULT_HEADER:
-            raise OutputError(
-                f"cannot resume {self.path}: its header is not ancer's "
-                f"({RESULT_HEADER.strip()!r}); use --force to start over"
-            )
-        kept = [RESULT_HEADER]
-        for line in lines[1:]:
-            fields = line.rstrip("\n").split("\t")
-            if not line.endswith("\n") or len(fields) != len(RESULT_COLUMNS):
-                break  # a line cut short by an interruption: certify that input again
-            try:
-                self.done.append(int(fields[0]))
-            except ValueError:
-                break
-            kept.append(line)
-        return "".join(kept)
 
     def append(self, line: str) -> None:
         try:
@@ -565,7 +579,5 @@ def read_isotropic_values(path: Path) -> torch.Tensor:
         )
     values = values.detach().flatten().to(torch.float32)
     if values.numel() == 0:
-        raise ThetaError(
-            f"isotropic thetas file {path} is empty; expected one sigma per input"
-        )
+        raise ThetaError(f"isotropic thetas file {path} is empty; expected one sigma per input")
     return validate_theta(values, f"isotropic thetas file {path}", None)

@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
 from torch import nn
 
 from ancer_cli.artifacts import (
+    RESULT_COLUMNS,
     RESULT_HEADER,
     ResultsFile,
     atomic_writer,
     check_new_output,
     check_resumable,
+    complete_rows,
     format_result_row,
     read_results,
     remove_stale_temporaries,
@@ -36,7 +39,7 @@ from ancer_cli.core.precision import Precision, prepare_model, speed_options_rec
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.core.smoothing import ABSTAIN, certify_many, inputs_per_group
 from ancer_cli.data import UNLABELED, LoadedData
-from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
+from ancer_cli.distributed import SINGLE, Ranks, Session, collective
 from ancer_cli.errors import AncerError, OutputError
 from ancer_cli.inputs import labels_record, load_run_inputs, select_indices
 from ancer_cli.runtime import provenance
@@ -254,39 +257,153 @@ def apply_memory(
     return final, summary
 
 
+class Row(Protocol):
+    """A line of a results file for one dataset index (:class:`ResultRow`, a prediction row)."""
+
+    idx: int
+
+    def line(self) -> str: ...
+
+
 def shard_path(working: Path, ranks: Ranks) -> Path:
     """The file one rank of a distributed run writes: ``results.csv.rank1-of-4``."""
     return Path(f"{working}.rank{ranks.rank}-of-{ranks.world_size}")
 
 
-def merge_shards(working: Path, ranks: Ranks, indices: list[int]) -> None:
-    """Rank 0: merge every rank's shard into ``working`` in index order, then remove them."""
-    shards = [shard_path(working, Ranks(r, ranks.world_size)) for r in range(ranks.world_size)]
+def leftover_shards(working: Path) -> list[Path]:
+    """Every shard file of ``working`` on disk, whatever number of processes wrote it."""
+    pattern = re.compile(re.escape(working.name) + r"\.rank\d+-of-\d+")
+    try:
+        entries = list(working.parent.iterdir())
+    except OSError as error:
+        raise OutputError(f"cannot list {working.parent}: {error.strerror or error}") from error
+    return sorted(path for path in entries if pattern.fullmatch(path.name))
+
+
+def gather_rows(working: Path, columns: Sequence[str] = RESULT_COLUMNS) -> dict[int, str]:
+    """The complete rows of ``working`` and of all its shards, by dataset index (a row found
+    twice -- a merge interrupted before it removed the shards -- is kept once)."""
     rows: dict[int, str] = {}
-    for shard in shards:
-        lines = shard.read_text().splitlines(keepends=True)
-        if not lines or lines[0] != RESULT_HEADER:
-            raise OutputError(f"shard {shard} lost its header; rerun with --force")
-        for line in lines[1:]:
-            rows[int(line.split("\t", 1)[0])] = line
-    if sorted(rows) != sorted(indices):
+    for path in [working, *leftover_shards(working)]:
+        if path.exists():
+            for idx, line in complete_rows(path, columns):
+                rows.setdefault(idx, line)
+    return rows
+
+
+def merge_rows(
+    working: Path, columns: Sequence[str] = RESULT_COLUMNS, indices: Sequence[int] | None = None
+) -> dict[int, str]:
+    """Rank 0: the rows of ``working`` and its shards into ``working`` alone, in index order.
+
+    ``working`` is rewritten (atomically) only when shards held rows or its own rows were out
+    of order or cut short; then the shards are removed. With ``indices``, every one of them must
+    have a row. Returns the rows by index.
+    """
+    shards = leftover_shards(working)
+    rows = gather_rows(working, columns)
+    if indices is not None and set(rows) != set(indices):
         missing = sorted(set(indices) - set(rows))
         raise OutputError(
             f"the shards of {working} lack indices {missing[:5]}; rerun with --resume"
         )
-    with atomic_writer(working) as handle:
-        handle.write(RESULT_HEADER)
-        handle.writelines(rows[i] for i in sorted(rows))
-    for shard in shards:
-        shard.unlink()
+    own = complete_rows(working, columns) if working.exists() else []
+    in_order = [idx for idx, _ in own] == sorted(rows)
+    if shards or not in_order:
+        header = "\t".join(columns) + "\n"
+        with atomic_writer(working) as handle:
+            handle.write(header)
+            handle.writelines(rows[i] for i in sorted(rows))
+        for shard in shards:
+            shard.unlink()
+    return rows
 
 
-def check_resume(out: Path, arguments: dict[str, Any], memory: bool, ranks: Ranks = SINGLE) -> None:
+def check_resume(out: Path, arguments: dict[str, Any], memory: bool) -> None:
     """Refuse to resume ``out`` if its sidecar records other arguments (names the first)."""
-    working = pre_memory_path(out) if memory else out
-    mine = shard_path(working, ranks) if ranks.distributed else working
-    if mine.exists() or out.exists():
+    _check_resume(out, pre_memory_path(out) if memory else out, arguments)
+
+
+def _check_resume(out: Path, working: Path, arguments: dict[str, Any]) -> None:
+    if out.exists() or working.exists() or leftover_shards(working):
         check_resumable(results_sidecar_path(out), arguments, str(out))
+
+
+def write_rows(
+    rows_of: Callable[[list[int]], Iterable[Row]],
+    indices: list[int],
+    out: Path,
+    working: Path,
+    record: dict[str, Any],
+    *,
+    columns: Sequence[str] = RESULT_COLUMNS,
+    resume: bool = False,
+    on_row: Callable[[Any], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    ranks: Ranks = SINGLE,
+) -> int | None:
+    """The results loop of certify and predict: the rows of ``indices`` into ``working``, in
+    index order, resumable and sharded; returns the number of rows kept from an earlier run
+    (``None`` on ranks other than 0).
+
+    ``rows_of(share)`` yields the rows of a list of indices, in order. The sidecar of ``out``
+    (``record`` with ``"complete": false``) is written first. A single process appends its
+    rows to ``working``, flushed one by one; each rank of a distributed run writes its own shard
+    (``working.rank{r}-of-{w}``) and rank 0 merges them into ``working`` at the end.
+
+    With ``resume`` (the sidecar must record the same ``record["arguments"]``) rank 0 first
+    gathers the complete rows left by the interrupted run -- in ``working`` and in shards
+    written by any number of processes -- into ``working``; every rank then takes its share of
+    the indices that still lack a row, so a run resumes with any number of processes and ends
+    with one row per index, each computed once. ``on_start(kept, mine)`` is called with the rows
+    kept and the number this rank writes, ``on_row`` after each row it writes.
+    """
+    sidecar = results_sidecar_path(out)
+    started = utc_now()
+
+    def begin() -> None:
+        if resume:
+            _check_resume(out, working, record["arguments"])
+        if ranks.is_main:  # nobody writes before every rank has passed this point
+            remove_stale_temporaries(out.parent, out.name)
+            if resume:
+                merge_rows(working, columns)
+            else:  # nothing of an earlier run may pass for this one's rows
+                for path in [working, *leftover_shards(working)]:
+                    if path.is_file():
+                        path.unlink()
+
+    collective(ranks, begin)
+    if ranks.is_main:
+        write_json(sidecar, {**record, "complete": False, "started": started})
+
+    def write_share() -> int:
+        # rank 0 gathered every earlier row into working, and in a distributed run nobody
+        # writes working until the end: every rank sees the same rows, whatever shards begin
+        kept = complete_rows(working, columns) if resume and working.exists() else []
+        done = {idx for idx, _ in kept}
+        unexpected = done.difference(indices)
+        if unexpected:
+            raise OutputError(
+                f"cannot resume {working}: it holds index {min(unexpected)}, which this run "
+                "would not cover; use the same --skip/--max or --force to start over"
+            )
+        share = ranks.share([i for i in indices if i not in done])
+        if on_start is not None:
+            on_start(len(done), len(share))
+        mine = shard_path(working, ranks) if ranks.distributed else working
+        with ResultsFile(mine, resume=mine.exists(), columns=columns) as results:
+            for row in rows_of(share):
+                results.append(row.line())
+                if on_row is not None:
+                    on_row(row)
+        return len(done)
+
+    kept = collective(ranks, write_share)
+    if not ranks.is_main:
+        return None
+    merge_rows(working, columns, indices)
+    return kept
 
 
 def run_certify(
@@ -303,6 +420,7 @@ def run_certify(
     on_row: Callable[[ResultRow], None] | None = None,
     on_memory: Callable[[int, int], None] | None = None,
     ranks: Ranks = SINGLE,
+    on_start: Callable[[int, int], None] | None = None,
 ) -> CertifySummary | None:
     """Certify ``indices`` into the results file ``out`` and its JSON sidecar.
 
@@ -310,7 +428,8 @@ def run_certify(
     ``memory``, into ``out.pre-memory``, from which the memory pass then writes ``out``
     atomically once every input is certified. With ``resume``, rows already written are kept
     (the sidecar must record the same ``record["arguments"]``) and only the remaining indices
-    are certified. The sidecar says ``"complete": false`` until the end.
+    are certified, by any number of processes (see :func:`write_rows`). The sidecar says
+    ``"complete": false`` until the end.
 
     In a distributed run each rank certifies its share into its own shard file; rank 0 merges
     the shards in index order, runs the memory pass, writes the sidecar and returns the
@@ -318,43 +437,21 @@ def run_certify(
     """
     sidecar = results_sidecar_path(out)
     working = pre_memory_path(out) if memory else out
-    mine = shard_path(working, ranks) if ranks.distributed else working
     began = time.perf_counter()
     started = utc_now()
-
-    def begin() -> None:
-        if resume:
-            check_resume(out, record["arguments"], memory, ranks)
-        if ranks.is_main:  # nobody writes before every rank has passed this point
-            remove_stale_temporaries(out.parent, out.name)
-
-    collective(ranks, begin)
-    if ranks.is_main:
-        write_json(sidecar, {**record, "complete": False, "started": started})
-
-    def certify_share() -> int:
-        share = ranks.share(indices)
-        with ResultsFile(mine, resume=resume and mine.exists()) as results:
-            done = set(results.done)
-            unexpected = done.difference(share)
-            if unexpected:
-                raise OutputError(
-                    f"cannot resume {mine}: it holds index {min(unexpected)}, which this run "
-                    "would not certify; use the same --skip/--max or --force to start over"
-                )
-            for row in certify_dataset(
-                model, data, [i for i in share if i not in done], thetas, config, device
-            ):
-                results.append(row.line())
-                if on_row is not None:
-                    on_row(row)
-        return len(done)
-
-    resumed = total(ranks, collective(ranks, certify_share))
-    if not ranks.is_main:
+    resumed = write_rows(
+        lambda share: certify_dataset(model, data, share, thetas, config, device),
+        indices,
+        out,
+        working,
+        record,
+        resume=resume,
+        on_row=on_row,
+        on_start=on_start,
+        ranks=ranks,
+    )
+    if resumed is None:
         return None
-    if ranks.distributed:
-        merge_shards(working, ranks, indices)
     memory_summary = None
     if memory:
         lines = working.read_text().splitlines(keepends=True)[1:]
@@ -467,6 +564,7 @@ class CertifyPlan:
         session: Session,
         on_row: Callable[[ResultRow], None] | None = None,
         on_memory: Callable[[int, int], None] | None = None,
+        on_start: Callable[[int, int], None] | None = None,
     ) -> CertifySummary | None:
         """:func:`run_certify` of this plan (``None`` on ranks other than 0)."""
         return run_certify(
@@ -483,6 +581,7 @@ class CertifyPlan:
             on_row=on_row,
             on_memory=on_memory,
             ranks=session.ranks,
+            on_start=on_start,
         )
 
 
@@ -568,14 +667,14 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
             "max": request.max_index,
             "seed": request.seed,
             "memory": memory,
-            "world_size": session.ranks.world_size,
             **speed_options_record(request.precision, request.channels_last),
         },
         "labels": labels_record(run.data),
+        "world_size": session.ranks.world_size,  # not an argument: a run resumes on any number
         **provenance(session.device),
     }
     if request.resume:
-        check_resume(request.out, record["arguments"], memory, session.ranks)
+        check_resume(request.out, record["arguments"], memory)
     return CertifyPlan(
         request=request,
         model=prepare_model(run.model.module, request.precision, request.channels_last),

@@ -90,17 +90,20 @@ def run_optimize(
     isotropic_thetas: Callable[[int], torch.Tensor] | None = None,
     progress: OptimizeProgress | None = None,
     ranks: Ranks = SINGLE,
+    on_start: Callable[[int, int], None] | None = None,
 ) -> OptimizeSummary | None:
     """Optimize theta for ``indices`` and write ``out/theta_{split}_{idx}.pt`` plus manifests.
 
     For ``Method.ancer`` the isotropic stage goes to ``out/isotropic/`` unless
     ``isotropic_thetas`` supplies it. Inputs are optimized in fixed batches of
     ``job.batch_size`` consecutive indices, so a batch always holds the same inputs: resumed
-    and distributed runs (each rank takes every ``world_size``-th batch) write exactly the
-    files of one uninterrupted run. With ``resume``, batches whose theta files all exist are
-    kept (files are written atomically, so an existing file is complete), and a batch whose
-    isotropic stage is stored reuses it. Rank 0 writes the manifests and returns the summary
-    (other ranks return ``None``). Model weights must already be frozen.
+    and distributed runs write exactly the files of one uninterrupted run. With ``resume``,
+    batches whose theta files all exist are kept (files are written atomically, so an existing
+    file is complete), and a batch whose isotropic stage is stored reuses it. The batches still
+    to do are listed before any rank writes, and each rank takes every ``world_size``-th of
+    them: a run resumes with any number of processes (``on_start(kept, mine)`` gets the inputs
+    of complete batches and the inputs this rank takes on). Rank 0 writes the manifests and
+    returns the summary (other ranks return ``None``). Model weights must already be frozen.
     """
     began = time.perf_counter()
     split = data.split
@@ -108,9 +111,14 @@ def run_optimize(
     run_iso_stage = job.method is Method.isotropic or isotropic_thetas is None
     manifests = _manifests(out, record, job, run_iso_stage)
 
+    batches = [indices[k : k + job.batch_size] for k in range(0, len(indices), job.batch_size)]
+    todo: list[list[int]] = []
+
     def begin() -> None:
         if resume:
             check_resume(out, record, job, run_iso_stage)
+        # before anyone writes (the collective's end), so every rank lists the same batches
+        todo[:] = [b for b in batches if not (resume and _complete(out, data.split, b))]
         for folder in manifests:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -124,14 +132,13 @@ def run_optimize(
     if ranks.is_main:
         for folder, manifest in manifests.items():
             write_json(folder / MANIFEST_NAME, {**manifest, "complete": False})
-    batches = [indices[k : k + job.batch_size] for k in range(0, len(indices), job.batch_size)]
 
     def optimize_share() -> tuple[int, int]:
         optimized = kept = 0
-        for batch in ranks.share(batches):
-            if resume and all(theta_path(out, split, i).exists() for i in batch):
-                kept += len(batch)
-                continue
+        if on_start is not None:
+            complete = sum(map(len, batches)) - sum(map(len, todo))
+            on_start(complete, sum(map(len, ranks.share(todo))))
+        for batch in ranks.share(todo):
             written = _optimize_batch(
                 model,
                 data,
@@ -154,6 +161,7 @@ def run_optimize(
 
     optimized, kept = collective(ranks, optimize_share)
     optimized, kept = total(ranks, optimized), total(ranks, kept)
+    kept += sum(map(len, batches)) - sum(map(len, todo))
     if not ranks.is_main:
         return None
     seconds = time.perf_counter() - began
@@ -221,6 +229,11 @@ def _optimize_batch(
     for i, value in zip(batch, theta, strict=True):
         written += _save_missing(theta_path(out, split, i), value, resume)
     return written
+
+
+def _complete(out: Path, split: str, batch: list[int]) -> bool:
+    """Whether every input of ``batch`` has its (atomically written, so complete) theta file."""
+    return all(theta_path(out, split, i).exists() for i in batch)
 
 
 def _save_missing(path: Path, theta: torch.Tensor, resume: bool) -> bool:
@@ -308,7 +321,10 @@ class OptimizePlan:
         return [self.indices[k : k + size] for k in range(0, len(self.indices), size)]
 
     def run(
-        self, session: Session, progress: OptimizeProgress | None = None
+        self,
+        session: Session,
+        progress: OptimizeProgress | None = None,
+        on_start: Callable[[int, int], None] | None = None,
     ) -> OptimizeSummary | None:
         """:func:`run_optimize` of this plan (with ``force``, rank 0 first empties the output
         folder); ``None`` on ranks other than 0."""
@@ -327,6 +343,7 @@ class OptimizePlan:
             isotropic_thetas=self.isotropic_thetas,
             progress=progress,
             ranks=session.ranks,
+            on_start=on_start,
         )
 
 
@@ -384,11 +401,11 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
             "skip": request.skip,
             "max": request.max_index,
             "seed": request.seed,
-            "world_size": session.ranks.world_size,
             **speed_options_record(request.precision, request.channels_last),
         },
         "indices": indices,
         "labels": labels_record(run.data),
+        "world_size": session.ranks.world_size,  # not an argument: a run resumes on any number
         "package_version": versions()["ancer"],
         **provenance(session.device),
     }

@@ -157,9 +157,7 @@ def certify_command(
             for note in label_notes(plan.data, plan.logits):
                 console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
-            task = progress.add_task(
-                "certify", total=len(where.ranks.share(plan.indices)), status=""
-            )
+            task = progress.add_task("certify", total=None, status="")
             memory_task = progress.add_task(
                 "memory pass", total=len(plan.indices), status="", visible=False, start=False
             )
@@ -181,8 +179,11 @@ def certify_command(
                 progress.start_task(memory_task)
                 progress.update(memory_task, completed=done, total=total, visible=True)
 
-            summary = plan.run(where, on_row=advance, on_memory=memory_progress)
-            progress.update(task, completed=len(where.ranks.share(plan.indices)))
+            def start(kept: int, mine: int) -> None:
+                progress.update(task, total=mine, completed=0)
+
+            summary = plan.run(where, on_row=advance, on_memory=memory_progress, on_start=start)
+            progress.update(task, completed=progress.tasks[task].total)
         if summary is not None:  # rank 0 reports
             _report(out, summary)
 

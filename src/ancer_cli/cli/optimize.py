@@ -148,8 +148,7 @@ def optimize_command(
             for note in label_notes(plan.data, plan.logits):
                 console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
-            mine = sum(len(batch) for batch in where.ranks.share(plan.batches()))
-            task = progress.add_task("optimize", total=mine, status="")
+            task = progress.add_task("optimize", total=None, status="")
             steps = {"isotropic": job.isotropic.iterations, "ancer": job.ancer.iterations}
 
             def report(stage: str, inputs_done: int, iteration: int, value: float) -> None:
@@ -158,7 +157,10 @@ def optimize_command(
                 )  # fmt: skip
                 progress.update(task, completed=inputs_done, status=status)
 
-            summary = plan.run(where, progress=report)
+            def start(kept: int, mine: int) -> None:
+                progress.update(task, total=mine, completed=0)
+
+            summary = plan.run(where, progress=report, on_start=start)
         if summary is None:  # rank 0 reports
             return
         stdout.print(
