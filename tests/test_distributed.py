@@ -154,3 +154,15 @@ def test_runs_interrupted_on_4_processes_resume_on_2_or_1(model_path: Path, tmp_
     assert not list(tmp_path.glob("ranks.csv*.rank*"))
     sidecar = Path(str(out) + ".json").read_text()
     assert '"complete": true' in sidecar and '"world_size": 2' in sidecar
+
+
+@pytest.mark.slow
+def test_torchrun_predict_matches_single_process(model_path: Path, tmp_path: Path):
+    predict = ["predict", "--model", model_path, "--sigma", 0.25, "--N", 300, "--max-index", 7,
+               "--device", "cpu"]  # fmt: skip
+    _run([*ANCER, *predict, "--out", tmp_path / "single.csv"])
+    _run([*_torchrun(2), *predict, "--out", tmp_path / "ranks.csv"])
+    single = [line.split("\t")[:4] for line in (tmp_path / "single.csv").read_text().splitlines()]
+    ranks = [line.split("\t")[:4] for line in (tmp_path / "ranks.csv").read_text().splitlines()]
+    assert ranks == single and len(single) == 8
+    assert sorted(p.name for p in tmp_path.glob("ranks.csv*")) == ["ranks.csv", "ranks.csv.json"]

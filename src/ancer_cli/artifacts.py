@@ -37,6 +37,8 @@ RESULT_COLUMNS = (
     "time",
 )
 REQUIRED_RESULT_COLUMNS = ("idx", "label", "predict", "radius", "correct")
+PREDICTION_COLUMNS = ("idx", "label", "predict", "correct", "time")
+"""The columns of ``ancer predict``'s output, and of Cohen et al.'s ``predict.py``."""
 RADIUS_DIGITS = 7
 
 
@@ -193,6 +195,12 @@ def format_result_row(
 
 RESULT_HEADER = "\t".join(RESULT_COLUMNS) + "\n"
 
+
+def format_prediction_row(idx: int, label: int, predict: int, correct: int, seconds: float) -> str:
+    """One line of a predictions TSV (``PREDICTION_COLUMNS``), with trailing newline."""
+    return f"{idx}\t{label}\t{predict}\t{correct}\t{seconds:.4f}\n"
+
+
 _CLOCK = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
 
 
@@ -208,13 +216,20 @@ def parse_time(text: str) -> float:
     return float(text)
 
 
+def is_prediction_frame(frame: pd.DataFrame) -> bool:
+    """Whether a frame read by :func:`read_results` holds PREDICT's outputs (no radius)."""
+    return "radius" not in frame.columns
+
+
 def read_results(path: Path) -> pd.DataFrame:
     """Read a results file: this tool's, the original ANCER scripts' or Cohen et al.'s.
 
     Requires the columns ``idx label predict radius correct``; ``radius_proxy``, ``min_sigma``
-    and ``time`` are optional. ``time`` becomes seconds (float). A header-only file gives an
-    empty frame. Raises :class:`ResultsError` with the file name and the problem for anything
-    malformed (line numbers count the header as line 1).
+    and ``time`` are optional. A predictions file (``ancer predict``'s or Cohen et al.'s
+    ``predict.py``'s: ``idx label predict correct time``, no radius) is read too, without radius
+    columns (:func:`is_prediction_frame`). ``time`` becomes seconds (float). A header-only file
+    gives an empty frame. Raises :class:`ResultsError` with the file name and the problem for
+    anything malformed (line numbers count the header as line 1).
     """
     path = Path(path)
     if not path.exists():
@@ -223,11 +238,14 @@ def read_results(path: Path) -> pd.DataFrame:
         raise ResultsError(f"results file {path} is a directory; give the .csv/.tsv file")
     frame = _read_tab_separated(path)
     frame.columns = [str(column).strip() for column in frame.columns]
-    missing = [column for column in REQUIRED_RESULT_COLUMNS if column not in frame.columns]
+    predictions = "radius" not in frame.columns and set(PREDICTION_COLUMNS) <= set(frame.columns)
+    required = PREDICTION_COLUMNS if predictions else REQUIRED_RESULT_COLUMNS
+    missing = [column for column in required if column not in frame.columns]
     if missing:
         raise ResultsError(
             f"results file {path} lacks column(s) {', '.join(missing)}; expected tab-separated "
-            f"columns {' '.join(REQUIRED_RESULT_COLUMNS)} (got {' '.join(frame.columns)})"
+            f"columns {' '.join(REQUIRED_RESULT_COLUMNS)}, or {' '.join(PREDICTION_COLUMNS)} "
+            f"for predictions (got {' '.join(frame.columns)})"
         )
     integer = ("idx", "label", "predict", "correct")
     real = tuple(c for c in ("radius", "radius_proxy", "min_sigma") if c in frame.columns)

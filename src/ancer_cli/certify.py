@@ -118,23 +118,16 @@ def certify_dataset(
     ``time`` is the wall time of sampling and bounding (theta loading excluded), shared evenly
     by the inputs of a group.
     """
-    order = list(indices)
     group = inputs_per_group(config.n_selection, config.n_estimation, config.batch_size)
-    for start in range(0, len(order), group):
-        chosen = order[start : start + group]
-        group_thetas, failure = _load_thetas(thetas, chosen)
-        chosen = chosen[: len(group_thetas)]  # certify what comes before a bad theta first
-        if not chosen:
-            assert failure is not None
-            raise failure
-        items = [data.dataset[idx] for idx in chosen]
-        xs = torch.stack([x for x, _ in items]).to(device=device, dtype=torch.float32)
-        generators = [input_generator(config.seed, idx, device, Stream.certify) for idx in chosen]
+    for chosen in input_groups(data, indices, thetas, group, device):
+        generators = [
+            input_generator(config.seed, idx, device, Stream.certify) for idx in chosen.indices
+        ]
         began = time.perf_counter()
         certificates = certify_many(
             model,
-            xs,
-            group_thetas,
+            chosen.xs,
+            chosen.thetas,
             config.norm,
             config.n_selection,
             config.n_estimation,
@@ -142,9 +135,10 @@ def certify_dataset(
             config.batch_size,
             generators,
         )
-        seconds = (time.perf_counter() - began) / len(chosen)
-        for idx, (_, label), certificate in zip(chosen, items, certificates, strict=True):
-            label = int(label)
+        seconds = (time.perf_counter() - began) / len(chosen.indices)
+        for idx, label, certificate in zip(
+            chosen.indices, chosen.labels, certificates, strict=True
+        ):
             yield ResultRow(
                 idx=idx,
                 label=label,
@@ -155,6 +149,40 @@ def certify_dataset(
                 min_sigma=certificate.min_theta,
                 seconds=seconds,
             )
+
+
+@dataclass(frozen=True)
+class InputGroup:
+    """Consecutive inputs sampled together: dataset ``indices``, their ``labels``, the images
+    ``xs`` ``(n, C, H, W)`` on the model's device and their ``thetas``."""
+
+    indices: list[int]
+    labels: list[int]
+    xs: torch.Tensor
+    thetas: list[Theta]
+
+
+def input_groups(
+    data: LoadedData,
+    indices: Iterable[int],
+    thetas: ThetaSource,
+    size: int,
+    device: torch.device,
+) -> Iterator[InputGroup]:
+    """The inputs of ``indices`` in order, in groups of at most ``size``, with their thetas.
+
+    A theta that cannot be loaded ends its group early: the inputs before it are yielded (so
+    their rows are written), then its error is raised.
+    """
+    order = list(indices)
+    for start in range(0, len(order), size):
+        chosen = order[start : start + size]
+        group_thetas, failure = _load_thetas(thetas, chosen)
+        chosen = chosen[: len(group_thetas)]  # what comes before a bad theta goes first
+        if chosen:
+            items = [data.dataset[idx] for idx in chosen]
+            xs = torch.stack([x for x, _ in items]).to(device=device, dtype=torch.float32)
+            yield InputGroup(chosen, [int(label) for _, label in items], xs, group_thetas)
         if failure is not None:
             raise failure
 
@@ -591,8 +619,61 @@ def plan_certify(request: CertifyRequest, session: Session) -> CertifyPlan:
     return collective(session.ranks, lambda: _plan(request, session))
 
 
-def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
-    check_new_output(request.out, force=request.force, resume=request.resume)
+class InputsRequest(Protocol):
+    """The options certify and predict share: what to smooth, with which thetas, on which
+    inputs (:class:`CertifyRequest`, :class:`~ancer_cli.predict.PredictRequest`)."""
+
+    @property
+    def model(self) -> Path | None: ...
+    @property
+    def thetas(self) -> Path | None: ...
+    @property
+    def sigma(self) -> float | None: ...
+    @property
+    def method(self) -> CertifyMethod | None: ...
+    @property
+    def dataset(self) -> str | None: ...
+    @property
+    def data_root(self) -> Path | None: ...
+    @property
+    def split(self) -> str | None: ...
+    @property
+    def norm(self) -> Norm | None: ...
+    @property
+    def arch(self) -> str | None: ...
+    @property
+    def classes(self) -> Path | None: ...
+    @property
+    def skip(self) -> int: ...
+    @property
+    def max_index(self) -> int | None: ...
+    @property
+    def precision(self) -> Precision: ...
+    @property
+    def channels_last(self) -> bool: ...
+    @property
+    def seed(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class SmoothedInputs:
+    """What a certify or predict run smooths, loaded and checked: the base classifier (with its
+    speed options), the data, each input's theta, the indices, and the arguments naming them."""
+
+    model: nn.Module
+    data: LoadedData
+    norm: Norm
+    method: CertifyMethod
+    thetas: ThetaSource
+    description: str
+    indices: list[int]
+    logits: int
+    arguments: dict[str, Any]
+
+
+def resolve_inputs(request: InputsRequest, session: Session) -> SmoothedInputs:
+    """Load the model, data and thetas of ``request`` and choose its indices. Defaults come from
+    the thetas' manifest, then from the model file; ``sigma`` or ``thetas`` must be given."""
     recorded = recorded_run(request.thetas)
     model_path = request.model or recorded.model
     if model_path is None:
@@ -638,9 +719,41 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
         method = CertifyMethod.fixed
         thetas = fixed_theta(theta_from_sigma(request.sigma, run.norm))
         description = f"noise sigma={request.sigma}"
+    arguments = {
+        "method": method.value,
+        "model": str(model_path),
+        "model_sha256": run.model.sha256,
+        "thetas": _text(request.thetas),
+        "dataset": run.data.info.name,
+        "split": run.data.split,
+        "classes": _text(request.classes or recorded.classes),
+        "norm": run.norm.value,
+        "sigma": request.sigma,
+        "skip": request.skip,
+        "max": request.max_index,
+        "seed": request.seed,
+        **speed_options_record(request.precision, request.channels_last),
+    }
+    return SmoothedInputs(
+        model=prepare_model(run.model.module, request.precision, request.channels_last),
+        data=run.data,
+        norm=run.norm,
+        method=method,
+        thetas=thetas,
+        description=description,
+        indices=indices,
+        logits=run.logits,
+        arguments=arguments,
+    )
+
+
+def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
+    check_new_output(request.out, force=request.force, resume=request.resume)
+    inputs = resolve_inputs(request, session)
+    method = inputs.method
     memory = method is not CertifyMethod.fixed if request.memory is None else request.memory
     config = CertifyConfig(
-        norm=run.norm,
+        norm=inputs.norm,
         n_selection=request.n_selection,
         n_estimation=request.n_estimation,
         alpha=request.alpha,
@@ -650,26 +763,14 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
     record = {
         "format": "ancer-results/1",
         "arguments": {
-            "method": method.value,
-            "model": str(model_path),
-            "model_sha256": run.model.sha256,
-            "thetas": str(request.thetas) if request.thetas is not None else None,
-            "dataset": run.data.info.name,
-            "split": run.data.split,
-            "classes": _text(request.classes or recorded.classes),
-            "norm": run.norm.value,
-            "sigma": request.sigma,
+            **inputs.arguments,
             "N0": request.n_selection,
             "N": request.n_estimation,
             "alpha": request.alpha,
             "batch_size": request.batch_size,
-            "skip": request.skip,
-            "max": request.max_index,
-            "seed": request.seed,
             "memory": memory,
-            **speed_options_record(request.precision, request.channels_last),
         },
-        "labels": labels_record(run.data),
+        "labels": labels_record(inputs.data),
         "world_size": session.ranks.world_size,  # not an argument: a run resumes on any number
         **provenance(session.device),
     }
@@ -677,16 +778,16 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
         check_resume(request.out, record["arguments"], memory)
     return CertifyPlan(
         request=request,
-        model=prepare_model(run.model.module, request.precision, request.channels_last),
-        data=run.data,
+        model=inputs.model,
+        data=inputs.data,
         method=method,
-        thetas=thetas,
-        theta_description=description,
-        indices=indices,
+        thetas=inputs.thetas,
+        theta_description=inputs.description,
+        indices=inputs.indices,
         config=config,
         memory=memory,
         record=record,
-        logits=run.logits,
+        logits=inputs.logits,
     )
 
 

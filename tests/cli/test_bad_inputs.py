@@ -725,3 +725,70 @@ def test_bad_original_isotropic_file(
     result = values_run(cli, model_path, source, out, "--max", 3)
     cli.assert_domain_error(result, str(source), fragment)
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# predict
+
+
+def predict_run(cli, model: Path, out: Path, *extra: object):
+    return cli.invoke(
+        "predict", "--model", model, "--sigma", SIGMA, "--N", 200, "--device", "cpu",
+        "--out", out, *extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--N", "0"), ("--alpha", "1.5"), ("--batch-size", "0"), ("--skip", "0"), ("--max", "-1"),
+     ("--sigma", "nan")],
+)  # fmt: skip
+def test_predict_impossible_values(cli, model_path: Path, tmp_path: Path, option, value) -> None:
+    out = tmp_path / "p.csv"
+    cli.assert_usage_error(predict_run(cli, model_path, out, option, value), option)
+    assert not out.exists()
+
+
+def test_predict_needs_sigma_or_thetas(cli, model_path: Path, tmp_path: Path) -> None:
+    result = cli.invoke("predict", "--model", model_path, "--out", tmp_path / "p.csv")
+    cli.assert_usage_error(result, "--sigma", "--thetas")
+    result = predict_run(cli, model_path, tmp_path / "p.csv", "--method", "ancer")
+    cli.assert_usage_error(result, "--method ancer", "--thetas")
+
+
+def test_predict_resume_refuses_other_arguments_and_foreign_files(
+    cli, model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "p.csv"
+    assert predict_run(cli, model_path, out, "--max", 2).exit_code == 0
+    before = out.read_text()
+    result = predict_run(cli, model_path, out, "--max", 2, "--resume", "--N", 300)
+    cli.assert_domain_error(result, "cannot resume", "N=200", "N=300")
+    only_error_line(cli, result)
+    assert out.read_text() == before
+    # a certify results file is not a predictions file, even with a matching sidecar
+    certified = tmp_path / "r.csv"
+    assert fixed(cli, model_path, certified, "--max", 2).exit_code == 0
+    Path(f"{certified}.json").write_text(Path(f"{out}.json").read_text())
+    result = predict_run(cli, model_path, certified, "--max", 2, "--resume")
+    cli.assert_domain_error(result, str(certified), "header")
+
+
+def test_predict_with_thetas_of_another_model(
+    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.pt"
+    cli.train_model(other, "--seed", 1, epochs=1)
+    out = tmp_path / "p.csv"
+    result = cli.invoke("predict", "--thetas", thetas_dir, "--model", other, "--N", 100,
+                        "--device", "cpu", "--out", out)  # fmt: skip
+    cli.assert_domain_error(result, "another model")
+    assert not out.exists()
+
+
+def test_accuracy_plot_of_predictions(cli, tmp_path: Path) -> None:
+    path = tmp_path / "predictions.tsv"
+    path.write_text("idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t1\t1\t0.5\n")
+    result = cli.invoke("accuracy", path, "--plot", tmp_path / "curve.png")
+    cli.assert_domain_error(result, str(path), "predictions", "--plot")
+    assert result.stdout == "" and not (tmp_path / "curve.png").exists()

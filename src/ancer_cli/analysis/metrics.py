@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ancer_cli.artifacts import is_prediction_frame
 from ancer_cli.core.bounds import DEFAULT_ALPHA
 from ancer_cli.core.smoothing import ABSTAIN
 from ancer_cli.data import UNLABELED
@@ -103,12 +104,14 @@ class AccuracySummary:
     abstention_rate: float
     median_time: float | None
     high_probability: HighProbabilityAccuracy | None = None
+    has_radius: bool = True  # False for PREDICT's files: no certified accuracy, no radii
 
 
 def check_results(frame: pd.DataFrame, metric: Metric, source: str | Path) -> None:
     """Raise :class:`ResultsError` naming ``source`` if ``frame`` cannot be summarized with
-    ``metric``: no rows, or no column for the metric (Cohen et al.'s files have no proxy)."""
-    if metric.column not in frame.columns:
+    ``metric``: no rows, or no column for the metric (Cohen et al.'s files have no proxy). A
+    file of predictions has no radius at all and needs none."""
+    if metric.column not in frame.columns and not is_prediction_frame(frame):
         raise ResultsError(
             f"results file {source} has no {metric.column} column, which metric "
             f"'{metric.value}' reads (columns: {' '.join(map(str, frame.columns))}); "
@@ -283,10 +286,24 @@ def summarize(
 ) -> AccuracySummary:
     """All reported quantities of one results frame; ``radii`` are sorted and deduplicated.
 
-    With ``confidence``, also the high-probability lower bounds at the same radii.
+    With ``confidence``, also the high-probability lower bounds at the same radii. A frame of
+    predictions (no radius column) gets its accuracy (the fraction of labeled rows predicted
+    correctly), abstention rate and times only.
     """
     grid = sorted({float(radius) for radius in radii})
     scored = labeled_rows(frame)
+    if is_prediction_frame(frame):  # PREDICT's output: accuracy and abstentions, no radii
+        return AccuracySummary(
+            inputs=len(frame),
+            labeled=len(scored),
+            certified_accuracy={},
+            average_certified_radius=math.nan,
+            clean_accuracy=float(scored["correct"].mean()) if len(scored) else math.nan,
+            average_proxy_radius=None,
+            abstention_rate=abstention_rate(frame),
+            median_time=median_time(frame),
+            has_radius=False,
+        )
     curve = certified_accuracy_curve(scored, grid, metric)
     high_probability = None
     if confidence is not None:

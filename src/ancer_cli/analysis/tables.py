@@ -62,7 +62,8 @@ def high_probability_row(radius: float) -> str:
 def table_from_summaries(summaries: Mapping[str, AccuracySummary]) -> pd.DataFrame:
     """One column per label, one row per reported quantity (floats; NaN where not available).
 
-    Rows: certified accuracy at each radius (the union of the summaries' radii), then, when
+    Rows: certified accuracy at each radius (the union of the summaries' radii; none for files
+    of predictions, whose cells there are NaN), then, when
     the summaries carry them, the high-probability lower bounds at the same radii; average
     certified radius (and on radius_proxy), clean accuracy, abstention rate, inputs (and
     labeled inputs when a file has rows without labels), median
@@ -82,7 +83,8 @@ def table_from_summaries(summaries: Mapping[str, AccuracySummary]) -> pd.DataFra
                 column[high_probability_row(r)] = (
                     math.nan if high is None else high.certified_accuracy.get(r, math.nan)
                 )
-        column[ACR_ROW] = summary.average_certified_radius
+        if any(s.has_radius for s in summaries.values()):
+            column[ACR_ROW] = summary.average_certified_radius
         if any(s.average_proxy_radius is not None for s in summaries.values()):
             proxy = summary.average_proxy_radius
             column[ACR_PROXY_ROW] = math.nan if proxy is None else proxy
@@ -246,7 +248,9 @@ def summaries_to_json(
 ) -> dict[str, Any]:
     """A JSON-ready dict for scripts: ``{"metric", "radii", "files": {label: {...}}}``.
 
-    Per file: ``path`` (when ``sources`` gives it), ``inputs``, ``labeled_inputs`` (rows with a
+    Per file: ``path`` (when ``sources`` gives it), ``kind`` (``certificates``, or
+    ``predictions`` for PREDICT's files: empty ``certified_accuracy``, null radii),
+    ``inputs``, ``labeled_inputs`` (rows with a
     label; accuracies are over these and null when there are none), ``certified_accuracy`` (a dict
     from the radius written as a float, e.g. ``"0.5"``, to a fraction),
     ``average_certified_radius``, ``clean_accuracy``, ``abstention_rate``,
@@ -263,6 +267,7 @@ def summaries_to_json(
         if sources is not None and label in sources:
             entry["path"] = sources[label]
         entry.update(
+            kind="certificates" if summary.has_radius else "predictions",
             inputs=summary.inputs,
             labeled_inputs=summary.labeled,
             certified_accuracy={repr(r): a for r, a in summary.certified_accuracy.items()},

@@ -55,8 +55,8 @@ def accuracy_command(
     files: Annotated[
         list[Path],
         typer.Argument(
-            help="Results files (tab-separated: idx label predict radius correct ...), "
-            "one column each.",
+            help="Results files (tab-separated: idx label predict radius correct ..., or "
+            "predictions: idx label predict correct time), one column each.",
             metavar="FILE",
             show_default=False,
         ),
@@ -156,7 +156,9 @@ def accuracy_command(
 ) -> None:
     """Certified accuracy at chosen radii, average certified radius, clean accuracy and
     abstention rate of one or more results files (this tool's, the original ANCER scripts' or
-    Cohen et al.'s), optionally with high-probability bounds, curves and radius histograms."""
+    Cohen et al.'s), optionally with high-probability bounds, curves and radius histograms.
+    Files of predictions (ancer predict's, Cohen et al.'s predict.py's) get their accuracy and
+    abstention rate."""
     radii = list(analysis.DEFAULT_RADII) if not radius else radius
     for value in radii:
         if not math.isfinite(value) or value < 0:
@@ -199,13 +201,27 @@ def accuracy_command(
         )
         paths = dict(zip(labels, files, strict=True))
         for figure, option in ((plot, "--plot"), (hist, "--hist")):
-            unlabeled = [paths[name] for name, s in result.summaries.items() if s.labeled == 0]
-            if figure is not None and unlabeled:
-                raise AncerError(
-                    f"{unlabeled[0]} has no labels (every label is -1), so it has no certified "
-                    f"accuracy or correctly certified radii to draw; leave it out of {option}"
-                )
+            if figure is None:
+                continue
+            for name, summary in result.summaries.items():
+                if not summary.has_radius:
+                    raise AncerError(
+                        f"{paths[name]} holds predictions (idx label predict correct time), "
+                        f"without radii to draw; leave it out of {option}"
+                    )
+                if summary.labeled == 0:
+                    raise AncerError(
+                        f"{paths[name]} has no labels (every label is -1), so it has no "
+                        f"certified accuracy or correctly certified radii to draw; leave it out "
+                        f"of {option}"
+                    )
         for name, summary in result.summaries.items():
+            if not summary.has_radius:
+                console.print(
+                    f"{name}: predictions (no radius): its accuracy is PREDICT's, and "
+                    "certified-accuracy and radius rows do not apply (-)",
+                    markup=False,
+                )
             if summary.labeled == 0:
                 console.print(
                     f"{name}: no labels (every label is -1): accuracy is not applicable; "

@@ -15,16 +15,25 @@ from ancer_cli.certify import (
     ResultRow,
     plan_certify,
 )
-from ancer_cli.certify import CertifyMethod as Method
 from ancer_cli.cli.common import (
     ChannelsLastOption,
     ClassesOption,
+    DataRootOption,
     DeviceOption,
     ForceOption,
     MaxIndexOption,
+    MethodOption,
     PrecisionOption,
     ResumeOption,
+    RunArchOption,
+    RunDatasetOption,
+    RunNormOption,
+    RunSplitOption,
     SeedOption,
+    SigmaOption,
+    SmoothedModelOption,
+    ThetasOption,
+    check_smoothing_options,
     console,
     handle_errors,
     label_notes,
@@ -34,7 +43,6 @@ from ancer_cli.cli.common import (
     progress_bar,
 )
 from ancer_cli.cli.common import out as stdout
-from ancer_cli.core.noise import Norm
 from ancer_cli.core.precision import Precision
 from ancer_cli.core.smoothing import ABSTAIN
 from ancer_cli.data import UNLABELED
@@ -45,50 +53,15 @@ D = CertifyConfig()
 
 
 def certify_command(
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            help="Model file: an ancer checkpoint, TorchScript archive or torch.export program."
-        ),
-    ] = None,
-    thetas: Annotated[
-        Path | None,
-        typer.Option(
-            help="Per-input thetas: a folder written by ancer optimize (or the original ANCER package), or an isotropic values file (one sigma per dataset index, or per input --skip/--max select)."
-        ),
-    ] = None,
-    method: Annotated[
-        Method | None,
-        typer.Option(help="fixed, isotropic or ancer; inferred from --sigma/--thetas."),
-    ] = None,
-    sigma: Annotated[
-        float | None,
-        typer.Option(
-            help="Fixed noise standard deviation in [0,1] pixel units (l1: theta = sqrt(3)*sigma)."
-        ),
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset (default: the one the model was trained on).")
-    ] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Folder holding the dataset.")] = None,
-    split: Annotated[
-        str | None,
-        typer.Option(
-            help="Dataset split to certify: test or train (default: the thetas', else test)."
-        ),
-    ] = None,
-    norm: Annotated[
-        Norm | None,
-        typer.Option(
-            help="Threat model / noise: l2 (Gaussian) or l1 (uniform); default from the model."
-        ),
-    ] = None,
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            help="Architecture for a plain state-dict model file (or package.module:factory)."
-        ),
-    ] = None,
+    model: SmoothedModelOption = None,
+    thetas: ThetasOption = None,
+    method: MethodOption = None,
+    sigma: SigmaOption = None,
+    dataset: RunDatasetOption = None,
+    data_root: DataRootOption = None,
+    split: RunSplitOption = None,
+    norm: RunNormOption = None,
+    arch: RunArchOption = None,
     classes: ClassesOption = None,
     n_selection: Annotated[
         int, typer.Option("--N0", help="Noisy samples used to select the predicted class.")
@@ -133,14 +106,7 @@ def certify_command(
         positive(name, value)
     probability("--alpha", alpha)
     non_negative("--max", max_index)
-    if thetas is None and sigma is None:
-        raise typer.BadParameter("give --sigma (fixed sigma) or --thetas (per-input thetas)")
-    if thetas is not None and sigma is not None:
-        raise typer.BadParameter("--sigma and --thetas exclude each other; give one")
-    if sigma is not None:
-        positive("--sigma", sigma)
-        if method not in (None, Method.fixed):
-            raise typer.BadParameter(f"--method {method.value} needs --thetas, not --sigma")
+    check_smoothing_options(thetas, sigma, method)
     request = CertifyRequest(
         out=out, model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
         data_root=data_root, split=split, norm=norm, arch=arch, classes=classes,
