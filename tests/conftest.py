@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+from torch import nn
 from typer.testing import CliRunner, Result
 
 from ancer_cli.cli import app
@@ -209,6 +211,42 @@ def train_model(out: Path, *extra: object, epochs: int = TRAIN_EPOCHS) -> Result
         return ok("train", "--epochs", epochs, "--device", "cpu", "--out", out, *extra)
 
 
+# ---------------------------------------------------------------------------------------------
+# image folders as users have them, and a black-box model that reads their colours
+
+
+class ColourClassifier(nn.Module):
+    """``classes`` logits peaking at ``k = mean red value * (classes - 1)``: an image whose red
+    channel is ``k / (classes - 1)`` everywhere is class k, whatever its size."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = x[:, 0].mean(dim=(1, 2)) * (self.classes - 1)
+        k = torch.arange(self.classes, dtype=x.dtype, device=x.device)
+        return -(red[:, None] - k[None, :]).abs() * 10
+
+
+def save_colour_model(path: Path, classes: int) -> Path:
+    """A TorchScript archive of :class:`ColourClassifier` (a black box: no dataset recorded)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated")
+        torch.jit.save(torch.jit.script(ColourClassifier(classes)), str(path))
+    return path
+
+
+def write_class_images(
+    folder: Path, label: int, classes: int, count: int = 2, size: tuple[int, int] = (8, 8)
+) -> None:
+    """``count`` RGB images that :class:`ColourClassifier` (``classes`` logits) calls ``label``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    red = round(255 * label / (classes - 1))
+    for i in range(count):
+        Image.new("RGB", size, (red, 40 * i, 90)).save(folder / f"{i}.png")
+
+
 class Cli:
     """The helpers above, handed to test modules as the ``cli`` fixture."""
 
@@ -231,6 +269,8 @@ class Cli:
     rounded_down = staticmethod(rounded_down)
     rounded_near = staticmethod(rounded_near)
     train_model = staticmethod(train_model)
+    save_colour_model = staticmethod(save_colour_model)
+    write_class_images = staticmethod(write_class_images)
 
 
 @pytest.fixture(scope="session")
@@ -299,3 +339,9 @@ def cuda_thetas_dir(tmp_path_factory: pytest.TempPathFactory, model_path: Path) 
         *on_device(OPTIMIZE_FAST, "cuda"),
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def colour_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10-class black-box model (like a CIFAR-10 classifier) of :class:`ColourClassifier`."""
+    return save_colour_model(tmp_path_factory.mktemp("colour") / "colour10.pt", 10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from ancer_cli.data import (
     DIGITS_MEAN,
     DIGITS_STD,
     DatasetInfo,
+    LabelRule,
+    check_same_classes,
     dataset_info,
     load_dataset,
     normalization,
+    read_class_list,
 )
 from ancer_cli.errors import DataError
 
@@ -315,11 +319,11 @@ def test_folder_without_classes_or_images(tmp_path: Path) -> None:
         load_dataset("folder", "test", data_root=empty)
     with pytest.raises(DataError, match="has no class sub-folders"):
         dataset_info("folder", empty)
+    # a flat folder of images is no longer an error: its images are unlabeled (label -1)
     flat = tmp_path / "flat"
     flat.mkdir()
     write_png(flat / "lonely.png", (4, 4), (0, 0, 0))
-    with pytest.raises(DataError, match="no class sub-folders"):
-        load_dataset("folder", "test", data_root=flat)
+    assert load_dataset("folder", "test", data_root=flat).dataset[0][1] == -1
     no_images = tmp_path / "no_images"
     (no_images / "cls").mkdir(parents=True)
     (no_images / "cls" / "notes.txt").write_text("hi")
@@ -330,6 +334,156 @@ def test_folder_without_classes_or_images(tmp_path: Path) -> None:
     (tmp_path / "inet" / "val" / "cls").mkdir(parents=True)
     with pytest.raises(DataError, match="no images found under"):
         load_dataset("imagenet", "val", data_root=tmp_path / "inet")
+
+
+# ---------------------------------------------------------------------------------------------
+# labels of image folders: class index names, a class list, sorted names, no labels
+
+
+def labels_of(loaded) -> list[int]:
+    return [label for _, label in loaded.dataset.samples]
+
+
+def test_folder_subfolders_named_by_class_index_carry_that_index(tmp_path: Path) -> None:
+    make_image_tree(tmp_path, ("3", "10", "7"), (6, 6), per=2)
+    loaded = load_dataset("folder", "test", data_root=tmp_path)
+    # ImageFolder's order (sorted names: 10, 3, 7), each image labeled by its folder's number
+    assert labels_of(loaded) == [10, 10, 3, 3, 7, 7]
+    assert [int(loaded.dataset[i][1]) for i in range(6)] == labels_of(loaded)
+    mapping = loaded.classes
+    assert mapping is not None and mapping.rule is LabelRule.index
+    assert mapping.labels == {"3": 3, "7": 7, "10": 10}
+    # a model needs 11 logits for label 10; any subset of a larger model's classes is fine
+    assert loaded.info.num_classes == 11 == dataset_info("folder", tmp_path).num_classes
+    assert mapping.record() == {
+        "rule": "index",
+        "classes_file": None,
+        "labels": {"3": 3, "7": 7, "10": 10},
+    }
+    assert (
+        mapping.describe()
+        == "labels from sub-folders named by class index: 3 -> 3, 7 -> 7, 10 -> 10"
+    )
+
+
+def test_folder_labels_from_a_class_list(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    make_image_tree(root, ("dog", "cat"), (6, 6), per=1)
+    names = tmp_path / "cifar10.txt"
+    names.write_text("airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n")
+    assert read_class_list(names)[3] == "cat" and len(read_class_list(names)) == 10
+    loaded = load_dataset("folder", "test", data_root=root, classes=names)
+    assert labels_of(loaded) == [3, 5]  # cat/ then dog/, as the list numbers them
+    assert loaded.classes is not None and loaded.classes.rule is LabelRule.classes_file
+    assert loaded.info.num_classes == 10  # the classes the list names
+    assert loaded.classes.record()["classes_file"] == str(names)
+
+
+def test_class_list_lines_match_by_first_word(tmp_path: Path) -> None:
+    """ImageNet's LOC_synset_mapping.txt: ``<wnid> <names>`` per line, line k = class k."""
+    wnids = [f"n{1440764 + 7 * k:08d}" for k in range(1000)]
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("".join(f"{w} name {k}, another name\n" for k, w in enumerate(wnids)))
+    make_image_tree(tmp_path / "imagenet" / "val", (wnids[417], wnids[2]), (40, 30), per=1)
+    loaded = load_dataset("imagenet", "val", data_root=tmp_path / "imagenet", classes=mapping)
+    assert sorted(labels_of(loaded)) == [2, 417]
+    assert loaded.info.num_classes == 1000
+    assert dataset_info("imagenet", tmp_path / "imagenet", mapping).num_classes == 1000
+
+
+def test_other_names_keep_the_sorted_rule(tmp_path: Path) -> None:
+    make_image_tree(tmp_path, ("zebra", "7", "ant"), (6, 6), per=1)
+    loaded = load_dataset("folder", "test", data_root=tmp_path)
+    assert loaded.classes is not None and loaded.classes.rule is LabelRule.sorted
+    assert loaded.classes.labels == {"7": 0, "ant": 1, "zebra": 2}
+    assert labels_of(loaded) == [0, 1, 2] and loaded.info.num_classes == 3
+
+
+def test_flat_folder_is_unlabeled(tmp_path: Path) -> None:
+    for i, name in enumerate(("b.png", "a.jpg", "c.png")):
+        write_png(tmp_path / "test" / name, (12, 10), (i * 50, 0, 0))
+    (tmp_path / "test" / "notes.txt").write_text("not an image")
+    loaded = load_dataset("folder", "test", data_root=tmp_path)
+    assert len(loaded.dataset) == 3 and not loaded.labeled
+    assert [Path(path).name for path, _ in loaded.dataset.samples] == ["a.jpg", "b.png", "c.png"]
+    x, label = loaded.dataset[0]
+    assert label == -1 and x.shape == (3, 10, 12)
+    assert loaded.info.num_classes == 0 and loaded.info.input_shape == (3, 10, 12)
+    assert loaded.classes is not None and loaded.classes.rule is LabelRule.unlabeled
+    assert dataset_info("folder", tmp_path).input_shape == (3, 10, 12)
+    assert "unlabeled" in loaded.classes.describe()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "is empty"),
+        ("\n\n", "is empty"),
+        ("cat\n\ndog\n", "line 2 is empty"),
+        ("cat\ndog\ncat\n", "names 'cat' twice (lines 1 and 3)"),
+    ],
+)
+def test_malformed_class_lists(tmp_path: Path, text: str, fragment: str) -> None:
+    names = tmp_path / "classes.txt"
+    names.write_text(text)
+    with pytest.raises(DataError, match=re.escape(fragment)):
+        read_class_list(names)
+
+
+def test_class_list_errors_name_the_problem(tmp_path: Path) -> None:
+    make_image_tree(tmp_path / "images", ("cat", "lion"), (6, 6), per=1)
+    names = tmp_path / "classes.txt"
+    names.write_text("cat\ndog\n")
+    with pytest.raises(DataError, match="sub-folder 'lion' .* not a class of --classes"):
+        load_dataset("folder", "test", data_root=tmp_path / "images", classes=names)
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("folder", "test", data_root=tmp_path / "images", classes=tmp_path / "no")
+    with pytest.raises(DataError, match="is a folder"):
+        load_dataset("folder", "test", data_root=tmp_path / "images", classes=tmp_path)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00cat")
+    with pytest.raises(DataError, match="as UTF-8 text"):
+        read_class_list(binary)
+    with pytest.raises(DataError, match="dataset digits has fixed labels: drop --classes"):
+        load_dataset("digits", "test", classes=names)
+    flat = tmp_path / "flat"
+    write_png(flat / "a.png", (4, 4), (0, 0, 0))
+    with pytest.raises(DataError, match="no class sub-folders, so --classes has nothing"):
+        load_dataset("folder", "test", data_root=flat, classes=names)
+
+
+def test_two_folders_for_one_class_index(tmp_path: Path) -> None:
+    make_image_tree(tmp_path, ("7", "07"), (6, 6), per=1)
+    with pytest.raises(DataError, match="name the same class index 7"):
+        load_dataset("folder", "test", data_root=tmp_path)
+
+
+def test_train_and_test_splits_must_mean_the_same_classes(tmp_path: Path) -> None:
+    make_image_tree(tmp_path / "sorted" / "train", ("cat", "dog"), (6, 6), per=1)
+    make_image_tree(tmp_path / "sorted" / "test", ("dog",), (6, 6), per=1)
+    train = load_dataset("folder", "train", data_root=tmp_path / "sorted")
+    test = load_dataset("folder", "test", data_root=tmp_path / "sorted")
+    with pytest.raises(DataError, match="different class sub-folders .*--classes FILE"):
+        check_same_classes(train, test)
+    make_image_tree(tmp_path / "index" / "train", ("0", "1", "5"), (6, 6), per=1)
+    make_image_tree(tmp_path / "index" / "test", ("5",), (6, 6), per=1)
+    check_same_classes(  # fewer classes in the test split is fine with class indices
+        load_dataset("folder", "train", data_root=tmp_path / "index"),
+        load_dataset("folder", "test", data_root=tmp_path / "index"),
+    )
+    make_image_tree(tmp_path / "index" / "test", ("9",), (6, 6), per=1)
+    with pytest.raises(DataError, match="needs 10 classes but the train split only 6"):
+        check_same_classes(
+            load_dataset("folder", "train", data_root=tmp_path / "index"),
+            load_dataset("folder", "test", data_root=tmp_path / "index"),
+        )
+    write_png(tmp_path / "flat" / "train" / "a.png", (6, 6), (0, 0, 0))
+    write_png(tmp_path / "flat" / "test" / "a.png", (6, 6), (0, 0, 0))
+    with pytest.raises(DataError, match="no labels; training needs"):
+        check_same_classes(
+            load_dataset("folder", "train", data_root=tmp_path / "flat"),
+            load_dataset("folder", "test", data_root=tmp_path / "flat"),
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """torchrun with two CPU processes (gloo) gives exactly the single-process output."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,78 @@ def test_torchrun_optimize_and_certify_match_single_process(model_path: Path, tm
     rows = _without_time(tmp_path / "seq1.csv")
     assert rows[0][-2:] == ["samples", "stop"] and len(rows) == 11
     assert _without_time(tmp_path / "seq2.csv") == rows
+
+
+def _torchrun(processes: int) -> list[str]:
+    return [*TORCHRUN[:-1], str(processes), "-m", "ancer_cli"]
+
+
+def _fails(command: list[object]) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    return result
+
+
+def _theta_bytes(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("theta_*.pt"))}
+
+
+@pytest.mark.slow
+def test_runs_interrupted_on_4_processes_resume_on_2_or_1(model_path: Path, tmp_path: Path):
+    """A 4-process run stopped by one rank's unreadable theta file (the others finish their
+    share) leaves theta files or result shards named for 4 processes; resumed on one process
+    (optimize) or two (certify) it ends exactly as an uninterrupted single-process run."""
+    optimize = ["optimize", "--model", model_path, "--max-index", 8, "--batch-size", 2,
+                "--iso-iterations", 6, "--iso-samples", 8, "--iterations", 6, "--samples", 8,
+                "--device", "cpu"]  # fmt: skip
+    single = tmp_path / "single"
+    _run([*ANCER, *optimize, "--out", single])
+    # the ANCER stage from the stored isotropic stage writes the same files (test_optimize.py)
+    iso = tmp_path / "iso"
+    shutil.copytree(single / "isotropic", iso)
+    from_iso = [*optimize, "--isotropic-thetas", iso]
+    (iso / "theta_test_3.pt").write_bytes(b"unreadable")  # batch [2, 3]: rank 1 of 4 fails
+    ranks = tmp_path / "ranks"
+    _fails([*_torchrun(4), *from_iso, "--out", ranks])
+    assert sorted(p.name for p in ranks.glob("theta_*.pt")) == [
+        f"theta_test_{i}.pt" for i in (0, 1, 4, 5, 6, 7)
+    ]
+    assert '"world_size": 4' in (ranks / "manifest.json").read_text()
+    (iso / "theta_test_3.pt").write_bytes((single / "isotropic" / "theta_test_3.pt").read_bytes())
+    resumed = _run([*ANCER, *from_iso, "--out", ranks, "--resume"])
+    assert "2 inputs optimized, 6 kept" in resumed.stdout
+    assert _theta_bytes(ranks) == {
+        name: data for name, data in _theta_bytes(single).items() if name.parent == Path(".")
+    }
+    assert '"complete": true' in (ranks / "manifest.json").read_text()
+
+    certify = ["certify", "--N0", 20, "--N", 500, "--device", "cpu"]
+    reference = tmp_path / "single.csv"
+    _run([*ANCER, *certify, "--thetas", single, "--out", reference])
+    broken = tmp_path / "broken"
+    shutil.copytree(single, broken)
+    (broken / "theta_test_2.pt").write_bytes(b"unreadable")  # rank 2 of 4: indices 2 and 6
+    out = tmp_path / "ranks.csv"
+    _fails([*_torchrun(4), *certify, "--thetas", broken, "--out", out])
+    shards = sorted(p.name for p in tmp_path.glob("ranks.csv.pre-memory.rank*"))
+    assert shards == [f"ranks.csv.pre-memory.rank{r}-of-4" for r in range(4)]
+    assert '"complete": false' in Path(str(out) + ".json").read_text()
+    (broken / "theta_test_2.pt").write_bytes((single / "theta_test_2.pt").read_bytes())
+    again = _run([*_torchrun(2), *certify, "--thetas", broken, "--out", out, "--resume"])
+    assert "6 rows kept" in again.stdout
+    assert _without_time(out) == _without_time(reference)
+    assert not list(tmp_path.glob("ranks.csv*.rank*"))
+    sidecar = Path(str(out) + ".json").read_text()
+    assert '"complete": true' in sidecar and '"world_size": 2' in sidecar
+
+
+@pytest.mark.slow
+def test_torchrun_predict_matches_single_process(model_path: Path, tmp_path: Path):
+    predict = ["predict", "--model", model_path, "--sigma", 0.25, "--N", 300, "--max-index", 7,
+               "--device", "cpu"]  # fmt: skip
+    _run([*ANCER, *predict, "--out", tmp_path / "single.csv"])
+    _run([*_torchrun(2), *predict, "--out", tmp_path / "ranks.csv"])
+    single = [line.split("\t")[:4] for line in (tmp_path / "single.csv").read_text().splitlines()]
+    ranks = [line.split("\t")[:4] for line in (tmp_path / "ranks.csv").read_text().splitlines()]
+    assert ranks == single and len(single) == 8
+    assert sorted(p.name for p in tmp_path.glob("ranks.csv*")) == ["ranks.csv", "ranks.csv.json"]

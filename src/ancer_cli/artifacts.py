@@ -40,6 +40,8 @@ REQUIRED_RESULT_COLUMNS = ("idx", "label", "predict", "radius", "correct")
 SEQUENTIAL_COLUMNS = ("samples", "stop")
 """Columns after the eight in sequential certification: samples used (selection and estimation)
 and why sampling stopped."""
+PREDICTION_COLUMNS = ("idx", "label", "predict", "correct", "time")
+"""The columns of ``ancer predict``'s output, and of Cohen et al.'s ``predict.py``."""
 RADIUS_DIGITS = 7
 
 
@@ -197,12 +199,13 @@ def format_result_row(
     return "\t".join(fields) + "\n"
 
 
-def results_header(extra: Sequence[str] = ()) -> str:
-    """The header line of a results TSV: the eight columns, then ``extra`` ones."""
-    return "\t".join((*RESULT_COLUMNS, *extra)) + "\n"
+RESULT_HEADER = "\t".join(RESULT_COLUMNS) + "\n"
 
 
-RESULT_HEADER = results_header()
+def format_prediction_row(idx: int, label: int, predict: int, correct: int, seconds: float) -> str:
+    """One line of a predictions TSV (``PREDICTION_COLUMNS``), with trailing newline."""
+    return f"{idx}\t{label}\t{predict}\t{correct}\t{seconds:.4f}\n"
+
 
 _CLOCK = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
 
@@ -219,13 +222,20 @@ def parse_time(text: str) -> float:
     return float(text)
 
 
+def is_prediction_frame(frame: pd.DataFrame) -> bool:
+    """Whether a frame read by :func:`read_results` holds PREDICT's outputs (no radius)."""
+    return "radius" not in frame.columns
+
+
 def read_results(path: Path) -> pd.DataFrame:
     """Read a results file: this tool's, the original ANCER scripts' or Cohen et al.'s.
 
     Requires the columns ``idx label predict radius correct``; ``radius_proxy``, ``min_sigma``
-    and ``time`` are optional. ``time`` becomes seconds (float). A header-only file gives an
-    empty frame. Raises :class:`ResultsError` with the file name and the problem for anything
-    malformed (line numbers count the header as line 1).
+    and ``time`` are optional. A predictions file (``ancer predict``'s or Cohen et al.'s
+    ``predict.py``'s: ``idx label predict correct time``, no radius) is read too, without radius
+    columns (:func:`is_prediction_frame`). ``time`` becomes seconds (float). A header-only file
+    gives an empty frame. Raises :class:`ResultsError` with the file name and the problem for
+    anything malformed (line numbers count the header as line 1).
     """
     path = Path(path)
     if not path.exists():
@@ -234,11 +244,14 @@ def read_results(path: Path) -> pd.DataFrame:
         raise ResultsError(f"results file {path} is a directory; give the .csv/.tsv file")
     frame = _read_tab_separated(path)
     frame.columns = [str(column).strip() for column in frame.columns]
-    missing = [column for column in REQUIRED_RESULT_COLUMNS if column not in frame.columns]
+    predictions = "radius" not in frame.columns and set(PREDICTION_COLUMNS) <= set(frame.columns)
+    required = PREDICTION_COLUMNS if predictions else REQUIRED_RESULT_COLUMNS
+    missing = [column for column in required if column not in frame.columns]
     if missing:
         raise ResultsError(
             f"results file {path} lacks column(s) {', '.join(missing)}; expected tab-separated "
-            f"columns {' '.join(REQUIRED_RESULT_COLUMNS)} (got {' '.join(frame.columns)})"
+            f"columns {' '.join(REQUIRED_RESULT_COLUMNS)}, or {' '.join(PREDICTION_COLUMNS)} "
+            f"for predictions (got {' '.join(frame.columns)})"
         )
     integer = ("idx", "label", "predict", "correct") + (
         ("samples",) if "samples" in frame.columns else ()
@@ -325,20 +338,58 @@ def read_results_record(results: Path) -> dict[str, Any] | None:
     return read_json(sidecar, "run record")
 
 
-class ResultsFile:
-    """The results TSV being written: header first, then one flushed line per certified input.
+def complete_rows(path: Path, columns: Sequence[str] = RESULT_COLUMNS) -> list[tuple[int, str]]:
+    """The complete rows of a results file being written, as ``(idx, line)`` in file order.
 
-    With ``resume`` an existing file is kept up to its last complete line (a line cut short by a
-    crash is dropped) and :attr:`done` lists the indices already there.
+    A line cut short by an interruption ends the rows (it and anything after it are left out);
+    a file holding part of the header, or nothing, has none. Raises :class:`OutputError` when
+    the file cannot be read or its header is not ``columns``.
+    """
+    path = Path(path)
+    header = "\t".join(columns) + "\n"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise OutputError(f"cannot resume {path}: unreadable ({error})") from error
+    if header.startswith(text):  # interrupted before the header was complete
+        return []
+    lines = text.splitlines(keepends=True)
+    if lines[0] != header:
+        raise OutputError(
+            f"cannot resume {path}: its header is not ancer's ({header.strip()!r}); use --force "
+            "to start over"
+        )
+    rows = []
+    for line in lines[1:]:
+        fields = line.rstrip("\n").split("\t")
+        if not line.endswith("\n") or len(fields) != len(columns):
+            break  # a line cut short by an interruption: that input is certified again
+        try:
+            rows.append((int(fields[0]), line))
+        except ValueError:
+            break
+    return rows
+
+
+class ResultsFile:
+    """The results TSV being written: header first, then one flushed line per input.
+
+    ``columns`` are the header's (the results of certify by default). With ``resume`` an
+    existing file is kept up to its last complete line (a line cut short by a crash is dropped)
+    and :attr:`done` lists the indices already there.
     """
 
-    def __init__(self, path: Path, resume: bool = False, header: str = RESULT_HEADER) -> None:
+    def __init__(
+        self, path: Path, resume: bool = False, columns: Sequence[str] = RESULT_COLUMNS
+    ) -> None:
         self.path = Path(path)
-        self.header = header
         self.done: list[int] = []
+        header = "\t".join(columns) + "\n"
         try:
             if resume and self.path.exists():
-                kept = self._recover()
+                rows = complete_rows(self.path, columns)
+                self.done = [idx for idx, _ in rows]
+                kept = header + "".join(line for _, line in rows)
                 # cut a half-written last line in place, keeping every complete row on disk
                 self.handle = open(self.path, "r+")  # noqa: SIM115 - closed in close()
                 if not self.done:
@@ -348,36 +399,10 @@ class ResultsFile:
                 self.handle.seek(0, os.SEEK_END)
             else:
                 self.handle = open(self.path, "w")  # noqa: SIM115
-                self.handle.write(self.header)
+                self.handle.write(header)
             self.handle.flush()
         except OSError as error:
             raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from error
-
-    def _recover(self) -> str:
-        try:
-            text = self.path.read_text()
-        except (OSError, UnicodeDecodeError) as error:
-            raise OutputError(f"cannot resume {self.path}: unreadable ({error})") from error
-        if self.header.startswith(text):  # interrupted before the header was complete
-            return self.header
-        lines = text.splitlines(keepends=True)
-        if lines[0] != self.header:
-            raise OutputError(
-                f"cannot resume {self.path}: its header is not this run's "
-                f"({self.header.strip()!r}); use --force to start over"
-            )
-        kept = [self.header]
-        width = len(self.header.rstrip("\n").split("\t"))
-        for line in lines[1:]:
-            fields = line.rstrip("\n").split("\t")
-            if not line.endswith("\n") or len(fields) != width:
-                break  # a line cut short by an interruption: certify that input again
-            try:
-                self.done.append(int(fields[0]))
-            except ValueError:
-                break
-            kept.append(line)
-        return "".join(kept)
 
     def append(self, line: str) -> None:
         try:
@@ -520,8 +545,9 @@ def _check_manifest_fields(manifest: dict[str, Any], path: Path) -> None:
     for key in ("model", "model_sha256", "dataset", "split", "norm"):
         if not isinstance(arguments.get(key), str):
             raise bad(f"arguments.{key}", "a string")
-    if not isinstance(arguments.get("data_root"), str | None):
-        raise bad("arguments.data_root", "a string or null")
+    for key in ("data_root", "classes"):
+        if not isinstance(arguments.get(key), str | None):
+            raise bad(f"arguments.{key}", "a string or null")
     if manifest.get("method") not in ("isotropic", "ancer"):
         raise bad("method", "isotropic or ancer")
     indices = manifest.get("indices")
@@ -543,12 +569,22 @@ def theta_indices(folder: Path, split: str) -> list[int]:
     return sorted(found)
 
 
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive, or a legacy pickle
+
+
 def read_isotropic_values(path: Path) -> torch.Tensor:
-    """An isotropic thetas file holding one value per dataset index: a ``.pt`` 1-d tensor or a
-    text file with one number per line (the original data-dependent smoothing outputs)."""
+    """An isotropic thetas file: a 1-d float tensor saved with ``torch.save`` (the original
+    data-dependent smoothing code's output, whatever its file name: it writes
+    ``isotropic_parameters`` without a suffix) or a text file with one number per line.
+
+    Returns the values as a 1-d float32 tensor; how they map to inputs is the caller's
+    (:func:`ancer_cli.thetas.open_thetas`) business.
+    """
     path = Path(path)
     try:
-        if path.suffix in (".pt", ".pth"):
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if path.suffix in (".pt", ".pth") or head.startswith(_TORCH_MAGIC):
             values = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(values, torch.Tensor):
                 raise ThetaError(
@@ -562,9 +598,12 @@ def read_isotropic_values(path: Path) -> torch.Tensor:
         raise ThetaError(
             f"isotropic thetas file {path} cannot be read ({type(error).__name__}: {error})"
         ) from error
-    values = values.flatten().to(torch.float32)
-    if values.numel() == 0:
+    if sum(size > 1 for size in values.shape) > 1:
         raise ThetaError(
-            f"isotropic thetas file {path} is empty; expected one value per dataset index"
+            f"isotropic thetas file {path} holds a tensor of shape {tuple(values.shape)}; "
+            "expected one sigma per input (a 1-d tensor)"
         )
+    values = values.detach().flatten().to(torch.float32)
+    if values.numel() == 0:
+        raise ThetaError(f"isotropic thetas file {path} is empty; expected one sigma per input")
     return validate_theta(values, f"isotropic thetas file {path}", None)

@@ -5,11 +5,13 @@ certificates rows of the results file (then, for per-input thetas, the memory pa
 from __future__ import annotations
 
 import enum
+import math
+import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,16 +21,15 @@ from torch import nn
 
 from ancer_cli.artifacts import (
     RESULT_COLUMNS,
-    RESULT_HEADER,
     SEQUENTIAL_COLUMNS,
     ResultsFile,
     atomic_writer,
     check_new_output,
     check_resumable,
+    complete_rows,
     format_result_row,
     read_results,
     remove_stale_temporaries,
-    results_header,
     results_sidecar_path,
     utc_now,
     write_json,
@@ -46,10 +47,10 @@ from ancer_cli.core.smoothing import (
     certify_sequential_many,
     inputs_per_group,
 )
-from ancer_cli.data import LoadedData
-from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
+from ancer_cli.data import UNLABELED, LoadedData
+from ancer_cli.distributed import SINGLE, Ranks, Session, collective
 from ancer_cli.errors import AncerError, OutputError
-from ancer_cli.inputs import load_run_inputs, select_indices
+from ancer_cli.inputs import labels_record, load_run_inputs, select_indices
 from ancer_cli.runtime import provenance
 from ancer_cli.thetas import open_thetas, recorded_run
 
@@ -133,9 +134,10 @@ class CertifyConfig:
     sequential: Sequential | None = None
 
     @property
-    def header(self) -> str:
-        """The results file's header: eight columns, plus samples and stop when sequential."""
-        return results_header(SEQUENTIAL_COLUMNS if self.sequential is not None else ())
+    def columns(self) -> tuple[str, ...]:
+        """The results file's columns: the eight, plus samples and stop when sequential."""
+        extra = SEQUENTIAL_COLUMNS if self.sequential is not None else ()
+        return (*RESULT_COLUMNS, *extra)
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,6 @@ def certify_dataset(
     ``time`` is the wall time of sampling and bounding (theta loading excluded), shared evenly
     by the inputs of a group.
     """
-    order = list(indices)
     sequential = config.sequential
     if sequential is None:
         group = inputs_per_group(config.n_selection, config.n_estimation, config.batch_size)
@@ -203,22 +204,16 @@ def certify_dataset(
         plan = sequential.plan(config.n_estimation, config.alpha, config.norm)
         # the first looks are short: enough inputs to fill a forward pass with them
         group = max(1, min(MAX_INPUTS_PER_GROUP, config.batch_size // plan.first))
-    for start in range(0, len(order), group):
-        chosen = order[start : start + group]
-        group_thetas, failure = _load_thetas(thetas, chosen)
-        chosen = chosen[: len(group_thetas)]  # certify what comes before a bad theta first
-        if not chosen:
-            assert failure is not None
-            raise failure
-        items = [data.dataset[idx] for idx in chosen]
-        xs = torch.stack([x for x, _ in items]).to(device=device, dtype=torch.float32)
-        generators = [input_generator(config.seed, idx, device, Stream.certify) for idx in chosen]
+    for chosen in input_groups(data, indices, thetas, group, device):
+        generators = [
+            input_generator(config.seed, idx, device, Stream.certify) for idx in chosen.indices
+        ]
         began = time.perf_counter()
         if sequential is None:
             certificates = certify_many(
                 model,
-                xs,
-                group_thetas,
+                chosen.xs,
+                chosen.thetas,
                 config.norm,
                 config.n_selection,
                 config.n_estimation,
@@ -229,11 +224,11 @@ def certify_dataset(
         else:
             needed = None
             if sequential.radii:
-                needed = np.stack([sequential.thresholds(th, config.norm) for th in group_thetas])
+                needed = np.stack([sequential.thresholds(th, config.norm) for th in chosen.thetas])
             certificates = certify_sequential_many(
                 model,
-                xs,
-                group_thetas,
+                chosen.xs,
+                chosen.thetas,
                 config.norm,
                 config.n_selection,
                 plan,
@@ -241,9 +236,10 @@ def certify_dataset(
                 generators,
                 needed,
             )
-        seconds = (time.perf_counter() - began) / len(chosen)
-        for idx, (_, label), certificate in zip(chosen, items, certificates, strict=True):
-            label = int(label)
+        seconds = (time.perf_counter() - began) / len(chosen.indices)
+        for idx, label, certificate in zip(
+            chosen.indices, chosen.labels, certificates, strict=True
+        ):
             yield ResultRow(
                 idx=idx,
                 label=label,
@@ -253,9 +249,45 @@ def certify_dataset(
                 correct=int(certificate.prediction == label and certificate.prediction != ABSTAIN),
                 min_sigma=certificate.min_theta,
                 seconds=seconds,
-                samples=None if sequential is None else config.n_selection + certificate.n_estimation,
+                samples=None
+                if sequential is None
+                else config.n_selection + certificate.n_estimation,
                 stop=certificate.stop,
             )
+
+
+@dataclass(frozen=True)
+class InputGroup:
+    """Consecutive inputs sampled together: dataset ``indices``, their ``labels``, the images
+    ``xs`` ``(n, C, H, W)`` on the model's device and their ``thetas``."""
+
+    indices: list[int]
+    labels: list[int]
+    xs: torch.Tensor
+    thetas: list[Theta]
+
+
+def input_groups(
+    data: LoadedData,
+    indices: Iterable[int],
+    thetas: ThetaSource,
+    size: int,
+    device: torch.device,
+) -> Iterator[InputGroup]:
+    """The inputs of ``indices`` in order, in groups of at most ``size``, with their thetas.
+
+    A theta that cannot be loaded ends its group early: the inputs before it are yielded (so
+    their rows are written), then its error is raised.
+    """
+    order = list(indices)
+    for start in range(0, len(order), size):
+        chosen = order[start : start + size]
+        group_thetas, failure = _load_thetas(thetas, chosen)
+        chosen = chosen[: len(group_thetas)]  # what comes before a bad theta goes first
+        if chosen:
+            items = [data.dataset[idx] for idx in chosen]
+            xs = torch.stack([x for x, _ in items]).to(device=device, dtype=torch.float32)
+            yield InputGroup(chosen, [int(label) for _, label in items], xs, group_thetas)
         if failure is not None:
             raise failure
 
@@ -282,6 +314,9 @@ class MemorySummary:
 
 @dataclass(frozen=True)
 class CertifySummary:
+    """Totals of a certify run; ``labeled`` counts the rows with a label (an unlabeled image
+    folder has none: then accuracy and ``mean_radius``, the average certified radius, are NaN)."""
+
     certified: int
     resumed: int
     correct: int
@@ -289,7 +324,13 @@ class CertifySummary:
     mean_radius: float
     seconds: float
     memory: MemorySummary | None
+    labeled: int = 0
     samples: SampleSummary | None = None
+
+    @property
+    def accuracy(self) -> float:
+        """Certified accuracy at radius 0 of the labeled rows (NaN without labels)."""
+        return self.correct / self.labeled if self.labeled else math.nan
 
 
 @dataclass(frozen=True)
@@ -383,41 +424,153 @@ def apply_memory(
     return final, summary
 
 
+class Row(Protocol):
+    """A line of a results file for one dataset index (:class:`ResultRow`, a prediction row)."""
+
+    idx: int
+
+    def line(self) -> str: ...
+
+
 def shard_path(working: Path, ranks: Ranks) -> Path:
     """The file one rank of a distributed run writes: ``results.csv.rank1-of-4``."""
     return Path(f"{working}.rank{ranks.rank}-of-{ranks.world_size}")
 
 
-def merge_shards(
-    working: Path, ranks: Ranks, indices: list[int], header: str = RESULT_HEADER
-) -> None:
-    """Rank 0: merge every rank's shard into ``working`` in index order, then remove them."""
-    shards = [shard_path(working, Ranks(r, ranks.world_size)) for r in range(ranks.world_size)]
+def leftover_shards(working: Path) -> list[Path]:
+    """Every shard file of ``working`` on disk, whatever number of processes wrote it."""
+    pattern = re.compile(re.escape(working.name) + r"\.rank\d+-of-\d+")
+    try:
+        entries = list(working.parent.iterdir())
+    except OSError as error:
+        raise OutputError(f"cannot list {working.parent}: {error.strerror or error}") from error
+    return sorted(path for path in entries if pattern.fullmatch(path.name))
+
+
+def gather_rows(working: Path, columns: Sequence[str] = RESULT_COLUMNS) -> dict[int, str]:
+    """The complete rows of ``working`` and of all its shards, by dataset index (a row found
+    twice -- a merge interrupted before it removed the shards -- is kept once)."""
     rows: dict[int, str] = {}
-    for shard in shards:
-        lines = shard.read_text().splitlines(keepends=True)
-        if not lines or lines[0] != header:
-            raise OutputError(f"shard {shard} lost its header; rerun with --force")
-        for line in lines[1:]:
-            rows[int(line.split("\t", 1)[0])] = line
-    if sorted(rows) != sorted(indices):
+    for path in [working, *leftover_shards(working)]:
+        if path.exists():
+            for idx, line in complete_rows(path, columns):
+                rows.setdefault(idx, line)
+    return rows
+
+
+def merge_rows(
+    working: Path, columns: Sequence[str] = RESULT_COLUMNS, indices: Sequence[int] | None = None
+) -> dict[int, str]:
+    """Rank 0: the rows of ``working`` and its shards into ``working`` alone, in index order.
+
+    ``working`` is rewritten (atomically) only when shards held rows or its own rows were out
+    of order or cut short; then the shards are removed. With ``indices``, every one of them must
+    have a row. Returns the rows by index.
+    """
+    shards = leftover_shards(working)
+    rows = gather_rows(working, columns)
+    if indices is not None and set(rows) != set(indices):
         missing = sorted(set(indices) - set(rows))
         raise OutputError(
             f"the shards of {working} lack indices {missing[:5]}; rerun with --resume"
         )
-    with atomic_writer(working) as handle:
-        handle.write(header)
-        handle.writelines(rows[i] for i in sorted(rows))
-    for shard in shards:
-        shard.unlink()
+    own = complete_rows(working, columns) if working.exists() else []
+    in_order = [idx for idx, _ in own] == sorted(rows)
+    if shards or not in_order:
+        header = "\t".join(columns) + "\n"
+        with atomic_writer(working) as handle:
+            handle.write(header)
+            handle.writelines(rows[i] for i in sorted(rows))
+        for shard in shards:
+            shard.unlink()
+    return rows
 
 
-def check_resume(out: Path, arguments: dict[str, Any], memory: bool, ranks: Ranks = SINGLE) -> None:
+def check_resume(out: Path, arguments: dict[str, Any], memory: bool) -> None:
     """Refuse to resume ``out`` if its sidecar records other arguments (names the first)."""
-    working = pre_memory_path(out) if memory else out
-    mine = shard_path(working, ranks) if ranks.distributed else working
-    if mine.exists() or out.exists():
+    _check_resume(out, pre_memory_path(out) if memory else out, arguments)
+
+
+def _check_resume(out: Path, working: Path, arguments: dict[str, Any]) -> None:
+    if out.exists() or working.exists() or leftover_shards(working):
         check_resumable(results_sidecar_path(out), arguments, str(out))
+
+
+def write_rows(
+    rows_of: Callable[[list[int]], Iterable[Row]],
+    indices: list[int],
+    out: Path,
+    working: Path,
+    record: dict[str, Any],
+    *,
+    columns: Sequence[str] = RESULT_COLUMNS,
+    resume: bool = False,
+    on_row: Callable[[Any], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    ranks: Ranks = SINGLE,
+) -> int | None:
+    """The results loop of certify and predict: the rows of ``indices`` into ``working``, in
+    index order, resumable and sharded; returns the number of rows kept from an earlier run
+    (``None`` on ranks other than 0).
+
+    ``rows_of(share)`` yields the rows of a list of indices, in order. The sidecar of ``out``
+    (``record`` with ``"complete": false``) is written first. A single process appends its
+    rows to ``working``, flushed one by one; each rank of a distributed run writes its own shard
+    (``working.rank{r}-of-{w}``) and rank 0 merges them into ``working`` at the end.
+
+    With ``resume`` (the sidecar must record the same ``record["arguments"]``) rank 0 first
+    gathers the complete rows left by the interrupted run -- in ``working`` and in shards
+    written by any number of processes -- into ``working``; every rank then takes its share of
+    the indices that still lack a row, so a run resumes with any number of processes and ends
+    with one row per index, each computed once. ``on_start(kept, mine)`` is called with the rows
+    kept and the number this rank writes, ``on_row`` after each row it writes.
+    """
+    sidecar = results_sidecar_path(out)
+    started = utc_now()
+
+    def begin() -> None:
+        if resume:
+            _check_resume(out, working, record["arguments"])
+        if ranks.is_main:  # nobody writes before every rank has passed this point
+            remove_stale_temporaries(out.parent, out.name)
+            if resume:
+                merge_rows(working, columns)
+            else:  # nothing of an earlier run may pass for this one's rows
+                for path in [working, *leftover_shards(working)]:
+                    if path.is_file():
+                        path.unlink()
+
+    collective(ranks, begin)
+    if ranks.is_main:
+        write_json(sidecar, {**record, "complete": False, "started": started})
+
+    def write_share() -> int:
+        # rank 0 gathered every earlier row into working, and in a distributed run nobody
+        # writes working until the end: every rank sees the same rows, whatever shards begin
+        kept = complete_rows(working, columns) if resume and working.exists() else []
+        done = {idx for idx, _ in kept}
+        unexpected = done.difference(indices)
+        if unexpected:
+            raise OutputError(
+                f"cannot resume {working}: it holds index {min(unexpected)}, which this run "
+                "would not cover; use the same --skip/--max or --force to start over"
+            )
+        share = ranks.share([i for i in indices if i not in done])
+        if on_start is not None:
+            on_start(len(done), len(share))
+        mine = shard_path(working, ranks) if ranks.distributed else working
+        with ResultsFile(mine, resume=mine.exists(), columns=columns) as results:
+            for row in rows_of(share):
+                results.append(row.line())
+                if on_row is not None:
+                    on_row(row)
+        return len(done)
+
+    kept = collective(ranks, write_share)
+    if not ranks.is_main:
+        return None
+    merge_rows(working, columns, indices)
+    return kept
 
 
 def run_certify(
@@ -434,6 +587,7 @@ def run_certify(
     on_row: Callable[[ResultRow], None] | None = None,
     on_memory: Callable[[int, int], None] | None = None,
     ranks: Ranks = SINGLE,
+    on_start: Callable[[int, int], None] | None = None,
 ) -> CertifySummary | None:
     """Certify ``indices`` into the results file ``out`` and its JSON sidecar.
 
@@ -441,7 +595,8 @@ def run_certify(
     ``memory``, into ``out.pre-memory``, from which the memory pass then writes ``out``
     atomically once every input is certified. With ``resume``, rows already written are kept
     (the sidecar must record the same ``record["arguments"]``) and only the remaining indices
-    are certified. The sidecar says ``"complete": false`` until the end.
+    are certified, by any number of processes (see :func:`write_rows`). The sidecar says
+    ``"complete": false`` until the end.
 
     In a distributed run each rank certifies its share into its own shard file; rank 0 merges
     the shards in index order, runs the memory pass, writes the sidecar and returns the
@@ -449,43 +604,22 @@ def run_certify(
     """
     sidecar = results_sidecar_path(out)
     working = pre_memory_path(out) if memory else out
-    mine = shard_path(working, ranks) if ranks.distributed else working
     began = time.perf_counter()
     started = utc_now()
-
-    def begin() -> None:
-        if resume:
-            check_resume(out, record["arguments"], memory, ranks)
-        if ranks.is_main:  # nobody writes before every rank has passed this point
-            remove_stale_temporaries(out.parent, out.name)
-
-    collective(ranks, begin)
-    if ranks.is_main:
-        write_json(sidecar, {**record, "complete": False, "started": started})
-
-    def certify_share() -> int:
-        share = ranks.share(indices)
-        with ResultsFile(mine, resume=resume and mine.exists(), header=config.header) as results:
-            done = set(results.done)
-            unexpected = done.difference(share)
-            if unexpected:
-                raise OutputError(
-                    f"cannot resume {mine}: it holds index {min(unexpected)}, which this run "
-                    "would not certify; use the same --skip/--max or --force to start over"
-                )
-            for row in certify_dataset(
-                model, data, [i for i in share if i not in done], thetas, config, device
-            ):
-                results.append(row.line())
-                if on_row is not None:
-                    on_row(row)
-        return len(done)
-
-    resumed = total(ranks, collective(ranks, certify_share))
-    if not ranks.is_main:
+    resumed = write_rows(
+        lambda share: certify_dataset(model, data, share, thetas, config, device),
+        indices,
+        out,
+        working,
+        record,
+        columns=config.columns,
+        resume=resume,
+        on_row=on_row,
+        on_start=on_start,
+        ranks=ranks,
+    )
+    if resumed is None:
         return None
-    if ranks.distributed:
-        merge_shards(working, ranks, indices, config.header)
     memory_summary = None
     if memory:
         lines = working.read_text().splitlines(keepends=True)[1:]
@@ -493,17 +627,21 @@ def run_certify(
             read_results(working), lines, data, thetas, config.norm, device, on_memory
         )
         with atomic_writer(out) as handle:
-            handle.write(config.header)
+            handle.write("\t".join(config.columns) + "\n")
             handle.writelines(lines)
     frame = read_results(out)
+    scored = frame[frame["label"] != UNLABELED]
     summary = CertifySummary(
         certified=len(frame),
         resumed=resumed,
         correct=int(frame["correct"].sum()),
         abstained=int((frame["predict"] == ABSTAIN).sum()),
-        mean_radius=float((frame["radius"] * frame["correct"]).mean()) if len(frame) else 0.0,
+        mean_radius=float((scored["radius"] * scored["correct"]).mean())
+        if len(scored)
+        else math.nan,
         seconds=time.perf_counter() - began,
         memory=memory_summary,
+        labeled=len(scored),
         samples=SampleSummary.of(frame, config.n_selection + config.n_estimation),
     )
     memory_record: dict[str, Any] = {"enabled": memory}
@@ -529,8 +667,9 @@ def run_certify(
                 "resumed_rows": summary.resumed,
                 "correct": summary.correct,
                 "abstained": summary.abstained,
-                "certified_accuracy_at_0": summary.correct / max(summary.certified, 1),
-                "average_certified_radius": summary.mean_radius,
+                "labeled": summary.labeled,
+                "certified_accuracy_at_0": _finite(summary.accuracy),
+                "average_certified_radius": _finite(summary.mean_radius),
                 "seconds_this_run": summary.seconds,
                 **(summary.samples.record() if summary.samples is not None else {}),
             },
@@ -558,6 +697,7 @@ class CertifyRequest:
     split: str | None = None
     norm: Norm | None = None
     arch: str | None = None
+    classes: Path | None = None
     n_selection: int = CertifyConfig.n_selection
     n_estimation: int = CertifyConfig.n_estimation
     alpha: float = CertifyConfig.alpha
@@ -588,12 +728,14 @@ class CertifyPlan:
     config: CertifyConfig
     memory: bool
     record: dict[str, Any]
+    logits: int = 0
 
     def run(
         self,
         session: Session,
         on_row: Callable[[ResultRow], None] | None = None,
         on_memory: Callable[[int, int], None] | None = None,
+        on_start: Callable[[int, int], None] | None = None,
     ) -> CertifySummary | None:
         """:func:`run_certify` of this plan (``None`` on ranks other than 0)."""
         return run_certify(
@@ -610,6 +752,7 @@ class CertifyPlan:
             on_row=on_row,
             on_memory=on_memory,
             ranks=session.ranks,
+            on_start=on_start,
         )
 
 
@@ -619,8 +762,61 @@ def plan_certify(request: CertifyRequest, session: Session) -> CertifyPlan:
     return collective(session.ranks, lambda: _plan(request, session))
 
 
-def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
-    check_new_output(request.out, force=request.force, resume=request.resume)
+class InputsRequest(Protocol):
+    """The options certify and predict share: what to smooth, with which thetas, on which
+    inputs (:class:`CertifyRequest`, :class:`~ancer_cli.predict.PredictRequest`)."""
+
+    @property
+    def model(self) -> Path | None: ...
+    @property
+    def thetas(self) -> Path | None: ...
+    @property
+    def sigma(self) -> float | None: ...
+    @property
+    def method(self) -> CertifyMethod | None: ...
+    @property
+    def dataset(self) -> str | None: ...
+    @property
+    def data_root(self) -> Path | None: ...
+    @property
+    def split(self) -> str | None: ...
+    @property
+    def norm(self) -> Norm | None: ...
+    @property
+    def arch(self) -> str | None: ...
+    @property
+    def classes(self) -> Path | None: ...
+    @property
+    def skip(self) -> int: ...
+    @property
+    def max_index(self) -> int | None: ...
+    @property
+    def precision(self) -> Precision: ...
+    @property
+    def channels_last(self) -> bool: ...
+    @property
+    def seed(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class SmoothedInputs:
+    """What a certify or predict run smooths, loaded and checked: the base classifier (with its
+    speed options), the data, each input's theta, the indices, and the arguments naming them."""
+
+    model: nn.Module
+    data: LoadedData
+    norm: Norm
+    method: CertifyMethod
+    thetas: ThetaSource
+    description: str
+    indices: list[int]
+    logits: int
+    arguments: dict[str, Any]
+
+
+def resolve_inputs(request: InputsRequest, session: Session) -> SmoothedInputs:
+    """Load the model, data and thetas of ``request`` and choose its indices. Defaults come from
+    the thetas' manifest, then from the model file; ``sigma`` or ``thetas`` must be given."""
     recorded = recorded_run(request.thetas)
     model_path = request.model or recorded.model
     if model_path is None:
@@ -638,6 +834,7 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
         split=request.split or recorded.split or "test",
         norm=request.norm or recorded.norm,
         arch=request.arch,
+        classes=request.classes or recorded.classes,
     )
     indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
     if request.thetas is not None:
@@ -647,6 +844,7 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
             norm=run.norm,
             model_sha256=run.model.sha256,
             device=session.device,
+            selected=indices,
         )
         method = CertifyMethod(theta_set.method)
         if request.method is not None and request.method is not method:
@@ -656,15 +854,49 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
         available = set(theta_set.indices)
         indices = [i for i in indices if i in available]
         thetas: ThetaSource = theta_set.theta
-        description = f"{method.value} thetas from {request.thetas}"
+        description = f"{method.value} thetas from {request.thetas}" + (
+            f" ({theta_set.layout.value})" if theta_set.layout is not None else ""
+        )
     else:
         assert request.sigma is not None
         method = CertifyMethod.fixed
         thetas = fixed_theta(theta_from_sigma(request.sigma, run.norm))
         description = f"noise sigma={request.sigma}"
+    arguments = {
+        "method": method.value,
+        "model": str(model_path),
+        "model_sha256": run.model.sha256,
+        "thetas": _text(request.thetas),
+        "dataset": run.data.info.name,
+        "split": run.data.split,
+        "classes": _text(request.classes or recorded.classes),
+        "norm": run.norm.value,
+        "sigma": request.sigma,
+        "skip": request.skip,
+        "max": request.max_index,
+        "seed": request.seed,
+        **speed_options_record(request.precision, request.channels_last),
+    }
+    return SmoothedInputs(
+        model=prepare_model(run.model.module, request.precision, request.channels_last),
+        data=run.data,
+        norm=run.norm,
+        method=method,
+        thetas=thetas,
+        description=description,
+        indices=indices,
+        logits=run.logits,
+        arguments=arguments,
+    )
+
+
+def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
+    check_new_output(request.out, force=request.force, resume=request.resume)
+    inputs = resolve_inputs(request, session)
+    method = inputs.method
     memory = method is not CertifyMethod.fixed if request.memory is None else request.memory
     config = CertifyConfig(
-        norm=run.norm,
+        norm=inputs.norm,
         n_selection=request.n_selection,
         n_estimation=request.n_estimation,
         alpha=request.alpha,
@@ -675,39 +907,39 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
     record = {
         "format": "ancer-results/1",
         "arguments": {
-            "method": method.value,
-            "model": str(model_path),
-            "model_sha256": run.model.sha256,
-            "thetas": str(request.thetas) if request.thetas is not None else None,
-            "dataset": run.data.info.name,
-            "split": run.data.split,
-            "norm": run.norm.value,
-            "sigma": request.sigma,
+            **inputs.arguments,
             "N0": request.n_selection,
             "N": request.n_estimation,
             "alpha": request.alpha,
             "batch_size": request.batch_size,
-            "skip": request.skip,
-            "max": request.max_index,
-            "seed": request.seed,
             "memory": memory,
-            "world_size": session.ranks.world_size,
-            **speed_options_record(request.precision, request.channels_last),
             **({"sequential": request.sequential.record()} if request.sequential else {}),
         },
+        "labels": labels_record(inputs.data),
+        "world_size": session.ranks.world_size,  # not an argument: a run resumes on any number
         **provenance(session.device),
     }
     if request.resume:
-        check_resume(request.out, record["arguments"], memory, session.ranks)
+        check_resume(request.out, record["arguments"], memory)
     return CertifyPlan(
         request=request,
-        model=prepare_model(run.model.module, request.precision, request.channels_last),
-        data=run.data,
+        model=inputs.model,
+        data=inputs.data,
         method=method,
-        thetas=thetas,
-        theta_description=description,
-        indices=indices,
+        thetas=inputs.thetas,
+        theta_description=inputs.description,
+        indices=inputs.indices,
         config=config,
         memory=memory,
         record=record,
+        logits=inputs.logits,
     )
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or ``None`` (JSON null) where it is NaN: a quantity without labels."""
+    return None if math.isnan(value) else value
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None

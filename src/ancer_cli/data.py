@@ -5,6 +5,11 @@ Each loader returns a :class:`LoadedData` whose dataset yields ``x``, a float32 
 applied here: every model carries its own mean/std layer (see :mod:`ancer_cli.models`), so noise is
 always added in pixel space.
 
+Image folders (``imagenet``, ``folder``) label their images by a :class:`ClassMapping`: sub-folders
+named by class index carry that index, sub-folders named in a class list (``--classes FILE``, line
+k = class k) carry its line, other names are sorted and numbered 0, 1, ...; a folder of images
+without sub-folders is unlabeled (label -1).
+
 Missing or malformed data raises :class:`~ancer_cli.errors.DataError` with one line naming the
 expected layout; no raw torchvision, pickle or PIL exception escapes for those cases.
 """
@@ -12,13 +17,15 @@ expected layout; no raw torchvision, pickle or PIL exception escapes for those c
 from __future__ import annotations
 
 import contextlib
+import enum
 import gzip
 import importlib
 import os
 import pickle
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,8 +38,9 @@ from ancer_cli.errors import DataError, first_line
 DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10", "imagenet", "folder")
 SPLITS: tuple[str, ...] = ("train", "test")
 
-# ImageFolder-style datasets also accept "val" as another name for the test split.
-_VAL_ALIAS_DATASETS = frozenset({"imagenet", "folder"})
+# ImageFolder-style datasets: labels from sub-folders (see ClassMapping); they also accept "val"
+# as another name for the test split.
+_IMAGE_FOLDER_DATASETS = frozenset({"imagenet", "folder"})
 
 # Dataset-wide pixel mean/std of scikit-learn's digits after scaling to [0, 1] (all 1,797 images,
 # population std), rounded to 4 decimals.
@@ -96,17 +104,83 @@ class DatasetInfo:
     default_arch: str
 
 
+UNLABELED = -1
+"""The label of an image in a folder without class sub-folders."""
+
+
+class LabelRule(str, enum.Enum):
+    """How the images of an image folder got their labels."""
+
+    index = "index"  # sub-folders named by the model's class index: 0/, 7/, ...
+    classes_file = "classes-file"  # sub-folders named in --classes FILE: line k is class k
+    sorted = "sorted"  # any other names: sorted and numbered 0, 1, ...
+    unlabeled = "unlabeled"  # images without sub-folders: label -1
+
+
+@dataclass(frozen=True)
+class ClassMapping:
+    """The labels of an image folder's sub-folders, and the rule that gave them.
+
+    ``labels`` maps each sub-folder name to its label (empty when unlabeled); ``classes_file``
+    is the class list that named them (rule ``classes_file``) and ``listed`` the number of
+    classes it lists.
+    """
+
+    rule: LabelRule
+    labels: dict[str, int] = field(default_factory=dict)
+    classes_file: Path | None = None
+    listed: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        """Classes a model needs for these labels: the class list's length, else the largest
+        label plus one (0 when unlabeled)."""
+        if self.rule is LabelRule.classes_file:
+            return self.listed
+        return max(self.labels.values(), default=-1) + 1
+
+    def record(self) -> dict[str, Any]:
+        """The mapping as recorded in sidecars and manifests."""
+        return {
+            "rule": self.rule.value,
+            "classes_file": str(self.classes_file) if self.classes_file is not None else None,
+            "labels": dict(sorted(self.labels.items(), key=lambda item: (item[1], item[0]))),
+        }
+
+    def describe(self, shown: int = 4) -> str:
+        """One line for people: the rule and the first few ``name -> label`` pairs."""
+        if self.rule is LabelRule.unlabeled:
+            return "no class sub-folders: the images are unlabeled (label -1)"
+        pairs = sorted(self.labels.items(), key=lambda item: (item[1], item[0]))
+        listed = ", ".join(f"{name} -> {label}" for name, label in pairs[:shown])
+        if len(pairs) > shown:
+            listed += f", ... ({len(pairs)} classes)"
+        how = {
+            LabelRule.index: "sub-folders named by class index",
+            LabelRule.classes_file: f"sub-folders named in --classes {self.classes_file}",
+            LabelRule.sorted: "sorted sub-folder names",
+        }[self.rule]
+        return f"labels from {how}: {listed}"
+
+
 @dataclass(frozen=True)
 class LoadedData:
     """A loaded split. ``dataset[i]`` is ``(x, label)``: ``x`` float32 ``(C, H, W)`` in [0, 1].
 
     ``split`` is the canonical split name, ``"train"`` or ``"test"`` (``"val"`` becomes ``"test"``
-    so theta files are named the same whichever alias the user typed).
+    so theta files are named the same whichever alias the user typed). ``classes`` says how an
+    image folder's images were labeled (``None`` for the built-in datasets).
     """
 
     dataset: Dataset[tuple[torch.Tensor, int]]
     info: DatasetInfo
     split: str
+    classes: ClassMapping | None = None
+
+    @property
+    def labeled(self) -> bool:
+        """Whether the images carry labels (an unlabeled folder's are all -1)."""
+        return self.classes is None or self.classes.rule is not LabelRule.unlabeled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,14 +193,18 @@ def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return _NORMALIZATION[name]
 
 
-def dataset_info(name: str, data_root: Path | None = None) -> DatasetInfo:
+def dataset_info(
+    name: str, data_root: Path | None = None, classes: Path | None = None
+) -> DatasetInfo:
     """Describe dataset ``name`` without loading its images.
 
     ``digits``, ``mnist`` and ``cifar10`` have fixed shapes and need no ``data_root``. ``imagenet``
-    counts its class folders (under ``train/``, else ``val/``) and ``folder`` reads the size of its
-    first image, so both need ``data_root``.
+    counts its classes (under ``train/``, else ``val/``) and ``folder`` also reads the size of its
+    first image, so both need ``data_root``; ``classes`` is their class list (see
+    :func:`class_mapping`).
     """
     _check_name(name)
+    _check_classes_option(name, classes)
     if name == "digits":
         return _info(name, (1, 8, 8), 10)
     if name == "mnist":
@@ -138,27 +216,33 @@ def dataset_info(name: str, data_root: Path | None = None) -> DatasetInfo:
         for split in ("train", "test"):
             directory = _imagenet_split_dir(root, split)
             if directory.is_dir():
-                classes = _find_classes(directory, name)
-                return _info(name, (3, IMAGENET_CROP, IMAGENET_CROP), len(classes))
+                mapping = class_mapping(directory, name, classes)
+                return _info(name, (3, IMAGENET_CROP, IMAGENET_CROP), mapping.num_classes)
         raise DataError(
             f"ImageNet not found: expected {root}/train or {root}/val with one sub-folder of "
             "images per class; pass the folder that holds them as --data-root"
         )
     directory = _folder_split_dir(root, _first_folder_split(root))
-    classes = _find_classes(directory, name)
-    first = _first_image(directory, classes)
-    return _info(name, (3, *_image_hw(first)), len(classes))
+    mapping = class_mapping(directory, name, classes)
+    first = _first_image(directory, mapping)
+    return _info(name, (3, *_image_hw(first)), mapping.num_classes)
 
 
 def load_dataset(
-    name: str, split: str = "test", data_root: Path | None = None, download: bool = False
+    name: str,
+    split: str = "test",
+    data_root: Path | None = None,
+    download: bool = False,
+    classes: Path | None = None,
 ) -> LoadedData:
     """Load split ``split`` of dataset ``name``.
 
     ``digits`` is embedded (scikit-learn); the others read ``data_root``. ``download`` fetches
-    MNIST or CIFAR-10 with torchvision first; it is ignored by the other datasets.
+    MNIST or CIFAR-10 with torchvision first; it is ignored by the other datasets. ``classes``
+    is the class list of an image folder (``imagenet``, ``folder``), see :func:`class_mapping`.
     """
     _check_name(name)
+    _check_classes_option(name, classes)
     canonical = _canonical_split(name, split)
     if name == "digits":
         return _load_digits(canonical)
@@ -168,8 +252,41 @@ def load_dataset(
     if name == "cifar10":
         return _load_cifar10(root, canonical, download)
     if name == "imagenet":
-        return _load_imagenet(root, canonical)
-    return _load_folder(root, canonical, split)
+        return _load_imagenet(root, canonical, classes)
+    return _load_folder(root, canonical, split, classes)
+
+
+def check_same_classes(train: LoadedData, test: LoadedData) -> None:
+    """Refuse a train and a test split whose labels mean different classes.
+
+    With the sorted-names rule a label is a position among the split's own sub-folders, so
+    both splits must hold the same sub-folders; with class indices or a class list, labels
+    mean the same in both and the test split may hold fewer classes. Images without labels
+    cannot be trained on.
+    """
+    for data in (train, test):
+        if data.classes is not None and data.classes.rule is LabelRule.unlabeled:
+            raise DataError(
+                f"the {data.info.name} {data.split} split has no class sub-folders, so its "
+                "images have no labels; training needs <split>/<class>/<image> folders"
+            )
+    if train.classes is None or test.classes is None:
+        return
+    if LabelRule.sorted in (train.classes.rule, test.classes.rule):
+        if set(train.classes.labels) != set(test.classes.labels):
+            only = sorted(set(train.classes.labels) ^ set(test.classes.labels))
+            raise DataError(
+                f"the train and test splits of {train.info.name} hold different class "
+                f"sub-folders ({', '.join(only[:3])} in one only); their names are not class "
+                "indices, so labels are positions among the sorted names and would differ: "
+                "name the sub-folders by class index or pass --classes FILE"
+            )
+    elif test.classes.num_classes > train.classes.num_classes:
+        raise DataError(
+            f"the test split of {train.info.name} needs {test.classes.num_classes} classes but "
+            f"the train split only {train.classes.num_classes}; a model trained on it could not "
+            "predict every test label"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,12 +299,20 @@ def _check_name(name: str) -> None:
 
 
 def _canonical_split(name: str, split: str) -> str:
-    valid = SPLITS + (("val",) if name in _VAL_ALIAS_DATASETS else ())
+    valid = SPLITS + (("val",) if name in _IMAGE_FOLDER_DATASETS else ())
     if split not in valid:
         raise DataError(
             f"unknown split {split!r} for dataset {name}; valid splits: {', '.join(valid)}"
         )
     return "test" if split == "val" else split
+
+
+def _check_classes_option(name: str, classes: Path | None) -> None:
+    if classes is not None and name not in _IMAGE_FOLDER_DATASETS:
+        raise DataError(
+            f"--classes names the classes of an image folder (datasets imagenet and folder); "
+            f"dataset {name} has fixed labels: drop --classes"
+        )
 
 
 def _require_root(name: str, data_root: Path | None) -> Path:
@@ -557,17 +682,11 @@ def _imagenet_split_dir(root: Path, split: str) -> Path:
     return root / ("train" if split == "train" else "val")
 
 
-def _find_classes(directory: Path, name: str) -> list[str]:
+def _subfolders(directory: Path) -> list[str]:
     try:
-        classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+        return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
     except OSError as error:
         raise DataError(f"cannot list {directory} ({error.strerror or error})") from error
-    if not classes:
-        raise DataError(
-            f"{name} dataset folder {directory} has no class sub-folders; expected "
-            f"{directory}/<class>/<image files>, one sub-folder per class"
-        )
-    return classes
 
 
 def _image_extensions() -> tuple[str, ...]:
@@ -576,10 +695,127 @@ def _image_extensions() -> tuple[str, ...]:
     return tuple(IMG_EXTENSIONS)
 
 
-def _first_image(directory: Path, classes: Sequence[str]) -> Path:
-    """The first image ImageFolder would list: first class, then first file in sorted walk order."""
+def _loose_images(directory: Path) -> list[Path]:
+    """Image files directly in ``directory`` (not in sub-folders), sorted by name."""
     extensions = _image_extensions()
-    for class_name in classes:
+    try:
+        names = sorted(
+            entry.name
+            for entry in os.scandir(directory)
+            if entry.is_file() and entry.name.lower().endswith(extensions)
+        )
+    except OSError as error:
+        raise DataError(f"cannot list {directory} ({error.strerror or error})") from error
+    return [directory / name for name in names]
+
+
+_CLASS_INDEX = re.compile(r"^\d+$")
+
+
+def read_class_list(path: Path) -> list[str]:
+    """The class names of ``path``, one per line: the first line names class 0, the next 1, ...
+
+    Lines are stripped of surrounding white space; empty lines at the end are ignored, an empty
+    line before them, a repeated name or an empty list is a :class:`DataError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(
+            f"--classes {path} {what}; give a text file with one class name per line "
+            "(line k names class k)"
+        )
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(
+            f"cannot read --classes {path} as UTF-8 text ({first_line(error)}); give a text "
+            "file with one class name per line"
+        ) from error
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        raise DataError(f"--classes {path} is empty; give one class name per line")
+    seen: dict[str, int] = {}
+    for number, name in enumerate(lines):
+        if not name:
+            raise DataError(
+                f"--classes {path}, line {number + 1} is empty; the first line names class 0, "
+                "the next class 1 and so on, so no line before the last may be empty"
+            )
+        if name in seen:
+            raise DataError(
+                f"--classes {path} names {name!r} twice (lines {seen[name] + 1} and "
+                f"{number + 1}); each class needs one line"
+            )
+        seen[name] = number
+    return lines
+
+
+def class_mapping(directory: Path, name: str, classes: Path | None = None) -> ClassMapping:
+    """How the images under ``directory`` are labeled.
+
+    - ``classes`` given: every sub-folder must be named in that list (see
+      :func:`read_class_list`), by a whole line or by its first word (so ImageNet's
+      ``LOC_synset_mapping.txt``, ``n01440764 tench, Tinca tinca``, works as it is), and gets
+      that line's class;
+    - else sub-folders whose names are all integers (``0/``, ``7/``) carry those class indices;
+    - else the sorted names map to 0, 1, ...;
+    - no sub-folders but images: unlabeled (label -1).
+    """
+    found = _subfolders(directory)
+    if not found:
+        if classes is None and _loose_images(directory):
+            return ClassMapping(LabelRule.unlabeled)
+        if classes is not None and _loose_images(directory):
+            raise DataError(
+                f"{name} dataset folder {directory} has images but no class sub-folders, so "
+                "--classes has nothing to name; drop --classes to use them unlabeled, or sort "
+                f"them into {directory}/<class>/ folders"
+            )
+        raise DataError(
+            f"{name} dataset folder {directory} has no class sub-folders and no images; "
+            f"expected {directory}/<class>/<image files>, one sub-folder per class (or the "
+            "images themselves, unlabeled)"
+        )
+    if classes is not None:
+        listed = read_class_list(classes)
+        exact = {line: k for k, line in enumerate(listed)}
+        first_word: dict[str, int | None] = {}
+        for k, line in enumerate(listed):
+            word = line.split()[0]
+            first_word[word] = None if word in first_word else k  # None: ambiguous
+        labels = {}
+        for folder in found:
+            label = exact.get(folder, first_word.get(folder))
+            if label is None:
+                why = "names it on several lines" if folder in first_word else "does not name it"
+                raise DataError(
+                    f"sub-folder {folder!r} of {directory} is not a class of --classes "
+                    f"{classes} (the list {why}; its {len(listed)} lines name classes 0 to "
+                    f"{len(listed) - 1}); rename the folder or fix the list"
+                )
+            labels[folder] = label
+        return ClassMapping(LabelRule.classes_file, labels, Path(classes), len(listed))
+    if all(_CLASS_INDEX.match(folder) for folder in found):
+        labels = {folder: int(folder) for folder in found}
+        if len(set(labels.values())) < len(labels):
+            twins = [f for f in found if list(labels.values()).count(int(f)) > 1]
+            raise DataError(
+                f"sub-folders {', '.join(twins[:2])} of {directory} name the same class index "
+                f"{int(twins[0])}; keep one folder per class"
+            )
+        return ClassMapping(LabelRule.index, labels)
+    return ClassMapping(LabelRule.sorted, {folder: k for k, folder in enumerate(found)})
+
+
+def _first_image(directory: Path, mapping: ClassMapping) -> Path:
+    """The first image of the dataset: the first class's first file in sorted walk order (the
+    order ImageFolder lists), or the first loose image of an unlabeled folder."""
+    if mapping.rule is LabelRule.unlabeled:
+        return _loose_images(directory)[0]
+    extensions = _image_extensions()
+    for class_name in sorted(mapping.labels):
         for current, folders, files in sorted(os.walk(directory / class_name, followlinks=True)):
             folders.sort()
             for file_name in sorted(files):
@@ -595,26 +831,28 @@ def _no_images(directory: Path) -> DataError:
     )
 
 
-def _scan(directory: Path, name: str) -> tuple[list[tuple[str, int]], list[str]]:
-    """(path, class index) pairs in ImageFolder's order, and the class names."""
+def _scan(
+    directory: Path, name: str, classes: Path | None
+) -> tuple[list[tuple[str, int]], ClassMapping]:
+    """(path, label) pairs in ImageFolder's order (sorted class names, then sorted walk; an
+    unlabeled folder's images by name, label -1), and the class mapping."""
     from torchvision.datasets.folder import make_dataset
 
-    classes = _find_classes(directory, name)
+    mapping = class_mapping(directory, name, classes)
+    if mapping.rule is LabelRule.unlabeled:
+        return [(str(path), UNLABELED) for path in _loose_images(directory)], mapping
     try:
         samples = make_dataset(
-            str(directory),
-            {class_name: index for index, class_name in enumerate(classes)},
-            extensions=_image_extensions(),
-            allow_empty=True,
+            str(directory), mapping.labels, extensions=_image_extensions(), allow_empty=True
         )
     except OSError as error:
         raise DataError(f"cannot list images under {directory} ({error})") from error
     if not samples:
         raise _no_images(directory)
-    return samples, classes
+    return samples, mapping
 
 
-def _load_imagenet(root: Path, split: str) -> LoadedData:
+def _load_imagenet(root: Path, split: str, classes: Path | None) -> LoadedData:
     from torchvision import transforms
 
     directory = _imagenet_split_dir(root, split)
@@ -623,7 +861,7 @@ def _load_imagenet(root: Path, split: str) -> LoadedData:
             f"ImageNet {split} split not found: expected {directory}/<class>/<image files> "
             f"(ImageFolder layout under --data-root {root}, with train/ and val/)"
         )
-    samples, classes = _scan(directory, "imagenet")
+    samples, mapping = _scan(directory, "imagenet", classes)
     transform = transforms.Compose(
         [
             transforms.Resize(IMAGENET_RESIZE),
@@ -631,9 +869,9 @@ def _load_imagenet(root: Path, split: str) -> LoadedData:
             transforms.ToTensor(),
         ]
     )
-    dataset = ImageFiles(samples, transform, classes)
-    info = _info("imagenet", (3, IMAGENET_CROP, IMAGENET_CROP), len(classes))
-    return LoadedData(dataset=dataset, info=info, split=split)
+    dataset = ImageFiles(samples, transform, sorted(mapping.labels))
+    info = _info("imagenet", (3, IMAGENET_CROP, IMAGENET_CROP), mapping.num_classes)
+    return LoadedData(dataset=dataset, info=info, split=split, classes=mapping)
 
 
 def _first_folder_split(root: Path) -> str:
@@ -663,12 +901,14 @@ def _folder_split_dir(root: Path, split: str, typed: str | None = None) -> Path:
     )
 
 
-def _load_folder(root: Path, split: str, typed: str) -> LoadedData:
+def _load_folder(root: Path, split: str, typed: str, classes: Path | None) -> LoadedData:
     from torchvision import transforms
 
     directory = _folder_split_dir(root, split, typed)
-    samples, classes = _scan(directory, "folder")
+    samples, mapping = _scan(directory, "folder", classes)
     height, width = _image_hw(Path(samples[0][0]))
-    dataset = ImageFiles(samples, transforms.ToTensor(), classes, size=(width, height))
-    info = _info("folder", (3, height, width), len(classes))
-    return LoadedData(dataset=dataset, info=info, split=split)
+    dataset = ImageFiles(
+        samples, transforms.ToTensor(), sorted(mapping.labels), size=(width, height)
+    )
+    info = _info("folder", (3, height, width), mapping.num_classes)
+    return LoadedData(dataset=dataset, info=info, split=split, classes=mapping)

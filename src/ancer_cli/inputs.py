@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,9 +18,13 @@ from ancer_cli.models import LoadedModel, load_model
 
 @dataclass(frozen=True)
 class RunInputs:
+    """The model, the data it runs on and the norm; ``logits`` is the model's number of
+    classes (measured on one input)."""
+
     model: LoadedModel
     data: LoadedData
     norm: Norm
+    logits: int
 
 
 def load_run_inputs(
@@ -31,17 +36,25 @@ def load_run_inputs(
     split: str,
     norm: Norm | str | None,
     arch: str | None = None,
+    classes: Path | None = None,
 ) -> RunInputs:
-    """Load the model, then its dataset (``dataset`` or the one stored in the checkpoint), and
-    check one forward pass. The norm defaults to the checkpoint's, else l2."""
+    """Load the model, then its dataset (``dataset`` or the one stored in the checkpoint; an
+    image folder labeled with the class list ``classes``, if given), and check one forward pass.
+    The norm defaults to the checkpoint's, else l2."""
     loaded = load_model(model_path, device, arch=arch)
     name = dataset or loaded.dataset
     if name is None:
         raise AncerError(f"model {model_path} does not record its dataset; pass --dataset")
-    data = load_dataset(name, split, data_root)
-    check_compatible(loaded.module, data, device, str(model_path))
+    data = load_dataset(name, split, data_root, classes=classes)
+    logits = check_compatible(loaded.module, data, device, str(model_path))
     chosen = Norm(norm) if norm is not None else Norm(loaded.norm or Norm.l2.value)
-    return RunInputs(loaded, data, chosen)
+    return RunInputs(loaded, data, chosen, logits)
+
+
+def labels_record(data: LoadedData) -> dict[str, Any] | None:
+    """How an image folder's images were labeled, as sidecars and manifests record it (``None``
+    for the built-in datasets)."""
+    return data.classes.record() if data.classes is not None else None
 
 
 def select_indices(size: int, skip: int = 1, max_index: int | None = None) -> list[int]:
@@ -51,9 +64,11 @@ def select_indices(size: int, skip: int = 1, max_index: int | None = None) -> li
     return list(range(0, stop, skip))
 
 
-def check_compatible(model: nn.Module, data: LoadedData, device: torch.device, where: str) -> None:
+def check_compatible(model: nn.Module, data: LoadedData, device: torch.device, where: str) -> int:
     """One forward pass on the first input: the model must accept the dataset's inputs and
-    return one logit per class of the dataset."""
+    return one logit per class of a built-in dataset, or at least as many logits as the labels
+    of an image folder need (a folder may hold any subset of the model's classes). Returns the
+    number of logits."""
     x, _ = data.dataset[0]
     try:
         with torch.inference_mode():
@@ -64,9 +79,30 @@ def check_compatible(model: nn.Module, data: LoadedData, device: torch.device, w
             f"model {where} cannot process {data.info.name} inputs of shape "
             f"{tuple(x.shape)}: {first}"
         ) from error
-    if logits.ndim != 2 or logits.shape[1] != data.info.num_classes:
+    needed = data.info.num_classes
+    if data.classes is None:
+        if logits.ndim != 2 or logits.shape[1] != needed:
+            raise ModelError(
+                f"model {where} returns logits of shape {tuple(logits.shape)} for one input; "
+                f"{data.info.name} has {needed} classes, expected (1, {needed})"
+            )
+        return needed
+    if logits.ndim != 2 or logits.shape[0] != 1:
         raise ModelError(
-            f"model {where} returns logits of shape {tuple(logits.shape)} for one input; "
-            f"{data.info.name} has {data.info.num_classes} classes, expected (1, "
-            f"{data.info.num_classes})"
+            f"model {where} returns logits of shape {tuple(logits.shape)} for one input, "
+            "expected (1, classes)"
         )
+    count = int(logits.shape[1])
+    if count < needed:
+        mapping = data.classes
+        why = (
+            f"--classes {mapping.classes_file} lists {needed} classes"
+            if mapping.classes_file is not None
+            else f"its largest label is {needed - 1} ({mapping.describe()})"
+        )
+        raise ModelError(
+            f"model {where} returns {count} logits but the {data.info.name} labels need "
+            f"{needed}: {why}; use a model with {needed} or more classes, or relabel the "
+            "sub-folders (class index names or --classes FILE)"
+        )
+    return count

@@ -42,7 +42,7 @@ from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.data import LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
 from ancer_cli.errors import AncerError, OutputError
-from ancer_cli.inputs import load_run_inputs, select_indices
+from ancer_cli.inputs import labels_record, load_run_inputs, select_indices
 from ancer_cli.runtime import provenance, versions
 from ancer_cli.thetas import open_thetas
 
@@ -90,17 +90,20 @@ def run_optimize(
     isotropic_thetas: Callable[[int], torch.Tensor] | None = None,
     progress: OptimizeProgress | None = None,
     ranks: Ranks = SINGLE,
+    on_start: Callable[[int, int], None] | None = None,
 ) -> OptimizeSummary | None:
     """Optimize theta for ``indices`` and write ``out/theta_{split}_{idx}.pt`` plus manifests.
 
     For ``Method.ancer`` the isotropic stage goes to ``out/isotropic/`` unless
     ``isotropic_thetas`` supplies it. Inputs are optimized in fixed batches of
     ``job.batch_size`` consecutive indices, so a batch always holds the same inputs: resumed
-    and distributed runs (each rank takes every ``world_size``-th batch) write exactly the
-    files of one uninterrupted run. With ``resume``, batches whose theta files all exist are
-    kept (files are written atomically, so an existing file is complete), and a batch whose
-    isotropic stage is stored reuses it. Rank 0 writes the manifests and returns the summary
-    (other ranks return ``None``). Model weights must already be frozen.
+    and distributed runs write exactly the files of one uninterrupted run. With ``resume``,
+    batches whose theta files all exist are kept (files are written atomically, so an existing
+    file is complete), and a batch whose isotropic stage is stored reuses it. The batches still
+    to do are listed before any rank writes, and each rank takes every ``world_size``-th of
+    them: a run resumes with any number of processes (``on_start(kept, mine)`` gets the inputs
+    of complete batches and the inputs this rank takes on). Rank 0 writes the manifests and
+    returns the summary (other ranks return ``None``). Model weights must already be frozen.
     """
     began = time.perf_counter()
     split = data.split
@@ -108,9 +111,14 @@ def run_optimize(
     run_iso_stage = job.method is Method.isotropic or isotropic_thetas is None
     manifests = _manifests(out, record, job, run_iso_stage)
 
+    batches = [indices[k : k + job.batch_size] for k in range(0, len(indices), job.batch_size)]
+    todo: list[list[int]] = []
+
     def begin() -> None:
         if resume:
             check_resume(out, record, job, run_iso_stage)
+        # before anyone writes (the collective's end), so every rank lists the same batches
+        todo[:] = [b for b in batches if not (resume and _complete(out, data.split, b))]
         for folder in manifests:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -124,14 +132,13 @@ def run_optimize(
     if ranks.is_main:
         for folder, manifest in manifests.items():
             write_json(folder / MANIFEST_NAME, {**manifest, "complete": False})
-    batches = [indices[k : k + job.batch_size] for k in range(0, len(indices), job.batch_size)]
 
     def optimize_share() -> tuple[int, int]:
         optimized = kept = 0
-        for batch in ranks.share(batches):
-            if resume and all(theta_path(out, split, i).exists() for i in batch):
-                kept += len(batch)
-                continue
+        if on_start is not None:
+            complete = sum(map(len, batches)) - sum(map(len, todo))
+            on_start(complete, sum(map(len, ranks.share(todo))))
+        for batch in ranks.share(todo):
             written = _optimize_batch(
                 model,
                 data,
@@ -154,6 +161,7 @@ def run_optimize(
 
     optimized, kept = collective(ranks, optimize_share)
     optimized, kept = total(ranks, optimized), total(ranks, kept)
+    kept += sum(map(len, batches)) - sum(map(len, todo))
     if not ranks.is_main:
         return None
     seconds = time.perf_counter() - began
@@ -223,6 +231,11 @@ def _optimize_batch(
     return written
 
 
+def _complete(out: Path, split: str, batch: list[int]) -> bool:
+    """Whether every input of ``batch`` has its (atomically written, so complete) theta file."""
+    return all(theta_path(out, split, i).exists() for i in batch)
+
+
 def _save_missing(path: Path, theta: torch.Tensor, resume: bool) -> bool:
     """Save unless resuming and the (atomically written, so complete) file exists."""
     if resume and path.exists():
@@ -274,6 +287,7 @@ class OptimizeRequest:
     split: str = "test"
     norm: Norm | None = None
     arch: str | None = None
+    classes: Path | None = None
     sigma: float | None = None
     isotropic_thetas: Path | None = None
     isotropic: IsotropicConfig = IsotropicConfig()
@@ -299,6 +313,7 @@ class OptimizePlan:
     job: OptimizeJob
     record: dict[str, Any]
     isotropic_thetas: Callable[[int], torch.Tensor] | None
+    logits: int = 0
 
     def batches(self) -> list[list[int]]:
         """The fixed batches of consecutive indices the run optimizes together."""
@@ -306,7 +321,10 @@ class OptimizePlan:
         return [self.indices[k : k + size] for k in range(0, len(self.indices), size)]
 
     def run(
-        self, session: Session, progress: OptimizeProgress | None = None
+        self,
+        session: Session,
+        progress: OptimizeProgress | None = None,
+        on_start: Callable[[int, int], None] | None = None,
     ) -> OptimizeSummary | None:
         """:func:`run_optimize` of this plan (with ``force``, rank 0 first empties the output
         folder); ``None`` on ranks other than 0."""
@@ -325,6 +343,7 @@ class OptimizePlan:
             isotropic_thetas=self.isotropic_thetas,
             progress=progress,
             ranks=session.ranks,
+            on_start=on_start,
         )
 
 
@@ -343,10 +362,12 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
         split=request.split,
         norm=request.norm,
         arch=request.arch,
+        classes=request.classes,
     )
     sigma = request.sigma if request.sigma is not None else run.model.sigma
     if sigma is None:
         raise AncerError(f"model {request.model} does not record its training sigma; pass --sigma")
+    indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
     isotropic_thetas = None
     if request.isotropic_thetas is not None:
         isotropic_thetas = open_thetas(
@@ -355,8 +376,8 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
             norm=run.norm,
             model_sha256=run.model.sha256,
             device=session.device,
+            selected=indices,
         ).theta
-    indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
     job = OptimizeJob(
         method=request.method,
         norm=run.norm,
@@ -373,16 +394,18 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
             "dataset": run.data.info.name,
             "data_root": str(request.data_root) if request.data_root else None,
             "split": run.data.split,
+            "classes": str(request.classes.resolve()) if request.classes else None,
             "norm": run.norm.value,
             "sigma": sigma,
             "isotropic_thetas": str(request.isotropic_thetas) if request.isotropic_thetas else None,
             "skip": request.skip,
             "max": request.max_index,
             "seed": request.seed,
-            "world_size": session.ranks.world_size,
             **speed_options_record(request.precision, request.channels_last),
         },
         "indices": indices,
+        "labels": labels_record(run.data),
+        "world_size": session.ranks.world_size,  # not an argument: a run resumes on any number
         "package_version": versions()["ancer"],
         **provenance(session.device),
     }
@@ -396,4 +419,5 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
         job=job,
         record=record,
         isotropic_thetas=isotropic_thetas,
+        logits=run.logits,
     )

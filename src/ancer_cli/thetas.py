@@ -5,6 +5,7 @@ Also :func:`read_input_thetas`: chosen inputs of a source with their images, for
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +26,21 @@ from ancer_cli.data import LoadedData, load_dataset
 from ancer_cli.errors import ThetaError
 
 
+class ValueLayout(str, enum.Enum):
+    """Which input each value of an isotropic value file belongs to."""
+
+    per_index = "one value per dataset index"
+    per_selected = "one value per selected input"
+
+
 @dataclass
 class ThetaSet:
     """Per-input thetas for one dataset split.
 
     ``method`` is ``isotropic`` (one number per input) or ``ancer`` (a tensor of the input's
     shape). ``indices`` are the dataset indices that have a theta. ``manifest`` is ``None`` for
-    original ANCER folders and value files.
+    original ANCER folders and value files. A value file's ``values`` are indexed by dataset
+    index, or through ``positions`` when it holds one value per selected input (``layout``).
     """
 
     path: Path
@@ -42,6 +51,8 @@ class ThetaSet:
     manifest: dict[str, Any] | None = None
     values: torch.Tensor | None = None  # isotropic value file
     split: str = "test"
+    positions: dict[int, int] | None = None  # dataset index -> value, if not the index itself
+    layout: ValueLayout | None = None  # how a value file's values map to inputs
     _cache: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def theta(self, idx: int) -> torch.Tensor:
@@ -51,12 +62,13 @@ class ThetaSet:
         calls -- certification, then the memory pass's claims, regions and rewritten rows.
         """
         if self.values is not None:
-            if idx >= self.values.numel():
+            position = idx if self.positions is None else self.positions.get(idx, -1)
+            if not 0 <= position < self.values.numel():
                 raise ThetaError(
                     f"isotropic thetas file {self.path} has {self.values.numel()} values, "
                     f"none for dataset index {idx}"
                 )
-            return self.values[idx].to(self.device)
+            return self.values[position].to(self.device)
         theta = self._cache.get(idx)
         if theta is None:
             theta = load_theta(theta_path(self.path, self.split, idx), self.shape)
@@ -80,6 +92,7 @@ class RecordedRun:
     data_root: Path | None = None
     split: str | None = None
     norm: str | None = None
+    classes: Path | None = None
 
 
 def recorded_run(path: Path | None) -> RecordedRun:
@@ -100,6 +113,7 @@ def recorded_run(path: Path | None) -> RecordedRun:
         data_root=as_path("data_root"),
         split=arguments.get("split"),
         norm=arguments.get("norm"),
+        classes=as_path("classes"),
     )
 
 
@@ -110,10 +124,16 @@ def open_thetas(
     norm: Norm | str | None,
     model_sha256: str | None,
     device: torch.device,
+    selected: Sequence[int] | None = None,
 ) -> ThetaSet:
     """Open a thetas folder or isotropic value file for ``data`` and check it fits the run.
 
-    A manifest must agree on dataset, split, norm (when given) and model hash.
+    A manifest must agree on dataset, split, norm (when given) and model hash. A value file
+    holds either one value per dataset index of the split (its length is the split's size) or,
+    as the original data-dependent smoothing code writes it, one value per input the run
+    selects (``selected``, the dataset indices of ``--skip``/``--max`` in index order): value
+    k then belongs to ``selected[k]``. When both lengths agree the meanings coincide; any other
+    length is a :class:`ThetaError`.
     """
     path = Path(path)
     shape = tuple(data.info.input_shape)
@@ -121,19 +141,36 @@ def open_thetas(
         raise ThetaError(f"thetas {path} do not exist; run ancer optimize --out {path} first")
     if path.is_file():
         values = read_isotropic_values(path)
-        if values.numel() < len(data.dataset):  # type: ignore[arg-type]
+        size = len(data.dataset)  # type: ignore[arg-type]
+        if values.numel() == size:
+            layout = ValueLayout.per_index
+            indices, positions = list(range(size)), None
+        elif selected is not None and values.numel() == len(selected):
+            layout = ValueLayout.per_selected
+            indices = list(selected)
+            positions = {idx: k for k, idx in enumerate(indices)}
+        else:
+            chosen = (
+                f" or {len(selected)} (one per input selected by --skip/--max, in index order)"
+                if selected is not None
+                else ""
+            )
             raise ThetaError(
-                f"isotropic thetas file {path} has {values.numel()} values but the "
-                f"{data.info.name} {data.split} split has {len(data.dataset)} inputs"  # type: ignore[arg-type]
+                f"isotropic thetas file {path} has {values.numel()} values, but the "
+                f"{data.info.name} {data.split} split has {size} inputs; expected {size} (one "
+                f"per dataset index){chosen}: pass the --skip/--max the values were optimized "
+                "with, or the file of this split"
             )
         return ThetaSet(
             path,
             "isotropic",
-            list(range(values.numel())),
+            indices,
             shape,
             device,
             values=values,
             split=data.split,
+            positions=positions,
+            layout=layout,
         )
     manifest = read_manifest(path)
     if manifest is None:

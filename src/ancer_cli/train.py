@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ancer_cli.core.noise import Norm, Stream, draw_base_noise_, input_seed, theta_from_sigma
-from ancer_cli.data import LoadedData
+from ancer_cli.data import LoadedData, check_same_classes
 from ancer_cli.errors import ModelError
 from ancer_cli.models import build_model, read_checkpoint, save_checkpoint
 
@@ -130,6 +130,7 @@ def train(
     continues from the epoch stored in ``out``; its arch, dataset, norm and sigma must match.
     ``on_batch(done, total)`` is called after every optimization step of an epoch.
     """
+    check_same_classes(train_data, test_data)
     info = train_data.info
     torch.manual_seed(config.seed)  # weight initialisation
     model = build_model(config.arch, info).to(device)

@@ -87,6 +87,26 @@ def test_summarize_sorts_and_deduplicates_radii(four: pd.DataFrame) -> None:
     assert summary.median_time is None
 
 
+def test_rows_without_labels_are_left_out_of_accuracies(four: pd.DataFrame) -> None:
+    # two unlabeled rows (label -1, correct 0) beside the four labeled ones
+    extra = frame_of([(-1, 2, 0.7, 0), (-1, -1, 0.0, 0)], proxy=[0.7, 0.0])
+    both = pd.concat([four, extra.assign(idx=[4, 5])], ignore_index=True)
+    summary = analysis.summarize(both, [0.5, 1.0])
+    assert (summary.inputs, summary.labeled) == (6, 4)
+    assert summary.certified_accuracy == {0.5: 0.5, 1.0: 0.25}  # as for the four alone
+    assert summary.average_certified_radius == 0.375 and summary.clean_accuracy == 0.5
+    assert summary.abstention_rate == 2 / 6  # abstentions count over every row
+    unlabeled = analysis.summarize(extra, [0.5], confidence=analysis.Confidence())
+    assert unlabeled.labeled == 0 and math.isnan(unlabeled.certified_accuracy[0.5])
+    assert math.isnan(unlabeled.clean_accuracy) and math.isnan(unlabeled.average_certified_radius)
+    assert unlabeled.abstention_rate == 0.5
+    assert unlabeled.high_probability is not None
+    assert math.isnan(unlabeled.high_probability.certified_accuracy[0.5])
+    table = analysis.table_from_summaries({"labeled": summary, "none": unlabeled})
+    assert table.loc[analysis.LABELED_ROW].tolist() == [4.0, 0.0]
+    assert analysis.LABELED_ROW not in analysis.summary_table({"four": four}).index
+
+
 def test_empty_frame_gives_nan() -> None:
     empty = frame_of([])
     assert math.isnan(analysis.certified_accuracy(empty, 0.5))

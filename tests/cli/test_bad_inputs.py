@@ -606,3 +606,189 @@ def test_train_resume_from_a_file_that_is_not_a_checkpoint(cli, tmp_path: Path) 
     result = cli.invoke("train", "--epochs", 1, "--device", "cpu", "--out", out, "--resume")
     cli.assert_domain_error(result, str(out), "ancer checkpoint")
     assert out.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# image folders: class lists and labels
+
+
+def folder_run(cli, model: Path, root: Path, out: Path, *extra: object):
+    return cli.invoke(
+        "certify", "--model", model, "--dataset", "folder", "--data-root", root, "--sigma",
+        SIGMA, *cli.CERTIFY_FAST, "--out", out, *extra,
+    )  # fmt: skip
+
+
+def test_label_out_of_the_models_range(cli, colour_model: Path, tmp_path: Path) -> None:
+    cli.write_class_images(tmp_path / "images" / "12", 9, 10)
+    out = tmp_path / "r.csv"
+    result = folder_run(cli, colour_model, tmp_path / "images", out)
+    cli.assert_domain_error(result, "returns 10 logits", "need 13", "largest label is 12")
+    only_error_line(cli, result)
+    assert not out.exists() and not Path(str(out) + ".json").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        (None, ["does not exist"]),
+        ("", ["is empty"]),
+        ("cat\ncat\n", ["names 'cat' twice"]),
+        ("dog\nbird\n", ["sub-folder 'cat'", "not a class of --classes"]),
+        (b"\xff\xfe\x00", ["UTF-8"]),
+    ],
+    ids=["missing", "empty", "duplicate", "unknown-name", "binary"],
+)
+def test_bad_class_list(
+    cli, colour_model: Path, tmp_path: Path, content: str | bytes | None, fragments: list[str]
+) -> None:
+    cli.write_class_images(tmp_path / "images" / "cat", 3, 10)
+    names = tmp_path / "classes.txt"
+    if isinstance(content, bytes):
+        names.write_bytes(content)
+    elif content is not None:
+        names.write_text(content)
+    out = tmp_path / "r.csv"
+    result = folder_run(cli, colour_model, tmp_path / "images", out, "--classes", names)
+    cli.assert_domain_error(result, str(names), *fragments)
+    only_error_line(cli, result)
+    assert not out.exists()
+
+
+def test_class_list_with_more_classes_than_logits(cli, colour_model: Path, tmp_path: Path) -> None:
+    cli.write_class_images(tmp_path / "images" / "n01", 3, 10)
+    names = tmp_path / "imagenet.txt"
+    names.write_text("".join(f"n{k:02d}\n" for k in range(1000)))
+    result = folder_run(cli, colour_model, tmp_path / "images", tmp_path / "r.csv",
+                        "--classes", names)  # fmt: skip
+    cli.assert_domain_error(result, "returns 10 logits", "need 1000", "lists 1000 classes")
+
+
+def test_class_list_for_a_dataset_with_fixed_labels(cli, model_path: Path, tmp_path: Path):
+    names = tmp_path / "classes.txt"
+    names.write_text("zero\none\n")
+    result = fixed(cli, model_path, tmp_path / "r.csv", "--classes", names)
+    cli.assert_domain_error(result, "dataset digits has fixed labels", "drop --classes")
+    only_error_line(cli, result)
+
+
+def test_accuracy_plot_of_a_file_without_labels(cli, tmp_path: Path) -> None:
+    path = tmp_path / "unlabeled.csv"
+    path.write_text(
+        "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\n"
+        "0\t-1\t3\t0.4\t0.4\t0\t0.25\t0.1\n"
+    )
+    result = cli.invoke("accuracy", path, "--plot", tmp_path / "curve.png")
+    cli.assert_domain_error(result, str(path), "no labels", "--plot")
+    assert result.stdout == "" and not (tmp_path / "curve.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# isotropic value files of the original package: lengths
+
+
+def values_run(cli, model: Path, source: Path, out: Path, *extra: object):
+    return cli.invoke(
+        "certify", "--thetas", source, "--model", model, "--dataset", "digits", "--norm", "l2",
+        *cli.CERTIFY_FAST, "--out", out, *extra,
+    )  # fmt: skip
+
+
+def test_isotropic_file_of_neither_length_names_all_three(
+    cli, model_path: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "isotropic_parameters"
+    torch.save(0.25 * torch.ones(40), source)  # the original's output for --max 40
+    out = tmp_path / "r.csv"
+    result = values_run(cli, model_path, source, out, "--skip", 2, "--max", 40)  # 20 selected
+    cli.assert_domain_error(result, str(source), "40 values", "has 500 inputs", "or 20 (one per")
+    only_error_line(cli, result)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (torch.full((3, 8), 0.25), "shape (3, 8)"),
+        ({"sigmas": torch.ones(5)}, "holds a dict"),
+        (torch.tensor([0.2, float("nan"), 0.3]), "NaN"),
+        (torch.tensor([0.2, 0.0, 0.3]), "<= 0"),
+    ],
+    ids=["2-d", "dict", "nan", "zero"],
+)
+def test_bad_original_isotropic_file(
+    cli, model_path: Path, tmp_path: Path, value: object, fragment: str
+) -> None:
+    source = tmp_path / "isotropic_parameters"  # no suffix, as the original names it
+    torch.save(value, source)
+    out = tmp_path / "r.csv"
+    result = values_run(cli, model_path, source, out, "--max", 3)
+    cli.assert_domain_error(result, str(source), fragment)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# predict
+
+
+def predict_run(cli, model: Path, out: Path, *extra: object):
+    return cli.invoke(
+        "predict", "--model", model, "--sigma", SIGMA, "--N", 200, "--device", "cpu",
+        "--out", out, *extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--N", "0"), ("--alpha", "1.5"), ("--batch-size", "0"), ("--skip", "0"), ("--max", "-1"),
+     ("--sigma", "nan")],
+)  # fmt: skip
+def test_predict_impossible_values(cli, model_path: Path, tmp_path: Path, option, value) -> None:
+    out = tmp_path / "p.csv"
+    cli.assert_usage_error(predict_run(cli, model_path, out, option, value), option)
+    assert not out.exists()
+
+
+def test_predict_needs_sigma_or_thetas(cli, model_path: Path, tmp_path: Path) -> None:
+    result = cli.invoke("predict", "--model", model_path, "--out", tmp_path / "p.csv")
+    cli.assert_usage_error(result, "--sigma", "--thetas")
+    result = predict_run(cli, model_path, tmp_path / "p.csv", "--method", "ancer")
+    cli.assert_usage_error(result, "--method ancer", "--thetas")
+
+
+def test_predict_resume_refuses_other_arguments_and_foreign_files(
+    cli, model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "p.csv"
+    assert predict_run(cli, model_path, out, "--max", 2).exit_code == 0
+    before = out.read_text()
+    result = predict_run(cli, model_path, out, "--max", 2, "--resume", "--N", 300)
+    cli.assert_domain_error(result, "cannot resume", "N=200", "N=300")
+    only_error_line(cli, result)
+    assert out.read_text() == before
+    # a certify results file is not a predictions file, even with a matching sidecar
+    certified = tmp_path / "r.csv"
+    assert fixed(cli, model_path, certified, "--max", 2).exit_code == 0
+    Path(f"{certified}.json").write_text(Path(f"{out}.json").read_text())
+    result = predict_run(cli, model_path, certified, "--max", 2, "--resume")
+    cli.assert_domain_error(result, str(certified), "header")
+
+
+def test_predict_with_thetas_of_another_model(
+    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.pt"
+    cli.train_model(other, "--seed", 1, epochs=1)
+    out = tmp_path / "p.csv"
+    result = cli.invoke("predict", "--thetas", thetas_dir, "--model", other, "--N", 100,
+                        "--device", "cpu", "--out", out)  # fmt: skip
+    cli.assert_domain_error(result, "another model")
+    assert not out.exists()
+
+
+def test_accuracy_plot_of_predictions(cli, tmp_path: Path) -> None:
+    path = tmp_path / "predictions.tsv"
+    path.write_text("idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t1\t1\t0.5\n")
+    result = cli.invoke("accuracy", path, "--plot", tmp_path / "curve.png")
+    cli.assert_domain_error(result, str(path), "predictions", "--plot")
+    assert result.stdout == "" and not (tmp_path / "curve.png").exists()

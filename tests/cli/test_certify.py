@@ -623,3 +623,202 @@ def test_ancer_thetas_and_memory_pass_on_cuda(cli, cuda_thetas_dir: Path, tmp_pa
     assert sidecar["memory"]["enabled"] is True and "reassigned" in sidecar["memory"]
     assert (tmp_path / "ancer.csv.pre-memory").exists()
     assert "memory pass" in result.stdout
+
+
+# image folders as users have them: class-index names, a class list, any subset, no labels
+
+CIFAR10_NAMES = "airplane automobile bird cat deer dog frog horse ship truck".split()
+
+
+def certify_folder(cli, model: Path, root: Path, out: Path, *extra: object):
+    return certify(
+        cli, "--model", model, "--dataset", "folder", "--data-root", root, "--sigma", SIGMA,
+        "--out", out, *extra,
+    )  # fmt: skip
+
+
+def test_ten_class_model_on_one_class_index_folder(cli, colour_model: Path, tmp_path: Path):
+    root = tmp_path / "mine"
+    cli.write_class_images(root / "7", 7, 10, count=3)
+    out = tmp_path / "r.csv"
+    result = certify_folder(cli, colour_model, root, out)
+    rows = cli.read_rows(out)
+    assert [(row.label, row.predict, row.correct) for row in rows] == [(7, 7, 1)] * 3
+    assert "labels from sub-folders named by class index: 7 -> 7" in result.stderr
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["labels"] == {"rule": "index", "classes_file": None, "labels": {"7": 7}}
+    assert sidecar["arguments"]["classes"] is None
+
+
+def test_subset_of_classes_named_in_a_class_list(cli, colour_model: Path, tmp_path: Path):
+    root = tmp_path / "mine"
+    cli.write_class_images(root / "dog", 5, 10)
+    cli.write_class_images(root / "cat", 3, 10)
+    names = tmp_path / "cifar10_classes.txt"
+    names.write_text("\n".join(CIFAR10_NAMES) + "\n")
+    out = tmp_path / "r.csv"
+    result = certify_folder(cli, colour_model, root, out, "--classes", names)
+    rows = cli.read_rows(out)
+    assert [row.label for row in rows] == [3, 3, 5, 5]
+    assert all(row.correct == 1 for row in rows)
+    assert "cat -> 3, dog -> 5" in result.stderr and "caution" not in result.stderr
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["labels"]["rule"] == "classes-file"
+    assert sidecar["labels"]["labels"] == {"cat": 3, "dog": 5}
+    assert sidecar["arguments"]["classes"] == str(names)
+    # the sorted-names rule would call cat 0 and dog 1: it is used, and said, without the list
+    plain = tmp_path / "plain.csv"
+    warned = certify_folder(cli, colour_model, root, plain)
+    assert [row.label for row in cli.read_rows(plain)] == [0, 0, 1, 1]
+    assert "labels from sorted sub-folder names: cat -> 0, dog -> 1" in warned.stderr
+    assert "caution" in warned.stderr and "--classes FILE" in warned.stderr
+
+
+def test_imagenet_subset_with_a_1000_class_model(cli, tmp_path: Path):
+    model = cli.save_colour_model(tmp_path / "resnet50-like.pt", 1000)
+    wnids = [f"n{1440764 + 11 * k:08d}" for k in range(1000)]
+    synsets = tmp_path / "LOC_synset_mapping.txt"
+    synsets.write_text("".join(f"{w} class number {k}\n" for k, w in enumerate(wnids)))
+    for k in (0, 999):
+        cli.write_class_images(tmp_path / "imagenet" / "val" / wnids[k], k, 1000, size=(40, 30))
+    out = tmp_path / "r.csv"
+    certify(
+        cli, "--model", model, "--dataset", "imagenet", "--data-root", tmp_path / "imagenet",
+        "--classes", synsets, "--sigma", SIGMA, "--out", out,
+    )  # fmt: skip
+    rows = cli.read_rows(out)
+    assert [row.label for row in rows] == [0, 0, 999, 999]
+    assert all(row.correct == int(row.predict == row.label) for row in rows)
+
+
+def test_flat_folder_of_unlabeled_images(cli, colour_model: Path, tmp_path: Path):
+    root = tmp_path / "photos"
+    for k in (2, 8):
+        cli.write_class_images(root / "tmp", k, 10, count=1)
+        (root / "tmp" / "0.png").rename(root / f"photo_{k}.png")
+    (root / "tmp").rmdir()
+    out = tmp_path / "r.csv"
+    result = certify_folder(cli, colour_model, root, out)
+    rows = cli.read_rows(out)
+    assert [(row.label, row.predict, row.correct) for row in rows] == [(-1, 2, 0), (-1, 8, 0)]
+    assert all(float(row.radius) > 0 for row in rows)
+    assert "no labels (accuracy not measured)" in result.stdout
+    assert "unlabeled (label -1)" in result.stderr
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["labels"]["rule"] == "unlabeled"
+    assert sidecar["totals"]["labeled"] == 0
+    assert sidecar["totals"]["certified_accuracy_at_0"] is None
+
+    report = cli.ok("accuracy", out, "--format", "json", "-r", 0, "-r", 0.25)
+    entry = json.loads(report.stdout)["files"][out.name]
+    assert entry["inputs"] == 2 and entry["labeled_inputs"] == 0
+    assert entry["clean_accuracy"] is None and entry["certified_accuracy"]["0.25"] is None
+    assert entry["abstention_rate"] == 0.0
+    assert "no labels" in report.stderr and "not applicable" in report.stderr
+    table = cli.ok("accuracy", out, "--format", "markdown", "-r", 0.25).stdout
+    assert "| certified accuracy at 0.25 | - |" in table
+    assert "| labeled inputs | 0 |" in table and "| abstention rate | 0.000 |" in table
+
+
+def test_optimize_records_the_class_list_for_certify(cli, colour_model: Path, tmp_path: Path):
+    root = tmp_path / "mine"
+    cli.write_class_images(root / "truck", 9, 10)
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(CIFAR10_NAMES) + "\n")
+    thetas = tmp_path / "thetas"
+    cli.ok(
+        "optimize", "--model", colour_model, "--dataset", "folder", "--data-root", root,
+        "--classes", names, "--sigma", SIGMA, "--method", "isotropic", "--out", thetas,
+        *cli.OPTIMIZE_FAST,
+    )  # fmt: skip
+    manifest = json.loads((thetas / "manifest.json").read_text())
+    assert manifest["arguments"]["classes"] == str(names.resolve())
+    assert manifest["labels"]["labels"] == {"truck": 9}
+    out = tmp_path / "r.csv"
+    certify(cli, "--thetas", thetas, "--out", out)
+    assert [row.label for row in cli.read_rows(out)] == [9, 9]
+
+
+# ---------------------------------------------------------------------------------------------
+# the original data-dependent smoothing package's isotropic file, and ours for its scripts
+
+
+def original_isotropic_file(path: Path, sigmas: torch.Tensor) -> Path:
+    """As ``OptimizeIsotropicSmoothingParameters.run_optimization`` writes it: ``theta_0`` (one
+    entry per input of its test loader, here the selected inputs) filled batch by batch with
+    the optimized sigmas, then ``torch.save(theta_0, filename)``; its scripts name the file
+    ``isotropic_parameters``, without a suffix."""
+    theta_0 = 0.25 * torch.ones(len(sigmas))
+    for batch in torch.arange(len(sigmas)).split(4):  # the loader's batches
+        theta_0[batch] = sigmas[batch].detach()
+    torch.save(theta_0, path)
+    return path
+
+
+@pytest.mark.parametrize("form", ["torch", "text"])
+def test_isotropic_file_with_one_value_per_selected_input(
+    cli, model_path: Path, tmp_path: Path, form: str
+) -> None:
+    selected = list(range(0, 20, 2))  # --skip 2 --max 20: 10 inputs
+    sigmas = torch.linspace(0.15, 0.35, len(selected))
+    if form == "torch":
+        source = original_isotropic_file(tmp_path / "isotropic_parameters", sigmas)
+    else:
+        source = tmp_path / "sigmas.txt"
+        source.write_text("".join(f"{float(v)!r}\n" for v in sigmas))
+    common = ("--model", model_path, "--dataset", "digits", "--norm", "l2", "--skip", 2,
+              "--max", 20)  # fmt: skip
+    out = tmp_path / "selected.csv"
+    result = certify(cli, "--thetas", source, *common, "--out", out)
+    assert "one value per selected input" in result.stderr
+    rows = cli.read_rows(out)
+    assert [row.idx for row in rows] == selected
+    for row, sigma in zip(rows, sigmas, strict=True):
+        assert cli.rounded_near(float(sigma), row.min_sigma)
+    # the same sigmas written one per dataset index certify exactly the same rows
+    per_index = torch.full((500,), 0.3)
+    per_index[selected] = sigmas
+    full = tmp_path / "per_index.pt"
+    torch.save(per_index, full)
+    reference = tmp_path / "per_index.csv"
+    certify(cli, "--thetas", full, *common, "--out", reference)
+    assert cli.without_time(out) == cli.without_time(reference)
+
+
+def test_optimize_from_an_original_isotropic_file(cli, model_path: Path, tmp_path: Path) -> None:
+    sigmas = torch.tensor([0.2, 0.3, 0.4])
+    source = original_isotropic_file(tmp_path / "isotropic_parameters", sigmas)
+    out = tmp_path / "ancer"
+    cli.ok(
+        "optimize", "--model", model_path, "--out", out, "--isotropic-thetas", source,
+        "--max", 3, *cli.OPTIMIZE_FAST,
+    )  # fmt: skip
+    for idx, sigma in enumerate(sigmas):
+        theta = torch.load(out / f"theta_test_{idx}.pt", weights_only=True)
+        assert bool((theta >= sigma).all())  # ANCER keeps theta above its isotropic start
+
+
+def test_our_folders_as_the_original_scripts_read_them(
+    cli, thetas_dir: Path, tmp_path: Path
+) -> None:
+    """The README's recipe: the original certify_dataset.py reads an ANCER folder of ours as it
+    is (``--optimized-sigmas thetas/``), and an isotropic folder once gathered into one tensor
+    with one sigma per dataset index (``torch.load(...)[i]`` for every index it certifies)."""
+    ancer_folder = str(thetas_dir)
+    for i in range(0, cli.OPTIMIZED_INPUTS):  # their get_ancer_sigma, for --skip 1 --max 6
+        theta_i = torch.relu(torch.load(ancer_folder + "/theta_test_" + str(i) + ".pt"))
+        assert theta_i.shape == (1, 8, 8) and bool((theta_i > 0).all())
+
+    # the recipe of the README, verbatim apart from the paths and the split's size
+    folder = str(thetas_dir / "isotropic")
+    manifest = json.loads(Path(f"{folder}/manifest.json").read_text())
+    split, sigma = manifest["arguments"]["split"], manifest["arguments"]["sigma"]
+    sigmas = torch.full((500,), sigma)  # the split's size; other inputs keep the initial sigma
+    for i in manifest["indices"]:
+        sigmas[i] = torch.load(f"{folder}/theta_{split}_{i}.pt")
+    torch.save(sigmas, tmp_path / "isotropic_sigmas.pt")
+
+    all_sigmas = torch.load(tmp_path / "isotropic_sigmas.pt")  # as their script reads it
+    for i in range(cli.OPTIMIZED_INPUTS):
+        theta = torch.load(thetas_dir / "isotropic" / f"theta_test_{i}.pt", weights_only=True)
+        assert torch.Tensor([all_sigmas[i].item()]).item() == float(theta)

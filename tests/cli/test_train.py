@@ -217,3 +217,33 @@ def test_train_on_cuda_writes_a_checkpoint_that_loads_without_a_gpu(cli, tmp_pat
     assert clean_accuracy(checkpoint) > 0.3  # learned something on the GPU (chance: 0.1)
     result = cli.train_model(out, "--device", "cuda", "--resume", epochs=2)
     assert [int(e) for e, _, _, _ in EPOCH_LINE.findall(result.stderr)] == [2], result.stderr
+
+
+def test_train_on_a_folder_with_a_class_list(cli, tmp_path: Path) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("red\ngreen\nblue\nblack\n")
+    for split, count in (("train", 4), ("test", 2)):
+        cli.write_class_images(tmp_path / "data" / split / "red", 3, 4, count=count)
+        cli.write_class_images(tmp_path / "data" / split / "black", 0, 4, count=count)
+    out = tmp_path / "m.pt"
+    result = cli.train_model(
+        out, "--dataset", "folder", "--data-root", tmp_path / "data", "--arch", "cnn",
+        "--classes", names, epochs=1,
+    )  # fmt: skip
+    assert "labels from sub-folders named in --classes" in result.stderr
+    assert "red -> 0, black -> 3" in result.stderr
+    checkpoint = load(out)
+    assert checkpoint["num_classes"] == 4 and checkpoint["dataset"] == "folder"
+
+
+def test_train_refuses_splits_whose_sorted_names_differ(cli, tmp_path: Path) -> None:
+    cli.write_class_images(tmp_path / "data" / "train" / "cat", 1, 4)
+    cli.write_class_images(tmp_path / "data" / "train" / "dog", 2, 4)
+    cli.write_class_images(tmp_path / "data" / "test" / "dog", 2, 4)
+    out = tmp_path / "m.pt"
+    result = cli.invoke(
+        "train", "--dataset", "folder", "--data-root", tmp_path / "data", "--arch", "cnn",
+        "--epochs", 1, "--device", "cpu", "--out", out,
+    )  # fmt: skip
+    cli.assert_domain_error(result, "different class sub-folders", "cat", "--classes FILE")
+    assert not out.exists()

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom, norm
+from scipy.stats import binom, binomtest, norm
 from torch import nn
 
 import ancer_cli
 from ancer_cli.core import noise as noise_module
-from ancer_cli.core.noise import input_generator
+from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.sequential import SequentialPlan, cs_lower
 from ancer_cli.core.smoothing import (
     ABSTAIN,
@@ -32,6 +32,7 @@ from ancer_cli.core.smoothing import (
     chunk_sizes,
     inputs_per_group,
     predict,
+    predict_many,
     sample_counts,
     sample_counts_many,
 )
@@ -218,6 +219,76 @@ def test_predict():
         )
         == ABSTAIN
     )
+
+
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_predict_far_from_the_boundary_never_abstains_and_is_right(anisotropic):
+    """Inputs whose true pA = Phi(|m| / ||theta w||) exceeds 0.999: with N = 1000 the top
+    class wins by far more than the binomial test at alpha = 0.001 needs, every time."""
+    count = 400
+    model, w, xs, margins = _problem(count, seed=6)
+    theta = _anisotropic_theta(4) / 8 if anisotropic else 0.05
+    theta_t = theta if isinstance(theta, torch.Tensor) else torch.full(SHAPE, theta)
+    p_true = norm.cdf(margins.abs().numpy() / float(torch.linalg.vector_norm(theta_t * w)))
+    far = [i for i in range(count) if p_true[i] > 0.999]
+    assert len(far) >= 40
+    predictions = predict_many(
+        model,
+        xs[far],
+        [theta] * len(far),
+        "l2",
+        1000,
+        0.001,
+        2000,
+        [input_generator(0, i, "cpu", Stream.predict) for i in far],
+    )
+    assert predictions == [int(margins[i] > 0) for i in far]
+
+
+def _exact_level(n: int, alpha: float) -> float:
+    """P(PREDICT answers) for two classes at pA = 1/2: the exact size of the two-sided binomial
+    test of the top count at level alpha, under Binomial(n, 1/2)."""
+    answers = [binomtest(max(k, n - k), n, 0.5).pvalue <= alpha for k in range(n + 1)]
+    return float(sum(binom.pmf(k, n, 0.5) for k in range(n + 1) if answers[k]))
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.2])
+def test_predict_on_the_boundary_answers_at_the_binomial_tests_level(alpha):
+    """x on the decision boundary of the linear model (margin 0): every vote is a fair coin,
+    pA = 1/2 exactly. PREDICT then answers (does not abstain) exactly when the binomial test
+    rejects, with probability the test's exact level, and abstains otherwise."""
+    n, repetitions = 100, 3000
+    w = torch.randn(SHAPE, generator=torch.Generator().manual_seed(8))
+    model = Linear2(w, 0.0)  # class 1 iff w.(x + noise) > 0; at x = 0 a fair coin
+    xs = torch.zeros((repetitions, *SHAPE))
+    generators = [input_generator(11, i, "cpu", Stream.predict) for i in range(repetitions)]
+    predictions = np.array(
+        predict_many(model, xs, [0.3] * repetitions, "l2", n, alpha, 10_000, generators)
+    )
+    level = _exact_level(n, alpha)
+    assert 0.6 * alpha < level <= alpha  # the discrete test is a little conservative
+    answered = int((predictions != ABSTAIN).sum())
+    low, high = binom.ppf(1e-4 / 2, repetitions, level), binom.ppf(1 - 1e-4 / 2, repetitions, level)
+    assert low <= answered <= high, (answered, repetitions * level)
+    # the same check tells a wrong level apart: a test at twice the level would fail it
+    assert not low <= repetitions * 2 * level <= high
+    # answers are wrong half the time: both classes, in about equal numbers
+    ones = int((predictions == 1).sum())
+    assert binom.ppf(1e-4 / 2, answered, 0.5) <= ones <= binom.ppf(1 - 1e-4 / 2, answered, 0.5)
+
+
+def test_predict_many_equals_one_at_a_time():
+    model, _, xs, _ = _problem(5, seed=7)
+    thetas = [0.3, _anisotropic_theta(2), 0.9, _anisotropic_theta(3), 2.0]
+    one_by_one = [
+        predict(model, xs[i], thetas[i], "l1", 300, 0.01, 128, input_generator(3, i, "cpu"))
+        for i in range(5)
+    ]
+    together = predict_many(
+        model, xs, thetas, "l1", 300, 0.01, 128, [input_generator(3, i, "cpu") for i in range(5)]
+    )
+    assert together == one_by_one
+    assert ABSTAIN in one_by_one or len(set(one_by_one)) > 1  # not a trivial answer
 
 
 @pytest.mark.cuda

@@ -12,6 +12,10 @@ row's certificate is wrong with probability up to ``alpha``. :func:`false_certif
 :func:`high_probability_curve` turn it into a lower bound that holds with probability
 ``1 - rho`` (see :func:`high_probability_curve` for the formula).
 
+Rows with label -1 come from images without labels (an unlabeled image folder): accuracies and
+radii of correct predictions are measured over the labeled rows only (NaN when there are none);
+abstention rate, counts and times over all rows.
+
 Frames come from :func:`ancer_cli.artifacts.read_results`.
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -28,8 +32,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ancer_cli.artifacts import is_prediction_frame
 from ancer_cli.core.bounds import DEFAULT_ALPHA
 from ancer_cli.core.smoothing import ABSTAIN
+from ancer_cli.data import UNLABELED
 from ancer_cli.errors import ResultsError
 
 DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
@@ -84,13 +90,15 @@ class HighProbabilityAccuracy:
 class AccuracySummary:
     """Everything ``ancer accuracy`` reports about one results file.
 
-    ``certified_accuracy`` maps each radius to a fraction in [0, 1]; ``median_time`` is in
-    seconds, ``None`` when the file has no ``time`` column; ``high_probability`` is present when
-    a :class:`Confidence` was given; ``mean_samples``/``median_samples`` (selection and
-    estimation samples per input) when the file comes from sequential certification.
+    ``certified_accuracy`` maps each radius to a fraction in [0, 1] of the ``labeled`` rows
+    (NaN without any); ``median_time`` is in seconds, ``None`` when the file has no ``time``
+    column; ``high_probability`` is present when a :class:`Confidence` was given;
+    ``mean_samples``/``median_samples`` (selection and estimation samples per input) when the
+    file comes from sequential certification.
     """
 
     inputs: int
+    labeled: int
     certified_accuracy: dict[float, float]
     average_certified_radius: float
     clean_accuracy: float
@@ -98,14 +106,16 @@ class AccuracySummary:
     abstention_rate: float
     median_time: float | None
     high_probability: HighProbabilityAccuracy | None = None
+    has_radius: bool = True  # False for PREDICT's files: no certified accuracy, no radii
     mean_samples: float | None = None
     median_samples: float | None = None
 
 
 def check_results(frame: pd.DataFrame, metric: Metric, source: str | Path) -> None:
     """Raise :class:`ResultsError` naming ``source`` if ``frame`` cannot be summarized with
-    ``metric``: no rows, or no column for the metric (Cohen et al.'s files have no proxy)."""
-    if metric.column not in frame.columns:
+    ``metric``: no rows, or no column for the metric (Cohen et al.'s files have no proxy). A
+    file of predictions has no radius at all and needs none."""
+    if metric.column not in frame.columns and not is_prediction_frame(frame):
         raise ResultsError(
             f"results file {source} has no {metric.column} column, which metric "
             f"'{metric.value}' reads (columns: {' '.join(map(str, frame.columns))}); "
@@ -113,6 +123,11 @@ def check_results(frame: pd.DataFrame, metric: Metric, source: str | Path) -> No
         )
     if len(frame) == 0:
         raise ResultsError(f"results file {source} has a header but no rows; nothing to summarize")
+
+
+def labeled_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows that carry a label (label -1 marks an image without one)."""
+    return frame[frame["label"].to_numpy() != UNLABELED]
 
 
 def metric_values(frame: pd.DataFrame, metric: Metric) -> np.ndarray:
@@ -275,32 +290,50 @@ def summarize(
 ) -> AccuracySummary:
     """All reported quantities of one results frame; ``radii`` are sorted and deduplicated.
 
-    With ``confidence``, also the high-probability lower bounds at the same radii.
+    With ``confidence``, also the high-probability lower bounds at the same radii. A frame of
+    predictions (no radius column) gets its accuracy (the fraction of labeled rows predicted
+    correctly), abstention rate and times only.
     """
     grid = sorted({float(radius) for radius in radii})
     sampled = "samples" in frame.columns and len(frame) > 0  # sequential certification
-    curve = certified_accuracy_curve(frame, grid, metric)
+    scored = labeled_rows(frame)
+    if is_prediction_frame(frame):  # PREDICT's output: accuracy and abstentions, no radii
+        return AccuracySummary(
+            inputs=len(frame),
+            labeled=len(scored),
+            certified_accuracy={},
+            average_certified_radius=math.nan,
+            clean_accuracy=float(scored["correct"].mean()) if len(scored) else math.nan,
+            average_proxy_radius=None,
+            abstention_rate=abstention_rate(frame),
+            median_time=median_time(frame),
+            has_radius=False,
+        )
+    curve = certified_accuracy_curve(scored, grid, metric)
     high_probability = None
     if confidence is not None:
-        lower = high_probability_curve(frame, grid, metric, confidence)
+        # reassigned rows may be among the unlabeled ones: at most every scored row is
+        confidence = replace(confidence, reassigned=min(confidence.reassigned, len(scored)))
+        lower = high_probability_curve(scored, grid, metric, confidence)
         high_probability = HighProbabilityAccuracy(
             alpha=confidence.alpha,
             rho=confidence.rho,
             reassigned=confidence.reassigned,
             false_certificates=false_certificate_bound(
-                len(frame), confidence.alpha, confidence.rho, confidence.reassigned
+                len(scored), confidence.alpha, confidence.rho, confidence.reassigned
             ),
             certified_accuracy={r: float(v) for r, v in zip(grid, lower, strict=True)},
         )
     return AccuracySummary(
         inputs=len(frame),
+        labeled=len(scored),
         certified_accuracy={
             radius: float(value) for radius, value in zip(grid, curve, strict=True)
         },
-        average_certified_radius=average_certified_radius(frame, metric),
-        clean_accuracy=clean_accuracy(frame, metric),
+        average_certified_radius=average_certified_radius(scored, metric),
+        clean_accuracy=clean_accuracy(scored, metric),
         average_proxy_radius=(
-            average_certified_radius(frame, Metric.proxy)
+            average_certified_radius(scored, Metric.proxy)
             if metric is Metric.radius and Metric.proxy.column in frame.columns
             else None
         ),

@@ -19,6 +19,7 @@ from ancer_cli.analysis.metrics import (
     Metric,
     certified_accuracy_curve,
     certified_radii,
+    labeled_rows,
     metric_values,
     proxy_ratios,
 )
@@ -96,7 +97,7 @@ def plot_certified_accuracy(
     if not metrics:
         raise ResultsError("plot_certified_accuracy needs at least one metric")
     lines = [
-        (index, label, frame, m)
+        (index, label, labeled_rows(frame), m)  # accuracy is measured on labeled rows
         for index, (label, frame) in enumerate(frames.items())
         for m in metrics
         if m.column in frame.columns

@@ -31,6 +31,9 @@ ABSTENTION_ROW = "abstention rate"
 INPUTS_ROW = "inputs"
 
 
+LABELED_ROW = "labeled inputs"
+
+
 TIME_ROW = "median time per input (s)"
 MEAN_SAMPLES_ROW = "mean samples per input"
 MEDIAN_SAMPLES_ROW = "median samples per input"
@@ -61,11 +64,13 @@ def high_probability_row(radius: float) -> str:
 def table_from_summaries(summaries: Mapping[str, AccuracySummary]) -> pd.DataFrame:
     """One column per label, one row per reported quantity (floats; NaN where not available).
 
-    Rows: certified accuracy at each radius (the union of the summaries' radii), then, when
+    Rows: certified accuracy at each radius (the union of the summaries' radii; none for files
+    of predictions, whose cells there are NaN), then, when
     the summaries carry them, the high-probability lower bounds at the same radii; average
-    certified radius (and on radius_proxy), clean accuracy, abstention rate, inputs, median
-    time per input in seconds (when any file has times), mean and median samples per input
-    (sequential certification) and, with high-probability bounds,
+    certified radius (and on radius_proxy), clean accuracy, abstention rate, inputs (and
+    labeled inputs when a file has rows without labels), median time per input in seconds
+    (when any file has times), mean and median samples per input (sequential certification)
+    and, with high-probability bounds,
     each file's alpha and bound on the number of wrong certificates.
     """
     radii = sorted(
@@ -81,13 +86,16 @@ def table_from_summaries(summaries: Mapping[str, AccuracySummary]) -> pd.DataFra
                 column[high_probability_row(r)] = (
                     math.nan if high is None else high.certified_accuracy.get(r, math.nan)
                 )
-        column[ACR_ROW] = summary.average_certified_radius
+        if any(s.has_radius for s in summaries.values()):
+            column[ACR_ROW] = summary.average_certified_radius
         if any(s.average_proxy_radius is not None for s in summaries.values()):
             proxy = summary.average_proxy_radius
             column[ACR_PROXY_ROW] = math.nan if proxy is None else proxy
         column[CLEAN_ROW] = summary.clean_accuracy
         column[ABSTENTION_ROW] = summary.abstention_rate
         column[INPUTS_ROW] = float(summary.inputs)
+        if any(s.labeled < s.inputs for s in summaries.values()):
+            column[LABELED_ROW] = float(summary.labeled)
         if any(s.median_time is not None for s in summaries.values()):
             column[TIME_ROW] = math.nan if summary.median_time is None else summary.median_time
         if any(s.mean_samples is not None for s in summaries.values()):
@@ -152,7 +160,7 @@ def best_mask(table: pd.DataFrame) -> pd.DataFrame:
     return mask
 
 
-_COUNT_ROWS = (INPUTS_ROW, FALSE_CERTIFICATES_ROW)
+_COUNT_ROWS = (INPUTS_ROW, LABELED_ROW, FALSE_CERTIFICATES_ROW)
 
 
 def format_cell(row: str, value: float) -> str:
@@ -251,7 +259,10 @@ def summaries_to_json(
 ) -> dict[str, Any]:
     """A JSON-ready dict for scripts: ``{"metric", "radii", "files": {label: {...}}}``.
 
-    Per file: ``path`` (when ``sources`` gives it), ``inputs``, ``certified_accuracy`` (a dict
+    Per file: ``path`` (when ``sources`` gives it), ``kind`` (``certificates``, or
+    ``predictions`` for PREDICT's files: empty ``certified_accuracy``, null radii),
+    ``inputs``, ``labeled_inputs`` (rows with a
+    label; accuracies are over these and null when there are none), ``certified_accuracy`` (a dict
     from the radius written as a float, e.g. ``"0.5"``, to a fraction),
     ``average_certified_radius``, ``clean_accuracy``, ``abstention_rate``,
     ``median_time_seconds`` (null without times) and, with high-probability bounds,
@@ -267,7 +278,9 @@ def summaries_to_json(
         if sources is not None and label in sources:
             entry["path"] = sources[label]
         entry.update(
+            kind="certificates" if summary.has_radius else "predictions",
             inputs=summary.inputs,
+            labeled_inputs=summary.labeled,
             certified_accuracy={repr(r): a for r, a in summary.certified_accuracy.items()},
             average_certified_radius=summary.average_certified_radius,
             average_certified_radius_proxy=summary.average_proxy_radius,

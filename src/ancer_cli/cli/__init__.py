@@ -1,5 +1,5 @@
-"""The ``ancer`` command-line program: ``train``, ``optimize``, ``certify``, ``accuracy`` and
-``show``.
+"""The ``ancer`` command-line program: ``train``, ``optimize``, ``certify``, ``accuracy``,
+``predict`` and ``show``.
 
 Only this package touches typer, rich, ``sys.argv`` and exit codes.
 """
@@ -11,6 +11,7 @@ import typer
 from ancer_cli.cli.accuracy import accuracy_command
 from ancer_cli.cli.certify import certify_command
 from ancer_cli.cli.optimize import optimize_command
+from ancer_cli.cli.predict import predict_command
 from ancer_cli.cli.show import show_command
 from ancer_cli.cli.train import train_command
 from ancer_cli.runtime import retain_host_memory
@@ -27,6 +28,7 @@ app.command("train")(train_command)
 app.command("optimize")(optimize_command)
 app.command("certify")(certify_command)
 app.command("accuracy")(accuracy_command)
+app.command("predict")(predict_command)
 app.command("show")(show_command)
 
 

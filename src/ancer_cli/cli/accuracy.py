@@ -17,6 +17,7 @@ from ancer_cli import analysis
 from ancer_cli.analysis import Metric
 from ancer_cli.artifacts import check_new_output
 from ancer_cli.cli.common import ForceOption, console, handle_errors, out
+from ancer_cli.errors import AncerError
 
 
 class OutputFormat(str, Enum):
@@ -54,8 +55,8 @@ def accuracy_command(
     files: Annotated[
         list[Path],
         typer.Argument(
-            help="Results files (tab-separated: idx label predict radius correct ...), "
-            "one column each.",
+            help="Results files (tab-separated: idx label predict radius correct ..., or "
+            "predictions: idx label predict correct time), one column each.",
             metavar="FILE",
             show_default=False,
         ),
@@ -155,7 +156,9 @@ def accuracy_command(
 ) -> None:
     """Certified accuracy at chosen radii, average certified radius, clean accuracy and
     abstention rate of one or more results files (this tool's, the original ANCER scripts' or
-    Cohen et al.'s), optionally with high-probability bounds, curves and radius histograms."""
+    Cohen et al.'s), optionally with high-probability bounds, curves and radius histograms.
+    Files of predictions (ancer predict's, Cohen et al.'s predict.py's) get their accuracy and
+    abstention rate."""
     radii = list(analysis.DEFAULT_RADII) if not radius else radius
     for value in radii:
         if not math.isfinite(value) or value < 0:
@@ -196,8 +199,43 @@ def accuracy_command(
         result = analysis.compare(
             files, labels, radii, metric, also=also, rho=rho_used, alpha=alpha
         )
+        paths = dict(zip(labels, files, strict=True))
+        for figure, option in ((plot, "--plot"), (hist, "--hist")):
+            if figure is None:
+                continue
+            for name, summary in result.summaries.items():
+                if not summary.has_radius:
+                    raise AncerError(
+                        f"{paths[name]} holds predictions (idx label predict correct time), "
+                        f"without radii to draw; leave it out of {option}"
+                    )
+                if summary.labeled == 0:
+                    raise AncerError(
+                        f"{paths[name]} has no labels (every label is -1), so it has no "
+                        f"certified accuracy or correctly certified radii to draw; leave it out "
+                        f"of {option}"
+                    )
+        for name, summary in result.summaries.items():
+            if not summary.has_radius:
+                console.print(
+                    f"{name}: predictions (no radius): its accuracy is PREDICT's, and "
+                    "certified-accuracy and radius rows do not apply (-)",
+                    markup=False,
+                )
+            if summary.labeled == 0:
+                console.print(
+                    f"{name}: no labels (every label is -1): accuracy is not applicable; "
+                    "reporting predictions and abstentions only",
+                    markup=False,
+                )
+            elif summary.labeled < summary.inputs:
+                console.print(
+                    f"{name}: {summary.inputs - summary.labeled} of {summary.inputs} rows have "
+                    f"no label (-1); accuracies are over the {summary.labeled} labeled rows",
+                    markup=False,
+                )
         if output_format is OutputFormat.json:
-            sources = {name: str(path) for name, path in zip(labels, files, strict=True)}
+            sources = {name: str(path) for name, path in paths.items()}
             text = analysis.render_json(result.summaries, metric, sources)
             out.out(text, end="", highlight=False)
         else:

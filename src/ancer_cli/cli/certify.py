@@ -14,28 +14,41 @@ from ancer_cli.certify import (
     CertifyPlan,
     CertifyRequest,
     CertifySummary,
+    ResultRow,
     Sequential,
     plan_certify,
 )
-from ancer_cli.certify import CertifyMethod as Method
 from ancer_cli.cli.common import (
     ChannelsLastOption,
+    ClassesOption,
+    DataRootOption,
     DeviceOption,
     ForceOption,
     MaxIndexOption,
+    MethodOption,
     PrecisionOption,
     ResumeOption,
+    RunArchOption,
+    RunDatasetOption,
+    RunNormOption,
+    RunSplitOption,
     SeedOption,
+    SigmaOption,
+    SmoothedModelOption,
+    ThetasOption,
+    check_smoothing_options,
     console,
     handle_errors,
+    label_notes,
     non_negative,
     positive,
     probability,
     progress_bar,
 )
 from ancer_cli.cli.common import out as stdout
-from ancer_cli.core.noise import Norm
 from ancer_cli.core.precision import Precision
+from ancer_cli.core.smoothing import ABSTAIN
+from ancer_cli.data import UNLABELED
 from ancer_cli.distributed import Session, session
 from ancer_cli.runtime import describe_device
 
@@ -43,50 +56,16 @@ D = CertifyConfig()
 
 
 def certify_command(
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            help="Model file: an ancer checkpoint, TorchScript archive or torch.export program."
-        ),
-    ] = None,
-    thetas: Annotated[
-        Path | None,
-        typer.Option(
-            help="Per-input thetas: a folder written by ancer optimize (or the original ANCER package), or an isotropic values file."
-        ),
-    ] = None,
-    method: Annotated[
-        Method | None,
-        typer.Option(help="fixed, isotropic or ancer; inferred from --sigma/--thetas."),
-    ] = None,
-    sigma: Annotated[
-        float | None,
-        typer.Option(
-            help="Fixed noise standard deviation in [0,1] pixel units (l1: theta = sqrt(3)*sigma)."
-        ),
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset (default: the one the model was trained on).")
-    ] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Folder holding the dataset.")] = None,
-    split: Annotated[
-        str | None,
-        typer.Option(
-            help="Dataset split to certify: test or train (default: the thetas', else test)."
-        ),
-    ] = None,
-    norm: Annotated[
-        Norm | None,
-        typer.Option(
-            help="Threat model / noise: l2 (Gaussian) or l1 (uniform); default from the model."
-        ),
-    ] = None,
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            help="Architecture for a plain state-dict model file (or package.module:factory)."
-        ),
-    ] = None,
+    model: SmoothedModelOption = None,
+    thetas: ThetasOption = None,
+    method: MethodOption = None,
+    sigma: SigmaOption = None,
+    dataset: RunDatasetOption = None,
+    data_root: DataRootOption = None,
+    split: RunSplitOption = None,
+    norm: RunNormOption = None,
+    arch: RunArchOption = None,
+    classes: ClassesOption = None,
     n_selection: Annotated[
         int, typer.Option("--N0", help="Noisy samples used to select the predicted class.")
     ] = D.n_selection,
@@ -164,25 +143,14 @@ def certify_command(
         positive(name, value)
     probability("--alpha", alpha)
     non_negative("--max", max_index)
-    if thetas is None and sigma is None:
-        raise typer.BadParameter("give --sigma (fixed sigma) or --thetas (per-input thetas)")
-    if thetas is not None and sigma is not None:
-        raise typer.BadParameter("--sigma and --thetas exclude each other; give one")
-    if sigma is not None:
-        positive("--sigma", sigma)
-        if method not in (None, Method.fixed):
-            raise typer.BadParameter(f"--method {method.value} needs --thetas, not --sigma")
-    for value in radius or []:
-        if not (math.isfinite(value) and value >= 0):
-            raise typer.BadParameter(f"--radius must be a finite number >= 0, got {value}")
-    if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise typer.BadParameter(f"--tolerance must be a finite number >= 0, got {tolerance}")
-    chosen = (radius, metric, sequential, tolerance)
+    check_smoothing_options(thetas, sigma, method)
+    chosen = _sequential(radius, metric, sequential, tolerance)
     request = CertifyRequest(
         out=out, model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
-        data_root=data_root, split=split, norm=norm, arch=arch, n_selection=n_selection,
+        data_root=data_root, split=split, norm=norm, arch=arch, classes=classes,
+        n_selection=n_selection,
         n_estimation=n_estimation, alpha=alpha, batch_size=batch_size, skip=skip,
-        max_index=max_index, memory=memory, sequential=_sequential(*chosen),
+        max_index=max_index, memory=memory, sequential=chosen,
         precision=precision, channels_last=channels_last,
         resume=resume, force=force, seed=seed,
     )  # fmt: skip
@@ -191,27 +159,36 @@ def certify_command(
         main = where.ranks.is_main
         if main:
             console.print(_describe(plan, where))
+            for note in label_notes(plan.data, plan.logits):
+                console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
-            task = progress.add_task(
-                "certify", total=len(where.ranks.share(plan.indices)), status=""
-            )
+            task = progress.add_task("certify", total=None, status="")
             memory_task = progress.add_task(
                 "memory pass", total=len(plan.indices), status="", visible=False, start=False
             )
-            tally = {"rows": 0, "correct": 0}
+            tally = {"rows": 0, "correct": 0, "abstained": 0}
 
-            def advance(row: object) -> None:
-                tally["rows"] += 1
-                tally["correct"] += row.correct  # type: ignore[attr-defined]
-                status = f"acc@0 {tally['correct'] / tally['rows']:.3f}"
+            def advance(row: ResultRow) -> None:
+                labeled = row.label != UNLABELED
+                tally["rows"] += labeled
+                tally["correct"] += row.correct
+                tally["abstained"] += row.predict == ABSTAIN
+                status = (
+                    f"acc@0 {tally['correct'] / tally['rows']:.3f}"
+                    if tally["rows"]
+                    else f"abstained {tally['abstained']}"
+                )
                 progress.update(task, advance=1, status=status)
 
             def memory_progress(done: int, total: int) -> None:
                 progress.start_task(memory_task)
                 progress.update(memory_task, completed=done, total=total, visible=True)
 
-            summary = plan.run(where, on_row=advance, on_memory=memory_progress)
-            progress.update(task, completed=len(where.ranks.share(plan.indices)))
+            def start(kept: int, mine: int) -> None:
+                progress.update(task, total=mine, completed=0)
+
+            summary = plan.run(where, on_row=advance, on_memory=memory_progress, on_start=start)
+            progress.update(task, completed=progress.tasks[task].total)
         if summary is not None:  # rank 0 reports
             _report(out, summary)
 
@@ -220,6 +197,11 @@ def _sequential(
     radius: list[float] | None, metric: Metric, sequential: bool, tolerance: float
 ) -> Sequential | None:
     """The sequential settings the options ask for (``None``: Cohen et al.'s fixed N)."""
+    for value in radius or []:
+        if not (math.isfinite(value) and value >= 0):
+            raise typer.BadParameter(f"--radius must be a finite number >= 0, got {value}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise typer.BadParameter(f"--tolerance must be a finite number >= 0, got {tolerance}")
     if radius:
         return Sequential(radii=tuple(sorted(set(radius))), metric=metric.value)
     if metric is not Metric.radius:
@@ -251,10 +233,14 @@ def _mode(config: CertifyConfig) -> str:
 
 
 def _report(out: Path, summary: CertifySummary) -> None:
+    accuracy = (
+        f"certified accuracy at radius 0 {summary.accuracy:.3f}, "
+        if summary.labeled
+        else "no labels (accuracy not measured), "
+    )
+    radius = f", average certified radius {summary.mean_radius:.4f}" if summary.labeled else ""
     stdout.print(
-        f"{out}: {summary.certified} inputs, certified accuracy at radius 0 "
-        f"{summary.correct / max(summary.certified, 1):.3f}, abstained {summary.abstained}, "
-        f"average certified radius {summary.mean_radius:.4f}"
+        f"{out}: {summary.certified} inputs, {accuracy}abstained {summary.abstained}{radius}"
         + (f" ({summary.resumed} rows kept from the interrupted run)" if summary.resumed else "")
     )
     if summary.samples is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,7 +19,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ancer_cli.certify import CertifyMethod
+from ancer_cli.core.noise import Norm
 from ancer_cli.core.precision import Precision
+from ancer_cli.data import LabelRule, LoadedData
 from ancer_cli.errors import AncerError
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -51,10 +55,100 @@ MaxIndexOption = Annotated[
         help="Stop before this dataset index (default: all; under torchrun write --max-index).",
     ),
 ]
+# what certify and predict smooth: the model, the noise (fixed sigma or per-input thetas), the data
+SmoothedModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Model file: an ancer checkpoint, TorchScript archive or torch.export program."
+    ),
+]
+ThetasOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Per-input thetas: a folder written by ancer optimize (or the original ANCER "
+        "package), or an isotropic values file (one sigma per dataset index, or per input "
+        "--skip/--max select)."
+    ),
+]
+MethodOption = Annotated[
+    CertifyMethod | None,
+    typer.Option(help="fixed, isotropic or ancer; inferred from --sigma/--thetas."),
+]
+SigmaOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Fixed noise standard deviation in [0,1] pixel units (l1: theta = sqrt(3)*sigma)."
+    ),
+]
+RunDatasetOption = Annotated[
+    str | None, typer.Option(help="Dataset (default: the one the model was trained on).")
+]
+DataRootOption = Annotated[Path | None, typer.Option(help="Folder holding the dataset.")]
+RunSplitOption = Annotated[
+    str | None,
+    typer.Option(help="Dataset split: test or train (default: the thetas', else test)."),
+]
+RunNormOption = Annotated[
+    Norm | None,
+    typer.Option(
+        help="Threat model / noise: l2 (Gaussian) or l1 (uniform); default from the model."
+    ),
+]
+RunArchOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Architecture for a plain state-dict model file (or package.module:factory)."
+    ),
+]
+ClassesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Class list of an image folder (imagenet, folder): one name per line, the first "
+        "line class 0; sub-folders carry the class their name is on.",
+        show_default=False,
+    ),
+]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run into the same output.")
 ]
+
+
+def check_smoothing_options(
+    thetas: Path | None, sigma: float | None, method: CertifyMethod | None
+) -> None:
+    """Usage errors (exit 2) of the noise options: exactly one of ``--sigma`` and ``--thetas``,
+    a positive sigma, and no per-input ``--method`` with a fixed sigma."""
+    if thetas is None and sigma is None:
+        raise typer.BadParameter("give --sigma (fixed sigma) or --thetas (per-input thetas)")
+    if thetas is not None and sigma is not None:
+        raise typer.BadParameter("--sigma and --thetas exclude each other; give one")
+    if sigma is not None:
+        positive("--sigma", sigma)
+        if method not in (None, CertifyMethod.fixed):
+            raise typer.BadParameter(f"--method {method.value} needs --thetas, not --sigma")
+
+
+def label_notes(data: LoadedData, logits: int) -> list[str]:
+    """What to tell people about the labels of an image folder (nothing for built-in data): the
+    mapping used and, where it may not be the model's, a caution."""
+    mapping = data.classes
+    if mapping is None:
+        return []
+    notes = [mapping.describe()]
+    if mapping.rule is LabelRule.unlabeled:
+        notes.append(
+            "no labels: every row has label -1 and correct 0; ancer accuracy reports "
+            "predictions and abstentions only"
+        )
+    elif mapping.rule is LabelRule.sorted and logits != mapping.num_classes:
+        notes.append(
+            f"caution: the sub-folder names are not class indices, so their sorted positions "
+            f"are the labels, but the model has {logits} classes: if its classes are ordered "
+            "otherwise, pass --classes FILE (one name per line) or name the sub-folders by "
+            "class index"
+        )
+    return notes
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -10,6 +10,7 @@ import typer
 from ancer_cli.artifacts import MANIFEST_NAME
 from ancer_cli.cli.common import (
     ChannelsLastOption,
+    ClassesOption,
     DeviceOption,
     ForceOption,
     MaxIndexOption,
@@ -18,6 +19,7 @@ from ancer_cli.cli.common import (
     SeedOption,
     console,
     handle_errors,
+    label_notes,
     non_negative,
     positive,
     progress_bar,
@@ -57,6 +59,7 @@ def optimize_command(
     arch: Annotated[
         str | None, typer.Option(help="Architecture for a plain state-dict model file.")
     ] = None,
+    classes: ClassesOption = None,
     sigma: Annotated[
         float | None,
         typer.Option(
@@ -66,7 +69,7 @@ def optimize_command(
     isotropic_thetas: Annotated[
         Path | None,
         typer.Option(
-            help="Reuse this isotropic thetas folder (or one-value-per-index file) instead of the isotropic stage."
+            help="Reuse this isotropic thetas folder (or values file: one sigma per dataset index or per selected input) instead of the isotropic stage."
         ),
     ] = None,
     iso_iterations: Annotated[
@@ -122,7 +125,7 @@ def optimize_command(
         raise typer.BadParameter("--isotropic-thetas goes with --method ancer")
     request = OptimizeRequest(
         model=model, out=out, method=method, dataset=dataset, data_root=data_root, split=split,
-        norm=norm, arch=arch, sigma=sigma, isotropic_thetas=isotropic_thetas,
+        norm=norm, arch=arch, classes=classes, sigma=sigma, isotropic_thetas=isotropic_thetas,
         isotropic=IsotropicConfig(iso_iterations, iso_lr, iso_samples),
         ancer=AncerConfig(iterations, lr, samples, kappa), batch_size=batch_size, skip=skip,
         max_index=max_index, precision=precision, channels_last=channels_last, resume=resume,
@@ -142,9 +145,10 @@ def optimize_command(
                     else ""
                 )
             )
+            for note in label_notes(plan.data, plan.logits):
+                console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
-            mine = sum(len(batch) for batch in where.ranks.share(plan.batches()))
-            task = progress.add_task("optimize", total=mine, status="")
+            task = progress.add_task("optimize", total=None, status="")
             steps = {"isotropic": job.isotropic.iterations, "ancer": job.ancer.iterations}
 
             def report(stage: str, inputs_done: int, iteration: int, value: float) -> None:
@@ -153,7 +157,10 @@ def optimize_command(
                 )  # fmt: skip
                 progress.update(task, completed=inputs_done, status=status)
 
-            summary = plan.run(where, progress=report)
+            def start(kept: int, mine: int) -> None:
+                progress.update(task, total=mine, completed=0)
+
+            summary = plan.run(where, progress=report, on_start=start)
         if summary is None:  # rank 0 reports
             return
         stdout.print(

@@ -9,12 +9,14 @@ import typer
 
 from ancer_cli.artifacts import check_new_output
 from ancer_cli.cli.common import (
+    ClassesOption,
     DeviceOption,
     ForceOption,
     ResumeOption,
     SeedOption,
     console,
     handle_errors,
+    label_notes,
     positive,
     progress_bar,
 )
@@ -37,6 +39,7 @@ def train_command(
     download: Annotated[
         bool, typer.Option("--download", help="Download mnist/cifar10 into --data-root if missing.")
     ] = False,
+    classes: ClassesOption = None,
     arch: Annotated[
         str | None,
         typer.Option(
@@ -90,7 +93,7 @@ def train_command(
     with handle_errors():
         check_new_output(out, force=force, resume=resume)
         torch_device = resolve_device(device)
-        info = dataset_info(dataset, data_root)
+        info = dataset_info(dataset, data_root, classes)
         config = TrainConfig(
             arch=arch or info.default_arch,
             norm=norm,
@@ -108,13 +111,15 @@ def train_command(
             seed=seed,
         )
         check_architecture(config.arch)
-        train_data = load_dataset(dataset, "train", data_root, download)
-        test_data = load_dataset(dataset, "test", data_root, download)
+        train_data = load_dataset(dataset, "train", data_root, download, classes)
+        test_data = load_dataset(dataset, "test", data_root, download, classes)
         console.print(
             f"training [bold]{config.arch}[/] on {dataset} ({len(train_data.dataset)} train, "  # type: ignore[arg-type]
             f"{len(test_data.dataset)} test) with {norm.value} noise sigma={sigma} "  # type: ignore[arg-type]
             f"on {describe_device(torch_device)}"
         )
+        for note in label_notes(train_data, train_data.info.num_classes):
+            console.print(note, markup=False)
         with progress_bar() as progress:
             task = progress.add_task("train", total=None, status="")
             for report in train(

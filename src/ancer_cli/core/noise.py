@@ -33,6 +33,7 @@ class Stream(enum.IntEnum):
     ancer = 2
     train = 3
     evaluate = 4
+    predict = 5
 
 
 Theta = float | torch.Tensor

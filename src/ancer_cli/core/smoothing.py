@@ -407,6 +407,38 @@ def certify(
     )[0]
 
 
+def _prediction(counts: np.ndarray, alpha: float) -> int:
+    """PREDICT's answer from one input's votes: the top class, or ``ABSTAIN`` unless the
+    two-sided binomial test of top class against runner-up rejects at level ``alpha``."""
+    order = np.argsort(-counts, kind="stable")
+    n1 = int(counts[order[0]])
+    n2 = int(counts[order[1]]) if counts.size > 1 else 0
+    if top_two_p_value(n1, n2) > alpha:
+        return ABSTAIN
+    return int(order[0])
+
+
+def predict_many(
+    model: nn.Module,
+    xs: torch.Tensor | Sequence[torch.Tensor],
+    thetas: Sequence[Theta],
+    norm: Norm | str,
+    num: int,
+    alpha: float,
+    batch_size: int,
+    generators: Sequence[torch.Generator],
+) -> list[int]:
+    """PREDICT for a group of inputs, sharing forward passes between them.
+
+    Equal to ``[predict(model, xs[i], thetas[i], ..., generators[i]) for i ...]``: each input
+    consumes its own generator as :func:`predict` does, and its votes come to the host with
+    the group's in one transfer (see :func:`certify_many` for when grouping pays off).
+    """
+    counts = sample_counts_many(model, xs, thetas, norm, (num,), batch_size, generators)
+    votes = counts[:, 0].cpu().numpy()  # the one host transfer
+    return [_prediction(votes[i], alpha) for i in range(len(thetas))]
+
+
 def predict(
     model: nn.Module,
     x: torch.Tensor,
@@ -417,12 +449,10 @@ def predict(
     batch_size: int,
     generator: torch.Generator,
 ) -> int:
-    """PREDICT: the top class of ``num`` noisy votes, or ``ABSTAIN`` unless the binomial test
-    of top class against runner-up rejects at level ``alpha``."""
-    counts = sample_counts(model, x, theta, norm, num, batch_size, generator).cpu().numpy()
-    order = np.argsort(-counts, kind="stable")
-    n1 = int(counts[order[0]])
-    n2 = int(counts[order[1]]) if counts.size > 1 else 0
-    if top_two_p_value(n1, n2) > alpha:
-        return ABSTAIN
-    return int(order[0])
+    """PREDICT (Cohen et al. 2019): the top class of ``num`` noisy votes, or ``ABSTAIN`` unless
+    the binomial test of top class against runner-up rejects at level ``alpha``. The answer
+    differs from the smoothed classifier's with probability at most ``alpha``."""
+    (prediction,) = predict_many(
+        model, x.unsqueeze(0), [theta], norm, num, alpha, batch_size, [generator]
+    )
+    return prediction

@@ -1,0 +1,151 @@
+"""``ancer predict``: Cohen et al.'s PREDICT for each input, with fixed sigma or per-input thetas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ancer_cli.cli.common import (
+    ChannelsLastOption,
+    ClassesOption,
+    DataRootOption,
+    DeviceOption,
+    ForceOption,
+    MaxIndexOption,
+    MethodOption,
+    PrecisionOption,
+    ResumeOption,
+    RunArchOption,
+    RunDatasetOption,
+    RunNormOption,
+    RunSplitOption,
+    SeedOption,
+    SigmaOption,
+    SmoothedModelOption,
+    ThetasOption,
+    check_smoothing_options,
+    console,
+    handle_errors,
+    label_notes,
+    non_negative,
+    positive,
+    probability,
+    progress_bar,
+)
+from ancer_cli.cli.common import out as stdout
+from ancer_cli.core.precision import Precision
+from ancer_cli.core.smoothing import ABSTAIN
+from ancer_cli.data import UNLABELED
+from ancer_cli.distributed import session
+from ancer_cli.predict import PredictConfig, PredictionRow, PredictRequest, plan_predict
+from ancer_cli.runtime import describe_device
+
+D = PredictConfig()
+
+
+def predict_command(
+    model: SmoothedModelOption = None,
+    thetas: ThetasOption = None,
+    method: MethodOption = None,
+    sigma: SigmaOption = None,
+    dataset: RunDatasetOption = None,
+    data_root: DataRootOption = None,
+    split: RunSplitOption = None,
+    norm: RunNormOption = None,
+    arch: RunArchOption = None,
+    classes: ClassesOption = None,
+    num: Annotated[
+        int, typer.Option("--N", help="Noisy samples whose votes decide the prediction.")
+    ] = D.num,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            help="Probability, in (0, 1), that a prediction (not an abstention) differs from "
+            "the smoothed classifier's."
+        ),
+    ] = D.alpha,
+    batch_size: Annotated[int, typer.Option(help="Noisy samples per forward pass.")] = D.batch_size,
+    skip: Annotated[int, typer.Option(help="Predict every SKIP-th input of the split.")] = 1,
+    max_index: MaxIndexOption = None,
+    out: Annotated[Path, typer.Option(help="Predictions file (tab-separated).")] = Path(
+        "predictions.csv"
+    ),
+    precision: PrecisionOption = Precision.fp32,
+    channels_last: ChannelsLastOption = False,
+    resume: ResumeOption = False,
+    force: ForceOption = False,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+) -> None:
+    """Predict with the smoothed classifier (Cohen et al.'s PREDICT: abstain unless the top
+    class beats the runner-up in a binomial test at level alpha); one row per input:
+    idx label predict correct time.
+
+    Fixed sigma: --model M --sigma S. Per-input thetas: --thetas DIR (model, dataset, split, norm
+    and method come from DIR/manifest.json; original ANCER folders and isotropic value files need
+    --model, --dataset and --norm).
+    """
+    for name, value in [("--N", num), ("--batch-size", batch_size), ("--skip", skip)]:
+        positive(name, value)
+    probability("--alpha", alpha)
+    non_negative("--max", max_index)
+    check_smoothing_options(thetas, sigma, method)
+    request = PredictRequest(
+        out=out, model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
+        data_root=data_root, split=split, norm=norm, arch=arch, classes=classes, num=num,
+        alpha=alpha, batch_size=batch_size, skip=skip, max_index=max_index, precision=precision,
+        channels_last=channels_last, resume=resume, force=force, seed=seed,
+    )  # fmt: skip
+    with handle_errors(), session(device) as where:
+        plan = plan_predict(request, where)
+        main = where.ranks.is_main
+        if main:
+            data, config = plan.data, plan.config
+            console.print(
+                f"predicting {len(plan.indices)} {data.info.name} {data.split} inputs "
+                f"({config.norm.value}) with {plan.theta_description} (N={config.num}, "
+                f"alpha={config.alpha}) on {describe_device(where.device)}"
+                + (
+                    f" and {where.ranks.world_size - 1} more ranks"
+                    if where.ranks.distributed
+                    else ""
+                )
+            )
+            for note in label_notes(plan.data, plan.logits):
+                console.print(note, markup=False)
+        with progress_bar(enabled=main) as progress:
+            task = progress.add_task("predict", total=None, status="")
+            tally = {"labeled": 0, "correct": 0, "abstained": 0}
+
+            def start(kept: int, mine: int) -> None:
+                progress.update(task, total=mine, completed=0)
+
+            def advance(row: PredictionRow) -> None:
+                tally["labeled"] += row.label != UNLABELED
+                tally["correct"] += row.correct
+                tally["abstained"] += row.predict == ABSTAIN
+                status = f"abstained {tally['abstained']}" + (
+                    f", acc {tally['correct'] / tally['labeled']:.3f}" if tally["labeled"] else ""
+                )
+                progress.update(task, advance=1, status=status)
+
+            summary = plan.run(where, on_row=advance, on_start=start)
+            progress.update(task, completed=progress.tasks[task].total)
+        if summary is None:  # rank 0 reports
+            return
+        accuracy = (
+            f"accuracy {summary.accuracy:.3f}, "
+            if summary.labeled
+            else "no labels (accuracy not measured), "
+        )
+        stdout.print(
+            f"{out}: {summary.predicted} inputs, {accuracy}abstained {summary.abstained} "
+            f"({summary.abstained / max(summary.predicted, 1):.3f})"
+            + (
+                f" ({summary.resumed} rows kept from the interrupted run)"
+                if summary.resumed
+                else ""
+            )
+        )

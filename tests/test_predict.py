@@ -1,0 +1,81 @@
+"""The dataset loop of ``ancer predict``: rows equal PREDICT input by input on its own random
+stream, the results loop shared with certify resumes leftovers, and unlabeled rows count as
+such."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ancer_cli.core.noise import Norm, Stream, input_generator
+from ancer_cli.core.smoothing import predict
+from ancer_cli.data import DatasetInfo, LoadedData
+from ancer_cli.predict import PredictConfig, predict_dataset, run_predict
+
+INFO = DatasetInfo("line", (1, 1, 2), 2, (0.0,), (1.0,), "cnn")
+HEADER = "idx\tlabel\tpredict\tcorrect\ttime\n"
+
+
+class Threshold(nn.Module):
+    """Class 1 where x_0 > 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = x.flatten(1)[:, 0] * 10
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def _data(points: list[float], labels: list[int]) -> LoadedData:
+    xs = torch.tensor([[p, 0.0] for p in points], dtype=torch.float32).view(-1, 1, 1, 2)
+    return LoadedData(TensorDataset(xs, torch.tensor(labels)), INFO, "test")
+
+
+CONFIG = PredictConfig(norm=Norm.l2, num=400, alpha=0.01, batch_size=1000, seed=3)
+POINTS = [-2.0, -0.05, 0.0, 0.04, 1.5, 3.0]
+
+
+def test_rows_are_predict_on_each_inputs_own_stream() -> None:
+    model, device = Threshold(), torch.device("cpu")
+    data = _data(POINTS, [0, 0, 1, 1, 1, -1])
+    thetas = {i: 0.2 + 0.1 * i for i in range(len(POINTS))}.get
+    rows = list(predict_dataset(model, data, range(len(POINTS)), thetas, CONFIG, device))
+    for row in rows:
+        x, label = data.dataset[row.idx]
+        generator = input_generator(CONFIG.seed, row.idx, device, Stream.predict)
+        expected = predict(model, x, thetas(row.idx), "l2", 400, 0.01, 1000, generator)
+        assert (row.label, row.predict) == (int(label), expected)
+        assert row.correct == int(expected == label and expected != -1)
+    assert rows[0].predict == 0 and rows[-1].predict == 1 and rows[-1].correct == 0
+    assert -1 in [row.predict for row in rows]  # near the boundary PREDICT abstains
+
+
+def test_run_predict_writes_resumes_and_counts(tmp_path: Path) -> None:
+    model, device = Threshold(), torch.device("cpu")
+    data = _data(POINTS, [0, 0, 1, 1, 1, -1])
+    indices = list(range(len(POINTS)))
+    record = {"arguments": {"N": 400}}
+    reference = tmp_path / "reference.csv"
+    summary = run_predict(model, data, indices, lambda _i: 0.3, CONFIG, device, reference, record)
+    assert summary is not None
+    lines = reference.read_text().splitlines(keepends=True)
+    assert lines[0] == HEADER and [int(line.split("\t")[0]) for line in lines[1:]] == indices
+    assert summary.predicted == 6 and summary.labeled == 5
+    assert summary.correct == sum(int(line.split("\t")[3]) for line in lines[1:])
+
+    out = tmp_path / "p.csv"  # a 2-process run that stopped, and a cut line
+    Path(f"{out}.rank1-of-2").write_text(HEADER + lines[2] + lines[4][:3])
+    out.write_text(HEADER + lines[5])
+    Path(f"{out}.json").write_text('{"arguments": {"N": 400}, "complete": false}')
+    written: list[int] = []
+    again = run_predict(
+        model, data, indices, lambda _i: 0.3, CONFIG, device, out, record, resume=True,
+        on_row=lambda row: written.append(row.idx),
+    )  # fmt: skip
+    assert again is not None and again.resumed == 2 and written == [0, 2, 3, 5]
+    assert [line.split("\t")[:4] for line in out.read_text().splitlines()] == [
+        line.split("\t")[:4] for line in reference.read_text().splitlines()
+    ]
+    assert not list(tmp_path.glob("p.csv.rank*"))
+    assert '"complete": true' in Path(f"{out}.json").read_text()
