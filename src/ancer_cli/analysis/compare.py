@@ -4,7 +4,7 @@ reports)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -18,14 +18,54 @@ from ancer_cli.analysis.metrics import (
     summarize,
 )
 from ancer_cli.artifacts import read_results, read_results_record
+from ancer_cli.errors import ResultsError
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The frames of the files, by label, and the summary of each."""
+    """The frames of the files, by label, the summary of each and where it came from."""
 
     frames: dict[str, pd.DataFrame]
     summaries: dict[str, AccuracySummary]
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def notes(self) -> list[str]:
+        """One line per file whose numbers need a word: predictions (no radius), rows without
+        labels."""
+        notes = []
+        for name, summary in self.summaries.items():
+            if not summary.has_radius:
+                notes.append(
+                    f"{name}: predictions (no radius): its accuracy is PREDICT's, and "
+                    "certified-accuracy and radius rows do not apply (-)"
+                )
+            if summary.labeled == 0:
+                notes.append(
+                    f"{name}: no labels (every label is -1): accuracy is not applicable; "
+                    "reporting predictions and abstentions only"
+                )
+            elif summary.labeled < summary.inputs:
+                notes.append(
+                    f"{name}: {summary.inputs - summary.labeled} of {summary.inputs} rows have "
+                    f"no label (-1); accuracies are over the {summary.labeled} labeled rows"
+                )
+        return notes
+
+    def check_drawable(self, option: str) -> None:
+        """Raise :class:`ResultsError` for a file that has nothing to draw (predictions, or no
+        labels), naming it and the ``option`` that would draw it."""
+        for name, summary in self.summaries.items():
+            where = self.paths.get(name, name)
+            if not summary.has_radius:
+                raise ResultsError(
+                    f"{where} holds predictions (idx label predict correct time), without "
+                    f"radii to draw; leave it out of {option}"
+                )
+            if summary.labeled == 0:
+                raise ResultsError(
+                    f"{where} has no labels (every label is -1), so it has no certified "
+                    f"accuracy or correctly certified radii to draw; leave it out of {option}"
+                )
 
 
 def compare(
@@ -57,4 +97,4 @@ def compare(
         label: summarize(frame, radii, metric, confidences[label])
         for label, frame in frames.items()
     }
-    return Comparison(frames, summaries)
+    return Comparison(frames, summaries, dict(zip(labels, map(Path, paths), strict=True)))

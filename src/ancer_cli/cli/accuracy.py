@@ -17,7 +17,6 @@ from ancer_cli import analysis
 from ancer_cli.analysis import Metric
 from ancer_cli.artifacts import check_new_output
 from ancer_cli.cli.common import ForceOption, console, handle_errors, out
-from ancer_cli.errors import AncerError
 
 
 class OutputFormat(str, Enum):
@@ -160,6 +159,61 @@ def accuracy_command(
     Files of predictions (ancer predict's, Cohen et al.'s predict.py's) get their accuracy and
     abstention rate."""
     radii = list(analysis.DEFAULT_RADII) if not radius else radius
+    labels = _check_options(files, radii, label, high_probability, rho, alpha, plot_max_radius)
+    if plot is not None and hist is not None and plot.resolve() == hist.resolve():
+        raise typer.BadParameter("--plot and --hist must name different files")
+    _check_figure_suffix(plot, "--plot")
+    _check_figure_suffix(hist, "--hist")
+
+    with handle_errors():
+        for figure in (plot, hist):
+            if figure is not None:
+                check_new_output(figure, force=force)
+        also = [Metric.proxy] if plot is not None and plot_metric is PlotMetric.proxy else []
+        rho_used = rho if high_probability else None
+        result = analysis.compare(
+            files, labels, radii, metric, also=also, rho=rho_used, alpha=alpha
+        )
+        for figure, option in ((plot, "--plot"), (hist, "--hist")):
+            if figure is not None:
+                result.check_drawable(option)
+        for note in result.notes():
+            console.print(note, markup=False)
+        if output_format is OutputFormat.json:
+            sources = {name: str(path) for name, path in result.paths.items()}
+            text = analysis.render_json(result.summaries, metric, sources)
+            out.out(text, end="", highlight=False)
+        else:
+            table = analysis.table_from_summaries(result.summaries)
+            title = f"metric: {metric.value}"
+            if high_probability:
+                title += f", bounds hold w.p. {1 - rho:g}"
+            if output_format is OutputFormat.table:
+                out.print(_rich_table(table, title))
+            else:
+                text = analysis.render(table, output_format.value, title=title)
+                out.out(text, end="", highlight=False)
+        if plot is not None:
+            metrics = _metrics(plot_metric, metric)
+            analysis.plot_certified_accuracy(
+                result.frames, metrics, plot, max_radius=plot_max_radius
+            )
+            console.print(f"wrote {plot}", markup=False)
+        if hist is not None:
+            analysis.plot_radius_distribution(result.frames, metric, hist, cdf=cdf)
+            console.print(f"wrote {hist}", markup=False)
+
+
+def _check_options(
+    files: list[Path],
+    radii: list[float],
+    label: list[str] | None,
+    high_probability: bool,
+    rho: float,
+    alpha: float | None,
+    plot_max_radius: float | None,
+) -> list[str]:
+    """Usage errors (exit 2) for impossible option values; returns each file's label."""
     for value in radii:
         if not math.isfinite(value) or value < 0:
             raise typer.BadParameter(
@@ -185,78 +239,7 @@ def accuracy_command(
         raise typer.BadParameter(
             f"must be a finite number > 0, got {plot_max_radius}", param_hint="'--plot-max-radius'"
         )
-    if plot is not None and hist is not None and plot.resolve() == hist.resolve():
-        raise typer.BadParameter("--plot and --hist must name different files")
-    _check_figure_suffix(plot, "--plot")
-    _check_figure_suffix(hist, "--hist")
-
-    with handle_errors():
-        for figure in (plot, hist):
-            if figure is not None:
-                check_new_output(figure, force=force)
-        also = [Metric.proxy] if plot is not None and plot_metric is PlotMetric.proxy else []
-        rho_used = rho if high_probability else None
-        result = analysis.compare(
-            files, labels, radii, metric, also=also, rho=rho_used, alpha=alpha
-        )
-        paths = dict(zip(labels, files, strict=True))
-        for figure, option in ((plot, "--plot"), (hist, "--hist")):
-            if figure is None:
-                continue
-            for name, summary in result.summaries.items():
-                if not summary.has_radius:
-                    raise AncerError(
-                        f"{paths[name]} holds predictions (idx label predict correct time), "
-                        f"without radii to draw; leave it out of {option}"
-                    )
-                if summary.labeled == 0:
-                    raise AncerError(
-                        f"{paths[name]} has no labels (every label is -1), so it has no "
-                        f"certified accuracy or correctly certified radii to draw; leave it out "
-                        f"of {option}"
-                    )
-        for name, summary in result.summaries.items():
-            if not summary.has_radius:
-                console.print(
-                    f"{name}: predictions (no radius): its accuracy is PREDICT's, and "
-                    "certified-accuracy and radius rows do not apply (-)",
-                    markup=False,
-                )
-            if summary.labeled == 0:
-                console.print(
-                    f"{name}: no labels (every label is -1): accuracy is not applicable; "
-                    "reporting predictions and abstentions only",
-                    markup=False,
-                )
-            elif summary.labeled < summary.inputs:
-                console.print(
-                    f"{name}: {summary.inputs - summary.labeled} of {summary.inputs} rows have "
-                    f"no label (-1); accuracies are over the {summary.labeled} labeled rows",
-                    markup=False,
-                )
-        if output_format is OutputFormat.json:
-            sources = {name: str(path) for name, path in paths.items()}
-            text = analysis.render_json(result.summaries, metric, sources)
-            out.out(text, end="", highlight=False)
-        else:
-            table = analysis.table_from_summaries(result.summaries)
-            title = f"metric: {metric.value}"
-            if high_probability:
-                title += f", bounds hold w.p. {1 - rho:g}"
-            if output_format is OutputFormat.table:
-                out.print(_rich_table(table, title))
-            else:
-                text = analysis.render(table, output_format.value, title=title)
-                out.out(text, end="", highlight=False)
-        if plot is not None:
-            metrics = _metrics(plot_metric, metric)
-            analysis.plot_certified_accuracy(
-                result.frames, metrics, plot, max_radius=plot_max_radius
-            )
-            console.print(f"wrote {plot}", markup=False)
-        if hist is not None:
-            analysis.plot_radius_distribution(result.frames, metric, hist, cdf=cdf)
-            console.print(f"wrote {hist}", markup=False)
+    return labels
 
 
 def _rich_table(table: pd.DataFrame, title: str) -> Table:
