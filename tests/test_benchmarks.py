@@ -130,3 +130,29 @@ def test_reference_and_package_find_the_same_thetas_with_the_same_noise(referenc
     assert torch.allclose(package, ref, rtol=1e-5, atol=0)
     start = theta_iso.view(-1, 1, 1, 1)
     assert (package >= start).all() and (package > start).any()  # projected, and it moved
+
+
+@pytest.mark.slow
+def test_quick_optimize_quality_benchmark_prints_both_tables(tmp_path):
+    out = tmp_path / "quality.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "optimize_quality.py"),
+            "--quick",
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    reports = json.loads(out.read_text())["reports"]
+    assert sorted(reports) == ["l1", "l2"]
+    for report in reports.values():
+        for method in ("fixed", "isotropic/reference", "ancer/reference", "ancer/new"):
+            assert f"| {method} |" in report
+        assert "forward-equivalents: reference" in report

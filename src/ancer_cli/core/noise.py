@@ -33,6 +33,8 @@ class Stream(enum.IntEnum):
     ancer = 2
     train = 3
     evaluate = 4
+    guard = 5
+    """fresh votes that decide between an input's ANCER and isotropic thetas (never certify's)"""
 
 
 Theta = float | torch.Tensor
