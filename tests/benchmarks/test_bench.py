@@ -193,3 +193,29 @@ def test_gpu_targets_are_judged_on_cuda_at_full_size_only(bench, capsys):
     assert "2.73x |" in printed  # speed-up over the fp32 reference
     assert "| certify overhead R <= 1.05, fp32, resnet110 | 1.020 | yes |" in printed
     assert "| certify overhead R <= 1.05, fp32, resnet50 | 1.070 | NO |" in printed
+
+
+@pytest.mark.slow
+def test_quick_optimize_quality_benchmark_prints_both_tables(tmp_path):
+    out = tmp_path / "quality.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "optimize_quality.py"),
+            "--quick",
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    reports = json.loads(out.read_text())["reports"]
+    assert sorted(reports) == ["l1", "l2"]
+    for report in reports.values():
+        for method in ("fixed", "isotropic/reference", "ancer/reference", "ancer/new"):
+            assert f"| {method} |" in report
+        assert "forward-equivalents: reference" in report

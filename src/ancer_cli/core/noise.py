@@ -34,6 +34,8 @@ class Stream(enum.IntEnum):
     train = 3
     evaluate = 4
     predict = 5
+    guard = 6
+    """fresh votes that decide between an input's ANCER and isotropic thetas (never certify's)"""
 
 
 Theta = float | torch.Tensor
