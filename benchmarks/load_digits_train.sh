@@ -20,7 +20,7 @@ PY
 ancer() { .venv/bin/ancer "$@"; }
 ancer train --out "$out/model.pt" --device cpu --force
 ancer optimize --model "$out/model.pt" --split train --out "$out/thetas" --batch-size 100 \
-  --iso-iterations 20 --iso-samples 16 --iterations 20 --samples 16 --device cpu --force
+  --iso-samples 64 --iterations 20 --samples 16 --guard-samples 64 --device cpu --force
 for inputs in 100 1297; do
   echo "certify, first $inputs train inputs:" >&2
   peak .venv/bin/ancer certify --thetas "$out/thetas" --max "$inputs" --N 1000 \

@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -413,7 +414,32 @@ def run_norm(
         f"{args.N0}, N = {args.N:,}, alpha = {args.alpha:g}, memory pass on optimized thetas"
     )
     lines = targets(results, new, schedule.forwards)
+    if args.export is not None:
+        export(Path(args.export) / norm.value, model_path, new, results, folder, tag)
     return "\n".join([header, "", markdown(table), "", *lines])
+
+
+def export(
+    target: Path,
+    model_path: Path,
+    new: Thetas,
+    results: dict[str, pd.DataFrame],
+    folder: Path,
+    tag: str,
+) -> None:
+    """The new defaults' model, thetas and fixed-N certificates, for benchmarks/sequential.py:
+    ``model.pt``, ``thetas.pt`` (``{"isotropic": (K,), "ancer": (K, C, H, W)}``) and
+    ``certify/{fixed,isotropic,ancer}.csv``."""
+    (target / "certify").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_path, target / "model.pt")
+    torch.save({"isotropic": new.isotropic, "ancer": new.ancer}, target / "thetas.pt")
+    sources = {
+        "fixed": folder / f"fixed-{tag}.csv",
+        "isotropic": folder / f"isotropic-{theta_key(new.isotropic)}-{tag}.csv",
+        "ancer": folder / f"ancer-{theta_key(new.ancer)}-{tag}.csv",
+    }
+    for name, source in sources.items():
+        shutil.copyfile(source, target / "certify" / f"{name}.csv")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -430,6 +456,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--search", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--ancer", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", help="also write the configs and tables here")
+    parser.add_argument(
+        "--export",
+        help="write the new defaults' model, thetas and certificates here (for "
+        "benchmarks/sequential.py --runs)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

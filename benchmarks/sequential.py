@@ -8,13 +8,15 @@ For each setting it certifies the same inputs with Cohen et al.'s fixed ``N`` an
 * adaptive mode: mean and median samples, average certified radius against fixed N's.
 
 Settings: an analytic linear two-class model whose pA is known in closed form (so false
-certificates are counted against the truth), and, given ``--runs DIR`` (the folder
-``benchmarks/optimize_quality.py`` writes: ``DIR/{l2,l1}/model.pt`` and the thetas), the digits
-models with fixed sigma, isotropic and ANCER thetas, l2 and l1; fixed-N results already in the
-folder (``certify/{fixed,isotropic,ancer}.csv``) are reused, otherwise computed.
+certificates are counted against the truth), and, given ``--runs DIR`` (what
+``benchmarks/optimize_quality.py --export DIR`` writes: ``DIR/{l2,l1}/model.pt``, the default
+objective's thetas and their fixed-N certificates ``certify/{fixed,isotropic,ancer}.csv``), the
+digits models with fixed sigma, isotropic and ANCER thetas, l2 and l1, the fixed-N certificates
+reused (the memory pass on for per-input thetas, as in ``ancer certify``).
 
     python benchmarks/sequential.py --quick                       # seconds (CI runs it)
-    python benchmarks/sequential.py --runs runs/optimize --json sequential.json
+    python benchmarks/optimize_quality.py --N 100000 --export runs/export
+    python benchmarks/sequential.py --runs runs/export --json sequential.json
 
 Samples are counted, not timed, so the figures do not depend on the machine's load.
 """
@@ -41,7 +43,6 @@ from ancer_cli.core.noise import Norm, theta_from_sigma
 from ancer_cli.core.precision import retain_freed_memory
 from ancer_cli.data import DatasetInfo, LoadedData, load_dataset
 from ancer_cli.models import load_model
-from ancer_cli.thetas import open_thetas
 
 
 @dataclass(frozen=True)
@@ -187,41 +188,42 @@ def compare(
 
 
 def digits_settings(runs: Path, sizes: Sizes) -> list[tuple[str, dict[str, Any]]]:
-    """(name, arguments of :func:`compare`) for each norm and method found under ``runs``."""
+    """(name, arguments of :func:`compare`) for each norm and method found under ``runs``: the
+    layout ``benchmarks/optimize_quality.py --export`` writes (``{norm}/model.pt``,
+    ``{norm}/thetas.pt`` with the default objective's isotropic and ANCER thetas,
+    ``{norm}/certify/{fixed,isotropic,ancer}.csv`` certified with fixed N)."""
     settings = []
+    data = load_dataset("digits", "test")
     for norm in (Norm.l2, Norm.l1):
         base = runs / norm.value
-        model_path = base / "model.pt"
-        if not model_path.exists():
+        if not (base / "model.pt").exists():
             continue
-        loaded = load_model(model_path, torch.device("cpu"))
-        data = load_dataset("digits", "test")
+        loaded = load_model(base / "model.pt", torch.device("cpu"))
+        thetas = torch.load(base / "thetas.pt", weights_only=True)
         sigma = loaded.sigma or 0.25
         sources: dict[str, tuple[Any, bool]] = {
-            "fixed": (fixed_theta(theta_from_sigma(sigma, norm)), False)
+            "fixed": (fixed_theta(theta_from_sigma(sigma, norm)), False),
+            "isotropic": (_rows_of(thetas["isotropic"]), True),
+            "ancer": (_rows_of(thetas["ancer"]), True),
         }
-        for method, folder in (
-            ("isotropic", base / "thetas" / "isotropic"),
-            ("ancer", base / "thetas"),
-        ):
-            if (folder / "manifest.json").exists():
-                theta_set = open_thetas(
-                    folder, data, norm=norm, model_sha256=None, device=torch.device("cpu")
-                )
-                sources[method] = (theta_set.theta, True)
-        for method, (thetas, memory) in sources.items():
+        for method, (source, memory) in sources.items():
             previous = base / "certify" / f"{method}.csv"
             settings.append(
                 (
                     f"digits {norm.value} {method}",
                     dict(
-                        model=loaded.module, data=data, thetas=thetas, norm=norm, sizes=sizes,
-                        folder=base / "sequential" / method, memory=memory,
+                        model=loaded.module, data=data, thetas=source, norm=norm, sizes=sizes,
+                        folder=runs / "sequential" / norm.value / method, memory=memory,
                         fixed_frame=read_results(previous) if previous.exists() else None,
                     ),
                 )
             )  # fmt: skip
     return settings
+
+
+def _rows_of(table: torch.Tensor) -> Any:
+    """A theta source from a tensor holding one theta per dataset index (row k: input k)."""
+    return lambda idx: table[idx]
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -264,7 +266,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
-    parser.add_argument("--runs", type=Path, help="folder of benchmarks/optimize_quality.py")
+    parser.add_argument(
+        "--runs", type=Path, help="the folder of benchmarks/optimize_quality.py --export"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/sequential"), help="work folder")
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--inputs", type=int, help="inputs per setting (default 200)")

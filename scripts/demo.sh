@@ -14,8 +14,7 @@ mkdir -p "$out"
 start=$(date +%s)
 
 ancer train --dataset digits --sigma 0.25 --out "$out/model.pt" --device cpu --force
-ancer optimize --model "$out/model.pt" --out "$out/thetas" --max "$inputs" \
-  --iso-iterations 100 --iso-samples 32 --iterations 50 --samples 32 --device cpu --force
+ancer optimize --model "$out/model.pt" --out "$out/thetas" --max "$inputs" --device cpu --force
 ancer certify --model "$out/model.pt" --sigma 0.25 --max "$inputs" --N "$n" \
   --out "$out/fixed.csv" --device cpu --force
 ancer certify --thetas "$out/thetas/isotropic" --N "$n" --out "$out/isotropic.csv" --device cpu --force

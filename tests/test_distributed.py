@@ -35,14 +35,14 @@ def test_torchrun_optimize_and_certify_match_single_process(model_path: Path, tm
         "10",
         "--batch-size",
         "3",
-        "--iso-iterations",
-        "10",
+        "--iso-samples",
+        "64",
         "--iterations",
         "10",
-        "--iso-samples",
-        "16",
         "--samples",
         "16",
+        "--guard-samples",
+        "64",
         "--device",
         "cpu",
     ]
@@ -125,7 +125,8 @@ def test_runs_interrupted_on_4_processes_resume_on_2_or_1(model_path: Path, tmp_
     share) leaves theta files or result shards named for 4 processes; resumed on one process
     (optimize) or two (certify) it ends exactly as an uninterrupted single-process run."""
     optimize = ["optimize", "--model", model_path, "--max-index", 8, "--batch-size", 2,
-                "--iso-iterations", 6, "--iso-samples", 8, "--iterations", 6, "--samples", 8,
+                "--objective", "reference", "--iso-iterations", 6, "--iso-samples", 8,
+                "--iterations", 6, "--samples", 8,
                 "--device", "cpu"]  # fmt: skip
     single = tmp_path / "single"
     _run([*ANCER, *optimize, "--out", single])

@@ -32,10 +32,14 @@ from ancer_cli.artifacts import (
 from ancer_cli.core.noise import Norm, Stream, input_generator, theta_from_sigma
 from ancer_cli.core.optimize import (
     AncerConfig,
+    GuardedAncerConfig,
     IsotropicConfig,
+    IsotropicSearchConfig,
     Progress,
     optimize_ancer,
+    optimize_ancer_guarded,
     optimize_isotropic,
+    search_isotropic,
 )
 from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
 from ancer_cli.core.radii import geometric_mean, min_theta
@@ -52,6 +56,20 @@ class Method(str, enum.Enum):
     ancer = "ancer"
 
 
+class Objective(str, enum.Enum):
+    """What the optimization maximizes, and on which schedule.
+
+    ``certified`` (the default): a 1-d search of the isotropic theta scored on hard votes by the
+    radius CERTIFY would give (forward passes only, never below the start), then a few guarded
+    ANCER steps whose result is kept only if it beats the isotropic theta on fresh hard votes.
+    ``reference``: the published algorithms and schedules (Alfarra et al.'s gradient ascent on the
+    soft surrogate, 900 x 100; ANCER's Adam, 100 x 100), reproduced exactly.
+    """
+
+    certified = "certified"
+    reference = "reference"
+
+
 @dataclass(frozen=True)
 class OptimizeJob:
     """Everything that decides the thetas an optimize run writes."""
@@ -63,15 +81,43 @@ class OptimizeJob:
     ancer: AncerConfig = AncerConfig()
     batch_size: int = 50
     seed: int = 0
+    objective: Objective = Objective.certified
+    search: IsotropicSearchConfig = IsotropicSearchConfig()
+    guarded: GuardedAncerConfig = GuardedAncerConfig()
+
+    def hyperparameters(self, method: Method) -> dict[str, Any]:
+        """What the manifest of a ``method`` folder records about the optimization."""
+        hyper: dict[str, Any] = {"objective": self.objective.value, "batch_size": self.batch_size}
+        if self.objective is Objective.reference:
+            hyper["isotropic"] = asdict(self.isotropic)
+            if method is Method.ancer:
+                hyper["ancer"] = asdict(self.ancer)
+        else:
+            hyper["isotropic_search"] = asdict(self.search)
+            if method is Method.ancer:
+                hyper["ancer_guarded"] = asdict(self.guarded)
+        return hyper
+
+    @property
+    def ancer_steps(self) -> int:
+        return (
+            self.guarded.iterations
+            if self.objective is Objective.certified
+            else self.ancer.iterations
+        )
 
 
 @dataclass(frozen=True)
 class OptimizeSummary:
+    """``forward_equivalents``: noisy forward passes (a backward pass counting as two) spent per
+    input optimized in this run, on average (0 when every input was kept)."""
+
     optimized: int
     kept: int
     seconds: float
     mean_min_theta: float
     mean_geomean_theta: float
+    forward_equivalents: float = 0.0
 
 
 OptimizeProgress = Callable[[str, int, int, float], None]
@@ -133,13 +179,13 @@ def run_optimize(
         for folder, manifest in manifests.items():
             write_json(folder / MANIFEST_NAME, {**manifest, "complete": False})
 
-    def optimize_share() -> tuple[int, int]:
-        optimized = kept = 0
+    def optimize_share() -> tuple[int, int, int]:
+        optimized = kept = cost = 0
         if on_start is not None:
             complete = sum(map(len, batches)) - sum(map(len, todo))
             on_start(complete, sum(map(len, ranks.share(todo))))
         for batch in ranks.share(todo):
-            written = _optimize_batch(
+            written, spent = _optimize_batch(
                 model,
                 data,
                 batch,
@@ -155,12 +201,13 @@ def run_optimize(
             )
             optimized += written
             kept += len(batch) - written
+            cost += spent
             if progress is not None:
                 progress("done", optimized + kept, 0, math.nan)
-        return optimized, kept
+        return optimized, kept, cost
 
-    optimized, kept = collective(ranks, optimize_share)
-    optimized, kept = total(ranks, optimized), total(ranks, kept)
+    optimized, kept, cost = collective(ranks, optimize_share)
+    optimized, kept, cost = total(ranks, optimized), total(ranks, kept), total(ranks, cost)
     kept += sum(map(len, batches)) - sum(map(len, todo))
     if not ranks.is_main:
         return None
@@ -169,7 +216,13 @@ def run_optimize(
     for folder, manifest in manifests.items():
         write_json(
             folder / MANIFEST_NAME,
-            {**manifest, "complete": True, "finished": utc_now(), "wall_seconds": seconds},
+            {
+                **manifest,
+                "complete": True,
+                "finished": utc_now(),
+                "wall_seconds": seconds,
+                "forward_equivalents_per_input": cost / max(optimized, 1),
+            },
         )
     return OptimizeSummary(
         optimized=optimized,
@@ -177,6 +230,7 @@ def run_optimize(
         seconds=seconds,
         mean_min_theta=sum(min_theta(t) for t in thetas) / max(len(thetas), 1),
         mean_geomean_theta=sum(geometric_mean(t) for t in thetas) / max(len(thetas), 1),
+        forward_equivalents=cost / max(optimized, 1),
     )
 
 
@@ -193,9 +247,10 @@ def _optimize_batch(
     resume: bool,
     progress: OptimizeProgress | None,
     finished: int,
-) -> int:
+) -> tuple[int, int]:
     """Both stages for one whole batch (so its inputs always share a forward pass the same
-    way); with ``resume`` only missing files are written. Returns the final files written."""
+    way); with ``resume`` only missing files are written. Returns the final files written and
+    the forward-equivalents the batch cost (a backward pass counting as two forwards)."""
     split = data.split
     x = torch.stack([data.dataset[i][0] for i in batch]).to(device, torch.float32)
     missing = sum(1 for i in batch if not (resume and theta_path(out, split, i).exists()))
@@ -206,6 +261,7 @@ def _optimize_batch(
         callback = progress
         return lambda it, _total, objective: callback(stage, finished, it, objective)
 
+    cost = 0
     if not run_iso_stage:
         assert isotropic_thetas is not None
         theta_iso = torch.stack([isotropic_thetas(i).reshape(()) for i in batch]).to(device)
@@ -216,19 +272,34 @@ def _optimize_batch(
     else:
         start = torch.full((len(batch),), theta_from_sigma(job.sigma, job.norm), device=device)
         generators = [input_generator(job.seed, i, device, Stream.isotropic) for i in batch]
-        theta_iso = optimize_isotropic(
-            model, x, start, job.norm, job.isotropic, generators, report("isotropic")
-        )
+        if job.objective is Objective.certified:
+            found = search_isotropic(model, x, start, job.norm, job.search, generators)
+            theta_iso, cost = found.theta, int(found.forward_equivalents.sum())
+        else:
+            theta_iso = optimize_isotropic(
+                model, x, start, job.norm, job.isotropic, generators, report("isotropic")
+            )
+            cost = 3 * job.isotropic.iterations * job.isotropic.samples * len(batch)
         for i, value in zip(batch, theta_iso, strict=True):
             _save_missing(theta_path(iso_folder, split, i), value.reshape(()), resume)
     if job.method is Method.isotropic:
-        return missing
+        return missing, cost
     generators = [input_generator(job.seed, i, device, Stream.ancer) for i in batch]
-    theta = optimize_ancer(model, x, theta_iso, job.norm, job.ancer, generators, report("ancer"))
+    if job.objective is Objective.certified:
+        guards = [input_generator(job.seed, i, device, Stream.guard) for i in batch]
+        guarded = optimize_ancer_guarded(
+            model, x, theta_iso, job.norm, job.guarded, generators, guards, report("ancer")
+        )
+        theta, cost = guarded.theta, cost + int(guarded.forward_equivalents.sum())
+    else:
+        theta = optimize_ancer(
+            model, x, theta_iso, job.norm, job.ancer, generators, report("ancer")
+        )
+        cost += 3 * job.ancer.iterations * job.ancer.samples * len(batch)
     written = 0
     for i, value in zip(batch, theta, strict=True):
         written += _save_missing(theta_path(out, split, i), value, resume)
-    return written
+    return written, cost
 
 
 def _complete(out: Path, split: str, batch: list[int]) -> bool:
@@ -263,11 +334,9 @@ def check_resume(out: Path, record: dict[str, Any], job: OptimizeJob, run_iso_st
 
 def _manifest(record: dict[str, Any], job: OptimizeJob, final: bool) -> dict[str, Any]:
     """The manifest of the final folder, or of the isotropic stage's sub-folder."""
-    method = job.method.value if final else Method.isotropic.value
-    hyper: dict[str, Any] = {"batch_size": job.batch_size, "isotropic": asdict(job.isotropic)}
-    if method == Method.ancer.value:
-        hyper["ancer"] = asdict(job.ancer)
-    arguments = {**record["arguments"], "method": method, "hyperparameters": hyper}
+    method = job.method if final else Method.isotropic
+    hyper = job.hyperparameters(method)
+    arguments = {**record["arguments"], "method": method.value, "hyperparameters": hyper}
     return {**record, "format": THETA_FORMAT, "method": method, "arguments": arguments}
 
 
@@ -292,6 +361,9 @@ class OptimizeRequest:
     isotropic_thetas: Path | None = None
     isotropic: IsotropicConfig = IsotropicConfig()
     ancer: AncerConfig = AncerConfig()
+    objective: Objective = OptimizeJob.objective
+    search: IsotropicSearchConfig = IsotropicSearchConfig()
+    guarded: GuardedAncerConfig = GuardedAncerConfig()
     batch_size: int = OptimizeJob.batch_size
     skip: int = 1
     max_index: int | None = None
@@ -386,6 +458,9 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
         ancer=request.ancer,
         batch_size=request.batch_size,
         seed=request.seed,
+        objective=request.objective,
+        search=request.search,
+        guarded=request.guarded,
     )
     record = {
         "arguments": {

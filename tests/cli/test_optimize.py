@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 import ancer_cli
+from ancer_cli.core.optimize import GuardedAncerConfig, IsotropicSearchConfig
 from ancer_cli.data import load_dataset
 
 SIGMA = 0.25
@@ -286,3 +288,61 @@ def test_optimize_speed_options_on_cuda(cli, model_path: Path, tmp_path: Path, o
         theta = load(out / f"theta_test_{idx}.pt")
         assert theta.shape == (1, 8, 8) and bool(torch.isfinite(theta).all())
         assert bool((theta >= load(out / "isotropic" / f"theta_test_{idx}.pt")).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# the default objective: certified search and guarded ANCER
+
+
+@pytest.fixture(scope="module")
+def certified_dir(cli, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certified") / "thetas"
+    cli.ok("optimize", "--model", model_path, "--out", out, "--max", cli.OPTIMIZED_INPUTS,
+           *cli.OPTIMIZE_CERTIFIED_FAST)  # fmt: skip
+    return out
+
+
+def test_certified_objective_is_the_default_and_recorded(cli, certified_dir: Path) -> None:
+    manifest = json.loads((certified_dir / "manifest.json").read_text())
+    hyper = manifest["arguments"]["hyperparameters"]
+    assert hyper["objective"] == "certified"
+    assert hyper["isotropic_search"]["samples"] == 64
+    assert hyper["ancer_guarded"]["iterations"] == 5
+    assert hyper["ancer_guarded"]["guard_samples"] == 64
+    assert "isotropic" not in hyper and "ancer" not in hyper
+    search = IsotropicSearchConfig(samples=64)
+    bound = (
+        search.max_forward_equivalents
+        + GuardedAncerConfig(iterations=5, samples=16, guard_samples=64).max_forward_equivalents
+    )
+    assert 0 < manifest["forward_equivalents_per_input"] <= bound
+    iso = json.loads((certified_dir / "isotropic" / "manifest.json").read_text())
+    assert iso["arguments"]["hyperparameters"]["isotropic_search"] == hyper["isotropic_search"]
+
+
+def test_certified_thetas_stay_on_the_searched_grid_and_above_it(cli, certified_dir: Path):
+    search = IsotropicSearchConfig(samples=64)
+    grid = [SIGMA * search.ratio**k for k in range(-search.levels, search.levels + 1)]
+    for idx in range(cli.OPTIMIZED_INPUTS):
+        iso = float(load(certified_dir / "isotropic" / f"theta_test_{idx}.pt"))
+        assert min(abs(iso - g) / g for g in grid) < 1e-5  # theta0 * ratio**k, within bounds
+        theta = load(certified_dir / f"theta_test_{idx}.pt")
+        assert theta.shape == (1, 8, 8) and bool((theta >= iso * (1 - 1e-6)).all())
+
+
+def test_reference_only_options_are_usage_errors_with_the_default(cli, model_path, tmp_path):
+    for option in ("--iso-iterations", "--iso-lr"):
+        result = cli.invoke("optimize", "--model", model_path, "--out", tmp_path / "t", option, 5)
+        cli.assert_usage_error(result, option, "--objective reference")
+    result = cli.invoke("optimize", "--model", model_path, "--out", tmp_path / "t",
+                        "--objective", "reference", "--guard-samples", 64)  # fmt: skip
+    cli.assert_usage_error(result, "--guard-samples")
+    assert not (tmp_path / "t").exists()
+
+
+def test_resume_refuses_another_objective(cli, model_path: Path, certified_dir: Path, tmp_path):
+    copy = tmp_path / "thetas"
+    shutil.copytree(certified_dir, copy)
+    result = cli.invoke("optimize", "--model", model_path, "--out", copy, "--max",
+                        cli.OPTIMIZED_INPUTS, *cli.OPTIMIZE_FAST, "--resume")  # fmt: skip
+    cli.assert_domain_error(result, "objective")

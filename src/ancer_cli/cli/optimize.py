@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -26,14 +27,28 @@ from ancer_cli.cli.common import (
 )
 from ancer_cli.cli.common import out as stdout
 from ancer_cli.core.noise import Norm
-from ancer_cli.core.optimize import AncerConfig, IsotropicConfig
+from ancer_cli.core.optimize import (
+    AncerConfig,
+    GuardedAncerConfig,
+    IsotropicConfig,
+    IsotropicSearchConfig,
+)
 from ancer_cli.core.precision import Precision
-from ancer_cli.distributed import session
-from ancer_cli.optimize import Method, OptimizeJob, OptimizeRequest, plan_optimize
+from ancer_cli.distributed import Session, session
+from ancer_cli.optimize import (
+    Method,
+    Objective,
+    OptimizeJob,
+    OptimizePlan,
+    OptimizeRequest,
+    plan_optimize,
+)
 from ancer_cli.runtime import describe_device
 
 ISO = IsotropicConfig()
 ANC = AncerConfig()
+SEARCH = IsotropicSearchConfig()
+GUARDED = GuardedAncerConfig()
 JOB = OptimizeJob(method=Method.ancer, norm=Norm.l2, sigma=0.25)
 
 
@@ -72,26 +87,73 @@ def optimize_command(
             help="Reuse this isotropic thetas folder (or values file: one sigma per dataset index or per selected input) instead of the isotropic stage."
         ),
     ] = None,
+    objective: Annotated[
+        Objective,
+        typer.Option(
+            help="certified: isotropic search scored by the radius hard votes certify, then a "
+            "few ANCER steps kept only if they beat it (never worse than the start); reference: "
+            "the published algorithms and schedules."
+        ),
+    ] = JOB.objective,
     iso_iterations: Annotated[
-        int, typer.Option(help="Gradient-ascent steps of the isotropic stage.")
-    ] = ISO.iterations,
+        int | None,
+        typer.Option(
+            help=f"--objective reference: gradient-ascent steps of the isotropic stage "
+            f"[default: {ISO.iterations}].",
+            show_default=False,
+        ),
+    ] = None,
     iso_lr: Annotated[
-        float,
-        typer.Option(help="Step size of the isotropic stage (pixel units per unit gradient)."),
-    ] = ISO.lr,
+        float | None,
+        typer.Option(
+            help=f"--objective reference: step size of the isotropic stage (pixel units per "
+            f"unit gradient) [default: {ISO.lr}].",
+            show_default=False,
+        ),
+    ] = None,
     iso_samples: Annotated[
-        int, typer.Option(help="Noisy samples per input per isotropic step.")
-    ] = ISO.samples,
+        int | None,
+        typer.Option(
+            help=f"Noisy samples per input per isotropic step (reference) or per searched "
+            f"theta (certified) [default: {ISO.samples} / {SEARCH.samples}].",
+            show_default=False,
+        ),
+    ] = None,
     iterations: Annotated[
-        int, typer.Option(help="Adam steps of the ANCER stage.")
-    ] = ANC.iterations,
-    lr: Annotated[float, typer.Option(help="Adam learning rate of the ANCER stage.")] = ANC.lr,
+        int | None,
+        typer.Option(
+            help=f"Adam steps of the ANCER stage, at most (certified stops early) "
+            f"[default: {ANC.iterations} reference / {GUARDED.iterations} certified].",
+            show_default=False,
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Adam learning rate of the ANCER stage, on theta (reference) or on "
+            f"log(theta / theta_iso) (certified) [default: {ANC.lr} / {GUARDED.lr}].",
+            show_default=False,
+        ),
+    ] = None,
     samples: Annotated[
-        int, typer.Option(help="Noisy samples per input per ANCER step.")
-    ] = ANC.samples,
+        int | None,
+        typer.Option(
+            help=f"Noisy samples per input per ANCER step "
+            f"[default: {ANC.samples} / {GUARDED.samples}].",
+            show_default=False,
+        ),
+    ] = None,
     kappa: Annotated[
         float, typer.Option(help="Weight of the min(theta) term in the ANCER objective.")
     ] = ANC.kappa,
+    guard_samples: Annotated[
+        int | None,
+        typer.Option(
+            help=f"--objective certified: fresh noisy samples on which the guard compares the "
+            f"ANCER and isotropic thetas [default: {GUARDED.guard_samples}].",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option(help="Inputs optimized together (x samples noisy copies per forward).")
     ] = JOB.batch_size,
@@ -110,12 +172,14 @@ def optimize_command(
         ("--iso-samples", iso_samples),
         ("--iterations", iterations),
         ("--samples", samples),
+        ("--guard-samples", guard_samples),
         ("--batch-size", batch_size),
         ("--skip", skip),
         ("--iso-lr", iso_lr),
         ("--lr", lr),
     ]:
-        positive(name, value)
+        if value is not None:
+            positive(name, value)
     if kappa < 0:
         raise typer.BadParameter(f"--kappa must be >= 0, got {kappa}")
     if sigma is not None:
@@ -123,11 +187,14 @@ def optimize_command(
     non_negative("--max", max_index)
     if isotropic_thetas is not None and method is Method.isotropic:
         raise typer.BadParameter("--isotropic-thetas goes with --method ancer")
+    schedules = _schedules(
+        objective, iso_iterations, iso_lr, iso_samples, iterations, lr, samples, kappa,
+        guard_samples,
+    )  # fmt: skip
     request = OptimizeRequest(
         model=model, out=out, method=method, dataset=dataset, data_root=data_root, split=split,
         norm=norm, arch=arch, classes=classes, sigma=sigma, isotropic_thetas=isotropic_thetas,
-        isotropic=IsotropicConfig(iso_iterations, iso_lr, iso_samples),
-        ancer=AncerConfig(iterations, lr, samples, kappa), batch_size=batch_size, skip=skip,
+        objective=objective, **schedules, batch_size=batch_size, skip=skip,
         max_index=max_index, precision=precision, channels_last=channels_last, resume=resume,
         force=force, seed=seed,
     )  # fmt: skip
@@ -135,21 +202,12 @@ def optimize_command(
         plan = plan_optimize(request, where)
         job, main = plan.job, where.ranks.is_main
         if main:
-            console.print(
-                f"optimizing {method.value} thetas for {len(plan.indices)} "
-                f"{plan.data.info.name} {plan.data.split} inputs ({job.norm.value}, start "
-                f"sigma={job.sigma}) on {describe_device(where.device)}"
-                + (
-                    f" and {where.ranks.world_size - 1} more ranks"
-                    if where.ranks.distributed
-                    else ""
-                )
-            )
+            console.print(_describe(plan, where))
             for note in label_notes(plan.data, plan.logits):
                 console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
             task = progress.add_task("optimize", total=None, status="")
-            steps = {"isotropic": job.isotropic.iterations, "ancer": job.ancer.iterations}
+            steps = {"isotropic": job.isotropic.iterations, "ancer": job.ancer_steps}
 
             def report(stage: str, inputs_done: int, iteration: int, value: float) -> None:
                 status = "" if stage == "done" else (
@@ -166,6 +224,54 @@ def optimize_command(
         stdout.print(
             f"{out}: {summary.optimized} inputs optimized"
             + (f", {summary.kept} kept from the interrupted run" if summary.kept else "")
-            + f" in {summary.seconds:.1f}s; mean min(theta) {summary.mean_min_theta:.4f}, "
-            f"mean geomean(theta) {summary.mean_geomean_theta:.4f}; manifest {out / MANIFEST_NAME}"
+            + f" in {summary.seconds:.1f}s ({summary.forward_equivalents:,.0f} forward-equivalents "
+            f"per input); mean min(theta) {summary.mean_min_theta:.4f}, mean geomean(theta) "
+            f"{summary.mean_geomean_theta:.4f}; manifest {out / MANIFEST_NAME}"
         )
+
+
+def _describe(plan: OptimizePlan, where: Session) -> str:
+    job = plan.job
+    return (
+        f"optimizing {job.method.value} thetas ({job.objective.value} objective) for "
+        f"{len(plan.indices)} {plan.data.info.name} {plan.data.split} inputs "
+        f"({job.norm.value}, start sigma={job.sigma}) on {describe_device(where.device)}"
+        + (f" and {where.ranks.world_size - 1} more ranks" if where.ranks.distributed else "")
+    )
+
+
+def _schedules(
+    objective: Objective,
+    iso_iterations: int | None,
+    iso_lr: float | None,
+    iso_samples: int | None,
+    iterations: int | None,
+    lr: float | None,
+    samples: int | None,
+    kappa: float,
+    guard_samples: int | None,
+) -> dict[str, object]:
+    """The configurations of both objectives from the options (``None``: the objective's
+    default); options that mean nothing for the chosen objective are usage errors."""
+    if objective is Objective.certified:
+        for name, value in (("--iso-iterations", iso_iterations), ("--iso-lr", iso_lr)):
+            if value is not None:
+                raise typer.BadParameter(f"{name} goes with --objective reference")
+    elif guard_samples is not None:
+        raise typer.BadParameter("--guard-samples goes with --objective certified")
+
+    def given(**values: object) -> dict[str, object]:
+        return {key: value for key, value in values.items() if value is not None}
+
+    return {
+        "isotropic": replace(
+            ISO, **given(iterations=iso_iterations, lr=iso_lr, samples=iso_samples)
+        ),
+        "ancer": replace(ANC, **given(iterations=iterations, lr=lr, samples=samples), kappa=kappa),
+        "search": replace(SEARCH, **given(samples=iso_samples)),
+        "guarded": replace(
+            GUARDED,
+            **given(iterations=iterations, lr=lr, samples=samples, guard_samples=guard_samples),
+            kappa=kappa,
+        ),
+    }
