@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ancer_cli.artifacts import read_results, sha256_file
+from ancer_cli.artifacts import read_results, results_sidecar_path, sha256_file
 from ancer_cli.certify import CertifyConfig, run_certify
 from ancer_cli.core.noise import Norm, Stream, input_generator, theta_from_sigma
 from ancer_cli.core.optimize import (
@@ -256,10 +256,21 @@ def certify_rows(
             return value
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not out.exists():
+    sidecar = results_sidecar_path(out)
+    complete = sidecar.exists() and json.loads(sidecar.read_text()).get("complete", False)
+    if not complete:  # a run cut short resumes where it stopped
         record = {"arguments": {"config": {**asdict(config), "norm": config.norm.value}}}
         run_certify(
-            model, data, list(range(count)), source, config, device, out, record, memory=memory
+            model,
+            data,
+            list(range(count)),
+            source,
+            config,
+            device,
+            out,
+            record,
+            resume=sidecar.exists(),
+            memory=memory,
         )
     return read_results(out)
 

@@ -36,4 +36,3 @@ def top_two_p_value(n1: int, n2: int) -> float:
     if n1 + n2 == 0:
         return 1.0
     return float(binomtest(n1, n1 + n2, 0.5).pvalue)
-

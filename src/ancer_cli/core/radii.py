@@ -27,4 +27,3 @@ def geometric_mean(theta: Theta) -> float:
         # exp(log(t)) can miss t by an ulp: keep the mean inside [min, max] as it must be
         return float(mean.clamp(values.min(), values.max()))
     return float(theta)
-

@@ -324,9 +324,9 @@ def certify_sequential_many(
         ``stop`` the reason.
     """
     count = len(thetas)
-    selection = sample_counts_many(
-        model, xs, thetas, norm, (n_selection,), batch_size, generators
-    )[:, 0]
+    selection = sample_counts_many(model, xs, thetas, norm, (n_selection,), batch_size, generators)[
+        :, 0
+    ]
     chosen = selection.argmax(dim=1)
     classes = selection.shape[1]
     n_a = np.zeros(count, dtype=np.int64)
