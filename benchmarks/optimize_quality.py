@@ -78,11 +78,11 @@ class Schedule:
 
     @property
     def iso_forwards(self) -> int:
-        return 3 * self.isotropic.iterations * self.isotropic.samples
+        return self.isotropic.forward_equivalents
 
     @property
     def forwards(self) -> int:
-        return self.iso_forwards + 3 * self.ancer.iterations * self.ancer.samples
+        return self.iso_forwards + self.ancer.forward_equivalents
 
     @property
     def tag(self) -> str:

@@ -279,7 +279,7 @@ def _optimize_batch(
             theta_iso = optimize_isotropic(
                 model, x, start, job.norm, job.isotropic, generators, report("isotropic")
             )
-            cost = 3 * job.isotropic.iterations * job.isotropic.samples * len(batch)
+            cost = job.isotropic.forward_equivalents * len(batch)
         for i, value in zip(batch, theta_iso, strict=True):
             _save_missing(theta_path(iso_folder, split, i), value.reshape(()), resume)
     if job.method is Method.isotropic:
@@ -295,7 +295,7 @@ def _optimize_batch(
         theta = optimize_ancer(
             model, x, theta_iso, job.norm, job.ancer, generators, report("ancer")
         )
-        cost += 3 * job.ancer.iterations * job.ancer.samples * len(batch)
+        cost += job.ancer.forward_equivalents * len(batch)
     written = 0
     for i, value in zip(batch, theta, strict=True):
         written += _save_missing(theta_path(out, split, i), value, resume)
@@ -337,7 +337,7 @@ def _manifest(record: dict[str, Any], job: OptimizeJob, final: bool) -> dict[str
     method = job.method if final else Method.isotropic
     hyper = job.hyperparameters(method)
     arguments = {**record["arguments"], "method": method.value, "hyperparameters": hyper}
-    return {**record, "format": THETA_FORMAT, "method": method, "arguments": arguments}
+    return {**record, "format": THETA_FORMAT, "method": method.value, "arguments": arguments}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,10 @@ THETA_FLOOR = 1e-4
 Progress = Callable[[int, int, float], None]
 """``progress(iteration, iterations, mean_objective)`` after every step."""
 
+STEP_COST = 3
+"""Forward-equivalents of one noisy sample in a gradient step: a forward and a backward pass,
+the backward counting as two forwards."""
+
 
 @dataclass(frozen=True)
 class IsotropicConfig:
@@ -55,6 +59,11 @@ class IsotropicConfig:
     iterations: int = 900
     lr: float = 0.04
     samples: int = 100
+
+    @property
+    def forward_equivalents(self) -> int:
+        """What one input costs (every input takes every step)."""
+        return STEP_COST * self.iterations * self.samples
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,11 @@ class AncerConfig:
     lr: float = 0.04
     samples: int = 100
     kappa: float = 2.0
+
+    @property
+    def forward_equivalents(self) -> int:
+        """What one input costs (every input takes every step)."""
+        return STEP_COST * self.iterations * self.samples
 
 
 def _phi_inv(p: torch.Tensor) -> torch.Tensor:
@@ -266,7 +280,7 @@ class GuardedAncerConfig:
     @property
     def max_forward_equivalents(self) -> int:
         """The most forward-equivalents one input can cost (a backward pass counts as 2)."""
-        return 3 * self.iterations * self.samples + 2 * self.guard_samples
+        return STEP_COST * self.iterations * self.samples + 2 * self.guard_samples
 
 
 @dataclass(frozen=True)
@@ -630,7 +644,7 @@ def optimize_ancer_guarded(
         theta_ancer=best_theta,
         guard=decision,
         steps=steps,
-        forward_equivalents=3 * config.samples * steps + 2 * config.guard_samples,
+        forward_equivalents=STEP_COST * config.samples * steps + 2 * config.guard_samples,
     )
 
 
