@@ -99,7 +99,7 @@ def optimize_command(
         int | None,
         typer.Option(
             help=f"--objective reference: gradient-ascent steps of the isotropic stage "
-            f"[default: {ISO.iterations}].",
+            f"\\[default: {ISO.iterations}].",
             show_default=False,
         ),
     ] = None,
@@ -107,7 +107,7 @@ def optimize_command(
         float | None,
         typer.Option(
             help=f"--objective reference: step size of the isotropic stage (pixel units per "
-            f"unit gradient) [default: {ISO.lr}].",
+            f"unit gradient) \\[default: {ISO.lr}].",
             show_default=False,
         ),
     ] = None,
@@ -115,7 +115,7 @@ def optimize_command(
         int | None,
         typer.Option(
             help=f"Noisy samples per input per isotropic step (reference) or per searched "
-            f"theta (certified) [default: {ISO.samples} / {SEARCH.samples}].",
+            f"theta (certified) \\[default: {ISO.samples} / {SEARCH.samples}].",
             show_default=False,
         ),
     ] = None,
@@ -123,7 +123,7 @@ def optimize_command(
         int | None,
         typer.Option(
             help=f"Adam steps of the ANCER stage, at most (certified stops early) "
-            f"[default: {ANC.iterations} reference / {GUARDED.iterations} certified].",
+            f"\\[default: {ANC.iterations} reference / {GUARDED.iterations} certified].",
             show_default=False,
         ),
     ] = None,
@@ -131,7 +131,7 @@ def optimize_command(
         float | None,
         typer.Option(
             help=f"Adam learning rate of the ANCER stage, on theta (reference) or on "
-            f"log(theta / theta_iso) (certified) [default: {ANC.lr} / {GUARDED.lr}].",
+            f"log(theta / theta_iso) (certified) \\[default: {ANC.lr} / {GUARDED.lr}].",
             show_default=False,
         ),
     ] = None,
@@ -139,7 +139,7 @@ def optimize_command(
         int | None,
         typer.Option(
             help=f"Noisy samples per input per ANCER step "
-            f"[default: {ANC.samples} / {GUARDED.samples}].",
+            f"\\[default: {ANC.samples} / {GUARDED.samples}].",
             show_default=False,
         ),
     ] = None,
@@ -150,7 +150,7 @@ def optimize_command(
         int | None,
         typer.Option(
             help=f"--objective certified: fresh noisy samples on which the guard compares the "
-            f"ANCER and isotropic thetas [default: {GUARDED.guard_samples}].",
+            f"ANCER and isotropic thetas \\[default: {GUARDED.guard_samples}].",
             show_default=False,
         ),
     ] = None,
