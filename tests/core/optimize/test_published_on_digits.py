@@ -7,7 +7,8 @@ import torch
 
 from ancer_cli.certify import CertifyConfig, certify_dataset
 from ancer_cli.core.noise import Norm, Stream, input_generator
-from ancer_cli.core.optimize import AncerConfig, IsotropicConfig, optimize_ancer, optimize_isotropic
+from ancer_cli.core.optimize.config import AncerConfig, IsotropicConfig
+from ancer_cli.core.optimize.published import optimize_ancer, optimize_isotropic
 from ancer_cli.data import load_dataset
 from ancer_cli.models import load_model
 from ancer_cli.train import TrainConfig, train
@@ -23,6 +24,7 @@ def digits_model(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_ancer_proxy_radius_beats_isotropic_radius(digits_model):
     device = torch.device("cpu")
     model = load_model(digits_model, device).module

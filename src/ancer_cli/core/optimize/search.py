@@ -1,299 +1,37 @@
-"""Per-input optimization of the smoothing parameter theta: the mathematics on tensors.
+"""The certified search, the default optimization of theta, and its guarded ANCER stage.
 
-* Isotropic data-dependent smoothing (Alfarra et al. 2022): scalar theta per input, plain
-  gradient ascent on ``theta/2 (Phi^-1(p1) - Phi^-1(p2))`` (l2) or ``theta (p1 - p2)`` (l1).
-* ANCER (Eiras et al. 2022): theta of the input's shape, Adam on
-  ``G geomean(theta) + kappa G min(theta)`` with ``G = Phi^-1(p1) - Phi^-1(p2)`` (l2) or ``p1 - p2``
-  (l1), projecting ``theta >= theta_iso`` after every step.
-
-Those two are the faithful published algorithms (``IsotropicConfig``/``AncerConfig`` hold the
-published schedules). The default optimization, :func:`optimize_certified`, is cheaper and never
-lets theta run away: :func:`search_isotropic` walks a geometric grid of scalar thetas scored on
-hard votes by the radius CERTIFY would certify (a Clopper-Pearson lower bound, common random
-numbers across candidates, forward passes only), and :func:`optimize_ancer_guarded` takes a few
+The published objectives (:mod:`ancer_cli.core.optimize.published`) score theta on the *soft*
+smoothed classifier, which far from the data can keep preferring one class while the hard votes
+(what CERTIFY counts) split: their theta then runs away and the input abstains. The stages here
+score every candidate on hard votes with a Clopper-Pearson lower bound, compare candidates on
+common random numbers, and never accept a theta that scores below its start.
+:func:`search_isotropic` walks a geometric grid of scalar thetas scored on hard votes by the
+radius CERTIFY would certify (forward passes only), and :func:`optimize_ancer_guarded` takes a few
 ANCER steps from its theta and keeps them only if :func:`guard_ancer` finds them better on fresh
-hard votes.
-
-``p1 >= p2`` are the two largest entries of the Monte Carlo estimate of the smoothed soft
-classifier, ``mean_j softmax(f(x + theta * eps_j))``, with fresh noise every iteration
-(reparameterization). Many inputs are optimized together; each input draws its noise from its own
-generator, so its theta does not depend on which inputs share its batch.
+hard votes; :func:`optimize_certified` runs both for a batch of inputs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ancer_cli.core.bounds import clopper_pearson_lower, gap_from_p_lower
-from ancer_cli.core.noise import (
-    Norm,
-    Stream,
-    Theta,
-    draw_base_noise_,
-    input_generator,
-    perturb_,
+from ancer_cli.core.noise import Norm, Stream, Theta, input_generator, perturb_
+from ancer_cli.core.optimize.config import (
+    STEP_COST,
+    CertifiedSearchConfig,
+    GuardedAncerConfig,
+    IsotropicSearchConfig,
+    Progress,
 )
+from ancer_cli.core.optimize.published import ancer_objective, smoothed_top_two
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.core.smoothing import chunk_sizes
-
-P_CLAMP = (1e-3, 1 - 1e-3)
-THETA_FLOOR = 1e-4
-
-Progress = Callable[[int, int, float], None]
-"""``progress(iteration, iterations, mean_objective)`` after every step."""
-
-STEP_COST = 3
-"""Forward-equivalents of one noisy sample in a gradient step: a forward and a backward pass,
-the backward counting as two forwards."""
-
-
-@dataclass(frozen=True)
-class IsotropicConfig:
-    """Isotropic data-dependent optimization; the defaults are the command's defaults."""
-
-    iterations: int = 900
-    lr: float = 0.04
-    samples: int = 100
-
-    @property
-    def forward_equivalents(self) -> int:
-        """What one input costs (every input takes every step)."""
-        return STEP_COST * self.iterations * self.samples
-
-
-@dataclass(frozen=True)
-class AncerConfig:
-    """ANCER anisotropic optimization; the defaults are the command's defaults."""
-
-    iterations: int = 100
-    lr: float = 0.04
-    samples: int = 100
-    kappa: float = 2.0
-
-    @property
-    def forward_equivalents(self) -> int:
-        """What one input costs (every input takes every step)."""
-        return STEP_COST * self.iterations * self.samples
-
-
-def _phi_inv(p: torch.Tensor) -> torch.Tensor:
-    """``Phi^-1(p)`` exactly as the original packages compute it
-    (``torch.distributions.Normal(0, 1).icdf``: ``sqrt(2) erfinv(2p - 1)``). ``torch.special.ndtri``
-    is the same function but differs in the last bits for about half of all float32 inputs,
-    which would change the published algorithms' thetas on the same noise."""
-    return math.sqrt(2.0) * torch.erfinv(2.0 * p - 1.0)
-
-
-def smoothed_top_two(
-    model: nn.Module,
-    x: torch.Tensor,
-    theta: torch.Tensor,
-    norm: Norm | str,
-    samples: int,
-    generators: Sequence[torch.Generator],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two largest entries ``p1 >= p2`` of the smoothed soft classifier, differentiable in theta.
-
-    Args:
-        x: inputs ``(B, C, H, W)``; theta: ``(B, 1, 1, 1)`` (isotropic) or ``(B, C, H, W)``.
-        generators: one per input, on ``x``'s device.
-
-    Returns:
-        ``p1, p2``, each of shape ``(B,)``.
-    """
-    batch = x.shape[0]
-    eps = torch.empty((batch, samples, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    for i, generator in enumerate(generators):
-        draw_base_noise_(eps[i], norm, generator)
-    noisy = (x.unsqueeze(1) + theta.unsqueeze(1) * eps).flatten(0, 1)
-    probabilities = torch.softmax(model(noisy), dim=1).view(batch, samples, -1).mean(dim=1)
-    top = probabilities.topk(2, dim=1).values
-    return top[:, 0], top[:, 1]
-
-
-def margin_gap(p1: torch.Tensor, p2: torch.Tensor, norm: Norm | str) -> torch.Tensor:
-    """``G``: ``Phi^-1(p1) - Phi^-1(p2)`` with p clamped to [0.001, 0.999] (l2), or ``p1 - p2`` (l1)."""
-    if Norm(norm) is Norm.l2:
-        low, high = P_CLAMP
-        return _phi_inv(p1.clamp(low, high)) - _phi_inv(p2.clamp(low, high))
-    return p1 - p2
-
-
-def isotropic_objective(
-    theta: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, norm: Norm | str
-) -> torch.Tensor:
-    """Certified radius proxy of isotropic smoothing: ``theta/2 G`` (l2), ``theta G`` (l1); ``(B,)``."""
-    gap = margin_gap(p1, p2, norm)
-    return theta.flatten() * gap / 2 if Norm(norm) is Norm.l2 else theta.flatten() * gap
-
-
-def ancer_objective(
-    theta: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, norm: Norm | str, kappa: float
-) -> torch.Tensor:
-    """``G geomean(theta) + kappa G min(theta)`` per input, ``(B,)``; geomean in log space."""
-    gap = margin_gap(p1, p2, norm)
-    flat = theta.flatten(1)
-    geomean = torch.exp(torch.log(flat).mean(dim=1))
-    return gap * geomean + kappa * gap * flat.min(dim=1).values
-
-
-def optimize_isotropic(
-    model: nn.Module,
-    x: torch.Tensor,
-    theta0: torch.Tensor,
-    norm: Norm | str,
-    config: IsotropicConfig,
-    generators: Sequence[torch.Generator],
-    progress: Progress | None = None,
-) -> torch.Tensor:
-    """Per-input scalar theta by gradient ascent (Alfarra et al. 2022, Algorithm 1).
-
-    Args:
-        x: ``(B, C, H, W)``; theta0: ``(B,)`` starting values.
-
-    Returns:
-        ``(B,)`` optimized theta, every entry ``>= THETA_FLOOR``.
-    """
-    theta = theta0.detach().clone().to(x.device, x.dtype).view(-1, 1, 1, 1)
-    for iteration in range(1, config.iterations + 1):
-        theta.requires_grad_(True)
-        p1, p2 = smoothed_top_two(model, x, theta, norm, config.samples, generators)
-        objective = isotropic_objective(theta, p1, p2, norm)
-        (gradient,) = torch.autograd.grad(objective.sum(), theta)
-        with torch.no_grad():
-            # the reference let theta go negative; a floor keeps the noise meaningful
-            theta = (theta + config.lr * gradient).clamp_min(THETA_FLOOR)
-        if progress is not None:
-            progress(iteration, config.iterations, float(objective.detach().mean()))
-    return theta.detach().flatten()
-
-
-def optimize_ancer(
-    model: nn.Module,
-    x: torch.Tensor,
-    theta_iso: torch.Tensor,
-    norm: Norm | str,
-    config: AncerConfig,
-    generators: Sequence[torch.Generator],
-    progress: Progress | None = None,
-) -> torch.Tensor:
-    """Per-input, per-pixel theta by projected Adam ascent (ANCER, Eiras et al. 2022, Eq. 4).
-
-    Args:
-        x: ``(B, C, H, W)``; theta_iso: ``(B,)`` isotropic thetas, the start and the lower bound.
-
-    Returns:
-        ``(B, C, H, W)`` anisotropic thetas, every entry ``>= theta_iso`` of its input.
-    """
-    floor = theta_iso.detach().to(x.device, x.dtype).view(-1, 1, 1, 1).expand_as(x).contiguous()
-    theta = floor.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([theta], lr=config.lr)
-    for iteration in range(1, config.iterations + 1):
-        p1, p2 = smoothed_top_two(model, x, theta, norm, config.samples, generators)
-        objective = ancer_objective(theta, p1, p2, norm, config.kappa)
-        # autograd.grad, not backward(): only the gradient w.r.t. theta is computed, so a model
-        # whose weights still require gradients costs no weight gradients (and keeps its .grad)
-        (theta.grad,) = torch.autograd.grad(-objective.sum(), theta)
-        optimizer.step()
-        with torch.no_grad():
-            torch.maximum(theta, floor, out=theta)
-        if progress is not None:
-            progress(iteration, config.iterations, float(objective.detach().mean()))
-    return theta.detach()
-
-
-# ---------------------------------------------------------------------------------------------
-# Certified search: the default optimization. The reference objectives above score theta on the
-# *soft* smoothed classifier, which far from the data can keep preferring one class while the
-# hard votes (what CERTIFY counts) split: their theta then runs away and the input abstains. The
-# stages below score every candidate on hard votes with a Clopper-Pearson lower bound, compare
-# candidates on common random numbers, and never accept a theta that scores below its start.
-
-
-@dataclass(frozen=True)
-class IsotropicSearchConfig:
-    """The certified isotropic search (:func:`search_isotropic`); defaults are the defaults.
-
-    Candidates are ``theta0 * ratio**k`` for ``|k| <= levels``, ``levels = round(log(max_factor)
-    / log(ratio))``: the base classifier was trained at ``theta0``, and at ``4 theta0`` (sigma
-    1.0 for a sigma-0.25 model, a noise std as large as the whole [0, 1] pixel range) the noise
-    drowns the input, where only the classifier's prior on noise is left to vote.
-    """
-
-    samples: int = 1024
-    """noisy copies per candidate, the same base noise for every candidate of an input"""
-    samples_per_pass: int = 256
-    """noisy copies of one input per forward pass (the chunks the noise is drawn in)"""
-    ratio: float = 2.0**0.25
-    max_factor: float = 4.0
-    patience: int = 2
-    """consecutive candidates without a better score before a direction is abandoned"""
-    alpha: float = 0.001
-    """level of the Clopper-Pearson lower bound the candidates are scored with"""
-
-    @property
-    def levels(self) -> int:
-        return max(0, round(math.log(self.max_factor) / math.log(self.ratio)))
-
-    @property
-    def max_candidates(self) -> int:
-        """The most candidates one input can score: the start, then either the whole way up,
-        or ``patience`` failures up and the whole way down."""
-        return 1 + max(self.levels, min(self.patience, self.levels) + self.levels)
-
-    @property
-    def max_forward_equivalents(self) -> int:
-        """The most forward passes one input can cost (forward passes only)."""
-        return self.max_candidates * self.samples
-
-
-@dataclass(frozen=True)
-class GuardedAncerConfig:
-    """ANCER from the searched isotropic theta, then the guard (:func:`optimize_ancer_guarded`)."""
-
-    iterations: int = 30
-    """at most this many Adam steps (each a forward and a backward pass of ``samples``)"""
-    lr: float = 0.3
-    """Adam's step on ``log(theta / theta_iso)``: a coordinate grows by at most ~e^lr a step"""
-    samples: int = 64
-    kappa: float = 2.0
-    """ANCER's objective ``G geomean(theta) + kappa G min(theta)`` during the steps"""
-    patience: int = 5
-    """steps without a better (smoothed) objective before an input stops"""
-    smoothing: float = 0.8
-    """weight of the past in the exponential average of the objective that early stopping
-    watches (each step's estimate is noisy: fresh noise every step, as in the reference)"""
-    guard_samples: int = 2048
-    """fresh noisy copies per theta (common to both) on which the guard compares them"""
-    guard_samples_per_pass: int = 256
-    guard_kappa: float = 2.0
-    """the guard compares ``gap_lower * (geomean(theta) + guard_kappa * min(theta))``: ANCER's
-    objective on hard votes (0 compares the proxy radius alone)"""
-    alpha: float = 0.001
-    """level of the guard's Clopper-Pearson lower bounds"""
-
-    @property
-    def max_forward_equivalents(self) -> int:
-        """The most forward-equivalents one input can cost (a backward pass counts as 2)."""
-        return STEP_COST * self.iterations * self.samples + 2 * self.guard_samples
-
-
-@dataclass(frozen=True)
-class CertifiedSearchConfig:
-    """Both new stages; ``ancer=None`` stops after the isotropic search."""
-
-    search: IsotropicSearchConfig = IsotropicSearchConfig()
-    ancer: GuardedAncerConfig | None = GuardedAncerConfig()
-
-    @property
-    def max_forward_equivalents(self) -> int:
-        extra = 0 if self.ancer is None else self.ancer.max_forward_equivalents
-        return self.search.max_forward_equivalents + extra
 
 
 @dataclass(frozen=True)
