@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_check.sh --device cpu --quick            # CPU rehearsal (CI runs it)
 #
 # Steps: (1) probe the machine and the packages; (2) the CUDA tests, `pytest -m cuda` on the test
-# modules that have any (skipped without CUDA); (3) `benchmarks/bench.py --sections gpu`:
+# modules that have any (skipped without CUDA); (3) `benchmarks/gpu_check_bench.py`:
 # resnet110 (CIFAR) and resnet50 (ImageNet) in fp32, bf16 and bf16 + channels-last -- certify
 # overhead R, speed-up over the faithful Cohen loop, ANCER step against its bound, the targets.
 # Needs PyTorch, torchvision, numpy, scipy, typer, rich, pandas and scikit-learn, and pytest for
@@ -189,15 +189,15 @@ if [ "$bench_limit" -lt 30 ]; then
 else
     # start no new model/option after this, so the one in flight can finish within the limit
     bench_budget=$((bench_limit * 2 / 3))
-    bench_args=(--sections gpu --device "$resolved" --time-budget "$bench_budget"
+    bench_args=(--device "$resolved" --time-budget "$bench_budget"
         --json "$work/bench.json" --markdown "$work/bench.md")
     if [ "$quick" = 1 ]; then bench_args+=(--quick); fi
     if [ "$resolved" = cpu ]; then  # a shared CPU: no threads spinning while they wait
         bench_args+=(--threads 1)
     fi
-    say "benchmark: bench.py ${bench_args[*]} (at most $bench_limit s)"
+    say "benchmark: gpu_check_bench.py ${bench_args[*]} (at most $bench_limit s)"
     rc=0
-    limit "$bench_limit" "$python" benchmarks/bench.py "${bench_args[@]}" 2>&1 | tee -a "$log" || rc=$?
+    limit "$bench_limit" "$python" benchmarks/gpu_check_bench.py "${bench_args[@]}" 2>&1 | tee -a "$log" || rc=$?
     seconds="$(($(date +%s) - began))"
     measured="$("$python" -c '
 import json, sys
@@ -211,7 +211,7 @@ print(f"{rows} of {rows + skipped} model/option pairs measured" if rows or skipp
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
         record benchmark failed "$seconds" "timed out after $bench_limit s; $measured (kept)"
     elif [ "$rc" != 0 ]; then
-        record benchmark failed "$seconds" "bench.py exited $rc; $measured"
+        record benchmark failed "$seconds" "gpu_check_bench.py exited $rc; $measured"
     else
         record benchmark passed "$seconds" "$measured"
     fi

@@ -6,7 +6,7 @@
 
 ``summarize`` needs only the standard library, so a summary is written whatever broke: it reads
 the steps ``gpu_check.sh`` recorded (a tab-separated file: name, status, seconds, detail), the
-probe's JSON, pytest's JUnit XML and ``bench.py``'s JSON and markdown, and writes
+probe's JSON, pytest's JUnit XML and ``gpu_check_bench.py``'s JSON and markdown, and writes
 ``gpu-check.json`` and ``gpu-check.md``. Exit code 0 when no gating check failed, else 1.
 """
 

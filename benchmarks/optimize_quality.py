@@ -45,21 +45,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ancer_cli.artifacts import read_results, results_sidecar_path, sha256_file
+from ancer_cli.artifacts import sha256_file
 from ancer_cli.certify import CertifyConfig, run_certify
 from ancer_cli.core.noise import Norm, Stream, input_generator, theta_from_sigma
-from ancer_cli.core.optimize import (
+from ancer_cli.core.optimize.config import (
     AncerConfig,
     CertifiedSearchConfig,
     GuardedAncerConfig,
     IsotropicConfig,
     IsotropicSearchConfig,
-    optimize_ancer,
-    optimize_certified,
-    optimize_isotropic,
 )
+from ancer_cli.core.optimize.published import optimize_ancer, optimize_isotropic
+from ancer_cli.core.optimize.search import optimize_certified
 from ancer_cli.data import LoadedData, load_dataset
 from ancer_cli.models import load_model
+from ancer_cli.results import read_results, results_sidecar_path
 from ancer_cli.train import TrainConfig, train
 
 SIGMA = 0.25

@@ -37,12 +37,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ancer_cli.artifacts import read_results
-from ancer_cli.certify import CertifyConfig, Sequential, fixed_theta, run_certify
+from ancer_cli.certify import CertifyConfig, Sequential, run_certify
 from ancer_cli.core.noise import Norm, theta_from_sigma
 from ancer_cli.core.precision import retain_freed_memory
 from ancer_cli.data import DatasetInfo, LoadedData, load_dataset
 from ancer_cli.models import load_model
+from ancer_cli.results import read_results
+from ancer_cli.thetas import fixed_theta
 
 
 @dataclass(frozen=True)

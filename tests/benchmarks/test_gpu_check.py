@@ -1,5 +1,6 @@
 """``benchmarks/gpu_check.sh`` must not rot: its CPU rehearsal runs here and writes a summary that
-parses (timings are never checked); its failures end in one line and a non-zero exit code."""
+parses (timings are never checked); its failures end in one line and a non-zero exit code; the
+targets of its benchmark (``gpu_check_bench.py``) are judged only where they mean something."""
 
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+@pytest.fixture(scope="module")
+def gpu_check_bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check_bench as module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
 
 
 def run_check(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -134,3 +145,57 @@ for name in ["tests.conftest", *{modules!r}]:
         [sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=120
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+def _gpu_row(arch: str, option: str, reference_s: float, ancer_s: float, r: float, n: int):
+    timing = {"seconds_per_input": 0.0, "R": 0.0, "speedup_vs_reference": 1.0, "peak_mib": 1.0}
+    step = {"seconds_per_step": 0.1, "ratio_to_bound": 1.0, "speedup_vs_reference": 1.0}
+    return {
+        "name": arch,
+        "option": option,
+        "case": {
+            "arch": arch,
+            "batch": 1000,
+            "n0": 100,
+            "n": n,
+            "opt_inputs": 1,
+            "opt_samples": 100,
+        },
+        "forward_us_per_sample": 1.0,
+        "bound_peak_mib": 1.0,
+        "certify": {
+            "reference": {**timing, "seconds_per_input": reference_s, "R": 1.1},
+            "ancer": {**timing, "seconds_per_input": ancer_s, "R": r},
+        },
+        "optimize": {"bound": step, "reference": step, "ancer": step},
+        "identical_votes": {"l2 scalar": True},
+    }
+
+
+def test_gpu_targets_are_judged_on_cuda_at_full_size_only(gpu_check_bench, capsys) -> None:
+    bench = gpu_check_bench
+    rows = [
+        _gpu_row("resnet110", "fp32", 2.0, 1.9, 1.02, 100_000),
+        _gpu_row("resnet110", "bf16 channels-last", 1.0, 0.8, 1.08, 100_000),
+        _gpu_row("resnet50", "fp32", 3.0, 2.9, 1.07, 10_000),
+        _gpu_row("resnet50", "bf16 channels-last", 1.2, 1.1, 1.03, 10_000),
+    ]
+    targets = bench.gpu_targets(rows, torch.device("cuda"), quick=False)
+    assert [(t["value"], t["met"]) for t in targets] == [
+        (1.02, True),  # R, fp32, resnet110
+        (1.07, False),  # R, fp32, resnet50
+        (pytest.approx(3.0 / 1.1), False),  # fp32 reference / bf16 channels-last ancer
+        (0.8, True),  # the fastest resnet110 option at N = 100,000
+    ]
+    assert targets[3]["option"] == "bf16 channels-last" and targets[3]["N"] == 100_000
+    assert all(t["met"] is None for t in bench.gpu_targets(rows, torch.device("cpu"), False))
+    assert all(t["met"] is None for t in bench.gpu_targets(rows, torch.device("cuda"), True))
+    rows[1]["case"]["n"] = rows[0]["case"]["n"] = 20_000  # not the target's N: not judged
+    assert bench.gpu_targets(rows, torch.device("cuda"), quick=False)[3]["met"] is None
+
+    bench.print_gpu_section({"rows": rows, "skipped": [], "targets": targets})
+    printed = capsys.readouterr().out
+    assert "| resnet50 | bf16 channels-last | 1000 | 100+10000 |" in printed
+    assert "2.73x |" in printed  # speed-up over the fp32 reference
+    assert "| certify overhead R <= 1.05, fp32, resnet110 | 1.020 | yes |" in printed
+    assert "| certify overhead R <= 1.05, fp32, resnet50 | 1.070 | NO |" in printed

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ancer_cli.artifacts import read_results
+from ancer_cli.results import read_results
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
