@@ -114,6 +114,15 @@ def total(ranks: Ranks, value: int) -> int:
     return int(tensor.item())
 
 
+def broadcast_int(ranks: Ranks, value: int) -> int:
+    """Rank 0's ``value`` on every rank (a collective; ``value`` must fit in int64)."""
+    if not ranks.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
+
+
 def collective(ranks: Ranks, work: Callable[[], T]) -> T:
     """Run ``work`` on every rank and agree on the outcome before anyone goes on.
 

@@ -42,3 +42,30 @@ def test_top_two_p_value():
     assert top_two_p_value(100, 0) == pytest.approx(2 * 0.5**100)
     assert top_two_p_value(0, 0) == 1.0
     assert math.isclose(top_two_p_value(60, 40), 0.056887, rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("n", [10, 1000, 100_000])
+@pytest.mark.parametrize("alpha", [1e-3, 1e-6, 1e-9, 1e-12])
+def test_clopper_pearson_bounds_satisfy_their_binomial_inequalities(n, alpha):
+    """At the edges (k = 0, 1, n - 1, n) and alpha down to 1e-12: ``P(Bin(n, p_lo) >= k) <=
+    alpha`` and it exceeds alpha just above ``p_lo``; the upper bound ``1 - lower(n - k)`` (the
+    mirror the confidence sequences use) likewise with ``P(Bin(n, p_hi) <= k)``, up to the
+    rounding of ``1 - lower`` to a double."""
+    slack = 1 + 1e-9
+    for k in (0, 1, n - 1, n):
+        p_lo = clopper_pearson_lower(k, n, alpha)
+        if k == 0:
+            assert p_lo == 0.0
+        else:
+            assert binom.sf(k - 1, n, p_lo) <= alpha * slack
+            above = p_lo + max(1e-6 * p_lo, 1e-300)
+            assert binom.sf(k - 1, n, above) > alpha
+        p_hi = 1.0 - clopper_pearson_lower(n - k, n, alpha)
+        if k == n:
+            assert p_hi == 1.0
+        else:
+            # 1 - L is rounded to a double near 1: allow the cdf's change over one ulp of 1
+            rounding = n * binom.pmf(k, n - 1, p_hi) * 2.0**-52
+            assert binom.cdf(k, n, p_hi) <= alpha * slack + rounding
+            below = p_hi - max(1e-6 * (1.0 - p_hi), 2.0**-50)
+            assert binom.cdf(k, n, below) > alpha

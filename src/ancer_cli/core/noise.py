@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import math
+import secrets
 
 import numpy as np
 import torch
@@ -55,10 +56,20 @@ def input_seed(seed: int, index: int, stream: Stream = Stream.certify) -> int:
     """A well-mixed 63-bit seed for one input, from the run seed and the dataset index.
 
     Seeding per input (never per batch or per rank) makes results independent of the order,
-    the batch composition and the number of processes.
+    the batch composition and the number of processes. Seeds below 2^32 keep the streams they
+    always had; larger seeds (:func:`fresh_seed`) mix in their high bits too.
     """
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index), int(stream)])
+    words = [int(seed) & 0xFFFFFFFF, int(index), int(stream)]
+    if int(seed) >> 32:  # seeds drawn from OS entropy are 63 bits: every bit counts
+        words.append(int(seed) >> 32)
+    state = np.random.SeedSequence(words)
     return int(state.generate_state(1, dtype=np.uint64)[0] & np.uint64(2**63 - 1))
+
+
+def fresh_seed() -> int:
+    """A 63-bit seed from OS entropy: noise that no one, the model's author included, can
+    predict before the run (a known seed lets a planted model fit the exact draws)."""
+    return secrets.randbits(63)
 
 
 def input_generator(

@@ -1,11 +1,15 @@
 """Speed options of the base classifier: precision, memory format, CPU memory reuse.
 
 A lower precision is part of the certified base classifier ``f``: the smoothed classifier being
-certified is the one built on the low-precision ``f``. Certificates stay exactly as valid, because
-everything the guarantee rests on stays exact -- the noise is drawn and added in fp32 by the
-caller, ``f`` computes its logits under :func:`torch.autocast` and returns them as fp32, votes
-are int64 counts and the bounds are computed in double precision on the host. In optimization a
-lower precision only changes which theta is found.
+certified is the one built on the low-precision ``f``, which computes its logits under
+:func:`torch.autocast` from the noisy batch the caller hands it and returns them as fp32; votes
+are int64 counts and the bounds are computed in double precision on the host. So a lower precision
+adds no error of its own *after* the noisy input is formed. The noisy input itself is exact only
+with the sound sampler (:mod:`ancer_cli.core.sound`), which assembles it in integers on the data's
+grid: the default float noise, ``x + theta * eps`` added in fp32, rounds in a way that depends on
+the bits of ``x``, so its law is not a translate of the law at a neighbouring point and a base
+classifier that reads low-order bits can forge certificates (Voracek & Hein, ICLR 2023). In
+optimization a lower precision only changes which theta is found.
 
 Channels-last (NHWC) weights let convolution libraries skip layout conversions; the values are the
 same, only the summation order inside a convolution may change. The noisy inputs stay contiguous
@@ -101,7 +105,7 @@ def retain_freed_memory() -> bool:
     By default glibc serves large blocks (a batch's activations) with fresh ``mmap`` pages and
     returns them to the kernel when they are freed, and it trims the top of its heap; every
     forward pass on the CPU then page-faults tens of megabytes of zeroed pages back in. Measured
-    with ``benchmarks/bench.py`` on a 2-core VM this is a third or more of a CPU forward pass.
+    with ``benchmarks/speed.py`` on a 2-core VM this is a third or more of a CPU forward pass.
     ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, -1)`` make glibc keep freed blocks
     for reuse. The setting is process-wide and the resident size stays at its peak, so only an
     application (the CLI) should call this, once, at start-up. Returns whether it took effect:

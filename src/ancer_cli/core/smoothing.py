@@ -10,6 +10,12 @@ pass when one input alone would leave a pass short.
 Every input draws its noise from its own generator, in the chunks :func:`chunk_sizes` gives, in
 the same order, whichever function samples it; so the noise of an input -- and with it its votes
 -- does not depend on which other inputs share its forward passes.
+
+``sound=s`` (the grid levels of the data, e.g. 255 for 8-bit images) switches every function
+here to the floating-point-sound sampler of :mod:`ancer_cli.core.sound`: each input is read once
+as integers on its grid, the noise is drawn exactly on that grid and the noisy input is assembled
+in integers; certificates use :func:`~ancer_cli.core.sound.sound_theta` and subtract the
+sampler's total-variation budget ``tau`` from the lower bound on ``pA``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from ancer_cli.core.sequential import (
     stop_reason,
     update_bounds,
 )
+from ancer_cli.core.sound import draw_sound_, sound_theta, to_grid, total_variation_budget
 
 ABSTAIN = -1
 
@@ -58,6 +65,9 @@ class Certificate:
     stop: str | None = None
     """Sequential certification: why sampling stopped (:class:`~ancer_cli.core.sequential.Stop`);
     ``n_estimation`` is then the number of estimation samples used. ``None`` for fixed ``N``."""
+    tau: float = 0.0
+    """Sound sampling: the total-variation budget of the noise, already subtracted from
+    ``p_a_lower`` (:func:`~ancer_cli.core.sound.total_variation_budget`); 0 otherwise."""
 
     @property
     def abstained(self) -> bool:
@@ -153,6 +163,7 @@ def sample_counts_many(
     batch_size: int,
     generators: Sequence[torch.Generator],
     num_classes: int | None = None,
+    sound: int | None = None,
 ) -> torch.Tensor:
     """Votes of the base classifier on noisy copies of several inputs, several stages each.
 
@@ -167,6 +178,9 @@ def sample_counts_many(
         thetas: per input, a positive number or a positive tensor of the input's shape.
         nums: noisy samples per stage (CERTIFY: ``(n_selection, n_estimation)``).
         generators: one per input, on the inputs' device.
+        sound: the inputs' grid levels ``s``: draw the noise with
+            :func:`~ancer_cli.core.sound.draw_sound_` (inputs must lie on the ``1/s`` grid);
+            ``None`` for float noise (:func:`~ancer_cli.core.noise.perturb_`).
 
     Returns:
         int64 tensor ``(n, len(nums), K)`` of vote counts, on the inputs' device.
@@ -181,6 +195,7 @@ def sample_counts_many(
         device = xs.device if isinstance(xs, torch.Tensor) else None
         return torch.zeros((0, len(nums), num_classes or 0), dtype=torch.int64, device=device)
     first = xs[0]
+    grid = None if sound is None else [to_grid(xs[i], sound) for i in range(count)]
     passes = _forward_passes(count, nums, batch_size)
     largest = max((sum(c.size for c in chunks) for chunks in passes), default=0)
     buffer = torch.empty((largest, *first.shape), dtype=first.dtype, device=first.device)
@@ -193,13 +208,19 @@ def sample_counts_many(
     for chunks in passes:
         offset = 0
         for chunk in chunks:
-            perturb_(
-                buffer[offset : offset + chunk.size],
-                xs[chunk.item],
-                thetas[chunk.item],
-                norm,
-                generators[chunk.item],
-            )
+            target = buffer[offset : offset + chunk.size]
+            if grid is None:
+                perturb_(target, xs[chunk.item], thetas[chunk.item], norm, generators[chunk.item])
+            else:
+                assert sound is not None
+                draw_sound_(
+                    target,
+                    grid[chunk.item],
+                    thetas[chunk.item],
+                    norm,
+                    sound,
+                    generators[chunk.item],
+                )
             offset += chunk.size
         logits = model(buffer[:offset])
         if counts is None:
@@ -228,6 +249,7 @@ def sample_counts(
     batch_size: int,
     generator: torch.Generator,
     num_classes: int | None = None,
+    sound: int | None = None,
 ) -> torch.Tensor:
     """Votes of the base classifier on ``num`` noisy copies of ``x``.
 
@@ -237,14 +259,25 @@ def sample_counts(
         theta: a positive number, or a positive tensor of ``x``'s shape on the same device.
         num: number of noisy samples; ``batch_size``: samples per forward pass.
         generator: the input's random stream, on ``x``'s device.
+        sound: grid levels for sound sampling (see :func:`sample_counts_many`).
 
     Returns:
         int64 tensor ``(K,)`` of vote counts, on ``x``'s device.
     """
     counts = sample_counts_many(
-        model, x.unsqueeze(0), [theta], norm, (num,), batch_size, [generator], num_classes
+        model, x.unsqueeze(0), [theta], norm, (num,), batch_size, [generator], num_classes, sound
     )
     return counts[0, 0]
+
+
+def _certified_theta(
+    x: torch.Tensor, theta: Theta, norm: Norm | str, sound: int | None
+) -> tuple[Theta, float]:
+    """The theta a certificate states and the budget ``tau`` its lower bound pays."""
+    if sound is None:
+        return theta, 0.0
+    certified = sound_theta(theta, norm, sound)
+    return certified, total_variation_budget(certified, norm, sound, tuple(x.shape))
 
 
 def _certificate(
@@ -254,15 +287,18 @@ def _certificate(
     norm: Norm | str,
     n_estimation: int,
     alpha: float,
+    tau: float = 0.0,
 ) -> Certificate:
     c_a_hat = int(np.argmax(selection))
     n_a = int(estimation[c_a_hat])
     p_a_lower = clopper_pearson_lower(n_a, n_estimation, alpha)
+    if tau:
+        p_a_lower = max(0.0, p_a_lower - tau)
     low, mean = min_theta(theta), geometric_mean(theta)
     if p_a_lower < 0.5:
-        return Certificate(ABSTAIN, n_a, n_estimation, p_a_lower, 0.0, low, mean)
+        return Certificate(ABSTAIN, n_a, n_estimation, p_a_lower, 0.0, low, mean, tau=tau)
     gap = gap_from_p_lower(p_a_lower, norm)
-    return Certificate(c_a_hat, n_a, n_estimation, p_a_lower, gap, low, mean)
+    return Certificate(c_a_hat, n_a, n_estimation, p_a_lower, gap, low, mean, tau=tau)
 
 
 def certify_many(
@@ -275,6 +311,7 @@ def certify_many(
     alpha: float,
     batch_size: int,
     generators: Sequence[torch.Generator],
+    sound: int | None = None,
 ) -> list[Certificate]:
     """CERTIFY for a group of inputs, sharing forward passes between them.
 
@@ -283,16 +320,20 @@ def certify_many(
     selection stage below ``batch_size``, the remainder of the estimation stage) of different
     inputs are packed together, so groups pay off when those chunks are a large part of the work
     (small ``N``, small models, GPUs); :func:`inputs_per_group` sizes the group. The votes of the
-    whole group come to the host in one transfer.
+    whole group come to the host in one transfer. ``sound``: see :func:`sample_counts_many`; the
+    certificates then state :func:`~ancer_cli.core.sound.sound_theta` and ``pA_lower - tau``.
     """
     counts = sample_counts_many(
-        model, xs, thetas, norm, (n_selection, n_estimation), batch_size, generators
+        model, xs, thetas, norm, (n_selection, n_estimation), batch_size, generators, sound=sound
     )
     both = counts.cpu().numpy()  # the one host transfer
-    return [
-        _certificate(both[i, 0], both[i, 1], thetas[i], norm, n_estimation, alpha)
-        for i in range(len(thetas))
-    ]
+    certificates = []
+    for i in range(len(thetas)):
+        theta, tau = _certified_theta(xs[i], thetas[i], norm, sound)
+        certificates.append(
+            _certificate(both[i, 0], both[i, 1], theta, norm, n_estimation, alpha, tau)
+        )
+    return certificates
 
 
 def certify_sequential_many(
@@ -305,6 +346,7 @@ def certify_sequential_many(
     batch_size: int,
     generators: Sequence[torch.Generator],
     p_needed: np.ndarray | None = None,
+    sound: int | None = None,
 ) -> list[Certificate]:
     """Sequential CERTIFY for a group of inputs: stop each input's sampling as soon as
     :mod:`ancer_cli.core.sequential`'s rule decides (``plan``), at most ``plan.cap`` samples.
@@ -317,6 +359,8 @@ def certify_sequential_many(
     does not depend on the other inputs of the group. ``p_needed`` (radius mode): per input, the
     sorted probabilities its radii need, shape ``(n, T)`` (``inf`` for a radius out of reach);
     without it the plan's own thresholds (or adaptive mode). Votes come to the host once per look.
+    ``sound``: see :func:`sample_counts_many`; the stopping rule and the report then see the
+    bounds widened by each input's budget ``tau`` (lower ``- tau``, upper ``+ tau``).
 
     Returns:
         One :class:`Certificate` per input; ``n_estimation`` is the number of estimation samples
@@ -324,9 +368,11 @@ def certify_sequential_many(
         ``stop`` the reason.
     """
     count = len(thetas)
-    selection = sample_counts_many(model, xs, thetas, norm, (n_selection,), batch_size, generators)[
-        :, 0
-    ]
+    stated = [_certified_theta(xs[i], thetas[i], norm, sound) for i in range(count)]
+    tau = np.array([budget for _, budget in stated], dtype=np.float64)
+    selection = sample_counts_many(
+        model, xs, thetas, norm, (n_selection,), batch_size, generators, sound=sound
+    )[:, 0]
     chosen = selection.argmax(dim=1)
     classes = selection.shape[1]
     n_a = np.zeros(count, dtype=np.int64)
@@ -347,6 +393,7 @@ def certify_sequential_many(
             batch_size,
             [generators[i] for i in members],
             num_classes=classes,
+            sound=sound,
         )[:, 0]
         rows = torch.as_tensor(active, device=chosen.device)
         hits = counts.gather(1, chosen[rows].unsqueeze(1)).squeeze(1)
@@ -356,26 +403,42 @@ def certify_sequential_many(
             plan, n_a[active], n[active], lower[active], upper[active]
         )
         needed = None if p_needed is None else p_needed[active]
-        codes[active] = stop_codes(plan, lower[active], upper[active], n[active], needed)
+        codes[active] = stop_codes(
+            plan,
+            lower[active] - tau[active],
+            upper[active] + tau[active],
+            n[active],
+            needed,
+        )
         active = active[codes[active] == 0]
         if active.size == 0:
             break
-    reported = reported_lower(plan, n_a, n, lower)
+    # max(L, CP) - tau == max(L - tau, CP - tau): the budget is paid once, after the report
+    reported = np.maximum(reported_lower(plan, n_a, n, lower) - tau, 0.0)
     c_hat = chosen.cpu().numpy()
     certificates = []
     for i in range(count):
         p_a_lower = float(reported[i])
-        low, mean = min_theta(thetas[i]), geometric_mean(thetas[i])
+        theta, budget = stated[i]
+        low, mean = min_theta(theta), geometric_mean(theta)
         stop = stop_reason(int(codes[i]))
         assert stop is not None  # the last look is at the cap
         if p_a_lower < 0.5:
             certificate = Certificate(
-                ABSTAIN, int(n_a[i]), int(n[i]), p_a_lower, 0.0, low, mean, stop.value
+                ABSTAIN, int(n_a[i]), int(n[i]), p_a_lower, 0.0, low, mean, stop.value, budget
             )
         else:
             gap = gap_from_p_lower(p_a_lower, norm)
             certificate = Certificate(
-                int(c_hat[i]), int(n_a[i]), int(n[i]), p_a_lower, gap, low, mean, stop.value
+                int(c_hat[i]),
+                int(n_a[i]),
+                int(n[i]),
+                p_a_lower,
+                gap,
+                low,
+                mean,
+                stop.value,
+                budget,
             )
         certificates.append(certificate)
     return certificates
@@ -391,9 +454,11 @@ def certify(
     alpha: float,
     batch_size: int,
     generator: torch.Generator,
+    sound: int | None = None,
 ) -> Certificate:
     """CERTIFY: select the class on ``n_selection`` samples, bound its probability on
-    ``n_estimation`` fresh samples, and return the certificate (abstain if ``pA_low < 0.5``)."""
+    ``n_estimation`` fresh samples, and return the certificate (abstain if ``pA_low < 0.5``).
+    ``sound``: grid levels for sound sampling (see :func:`certify_many`)."""
     return certify_many(
         model,
         x.unsqueeze(0),
@@ -404,6 +469,7 @@ def certify(
         alpha,
         batch_size,
         [generator],
+        sound=sound,
     )[0]
 
 
@@ -427,14 +493,20 @@ def predict_many(
     alpha: float,
     batch_size: int,
     generators: Sequence[torch.Generator],
+    sound: int | None = None,
 ) -> list[int]:
     """PREDICT for a group of inputs, sharing forward passes between them.
 
     Equal to ``[predict(model, xs[i], thetas[i], ..., generators[i]) for i ...]``: each input
     consumes its own generator as :func:`predict` does, and its votes come to the host with
     the group's in one transfer (see :func:`certify_many` for when grouping pays off).
+    ``sound``: grid levels for sound sampling (:func:`sample_counts_many`). The level ``alpha``
+    then holds for the implemented noise law; against the ideal one, ``num`` votes are within
+    total variation ``num * tau`` of it, so the error probability is at most ``alpha + num * tau``.
     """
-    counts = sample_counts_many(model, xs, thetas, norm, (num,), batch_size, generators)
+    counts = sample_counts_many(
+        model, xs, thetas, norm, (num,), batch_size, generators, sound=sound
+    )
     votes = counts[:, 0].cpu().numpy()  # the one host transfer
     return [_prediction(votes[i], alpha) for i in range(len(thetas))]
 
@@ -448,11 +520,13 @@ def predict(
     alpha: float,
     batch_size: int,
     generator: torch.Generator,
+    sound: int | None = None,
 ) -> int:
     """PREDICT (Cohen et al. 2019): the top class of ``num`` noisy votes, or ``ABSTAIN`` unless
     the binomial test of top class against runner-up rejects at level ``alpha``. The answer
-    differs from the smoothed classifier's with probability at most ``alpha``."""
+    differs from the smoothed classifier's with probability at most ``alpha`` (``sound``: see
+    :func:`predict_many`)."""
     (prediction,) = predict_many(
-        model, x.unsqueeze(0), [theta], norm, num, alpha, batch_size, [generator]
+        model, x.unsqueeze(0), [theta], norm, num, alpha, batch_size, [generator], sound=sound
     )
     return prediction
