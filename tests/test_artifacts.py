@@ -1,110 +1,76 @@
-"""Reading results files in every accepted format (ours, the original ANCER scripts', the
-original data-dependent smoothing package's) and refusing malformed ones.
-"""
+"""Atomic writes, the "output exists" check and the resume check on a run's record."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 
-from ancer_cli import analysis
-from ancer_cli.analysis import Metric
-from ancer_cli.artifacts import parse_time, read_results
-from ancer_cli.errors import ResultsError
-
-# ---------------------------------------------------------------------------------------------
-# reading results files (the formats analysis accepts)
-
-ANCER_SCRIPTS_FILE = (
-    "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\n"
-    "0\t3\t3\t0.412\t0.953\t1\t0.25\t0:00:02.512345\n"
-    "1\t8\t8\t0.81\t1.44\t1\t0.31\t0:00:02.401000\n"
-    "2\t8\t1\t0.6\t0.7\t0\t0.2\t0:00:02.450000\n"
-    "3\t0\t-1\t0.0\t0.0\t0\t0.25\t1 day, 0:00:01.000000\n"
+from ancer_cli.artifacts import (
+    atomic_writer,
+    check_new_output,
+    check_resumable,
+    remove_stale_temporaries,
+    write_json,
 )
+from ancer_cli.errors import OutputError
 
 
-def write(tmp_path: Path, text: str, name: str = "results.tsv") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_writer(path) as handle:
+        handle.write("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
+    with atomic_writer(path) as handle:
+        handle.write("new\n")
+    assert path.read_text() == "new\n"
 
 
-def test_original_ancer_scripts_format(tmp_path: Path) -> None:
-    frame = read_results(write(tmp_path, ANCER_SCRIPTS_FILE))
-    assert list(frame.columns) == [
-        "idx",
-        "label",
-        "predict",
-        "radius",
-        "radius_proxy",
-        "correct",
-        "min_sigma",
-        "time",
-    ]
-    assert frame["time"].tolist() == pytest.approx([2.512345, 2.401, 2.45, 86401.0])
-    assert analysis.certified_accuracy(frame, 0.5) == 0.25
-    assert analysis.certified_accuracy(frame, 0.5, Metric.proxy) == 0.5
-    assert analysis.average_certified_radius(frame, Metric.proxy) == pytest.approx(
-        (0.953 + 1.44) / 4
-    )
+def test_stale_temporaries_of_one_output_are_removed(tmp_path: Path) -> None:
+    (tmp_path / ".r.csv.abc.tmp").write_text("")
+    (tmp_path / ".other.csv.abc.tmp").write_text("")
+    assert remove_stale_temporaries(tmp_path, "r.csv") == 1
+    assert [p.name for p in tmp_path.iterdir()] == [".other.csv.abc.tmp"]
 
 
-def test_original_data_dependent_smoothing_format(tmp_path: Path) -> None:
-    """Alfarra et al.'s isotropic certify script writes a per-input ``sigma`` column."""
-    text = (
-        "idx\tlabel\tpredict\tradius\tcorrect\tsigma\ttime\n"
-        "0\t3\t3\t0.61\t1\t0.3012\t0:00:01.250000\n"
-        "1\t8\t-1\t0.0\t0\t0.1203\t0:00:01.750000\n"
-    )
-    frame = read_results(write(tmp_path, text, "dds.tsv"))
-    assert frame["sigma"].tolist() == ["0.3012", "0.1203"]  # extra columns are kept as text
-    summary = analysis.summarize(frame, [0.5])
-    assert summary.certified_accuracy == {0.5: 0.5}
-    assert summary.median_time == pytest.approx(1.5)
-    assert summary.average_proxy_radius is None
+def test_an_existing_output_needs_force_or_resume(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    check_new_output(path, force=False, resume=False)
+    path.write_text("")
+    with pytest.raises(OutputError, match="--force to overwrite it or --resume"):
+        check_new_output(path, force=False, resume=False)
+    with pytest.raises(OutputError, match="--force to overwrite it$"):
+        check_new_output(path, force=False)
+    check_new_output(path, force=True, resume=False)
+    check_new_output(path, force=False, resume=True)
+    with pytest.raises(OutputError, match="contradict"):
+        check_new_output(path, force=True, resume=True)
+    nested = tmp_path / "absent" / "deeper" / "r.csv"
+    check_new_output(nested, force=False)  # every --out: missing folders are created
+    assert nested.parent.is_dir() and not nested.exists()
 
 
-def test_parse_time() -> None:
-    assert parse_time("15.4") == 15.4
-    assert parse_time("0:02:31.238689") == pytest.approx(151.238689)
-    assert parse_time("2 days, 1:00:00") == 2 * 86400 + 3600
-    assert math.isnan(parse_time(""))
+def test_an_output_folder_may_exist_empty(tmp_path: Path) -> None:
+    folder = tmp_path / "thetas"
+    folder.mkdir()
+    check_new_output(folder, force=False, resume=False, folder=True)
+    (folder / "manifest.json").write_text("{}")
+    with pytest.raises(OutputError, match="is not empty"):
+        check_new_output(folder, force=False, resume=False, folder=True)
+    with pytest.raises(OutputError, match="is a file"):
+        check_new_output(folder / "manifest.json", force=True, folder=True)
 
 
-def test_trailing_tab_is_accepted(tmp_path: Path) -> None:
-    text = "idx\tlabel\tpredict\tradius\tcorrect\n0\t1\t1\t0.5\t1\t\n1\t2\t-1\t0.0\t0\t\n"
-    frame = read_results(write(tmp_path, text))
-    assert frame["idx"].tolist() == [0, 1] and frame["correct"].tolist() == [1, 0]
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("", "is empty"),
-        ("idx\tlabel\tpredict\tcorrect\n0\t1\t1\t1\n", "lacks column.*radius"),
-        ("idx\tlabel\tpredict\tradius\tcorrect\n0\t1\t1\tbig\t1\n", "line 2, column radius"),
-        ("idx\tlabel\tpredict\tradius\tcorrect\ninf\t1\t1\t0.5\t1\n", "line 2, column idx"),
-        ("idx\tlabel\tpredict\tradius\tcorrect\n0\t1\t1\t0.5\t2\n", "line 2, column correct"),
-        ("idx\tlabel\tpredict\tradius\tcorrect\n0\t1\t1\t0.5\t1\t7\n", "more fields"),
-        (
-            "idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t1.0\n1\t1\t1\t0.5\t1\tsoon\n",
-            "line 3, column time",
-        ),
-    ],
-)
-def test_malformed_files_raise_results_error(tmp_path: Path, text: str, message: str) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(ResultsError, match=message) as caught:
-        read_results(path)
-    assert str(path) in str(caught.value)
-    assert "\n" not in str(caught.value)
-
-
-def test_missing_file_and_directory(tmp_path: Path) -> None:
-    with pytest.raises(ResultsError, match="does not exist"):
-        read_results(tmp_path / "absent.tsv")
-    with pytest.raises(ResultsError, match="is a directory"):
-        read_results(tmp_path)
+def test_resuming_names_the_first_argument_that_differs(tmp_path: Path) -> None:
+    sidecar = tmp_path / "r.csv.json"
+    with pytest.raises(OutputError, match="is missing"):
+        check_resumable(sidecar, {"N": 100}, "r.csv")
+    write_json(sidecar, {"arguments": {"N": 100, "sequential": {"mode": "radius"}}})
+    check_resumable(sidecar, {"N": 100, "new": 1}, "r.csv")  # keys only one side has pass
+    with pytest.raises(
+        OutputError, match=r"sequential\.mode='radius'.*sequential\.mode='adaptive'"
+    ):
+        check_resumable(sidecar, {"N": 100, "sequential": {"mode": "adaptive"}}, "r.csv")

@@ -10,27 +10,20 @@ and must shrink to exactly the touching gap.
 """
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
-from ancer_cli.artifacts import read_results
 from ancer_cli.certify import CertifyConfig, Sequential, certify_dataset, run_certify
 from ancer_cli.core.noise import Norm
 from ancer_cli.core.regions import regions_intersect
 from ancer_cli.data import DatasetInfo, LoadedData
+from ancer_cli.results import read_results
+from tests.toys import Stripe
 
 INFO = DatasetInfo("stripe", (1, 1, 2), 2, (0.0,), (1.0,), "cnn")
 THETA = {0: 10.0, 1: 0.3, 2: 0.3}
-
-
-class Stripe(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inside = (x.flatten(1)[:, 0].abs() < 1).float()
-        return torch.stack([1 - inside, inside], dim=1) * 10
 
 
 def _data(points: list[tuple[float, float]], labels: list[int]) -> LoadedData:
@@ -121,65 +114,3 @@ def test_no_collision_changes_nothing(tmp_path):
     assert not (summary.memory.reassigned or summary.memory.shrunk)
     assert out.read_text() == (tmp_path / "r.csv.pre-memory").read_text()
     assert math.isclose(summary.correct, 3)
-
-
-# ---------------------------------------------------------------------------------------------
-# resuming what runs with other numbers of processes left behind
-
-
-def _split(lines: list[str], indices: list[int]) -> str:
-    return "".join(lines[1 + i] for i in indices)
-
-
-@pytest.mark.parametrize("memory", [False, True])
-def test_resume_gathers_rows_left_by_any_number_of_processes(tmp_path, memory):
-    """Leftovers of a 3-process run (shards, one cut mid-line), of a 2-process run and of a
-    single process, in one folder; a single-process --resume certifies exactly the indices
-    without a complete row and ends with the rows of an uninterrupted run, in index order."""
-    model, device = Stripe(), torch.device("cpu")
-    config = CertifyConfig(norm=Norm.l2, n_selection=50, n_estimation=500, batch_size=500)
-    points = [(0.1 * i - 2, 0.0) for i in range(9)]
-    data = _data(points, [int(abs(x) < 1) for x, _ in points])
-    thetas = (lambda _i: 0.3) if not memory else {i: 0.3 for i in range(9)}.get
-    indices = list(range(9))
-    record = {"arguments": {"N": 500, "memory": memory}}
-    reference = tmp_path / "reference.csv"
-    run_certify(model, data, indices, thetas, config, device, reference, record, memory=memory)
-    working = Path(str(reference) + ".pre-memory") if memory else reference
-    lines = working.read_text().splitlines(keepends=True)
-    header = lines[0]
-
-    out = tmp_path / "r.csv"
-    left = Path(str(out) + ".pre-memory") if memory else out
-    Path(f"{left}.rank0-of-3").write_text(header + _split(lines, [0, 3]))
-    Path(f"{left}.rank2-of-3").write_text(header + _split(lines, [2]) + lines[1 + 5][:7])
-    Path(f"{left}.rank1-of-2").write_text(header + _split(lines, [3, 7]))  # 3 twice
-    left.write_text(header + _split(lines, [8]))
-    Path(str(out) + ".json").write_text('{"arguments": {"N": 500}, "complete": false}')
-    written: list[int] = []
-    started: list[tuple[int, int]] = []
-    summary = run_certify(
-        model, data, indices, thetas, config, device, out, record, memory=memory, resume=True,
-        on_row=lambda row: written.append(row.idx), on_start=lambda *a: started.append(a),
-    )  # fmt: skip
-    assert summary is not None and summary.resumed == 5
-    assert started == [(5, 4)] and written == [1, 4, 5, 6]
-    assert [line.split("\t")[:7] for line in out.read_text().splitlines()] == [
-        line.split("\t")[:7] for line in reference.read_text().splitlines()
-    ]
-    kept = left.read_text().splitlines(keepends=True)
-    assert [kept[1 + i] for i in (0, 2, 3, 7, 8)] == [lines[1 + i] for i in (0, 2, 3, 7, 8)]
-    assert not list(tmp_path.glob("r.csv*.rank*")), "the shards were merged and removed"
-
-
-def test_a_fresh_run_ignores_shards_of_an_earlier_one(tmp_path):
-    model, device = Stripe(), torch.device("cpu")
-    config = CertifyConfig(norm=Norm.l2, n_selection=50, n_estimation=500, batch_size=500)
-    data = _data([(0.0, 0.0), (3.0, 0.0)], [1, 0])
-    out = tmp_path / "r.csv"
-    stale = Path(f"{out}.rank1-of-4")
-    stale.write_text("idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\n"
-                     "1\t0\t7\t9.0\t9.0\t0\t0.3\t1.0\n")  # fmt: skip
-    run_certify(model, data, [0, 1], lambda _i: 0.3, config, device, out, {"arguments": {}})
-    assert not stale.exists()
-    assert read_results(out)["predict"].tolist() == [1, 0]

@@ -1,5 +1,6 @@
 """torchrun with two CPU processes (gloo) gives exactly the single-process output."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -64,8 +65,12 @@ def test_torchrun_optimize_and_certify_match_single_process(model_path: Path, tm
         "--device",
         "cpu",
     ]
-    single = _run([*ANCER, *certify, "--out", tmp_path / "single.csv"])
+    # no --seed: rank 0 draws one from OS entropy and every rank uses it (the single process
+    # below reproduces the run from the recorded seed only if they all did)
     ranks = _run([*TORCHRUN, "-m", "ancer_cli", *certify, "--out", tmp_path / "ranks.csv"])
+    seed = json.loads((tmp_path / "ranks.csv.json").read_text())["arguments"]["seed"]
+    certify += ["--seed", seed]
+    single = _run([*ANCER, *certify, "--out", tmp_path / "single.csv"])
     assert _without_time(tmp_path / "ranks.csv") == _without_time(tmp_path / "single.csv")
     assert "memory pass" in single.stdout and "memory pass" in ranks.stdout
     # rank 0 merged: no shard files are left, one sidecar says complete
@@ -89,6 +94,8 @@ def test_torchrun_optimize_and_certify_match_single_process(model_path: Path, tm
         "500",
         "--max-index",
         "7",
+        "--seed",
+        "0",
         "--device",
         "cpu",
     ]
@@ -149,7 +156,7 @@ def test_runs_interrupted_on_4_processes_resume_on_2_or_1(model_path: Path, tmp_
     }
     assert '"complete": true' in (ranks / "manifest.json").read_text()
 
-    certify = ["certify", "--N0", 20, "--N", 500, "--device", "cpu"]
+    certify = ["certify", "--N0", 20, "--N", 500, "--seed", 0, "--device", "cpu"]
     reference = tmp_path / "single.csv"
     _run([*ANCER, *certify, "--thetas", single, "--out", reference])
     broken = tmp_path / "broken"
@@ -172,7 +179,7 @@ def test_runs_interrupted_on_4_processes_resume_on_2_or_1(model_path: Path, tmp_
 @pytest.mark.slow
 def test_torchrun_predict_matches_single_process(model_path: Path, tmp_path: Path):
     predict = ["predict", "--model", model_path, "--sigma", 0.25, "--N", 300, "--max-index", 7,
-               "--device", "cpu"]  # fmt: skip
+               "--seed", 0, "--device", "cpu"]  # fmt: skip
     _run([*ANCER, *predict, "--out", tmp_path / "single.csv"])
     _run([*_torchrun(2), *predict, "--out", tmp_path / "ranks.csv"])
     single = [line.split("\t")[:4] for line in (tmp_path / "single.csv").read_text().splitlines()]

@@ -7,24 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
 from ancer_cli.core.noise import Norm, Stream, input_generator
 from ancer_cli.core.smoothing import predict
 from ancer_cli.data import DatasetInfo, LoadedData
 from ancer_cli.predict import PredictConfig, predict_dataset, run_predict
+from tests.toys import Threshold
 
 INFO = DatasetInfo("line", (1, 1, 2), 2, (0.0,), (1.0,), "cnn")
 HEADER = "idx\tlabel\tpredict\tcorrect\ttime\n"
-
-
-class Threshold(nn.Module):
-    """Class 1 where x_0 > 0."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        score = x.flatten(1)[:, 0] * 10
-        return torch.stack([torch.zeros_like(score), score], dim=1)
 
 
 def _data(points: list[float], labels: list[int]) -> LoadedData:

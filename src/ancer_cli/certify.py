@@ -1,17 +1,18 @@
 """The dataset loop of ``ancer certify`` over :mod:`ancer_cli.core.smoothing`: a request becomes a
 plan (model, data, thetas, indices, record), the plan's inputs become certificates, the
-certificates rows of the results file (then, for per-input thetas, the memory pass)."""
+certificates rows of the results file (then, for per-input thetas, the memory pass).
+
+The inputs come from :func:`ancer_cli.inputs.resolve_inputs`, the rows are written by
+:func:`ancer_cli.results.write_rows` (resumable, sharded across processes)."""
 
 from __future__ import annotations
 
-import enum
 import math
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,25 +20,10 @@ import torch
 from scipy.stats import norm as normal
 from torch import nn
 
-from ancer_cli.artifacts import (
-    RESULT_COLUMNS,
-    SEQUENTIAL_COLUMNS,
-    ResultsFile,
-    atomic_writer,
-    check_new_output,
-    check_resumable,
-    complete_rows,
-    format_result_row,
-    read_results,
-    remove_stale_temporaries,
-    results_sidecar_path,
-    utc_now,
-    write_json,
-)
+from ancer_cli.artifacts import atomic_writer, check_new_output, utc_now, write_json
 from ancer_cli.core.bounds import DEFAULT_ALPHA
 from ancer_cli.core.memory import Claim, memory_pass
-from ancer_cli.core.noise import Norm, Stream, Theta, input_generator, theta_from_sigma
-from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
+from ancer_cli.core.noise import Norm, Stream, Theta, input_generator
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.core.sequential import SequentialPlan
 from ancer_cli.core.smoothing import (
@@ -49,22 +35,26 @@ from ancer_cli.core.smoothing import (
 )
 from ancer_cli.data import UNLABELED, LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, Session, collective
-from ancer_cli.errors import AncerError, OutputError
-from ancer_cli.inputs import labels_record, load_run_inputs, select_indices
+from ancer_cli.inputs import (
+    InputsSpec,
+    input_groups,
+    labels_record,
+    resolve_inputs,
+    sound_record,
+)
+from ancer_cli.results import (
+    RESULT_COLUMNS,
+    SEQUENTIAL_COLUMNS,
+    check_resume,
+    format_result_row,
+    pre_memory_path,
+    read_results,
+    results_sidecar_path,
+    run_seed,
+    write_rows,
+)
 from ancer_cli.runtime import provenance
-from ancer_cli.thetas import open_thetas, recorded_run
-
-
-class CertifyMethod(str, enum.Enum):
-    """How theta was chosen: one sigma for all (Cohen et al.), per-input scalar, per-input tensor."""
-
-    fixed = "fixed"
-    isotropic = "isotropic"
-    ancer = "ancer"
-
-
-ThetaSource = Callable[[int], Theta]
-"""Maps a dataset index to the input's theta (a number or a tensor on the model's device)."""
+from ancer_cli.thetas import CertifyMethod, ThetaSource
 
 
 @dataclass(frozen=True)
@@ -132,6 +122,8 @@ class CertifyConfig:
     batch_size: int = 1000
     seed: int = 0
     sequential: Sequential | None = None
+    sound: int | None = None
+    """the data's grid levels ``s`` for sound sampling (:mod:`ancer_cli.core.sound`)"""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -175,11 +167,6 @@ class ResultRow:
         )
 
 
-def fixed_theta(theta: float) -> ThetaSource:
-    """The same theta for every input (Cohen et al.'s fixed-sigma smoothing)."""
-    return lambda _idx: theta
-
-
 def certify_dataset(
     model: nn.Module,
     data: LoadedData,
@@ -204,7 +191,7 @@ def certify_dataset(
         plan = sequential.plan(config.n_estimation, config.alpha, config.norm)
         # the first looks are short: enough inputs to fill a forward pass with them
         group = max(1, min(MAX_INPUTS_PER_GROUP, config.batch_size // plan.first))
-    for chosen in input_groups(data, indices, thetas, group, device):
+    for chosen in input_groups(data, indices, thetas, group, device, config.sound):
         generators = [
             input_generator(config.seed, idx, device, Stream.certify) for idx in chosen.indices
         ]
@@ -220,6 +207,7 @@ def certify_dataset(
                 config.alpha,
                 config.batch_size,
                 generators,
+                sound=config.sound,
             )
         else:
             needed = None
@@ -235,6 +223,7 @@ def certify_dataset(
                 config.batch_size,
                 generators,
                 needed,
+                sound=config.sound,
             )
         seconds = (time.perf_counter() - began) / len(chosen.indices)
         for idx, label, certificate in zip(
@@ -254,53 +243,6 @@ def certify_dataset(
                 else config.n_selection + certificate.n_estimation,
                 stop=certificate.stop,
             )
-
-
-@dataclass(frozen=True)
-class InputGroup:
-    """Consecutive inputs sampled together: dataset ``indices``, their ``labels``, the images
-    ``xs`` ``(n, C, H, W)`` on the model's device and their ``thetas``."""
-
-    indices: list[int]
-    labels: list[int]
-    xs: torch.Tensor
-    thetas: list[Theta]
-
-
-def input_groups(
-    data: LoadedData,
-    indices: Iterable[int],
-    thetas: ThetaSource,
-    size: int,
-    device: torch.device,
-) -> Iterator[InputGroup]:
-    """The inputs of ``indices`` in order, in groups of at most ``size``, with their thetas.
-
-    A theta that cannot be loaded ends its group early: the inputs before it are yielded (so
-    their rows are written), then its error is raised.
-    """
-    order = list(indices)
-    for start in range(0, len(order), size):
-        chosen = order[start : start + size]
-        group_thetas, failure = _load_thetas(thetas, chosen)
-        chosen = chosen[: len(group_thetas)]  # what comes before a bad theta goes first
-        if chosen:
-            items = [data.dataset[idx] for idx in chosen]
-            xs = torch.stack([x for x, _ in items]).to(device=device, dtype=torch.float32)
-            yield InputGroup(chosen, [int(label) for _, label in items], xs, group_thetas)
-        if failure is not None:
-            raise failure
-
-
-def _load_thetas(thetas: ThetaSource, indices: list[int]) -> tuple[list[Theta], AncerError | None]:
-    """Thetas of ``indices`` up to the first that cannot be loaded, and that error."""
-    loaded: list[Theta] = []
-    for idx in indices:
-        try:
-            loaded.append(thetas(idx))
-        except AncerError as error:
-            return loaded, error
-    return loaded, None
 
 
 @dataclass(frozen=True)
@@ -363,11 +305,6 @@ class SampleSummary:
         }
 
 
-def pre_memory_path(out: Path) -> Path:
-    """Where the certificates are written before the memory pass: ``results.csv.pre-memory``."""
-    return Path(str(out) + ".pre-memory")
-
-
 def apply_memory(
     rows: pd.DataFrame,
     lines: list[str],
@@ -422,155 +359,6 @@ def apply_memory(
         changed_predictions=[d.idx for d in decisions if d.predict != before[d.idx]],
     )
     return final, summary
-
-
-class Row(Protocol):
-    """A line of a results file for one dataset index (:class:`ResultRow`, a prediction row)."""
-
-    idx: int
-
-    def line(self) -> str: ...
-
-
-def shard_path(working: Path, ranks: Ranks) -> Path:
-    """The file one rank of a distributed run writes: ``results.csv.rank1-of-4``."""
-    return Path(f"{working}.rank{ranks.rank}-of-{ranks.world_size}")
-
-
-def leftover_shards(working: Path) -> list[Path]:
-    """Every shard file of ``working`` on disk, whatever number of processes wrote it."""
-    pattern = re.compile(re.escape(working.name) + r"\.rank\d+-of-\d+")
-    try:
-        entries = list(working.parent.iterdir())
-    except OSError as error:
-        raise OutputError(f"cannot list {working.parent}: {error.strerror or error}") from error
-    return sorted(path for path in entries if pattern.fullmatch(path.name))
-
-
-def gather_rows(working: Path, columns: Sequence[str] = RESULT_COLUMNS) -> dict[int, str]:
-    """The complete rows of ``working`` and of all its shards, by dataset index (a row found
-    twice -- a merge interrupted before it removed the shards -- is kept once)."""
-    rows: dict[int, str] = {}
-    for path in [working, *leftover_shards(working)]:
-        if path.exists():
-            for idx, line in complete_rows(path, columns):
-                rows.setdefault(idx, line)
-    return rows
-
-
-def merge_rows(
-    working: Path, columns: Sequence[str] = RESULT_COLUMNS, indices: Sequence[int] | None = None
-) -> dict[int, str]:
-    """Rank 0: the rows of ``working`` and its shards into ``working`` alone, in index order.
-
-    ``working`` is rewritten (atomically) only when shards held rows or its own rows were out
-    of order or cut short; then the shards are removed. With ``indices``, every one of them must
-    have a row. Returns the rows by index.
-    """
-    shards = leftover_shards(working)
-    rows = gather_rows(working, columns)
-    if indices is not None and set(rows) != set(indices):
-        missing = sorted(set(indices) - set(rows))
-        raise OutputError(
-            f"the shards of {working} lack indices {missing[:5]}; rerun with --resume"
-        )
-    own = complete_rows(working, columns) if working.exists() else []
-    in_order = [idx for idx, _ in own] == sorted(rows)
-    if shards or not in_order:
-        header = "\t".join(columns) + "\n"
-        with atomic_writer(working) as handle:
-            handle.write(header)
-            handle.writelines(rows[i] for i in sorted(rows))
-        for shard in shards:
-            shard.unlink()
-    return rows
-
-
-def check_resume(out: Path, arguments: dict[str, Any], memory: bool) -> None:
-    """Refuse to resume ``out`` if its sidecar records other arguments (names the first)."""
-    _check_resume(out, pre_memory_path(out) if memory else out, arguments)
-
-
-def _check_resume(out: Path, working: Path, arguments: dict[str, Any]) -> None:
-    if out.exists() or working.exists() or leftover_shards(working):
-        check_resumable(results_sidecar_path(out), arguments, str(out))
-
-
-def write_rows(
-    rows_of: Callable[[list[int]], Iterable[Row]],
-    indices: list[int],
-    out: Path,
-    working: Path,
-    record: dict[str, Any],
-    *,
-    columns: Sequence[str] = RESULT_COLUMNS,
-    resume: bool = False,
-    on_row: Callable[[Any], None] | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-    ranks: Ranks = SINGLE,
-) -> int | None:
-    """The results loop of certify and predict: the rows of ``indices`` into ``working``, in
-    index order, resumable and sharded; returns the number of rows kept from an earlier run
-    (``None`` on ranks other than 0).
-
-    ``rows_of(share)`` yields the rows of a list of indices, in order. The sidecar of ``out``
-    (``record`` with ``"complete": false``) is written first. A single process appends its
-    rows to ``working``, flushed one by one; each rank of a distributed run writes its own shard
-    (``working.rank{r}-of-{w}``) and rank 0 merges them into ``working`` at the end.
-
-    With ``resume`` (the sidecar must record the same ``record["arguments"]``) rank 0 first
-    gathers the complete rows left by the interrupted run -- in ``working`` and in shards
-    written by any number of processes -- into ``working``; every rank then takes its share of
-    the indices that still lack a row, so a run resumes with any number of processes and ends
-    with one row per index, each computed once. ``on_start(kept, mine)`` is called with the rows
-    kept and the number this rank writes, ``on_row`` after each row it writes.
-    """
-    sidecar = results_sidecar_path(out)
-    started = utc_now()
-
-    def begin() -> None:
-        if resume:
-            _check_resume(out, working, record["arguments"])
-        if ranks.is_main:  # nobody writes before every rank has passed this point
-            remove_stale_temporaries(out.parent, out.name)
-            if resume:
-                merge_rows(working, columns)
-            else:  # nothing of an earlier run may pass for this one's rows
-                for path in [working, *leftover_shards(working)]:
-                    if path.is_file():
-                        path.unlink()
-
-    collective(ranks, begin)
-    if ranks.is_main:
-        write_json(sidecar, {**record, "complete": False, "started": started})
-
-    def write_share() -> int:
-        # rank 0 gathered every earlier row into working, and in a distributed run nobody
-        # writes working until the end: every rank sees the same rows, whatever shards begin
-        kept = complete_rows(working, columns) if resume and working.exists() else []
-        done = {idx for idx, _ in kept}
-        unexpected = done.difference(indices)
-        if unexpected:
-            raise OutputError(
-                f"cannot resume {working}: it holds index {min(unexpected)}, which this run "
-                "would not cover; use the same --skip/--max or --force to start over"
-            )
-        share = ranks.share([i for i in indices if i not in done])
-        if on_start is not None:
-            on_start(len(done), len(share))
-        mine = shard_path(working, ranks) if ranks.distributed else working
-        with ResultsFile(mine, resume=mine.exists(), columns=columns) as results:
-            for row in rows_of(share):
-                results.append(row.line())
-                if on_row is not None:
-                    on_row(row)
-        return len(done)
-
-    kept = collective(ranks, write_share)
-    if not ranks.is_main:
-        return None
-    merge_rows(working, columns, indices)
-    return kept
 
 
 def run_certify(
@@ -684,33 +472,19 @@ def run_certify(
 
 @dataclass(frozen=True)
 class CertifyRequest:
-    """What ``ancer certify`` is asked to do. ``None`` means "as the thetas' manifest (or the
-    model file) records it"; exactly one of ``sigma`` and ``thetas`` is given."""
+    """What ``ancer certify`` is asked to do: ``inputs`` says what to smooth, with which thetas,
+    on which inputs (see :class:`~ancer_cli.inputs.InputsSpec`); the rest how to certify."""
 
     out: Path = Path("results.csv")
-    model: Path | None = None
-    thetas: Path | None = None
-    sigma: float | None = None
-    method: CertifyMethod | None = None
-    dataset: str | None = None
-    data_root: Path | None = None
-    split: str | None = None
-    norm: Norm | None = None
-    arch: str | None = None
-    classes: Path | None = None
+    inputs: InputsSpec = field(default_factory=InputsSpec)
     n_selection: int = CertifyConfig.n_selection
     n_estimation: int = CertifyConfig.n_estimation
     alpha: float = CertifyConfig.alpha
     batch_size: int = CertifyConfig.batch_size
-    skip: int = 1
-    max_index: int | None = None
     memory: bool | None = None
     sequential: Sequential | None = None
-    precision: Precision = Precision.fp32
-    channels_last: bool = False
     resume: bool = False
     force: bool = False
-    seed: int = CertifyConfig.seed
 
 
 @dataclass(frozen=True)
@@ -758,141 +532,16 @@ class CertifyPlan:
 
 def plan_certify(request: CertifyRequest, session: Session) -> CertifyPlan:
     """Load and check everything ``request`` needs, on every rank (a collective: if one rank
-    fails, all raise). Defaults come from the thetas' manifest, then from the model file."""
+    fails, all raise). Defaults come from the thetas' manifest, then from the model file; the
+    seed from :func:`~ancer_cli.results.run_seed` (fresh OS entropy unless given or resumed)."""
+    seed = run_seed(request.inputs.seed, request.out, request.resume, session.ranks)
+    request = replace(request, inputs=replace(request.inputs, seed=seed))
     return collective(session.ranks, lambda: _plan(request, session))
-
-
-class InputsRequest(Protocol):
-    """The options certify and predict share: what to smooth, with which thetas, on which
-    inputs (:class:`CertifyRequest`, :class:`~ancer_cli.predict.PredictRequest`)."""
-
-    @property
-    def model(self) -> Path | None: ...
-    @property
-    def thetas(self) -> Path | None: ...
-    @property
-    def sigma(self) -> float | None: ...
-    @property
-    def method(self) -> CertifyMethod | None: ...
-    @property
-    def dataset(self) -> str | None: ...
-    @property
-    def data_root(self) -> Path | None: ...
-    @property
-    def split(self) -> str | None: ...
-    @property
-    def norm(self) -> Norm | None: ...
-    @property
-    def arch(self) -> str | None: ...
-    @property
-    def classes(self) -> Path | None: ...
-    @property
-    def skip(self) -> int: ...
-    @property
-    def max_index(self) -> int | None: ...
-    @property
-    def precision(self) -> Precision: ...
-    @property
-    def channels_last(self) -> bool: ...
-    @property
-    def seed(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class SmoothedInputs:
-    """What a certify or predict run smooths, loaded and checked: the base classifier (with its
-    speed options), the data, each input's theta, the indices, and the arguments naming them."""
-
-    model: nn.Module
-    data: LoadedData
-    norm: Norm
-    method: CertifyMethod
-    thetas: ThetaSource
-    description: str
-    indices: list[int]
-    logits: int
-    arguments: dict[str, Any]
-
-
-def resolve_inputs(request: InputsRequest, session: Session) -> SmoothedInputs:
-    """Load the model, data and thetas of ``request`` and choose its indices. Defaults come from
-    the thetas' manifest, then from the model file; ``sigma`` or ``thetas`` must be given."""
-    recorded = recorded_run(request.thetas)
-    model_path = request.model or recorded.model
-    if model_path is None:
-        raise AncerError("give --model (the thetas have no manifest naming their model)")
-    if request.thetas is not None and recorded.manifest is None:
-        if request.dataset is None or request.norm is None:
-            raise AncerError(
-                f"{request.thetas} has no manifest.json: pass --dataset and --norm with --model"
-            )
-    run = load_run_inputs(
-        model_path,
-        session.device,
-        dataset=request.dataset or recorded.dataset,
-        data_root=request.data_root or recorded.data_root,
-        split=request.split or recorded.split or "test",
-        norm=request.norm or recorded.norm,
-        arch=request.arch,
-        classes=request.classes or recorded.classes,
-    )
-    indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
-    if request.thetas is not None:
-        theta_set = open_thetas(
-            request.thetas,
-            run.data,
-            norm=run.norm,
-            model_sha256=run.model.sha256,
-            device=session.device,
-            selected=indices,
-        )
-        method = CertifyMethod(theta_set.method)
-        if request.method is not None and request.method is not method:
-            raise AncerError(
-                f"--method {request.method.value} but {request.thetas} holds {method.value} thetas"
-            )
-        available = set(theta_set.indices)
-        indices = [i for i in indices if i in available]
-        thetas: ThetaSource = theta_set.theta
-        description = f"{method.value} thetas from {request.thetas}" + (
-            f" ({theta_set.layout.value})" if theta_set.layout is not None else ""
-        )
-    else:
-        assert request.sigma is not None
-        method = CertifyMethod.fixed
-        thetas = fixed_theta(theta_from_sigma(request.sigma, run.norm))
-        description = f"noise sigma={request.sigma}"
-    arguments = {
-        "method": method.value,
-        "model": str(model_path),
-        "model_sha256": run.model.sha256,
-        "thetas": _text(request.thetas),
-        "dataset": run.data.info.name,
-        "split": run.data.split,
-        "classes": _text(request.classes or recorded.classes),
-        "norm": run.norm.value,
-        "sigma": request.sigma,
-        "skip": request.skip,
-        "max": request.max_index,
-        "seed": request.seed,
-        **speed_options_record(request.precision, request.channels_last),
-    }
-    return SmoothedInputs(
-        model=prepare_model(run.model.module, request.precision, request.channels_last),
-        data=run.data,
-        norm=run.norm,
-        method=method,
-        thetas=thetas,
-        description=description,
-        indices=indices,
-        logits=run.logits,
-        arguments=arguments,
-    )
 
 
 def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
     check_new_output(request.out, force=request.force, resume=request.resume)
-    inputs = resolve_inputs(request, session)
+    inputs = resolve_inputs(request.inputs, session)
     method = inputs.method
     memory = method is not CertifyMethod.fixed if request.memory is None else request.memory
     config = CertifyConfig(
@@ -901,8 +550,9 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
         n_estimation=request.n_estimation,
         alpha=request.alpha,
         batch_size=request.batch_size,
-        seed=request.seed,
+        seed=request.inputs.seed,
         sequential=request.sequential,
+        sound=inputs.grid_levels,
     )
     record = {
         "format": "ancer-results/1",
@@ -916,6 +566,7 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
             **({"sequential": request.sequential.record()} if request.sequential else {}),
         },
         "labels": labels_record(inputs.data),
+        **sound_record(inputs),
         "world_size": session.ranks.world_size,  # not an argument: a run resumes on any number
         **provenance(session.device),
     }
@@ -939,7 +590,3 @@ def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
 def _finite(value: float) -> float | None:
     """``value``, or ``None`` (JSON null) where it is NaN: a quantity without labels."""
     return None if math.isnan(value) else value
-
-
-def _text(path: Path | None) -> str | None:
-    return str(path) if path is not None else None

@@ -17,30 +17,22 @@ import torch
 from torch import nn
 
 from ancer_cli.artifacts import (
-    ISOTROPIC_SUBFOLDER,
-    MANIFEST_NAME,
-    THETA_FORMAT,
     check_new_output,
     check_resumable,
-    load_theta,
     remove_stale_temporaries,
-    save_theta,
-    theta_path,
     utc_now,
     write_json,
 )
 from ancer_cli.core.noise import Norm, Stream, input_generator, theta_from_sigma
-from ancer_cli.core.optimize import (
+from ancer_cli.core.optimize.config import (
     AncerConfig,
     GuardedAncerConfig,
     IsotropicConfig,
     IsotropicSearchConfig,
     Progress,
-    optimize_ancer,
-    optimize_ancer_guarded,
-    optimize_isotropic,
-    search_isotropic,
 )
+from ancer_cli.core.optimize.published import optimize_ancer, optimize_isotropic
+from ancer_cli.core.optimize.search import optimize_ancer_guarded, search_isotropic
 from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.data import LoadedData
@@ -48,7 +40,15 @@ from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
 from ancer_cli.errors import AncerError, OutputError
 from ancer_cli.inputs import labels_record, load_run_inputs, select_indices
 from ancer_cli.runtime import provenance, versions
-from ancer_cli.thetas import open_thetas
+from ancer_cli.thetas import (
+    ISOTROPIC_SUBFOLDER,
+    MANIFEST_NAME,
+    THETA_FORMAT,
+    load_theta,
+    open_thetas,
+    save_theta,
+    theta_path,
+)
 
 
 class Method(str, enum.Enum):

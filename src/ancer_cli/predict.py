@@ -1,45 +1,45 @@
 """The dataset loop of ``ancer predict`` over :func:`ancer_cli.core.smoothing.predict_many`
-(Cohen et al.'s PREDICT): a request becomes a plan through certify's input resolution, the
-plan's inputs become predictions, and certify's sharded, resumable results loop writes them as
-rows ``idx label predict correct time``."""
+(Cohen et al.'s PREDICT): a request becomes a plan through the input resolution certify uses
+too (:func:`ancer_cli.inputs.resolve_inputs`), the plan's inputs become predictions, and the
+sharded, resumable results loop (:func:`ancer_cli.results.write_rows`) writes them as rows
+``idx label predict correct time``."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ancer_cli.artifacts import (
-    PREDICTION_COLUMNS,
-    check_new_output,
-    complete_rows,
-    format_prediction_row,
-    results_sidecar_path,
-    utc_now,
-    write_json,
-)
-from ancer_cli.certify import (
-    CertifyMethod,
-    ThetaSource,
-    check_resume,
-    input_groups,
-    resolve_inputs,
-    write_rows,
-)
+from ancer_cli.artifacts import check_new_output, utc_now, write_json
 from ancer_cli.core.bounds import DEFAULT_ALPHA
 from ancer_cli.core.noise import Norm, Stream, input_generator
-from ancer_cli.core.precision import Precision
 from ancer_cli.core.smoothing import ABSTAIN, inputs_per_group, predict_many
 from ancer_cli.data import UNLABELED, LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, Session, collective
-from ancer_cli.inputs import labels_record
+from ancer_cli.inputs import (
+    InputsSpec,
+    input_groups,
+    labels_record,
+    resolve_inputs,
+    sound_record,
+)
+from ancer_cli.results import (
+    PREDICTION_COLUMNS,
+    check_resume,
+    complete_rows,
+    format_prediction_row,
+    results_sidecar_path,
+    run_seed,
+    write_rows,
+)
 from ancer_cli.runtime import provenance
+from ancer_cli.thetas import CertifyMethod, ThetaSource
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class PredictConfig:
     alpha: float = DEFAULT_ALPHA
     batch_size: int = 1000
     seed: int = 0
+    sound: int | None = None
+    """the data's grid levels ``s`` for sound sampling (:mod:`ancer_cli.core.sound`)"""
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def predict_dataset(
     wall time of sampling and testing, shared evenly by inputs that share forward passes.
     """
     group = inputs_per_group(0, config.num, config.batch_size)
-    for chosen in input_groups(data, indices, thetas, group, device):
+    for chosen in input_groups(data, indices, thetas, group, device, config.sound):
         generators = [
             input_generator(config.seed, idx, device, Stream.predict) for idx in chosen.indices
         ]
@@ -98,6 +100,7 @@ def predict_dataset(
             config.alpha,
             config.batch_size,
             generators,
+            sound=config.sound,
         )
         seconds = (time.perf_counter() - began) / len(chosen.indices)
         for idx, label, prediction in zip(chosen.indices, chosen.labels, predictions, strict=True):
@@ -138,7 +141,7 @@ def run_predict(
     """PREDICT ``indices`` into the predictions file ``out`` and its JSON sidecar.
 
     Rows are flushed one by one in index order; resuming (with any number of processes) and
-    sharding work as for certify (:func:`ancer_cli.certify.write_rows`). Rank 0 returns the
+    sharding work as for certify (:func:`ancer_cli.results.write_rows`). Rank 0 returns the
     summary, the other ranks ``None``.
     """
     began = time.perf_counter()
@@ -195,30 +198,16 @@ def run_predict(
 
 @dataclass(frozen=True)
 class PredictRequest:
-    """What ``ancer predict`` is asked to do. ``None`` means "as the thetas' manifest (or the
-    model file) records it"; exactly one of ``sigma`` and ``thetas`` is given."""
+    """What ``ancer predict`` is asked to do: ``inputs`` says what to smooth, with which thetas,
+    on which inputs (see :class:`~ancer_cli.inputs.InputsSpec`); the rest how to predict."""
 
     out: Path = Path("predictions.csv")
-    model: Path | None = None
-    thetas: Path | None = None
-    sigma: float | None = None
-    method: CertifyMethod | None = None
-    dataset: str | None = None
-    data_root: Path | None = None
-    split: str | None = None
-    norm: Norm | None = None
-    arch: str | None = None
-    classes: Path | None = None
+    inputs: InputsSpec = field(default_factory=InputsSpec)
     num: int = PredictConfig.num
     alpha: float = PredictConfig.alpha
     batch_size: int = PredictConfig.batch_size
-    skip: int = 1
-    max_index: int | None = None
-    precision: Precision = Precision.fp32
-    channels_last: bool = False
     resume: bool = False
     force: bool = False
-    seed: int = PredictConfig.seed
 
 
 @dataclass(frozen=True)
@@ -261,19 +250,23 @@ class PredictPlan:
 
 
 def plan_predict(request: PredictRequest, session: Session) -> PredictPlan:
-    """Load and check everything ``request`` needs, on every rank (a collective)."""
+    """Load and check everything ``request`` needs, on every rank (a collective); the seed as
+    :func:`~ancer_cli.certify.plan_certify` chooses it."""
+    seed = run_seed(request.inputs.seed, request.out, request.resume, session.ranks)
+    request = replace(request, inputs=replace(request.inputs, seed=seed))
     return collective(session.ranks, lambda: _plan(request, session))
 
 
 def _plan(request: PredictRequest, session: Session) -> PredictPlan:
     check_new_output(request.out, force=request.force, resume=request.resume)
-    inputs = resolve_inputs(request, session)
+    inputs = resolve_inputs(request.inputs, session)
     config = PredictConfig(
         norm=inputs.norm,
         num=request.num,
         alpha=request.alpha,
         batch_size=request.batch_size,
-        seed=request.seed,
+        seed=request.inputs.seed,
+        sound=inputs.grid_levels,
     )
     record = {
         "format": "ancer-predictions/1",
@@ -284,6 +277,7 @@ def _plan(request: PredictRequest, session: Session) -> PredictPlan:
             "batch_size": request.batch_size,
         },
         "labels": labels_record(inputs.data),
+        **sound_record(inputs),
         "world_size": session.ranks.world_size,  # not an argument: a run resumes on any number
         **provenance(session.device),
     }

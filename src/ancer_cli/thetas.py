@@ -1,4 +1,6 @@
-"""Theta sources: our folders (with manifest), original ANCER folders, isotropic value files.
+"""Thetas: the theta-folder format (``theta_{split}_{idx}.pt`` files and ``manifest.json``), the
+sources a run reads them from (our folders, original ANCER folders, isotropic value files), and
+how a run maps each input to its theta (:data:`ThetaSource`).
 
 Also :func:`read_input_thetas`: chosen inputs of a source with their images, for pictures.
 """
@@ -6,24 +8,197 @@ Also :func:`read_input_thetas`: chosen inputs of a source with their images, for
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ancer_cli.artifacts import (
-    MANIFEST_NAME,
-    load_theta,
-    read_isotropic_values,
-    read_manifest,
-    theta_indices,
-    theta_path,
-)
-from ancer_cli.core.noise import Norm
+from ancer_cli.artifacts import atomic_writer, read_json
+from ancer_cli.core.noise import Norm, Theta
+from ancer_cli.core.sound import sound_theta
 from ancer_cli.data import LoadedData, load_dataset
-from ancer_cli.errors import ThetaError
+from ancer_cli.errors import ResultsError, ThetaError
+
+
+class CertifyMethod(str, enum.Enum):
+    """How theta was chosen: one sigma for all (Cohen et al.), per-input scalar, per-input tensor."""
+
+    fixed = "fixed"
+    isotropic = "isotropic"
+    ancer = "ancer"
+
+
+ThetaSource = Callable[[int], Theta]
+"""Maps a dataset index to the input's theta (a number or a tensor on the model's device)."""
+
+
+def fixed_theta(theta: float) -> ThetaSource:
+    """The same theta for every input (Cohen et al.'s fixed-sigma smoothing)."""
+    return lambda _idx: theta
+
+
+def sound_thetas(thetas: ThetaSource, norm: Norm, levels: int) -> ThetaSource:
+    """``thetas`` as the sound sampler certifies them on the ``1/levels`` grid
+    (:func:`~ancer_cli.core.sound.sound_theta`: l2 unchanged, l1 the grid half-width), so radii,
+    ``min_sigma`` and the memory pass all speak of the noise actually drawn."""
+    return lambda idx: sound_theta(thetas(idx), norm, levels)
+
+
+# ---------------------------------------------------------------------------------------------
+# theta folders: theta_{split}_{idx}.pt (the original ANCER package's names) + manifest.json
+
+THETA_FORMAT = "ancer-thetas/1"
+MANIFEST_NAME = "manifest.json"
+ISOTROPIC_SUBFOLDER = "isotropic"
+_THETA_NAME = re.compile(r"^theta_(?P<split>[A-Za-z0-9]+)_(?P<idx>\d+)\.pt$")
+
+
+def theta_path(folder: Path, split: str, idx: int) -> Path:
+    """``folder/theta_{split}_{idx}.pt``."""
+    return Path(folder) / f"theta_{split}_{idx}.pt"
+
+
+def save_theta(path: Path, theta: torch.Tensor) -> None:
+    """Write one input's theta (float32, on the CPU) atomically."""
+    with atomic_writer(path, "wb") as handle:
+        torch.save(theta.detach().to("cpu", torch.float32).contiguous().clone(), handle)
+
+
+def validate_theta(theta: object, where: str, shape: tuple[int, ...] | None) -> torch.Tensor:
+    """Check a loaded theta: a floating tensor, 0-d or of ``shape``, finite and > 0."""
+    if not isinstance(theta, torch.Tensor):
+        raise ThetaError(f"{where} holds a {type(theta).__name__}, expected a theta tensor")
+    if not theta.is_floating_point():
+        raise ThetaError(f"{where} holds a {theta.dtype} tensor, expected floating point")
+    if theta.ndim != 0 and shape is not None and tuple(theta.shape) != tuple(shape):
+        raise ThetaError(
+            f"{where} has shape {tuple(theta.shape)}, expected {tuple(shape)} (the input's shape) "
+            "or a single number; were these thetas optimized for another dataset?"
+        )
+    if not bool(torch.isfinite(theta).all()):
+        raise ThetaError(f"{where} contains NaN or infinite values; optimize this input again")
+    if not bool((theta > 0).all()):
+        raise ThetaError(
+            f"{where} contains values <= 0 (min {float(theta.min()):.4g}); theta must be positive"
+        )
+    return theta.to(torch.float32)
+
+
+def load_theta(path: Path, shape: tuple[int, ...] | None) -> torch.Tensor:
+    """Read and validate one theta file (loaded with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ThetaError(f"theta file {path} is missing; optimize that input or lower --max")
+    try:
+        theta = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt or unsafe files
+        raise ThetaError(
+            f"theta file {path} cannot be read as a tensor ({type(error).__name__})"
+        ) from error
+    return validate_theta(theta, f"theta file {path}", shape)
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest, or ``None`` for an original ANCER folder without one."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        manifest = read_json(path, "manifest")
+    except ResultsError as error:
+        raise ThetaError(str(error)) from error
+    if manifest.get("format") != THETA_FORMAT:
+        raise ThetaError(
+            f"manifest {path} has format {manifest.get('format')!r}, expected {THETA_FORMAT!r}"
+        )
+    _check_manifest_fields(manifest, path)
+    return manifest
+
+
+def _check_manifest_fields(manifest: dict[str, Any], path: Path) -> None:
+    """The fields later code relies on, with the types it expects."""
+
+    def bad(field: str, expected: str) -> ThetaError:
+        return ThetaError(
+            f"manifest {path}: {field} must be {expected}; the file is damaged, "
+            "optimize again with --force"
+        )
+
+    arguments = manifest.get("arguments")
+    if not isinstance(arguments, dict):
+        raise bad("arguments", "an object")
+    for key in ("model", "model_sha256", "dataset", "split", "norm"):
+        if not isinstance(arguments.get(key), str):
+            raise bad(f"arguments.{key}", "a string")
+    for key in ("data_root", "classes"):
+        if not isinstance(arguments.get(key), str | None):
+            raise bad(f"arguments.{key}", "a string or null")
+    if manifest.get("method") not in ("isotropic", "ancer"):
+        raise bad("method", "isotropic or ancer")
+    indices = manifest.get("indices")
+    if not isinstance(indices, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices
+    ):
+        raise bad("indices", "a list of dataset indices")
+    if not isinstance(manifest.get("complete"), bool):
+        raise bad("complete", "true or false")
+
+
+def theta_indices(folder: Path, split: str) -> list[int]:
+    """Sorted dataset indices that have a ``theta_{split}_{idx}.pt`` file in ``folder``."""
+    found = []
+    for entry in Path(folder).iterdir():
+        match = _THETA_NAME.match(entry.name)
+        if match and match["split"] == split:
+            found.append(int(match["idx"]))
+    return sorted(found)
+
+
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive, or a legacy pickle
+
+
+def read_isotropic_values(path: Path) -> torch.Tensor:
+    """An isotropic thetas file: a 1-d float tensor saved with ``torch.save`` (the original
+    data-dependent smoothing code's output, whatever its file name: it writes
+    ``isotropic_parameters`` without a suffix) or a text file with one number per line.
+
+    Returns the values as a 1-d float32 tensor; how they map to inputs is the caller's
+    (:func:`open_thetas`) business.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if path.suffix in (".pt", ".pth") or head.startswith(_TORCH_MAGIC):
+            values = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(values, torch.Tensor):
+                raise ThetaError(
+                    f"isotropic thetas file {path} holds a {type(values).__name__}, expected a tensor"
+                )
+        else:
+            values = torch.tensor([float(v) for v in path.read_text().split()], dtype=torch.float64)
+    except ThetaError:
+        raise
+    except Exception as error:
+        raise ThetaError(
+            f"isotropic thetas file {path} cannot be read ({type(error).__name__}: {error})"
+        ) from error
+    if sum(size > 1 for size in values.shape) > 1:
+        raise ThetaError(
+            f"isotropic thetas file {path} holds a tensor of shape {tuple(values.shape)}; "
+            "expected one sigma per input (a 1-d tensor)"
+        )
+    values = values.detach().flatten().to(torch.float32)
+    if values.numel() == 0:
+        raise ThetaError(f"isotropic thetas file {path} is empty; expected one sigma per input")
+    return validate_theta(values, f"isotropic thetas file {path}", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# theta sources: folders and value files, opened once per run
 
 
 class ValueLayout(str, enum.Enum):
@@ -125,6 +300,7 @@ def open_thetas(
     model_sha256: str | None,
     device: torch.device,
     selected: Sequence[int] | None = None,
+    recorded: RecordedRun | None = None,
 ) -> ThetaSet:
     """Open a thetas folder or isotropic value file for ``data`` and check it fits the run.
 
@@ -134,6 +310,9 @@ def open_thetas(
     selects (``selected``, the dataset indices of ``--skip``/``--max`` in index order): value
     k then belongs to ``selected[k]``. When both lengths agree the meanings coincide; any other
     length is a :class:`ThetaError`.
+
+    ``recorded`` is :func:`recorded_run` of the same ``path`` when the caller has read it
+    already: its manifest is used rather than read again (a run reads the manifest once).
     """
     path = Path(path)
     shape = tuple(data.info.input_shape)
@@ -172,7 +351,7 @@ def open_thetas(
             positions=positions,
             layout=layout,
         )
-    manifest = read_manifest(path)
+    manifest = recorded.manifest if recorded is not None else read_manifest(path)
     if manifest is None:
         indices = theta_indices(path, data.split)
         if not indices:
@@ -266,7 +445,9 @@ def read_input_thetas(
             "pass --dataset (and --data-root)"
         )
     data = load_dataset(name, split or recorded.split or "test", data_root or recorded.data_root)
-    thetas = open_thetas(path, data, norm=None, model_sha256=None, device=torch.device("cpu"))
+    thetas = open_thetas(
+        path, data, norm=None, model_sha256=None, device=torch.device("cpu"), recorded=recorded
+    )
     available = set(thetas.indices)
     chosen = list(indices) if indices else thetas.indices[:DEFAULT_PICTURES]
     size = len(data.dataset)  # type: ignore[arg-type]

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from ancer_cli import analysis
 from ancer_cli.analysis import Metric
-from ancer_cli.artifacts import read_results
 from ancer_cli.errors import ResultsError
+from ancer_cli.results import read_results
 from tests.analysis.frames import (
     COHEN,
     COHEN_FILES,

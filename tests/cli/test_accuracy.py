@@ -10,7 +10,6 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner, Result
 
 from ancer_cli.cli import app
+from tests.helpers import CERTIFY_FAST, ok
 
 COHEN = Path("/work/shared/reference/cohen2019")
 CIFAR_025 = COHEN / "cifar10_resnet110_noise_0.25_sigma_0.25.tsv"
@@ -227,8 +227,11 @@ def test_plot_bad_suffix_is_usage_error(ancer_file: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "curve.svg").exists()
 
 
-def test_plot_missing_folder(ancer_file: Path, tmp_path: Path) -> None:
-    assert_one_error_line(run(ancer_file, "--plot", tmp_path / "no" / "c.png"), "does not exist")
+def test_plot_folder_blocked_by_a_file(ancer_file: Path, tmp_path: Path) -> None:
+    (tmp_path / "no").write_text("a file where the folder of --plot should be")
+    assert_one_error_line(
+        run(ancer_file, "--plot", tmp_path / "no" / "c.png"), "cannot create folder"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,14 +466,14 @@ def test_plot_proxy_of_cohen_file_fails(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fresh_results(
-    tmp_path_factory: pytest.TempPathFactory, model_path: Path, thetas_dir: Path, cli: Any
+    tmp_path_factory: pytest.TempPathFactory, model_path: Path, thetas_dir: Path
 ) -> tuple[Path, Path]:
     """Fixed-sigma and ANCER results of the session's digits model, certified now."""
     folder = tmp_path_factory.mktemp("fresh")
     fixed, ancer = folder / "fixed.tsv", folder / "ancer.tsv"
-    cli.ok("certify", "--model", model_path, "--sigma", "0.25", "--max", 6, "--alpha", "0.01",
-           "--out", fixed, *cli.CERTIFY_FAST)  # fmt: skip
-    cli.ok("certify", "--thetas", thetas_dir, "--out", ancer, *cli.CERTIFY_FAST)
+    ok("certify", "--model", model_path, "--sigma", "0.25", "--max", 6, "--alpha", "0.01",
+       "--out", fixed, *CERTIFY_FAST)  # fmt: skip
+    ok("certify", "--thetas", thetas_dir, "--out", ancer, *CERTIFY_FAST)
     return fixed, ancer
 
 

@@ -20,6 +20,25 @@ from scipy.stats import beta
 from scipy.stats import norm as normal
 
 from ancer_cli.data import load_dataset
+from tests.helpers import (
+    CERTIFY_FAST,
+    OPTIMIZE_FAST,
+    OPTIMIZED_INPUTS,
+    RESULT_HEADER,
+    assert_domain_error,
+    assert_usage_error,
+    describe,
+    error_lines,
+    invoke,
+    ok,
+    on_device,
+    read_rows,
+    rounded_down,
+    rounded_near,
+    save_colour_model,
+    without_time,
+    write_class_images,
+)
 
 SIGMA = 0.25
 N = 200
@@ -36,12 +55,12 @@ def gaps(norm: str, n: int = N, alpha: float = ALPHA) -> list[float]:
     return found
 
 
-def matching_gap(cli, row, low: float, mean: float, norm: str) -> float:
+def matching_gap(row, low: float, mean: float, norm: str) -> float:
     """The gap that explains the row's radius and radius_proxy (both rounded down)."""
     matches = [
         g
         for g in gaps(norm)
-        if cli.rounded_down(low * g, row.radius) and cli.rounded_down(mean * g, row.radius_proxy)
+        if rounded_down(low * g, row.radius) and rounded_down(mean * g, row.radius_proxy)
     ]
     assert len(matches) == 1, (row, matches)
     return matches[0]
@@ -52,16 +71,14 @@ def labels() -> list[int]:
     return [int(data.dataset[i][1]) for i in range(len(data.dataset))]
 
 
-def certify(cli, *args: object):
-    return cli.ok("certify", *cli.CERTIFY_FAST, *args)
+def certify(*args: object):
+    return ok("certify", *CERTIFY_FAST, *args)
 
 
 @pytest.fixture(scope="module")
-def fixed_run(cli, model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+def fixed_run(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("fixed") / "fixed.csv"
-    result = certify(
-        cli, "--model", model_path, "--sigma", SIGMA, "--skip", 2, "--max", 7, "--out", out
-    )
+    result = certify("--model", model_path, "--sigma", SIGMA, "--skip", 2, "--max", 7, "--out", out)
     return out, result
 
 
@@ -69,14 +86,14 @@ def fixed_run(cli, model_path: Path, tmp_path_factory: pytest.TempPathFactory):
 # fixed sigma
 
 
-def test_fixed_header_and_rows_in_index_order(cli, fixed_run) -> None:
+def test_fixed_header_and_rows_in_index_order(fixed_run) -> None:
     out, result = fixed_run
     text = out.read_text()
     assert text.splitlines()[0] == (
         "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime"
     )
     assert text.endswith("\n")
-    rows = cli.read_rows(out)
+    rows = read_rows(out)
     assert [row.idx for row in rows] == [0, 2, 4, 6]
     truth = labels()
     for row in rows:
@@ -87,30 +104,30 @@ def test_fixed_header_and_rows_in_index_order(cli, fixed_run) -> None:
     assert f"{out}: 4 inputs" in result.stdout
 
 
-def test_fixed_radius_is_cohens_radius_rounded_down(cli, fixed_run) -> None:
+def test_fixed_radius_is_cohens_radius_rounded_down(fixed_run) -> None:
     out, _ = fixed_run
-    rows = cli.read_rows(out)
+    rows = read_rows(out)
     assert any(row.predict != -1 for row in rows), "nothing certified; model too weak?"
     for row in rows:
-        assert cli.rounded_near(SIGMA, row.min_sigma)
+        assert rounded_near(SIGMA, row.min_sigma)
         assert row.radius == row.radius_proxy  # isotropic: min(theta) == geomean(theta)
         if row.predict == -1:
             assert float(row.radius) == 0.0 and row.correct == 0
         else:
-            matching_gap(cli, row, SIGMA, SIGMA, "l2")
+            matching_gap(row, SIGMA, SIGMA, "l2")
 
 
-def test_fixed_l1_uses_sqrt3_sigma_and_linear_gap(cli, model_path: Path, tmp_path: Path) -> None:
+def test_fixed_l1_uses_sqrt3_sigma_and_linear_gap(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "l1.csv"
-    certify(cli, "--model", model_path, "--sigma", SIGMA, "--norm", "l1", "--max", 4, "--out", out)
+    certify("--model", model_path, "--sigma", SIGMA, "--norm", "l1", "--max", 4, "--out", out)
     theta = math.sqrt(3) * SIGMA
-    rows = cli.read_rows(out)
+    rows = read_rows(out)
     assert [row.idx for row in rows] == [0, 1, 2, 3]
     for row in rows:
-        assert cli.rounded_near(theta, row.min_sigma)
+        assert rounded_near(theta, row.min_sigma)
         assert row.radius == row.radius_proxy
         if row.predict != -1:
-            matching_gap(cli, row, theta, theta, "l1")
+            matching_gap(row, theta, theta, "l1")
     sidecar = json.loads((tmp_path / "l1.csv.json").read_text())
     assert sidecar["arguments"]["norm"] == "l1"
 
@@ -131,31 +148,31 @@ def test_sidecar_records_the_run(fixed_run, model_path: Path) -> None:
 
 
 def test_same_seed_same_results_other_seed_still_valid(
-    cli, fixed_run, model_path: Path, tmp_path: Path
+    fixed_run, model_path: Path, tmp_path: Path
 ) -> None:
     out, _ = fixed_run
     again = tmp_path / "again.csv"
     args = ("--model", model_path, "--sigma", SIGMA, "--skip", 2, "--max", 7)
-    certify(cli, *args, "--out", again)
-    assert cli.without_time(again) == cli.without_time(out)
+    certify(*args, "--out", again)
+    assert without_time(again) == without_time(out)
 
     other = tmp_path / "seed1.csv"
-    certify(cli, *args, "--seed", 1, "--out", other)
-    rows, reference = cli.read_rows(other), cli.read_rows(out)
+    certify(*args, "--seed", 1, "--out", other)
+    rows, reference = read_rows(other), read_rows(out)
     assert [(r.idx, r.label) for r in rows] == [(r.idx, r.label) for r in reference]
     for row in rows:
         assert row.radius == row.radius_proxy
         if row.predict != -1:
-            matching_gap(cli, row, SIGMA, SIGMA, "l2")
+            matching_gap(row, SIGMA, SIGMA, "l2")
     assert json.loads((tmp_path / "seed1.csv.json").read_text())["arguments"]["seed"] == 1
 
 
 def test_resume_after_a_cut_line_completes_like_an_uninterrupted_run(
-    cli, model_path: Path, tmp_path: Path
+    model_path: Path, tmp_path: Path
 ) -> None:
     args = ("--model", model_path, "--sigma", SIGMA, "--max", 5)
     full = tmp_path / "full.csv"
-    certify(cli, *args, "--out", full)
+    certify(*args, "--out", full)
     lines = full.read_text().splitlines(keepends=True)
     assert len(lines) == 6
     part = tmp_path / "part.csv"
@@ -164,22 +181,22 @@ def test_resume_after_a_cut_line_completes_like_an_uninterrupted_run(
     sidecar = json.loads(Path(str(full) + ".json").read_text())
     Path(str(part) + ".json").write_text(json.dumps({**sidecar, "complete": False}))
 
-    result = certify(cli, *args, "--out", part, "--resume")
-    assert cli.without_time(part) == cli.without_time(full)
+    result = certify(*args, "--out", part, "--resume")
+    assert without_time(part) == without_time(full)
     kept = part.read_text().splitlines(keepends=True)
     assert kept[:3] == lines[:3]  # rows already written are kept as they were, time included
-    assert [row.idx for row in cli.read_rows(part)] == [0, 1, 2, 3, 4]
+    assert [row.idx for row in read_rows(part)] == [0, 1, 2, 3, 4]
     assert "2 rows kept" in result.stdout
     assert json.loads(Path(str(part) + ".json").read_text())["complete"] is True
 
 
-def test_resume_with_other_n_is_refused(cli, fixed_run, model_path: Path, tmp_path: Path) -> None:
+def test_resume_with_other_n_is_refused(fixed_run, model_path: Path, tmp_path: Path) -> None:
     out, _ = fixed_run
     copy = tmp_path / "copy.csv"
     shutil.copy(out, copy)
     shutil.copy(str(out) + ".json", str(copy) + ".json")
     before = copy.read_text()
-    result = cli.invoke(
+    result = invoke(
         "certify",
         "--model",
         model_path,
@@ -199,9 +216,9 @@ def test_resume_with_other_n_is_refused(cli, fixed_run, model_path: Path, tmp_pa
         copy,
         "--resume",
     )
-    cli.assert_domain_error(result, "N=200", "N=300", str(copy))
+    assert_domain_error(result, "N=200", "N=300", str(copy))
     # refused before anything starts: no banner, no progress bar, only the error line
-    assert result.stderr.strip() == cli.error_lines(result)[0], cli.describe(result)
+    assert result.stderr.strip() == error_lines(result)[0], describe(result)
     assert copy.read_text() == before
 
 
@@ -210,15 +227,15 @@ def test_resume_with_other_n_is_refused(cli, fixed_run, model_path: Path, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def ancer_run(cli, thetas_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def ancer_run(thetas_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("ancer") / "ancer.csv"
-    return out, certify(cli, "--thetas", thetas_dir, "--out", out)
+    return out, certify("--thetas", thetas_dir, "--out", out)
 
 
-def test_certify_ancer_thetas(cli, ancer_run, thetas_dir: Path, model_path: Path) -> None:
+def test_certify_ancer_thetas(ancer_run, thetas_dir: Path, model_path: Path) -> None:
     out, result = ancer_run
-    rows = cli.read_rows(out)
-    assert [row.idx for row in rows] == list(range(cli.OPTIMIZED_INPUTS))
+    rows = read_rows(out)
+    assert [row.idx for row in rows] == list(range(OPTIMIZED_INPUTS))
     assert any(row.predict != -1 for row in rows)
     truth = labels()
     for row in rows:
@@ -226,10 +243,10 @@ def test_certify_ancer_thetas(cli, ancer_run, thetas_dir: Path, model_path: Path
         theta = torch.load(thetas_dir / f"theta_test_{row.idx}.pt", weights_only=True)
         low = float(theta.min())
         mean = float(torch.exp(torch.log(theta.double()).mean()))
-        assert cli.rounded_near(low, row.min_sigma)
+        assert rounded_near(low, row.min_sigma)
         assert float(row.radius_proxy) >= float(row.radius)
         if row.predict != -1:
-            matching_gap(cli, row, low, mean, "l2")
+            matching_gap(row, low, mean, "l2")
         else:
             assert float(row.radius) == float(row.radius_proxy) == 0.0
     sidecar = json.loads(Path(str(out) + ".json").read_text())
@@ -239,29 +256,29 @@ def test_certify_ancer_thetas(cli, ancer_run, thetas_dir: Path, model_path: Path
     )
 
 
-def test_certify_isotropic_thetas(cli, thetas_dir: Path, tmp_path: Path) -> None:
+def test_certify_isotropic_thetas(thetas_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "iso.csv"
-    certify(cli, "--thetas", thetas_dir / "isotropic", "--out", out)
-    rows = cli.read_rows(out)
-    assert [row.idx for row in rows] == list(range(cli.OPTIMIZED_INPUTS))
+    certify("--thetas", thetas_dir / "isotropic", "--out", out)
+    rows = read_rows(out)
+    assert [row.idx for row in rows] == list(range(OPTIMIZED_INPUTS))
     for row in rows:
         theta = float(torch.load(thetas_dir / "isotropic" / f"theta_test_{row.idx}.pt"))
-        assert cli.rounded_near(theta, row.min_sigma)
+        assert rounded_near(theta, row.min_sigma)
         assert row.radius == row.radius_proxy
         if row.predict != -1:
-            matching_gap(cli, row, theta, theta, "l2")
+            matching_gap(row, theta, theta, "l2")
     assert json.loads(Path(str(out) + ".json").read_text())["arguments"]["method"] == "isotropic"
 
 
 def test_original_ancer_folder_without_manifest(
-    cli, ancer_run, thetas_dir: Path, model_path: Path, tmp_path: Path
+    ancer_run, thetas_dir: Path, model_path: Path, tmp_path: Path
 ) -> None:
     out, _ = ancer_run
     # The original package saves thetas[i] of the optimized batch: a view into the storage of
     # the whole batch, written as it is.
     original = tmp_path / "original"
     original.mkdir()
-    count = cli.OPTIMIZED_INPUTS
+    count = OPTIMIZED_INPUTS
     batch = torch.stack(
         [torch.load(thetas_dir / f"theta_test_{i}.pt", weights_only=True) for i in range(count)]
     )
@@ -269,7 +286,6 @@ def test_original_ancer_folder_without_manifest(
         torch.save(batch[i], original / f"theta_test_{i}.pt")
     plain = tmp_path / "plain.csv"
     certify(
-        cli,
         "--thetas",
         original,
         "--model",
@@ -281,29 +297,28 @@ def test_original_ancer_folder_without_manifest(
         "--out",
         plain,
     )
-    assert cli.without_time(plain) == cli.without_time(out)
+    assert without_time(plain) == without_time(out)
 
 
 def test_original_ancer_folder_needs_dataset_and_norm(
-    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+    thetas_dir: Path, model_path: Path, tmp_path: Path
 ) -> None:
     original = tmp_path / "original"
     original.mkdir()
     shutil.copy(thetas_dir / "theta_test_0.pt", original / "theta_test_0.pt")
-    result = cli.invoke(
+    result = invoke(
         "certify", "--thetas", original, "--model", model_path, "--out", tmp_path / "r.csv"
     )
-    cli.assert_domain_error(result, "manifest", "--dataset", "--norm")
+    assert_domain_error(result, "manifest", "--dataset", "--norm")
     assert not (tmp_path / "r.csv").exists()
 
 
-def test_isotropic_values_file(cli, model_path: Path, tmp_path: Path) -> None:
+def test_isotropic_values_file(model_path: Path, tmp_path: Path) -> None:
     values = [0.2 + 0.0002 * i for i in range(500)]  # one per digits test input
     source = tmp_path / "sigmas.txt"
     source.write_text("".join(f"{v}\n" for v in values))
     out = tmp_path / "values.csv"
     certify(
-        cli,
         "--thetas",
         source,
         "--model",
@@ -317,60 +332,58 @@ def test_isotropic_values_file(cli, model_path: Path, tmp_path: Path) -> None:
         "--out",
         out,
     )
-    rows = cli.read_rows(out)
+    rows = read_rows(out)
     assert [row.idx for row in rows] == [0, 100, 200, 300, 400]
     for row in rows:
         theta = float(torch.tensor(values[row.idx], dtype=torch.float32))
-        assert cli.rounded_near(theta, row.min_sigma)
+        assert rounded_near(theta, row.min_sigma)
         assert row.radius == row.radius_proxy
         if row.predict != -1:
-            matching_gap(cli, row, theta, theta, "l2")
+            matching_gap(row, theta, theta, "l2")
     sidecar = json.loads(Path(str(out) + ".json").read_text())
     assert sidecar["arguments"]["method"] == "isotropic"
 
 
-def test_resume_after_a_crash_with_thetas(
-    cli, ancer_run, thetas_copy: Path, tmp_path: Path
-) -> None:
+def test_resume_after_a_crash_with_thetas(ancer_run, thetas_copy: Path, tmp_path: Path) -> None:
     """A run that dies at input 3 (its theta file unreadable), resumed once the file is back,
     ends with exactly the rows of an uninterrupted run: nothing lost, nothing duplicated."""
     full, _ = ancer_run
     good = (thetas_copy / "theta_test_3.pt").read_bytes()
     (thetas_copy / "theta_test_3.pt").write_bytes(b"not a tensor")
     out = tmp_path / "crash.csv"
-    crashed = cli.invoke("certify", "--thetas", thetas_copy, *cli.CERTIFY_FAST, "--out", out)
-    cli.assert_domain_error(crashed, "theta_test_3.pt")
+    crashed = invoke("certify", "--thetas", thetas_copy, *CERTIFY_FAST, "--out", out)
+    assert_domain_error(crashed, "theta_test_3.pt")
     assert json.loads(Path(str(out) + ".json").read_text())["complete"] is False
 
     (thetas_copy / "theta_test_3.pt").write_bytes(good)
-    result = certify(cli, "--thetas", thetas_copy, "--out", out, "--resume")
+    result = certify("--thetas", thetas_copy, "--out", out, "--resume")
     assert "3 rows kept" in result.stdout
-    assert cli.without_time(out) == cli.without_time(full)
+    assert without_time(out) == without_time(full)
     assert json.loads(Path(str(out) + ".json").read_text())["complete"] is True
 
 
-def test_thetas_with_skip_and_max(cli, ancer_run, thetas_dir: Path, tmp_path: Path) -> None:
+def test_thetas_with_skip_and_max(ancer_run, thetas_dir: Path, tmp_path: Path) -> None:
     full, _ = ancer_run
     out = tmp_path / "some.csv"
-    certify(cli, "--thetas", thetas_dir, "--skip", 2, "--max", 5, "--out", out)
-    rows = cli.without_time(out)
-    reference = cli.without_time(full)
+    certify("--thetas", thetas_dir, "--skip", 2, "--max", 5, "--out", out)
+    rows = without_time(out)
+    reference = without_time(full)
     assert rows == [reference[0]] + [reference[1 + i] for i in (0, 2, 4)]
 
 
-def test_accuracy_reads_certify_output(cli, fixed_run) -> None:
+def test_accuracy_reads_certify_output(fixed_run) -> None:
     out, _ = fixed_run
-    rows = cli.read_rows(out)
-    result = cli.ok("accuracy", out, "--radius", 0, "--format", "json")
+    rows = read_rows(out)
+    result = ok("accuracy", out, "--radius", 0, "--format", "json")
     entry = json.loads(result.stdout)["files"][out.name]
     assert entry["inputs"] == len(rows)
     assert entry["clean_accuracy"] == sum(r.correct for r in rows) / len(rows)
     assert entry["abstention_rate"] == sum(r.predict == -1 for r in rows) / len(rows)
 
 
-def test_l1_thetas_round_trip(cli, model_path: Path, tmp_path: Path) -> None:
+def test_l1_thetas_round_trip(model_path: Path, tmp_path: Path) -> None:
     thetas = tmp_path / "l1"
-    cli.ok(
+    ok(
         "optimize",
         "--model",
         model_path,
@@ -380,32 +393,31 @@ def test_l1_thetas_round_trip(cli, model_path: Path, tmp_path: Path) -> None:
         "l1",
         "--max",
         3,
-        *cli.OPTIMIZE_FAST,
+        *OPTIMIZE_FAST,
     )
     manifest = json.loads((thetas / "manifest.json").read_text())
     assert manifest["arguments"]["norm"] == "l1"
     out = tmp_path / "l1.csv"
-    certify(cli, "--thetas", thetas, "--out", out)
-    rows = cli.read_rows(out)
+    certify("--thetas", thetas, "--out", out)
+    rows = read_rows(out)
     assert [row.idx for row in rows] == [0, 1, 2]
     for row in rows:
         theta = torch.load(thetas / f"theta_test_{row.idx}.pt", weights_only=True)
         low = float(theta.min())
         mean = float(torch.exp(torch.log(theta.double()).mean()))
-        assert cli.rounded_near(low, row.min_sigma)
+        assert rounded_near(low, row.min_sigma)
         if row.predict != -1:
-            matching_gap(cli, row, low, mean, "l1")
+            matching_gap(row, low, mean, "l1")
     assert json.loads(Path(str(out) + ".json").read_text())["arguments"]["norm"] == "l1"
 
 
-def test_isotropic_values_pt_file(cli, model_path: Path, tmp_path: Path) -> None:
+def test_isotropic_values_pt_file(model_path: Path, tmp_path: Path) -> None:
     """Data-dependent smoothing's own output: one 1-d tensor with a theta per dataset index."""
     values = torch.linspace(0.2, 0.4, 500)
     source = tmp_path / "thetas.pt"
     torch.save(values, source)
     out = tmp_path / "values.csv"
     certify(
-        cli,
         "--thetas",
         source,
         "--model",
@@ -419,46 +431,46 @@ def test_isotropic_values_pt_file(cli, model_path: Path, tmp_path: Path) -> None
         "--out",
         out,
     )
-    rows = cli.read_rows(out)
+    rows = read_rows(out)
     assert [row.idx for row in rows] == [0, 250]
     for row in rows:
         theta = float(values[row.idx])
-        assert cli.rounded_near(theta, row.min_sigma)
+        assert rounded_near(theta, row.min_sigma)
         if row.predict != -1:
-            matching_gap(cli, row, theta, theta, "l2")
+            matching_gap(row, theta, theta, "l2")
 
 
 @pytest.mark.parametrize("left", ["", "idx\tlabel\tpre"])
 def test_resume_after_a_crash_before_the_header_was_written(
-    cli, model_path: Path, tmp_path: Path, left: str
+    model_path: Path, tmp_path: Path, left: str
 ) -> None:
     """The sidecar is written before the results file gets its header, so a crash can leave an
     empty (or half-headed) results file beside a sidecar; --resume must start it over."""
     args = ("--model", model_path, "--sigma", SIGMA, "--max", 3)
     full = tmp_path / "full.csv"
-    certify(cli, *args, "--out", full)
+    certify(*args, "--out", full)
     out = tmp_path / "crash.csv"
     out.write_text(left)
     sidecar = json.loads(Path(str(full) + ".json").read_text())
     Path(str(out) + ".json").write_text(json.dumps({**sidecar, "complete": False}))
-    certify(cli, *args, "--out", out, "--resume")
-    assert cli.without_time(out) == cli.without_time(full)
+    certify(*args, "--out", out, "--resume")
+    assert without_time(out) == without_time(full)
 
 
 # ---------------------------------------------------------------------------------------------
 # sequential certification
 
 
-def test_radius_mode_decides_each_radius_and_records_samples(cli, model_path: Path, tmp_path: Path):
+def test_radius_mode_decides_each_radius_and_records_samples(model_path: Path, tmp_path: Path):
     out = tmp_path / "radius.csv"
     cap = 20_000
-    result = cli.ok(
+    result = ok(
         "certify", "--model", model_path, "--sigma", SIGMA, "--max", 12, "--N", cap,
         "--radius", 0.5, "--radius", 0.25, "--out", out, "--device", "cpu",
     )  # fmt: skip
     lines = out.read_text().splitlines()
     # the seed's eight columns in their order, the sequential ones after them
-    assert lines[0] == cli.RESULT_HEADER.rstrip("\n") + "\tsamples\tstop"
+    assert lines[0] == RESULT_HEADER.rstrip("\n") + "\tsamples\tstop"
     rows = [line.split("\t") for line in lines[1:]]
     assert [int(r[0]) for r in rows] == list(range(12))
     samples = [int(r[8]) for r in rows]
@@ -479,20 +491,20 @@ def test_radius_mode_decides_each_radius_and_records_samples(cli, model_path: Pa
     assert totals["samples_cap_per_input"] == 100 + cap
     assert sum(totals["stops"].values()) == 12
     assert "samples per input: mean" in result.stdout
-    table = cli.ok("accuracy", out, "--radius", 0.5, "--format", "csv").stdout
+    table = ok("accuracy", out, "--radius", 0.5, "--format", "csv").stdout
     assert "mean samples per input" in table and "median samples per input" in table
 
 
-def test_adaptive_mode_and_proxy_radius_with_thetas(cli, thetas_copy: Path, tmp_path: Path):
+def test_adaptive_mode_and_proxy_radius_with_thetas(thetas_copy: Path, tmp_path: Path):
     out = tmp_path / "adaptive.csv"
-    cli.ok("certify", "--thetas", thetas_copy, "--N", 5000, "--sequential", "--out", out,
-           "--device", "cpu")  # fmt: skip
+    ok("certify", "--thetas", thetas_copy, "--N", 5000, "--sequential", "--out", out,
+       "--device", "cpu")  # fmt: skip
     rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
     assert {r[9] for r in rows} <= {"converged", "abstain", "cap"}
     assert all(int(r[8]) <= 5100 for r in rows)
     proxy = tmp_path / "proxy.csv"
-    cli.ok("certify", "--thetas", thetas_copy, "--N", 5000, "--radius", 0.3, "--metric", "proxy",
-           "--out", proxy, "--device", "cpu")  # fmt: skip
+    ok("certify", "--thetas", thetas_copy, "--N", 5000, "--radius", 0.3, "--metric", "proxy",
+       "--out", proxy, "--device", "cpu")  # fmt: skip
     for r in (line.split("\t") for line in proxy.read_text().splitlines()[1:]):
         if r[9] == "certified":
             assert float(r[4]) >= 0.3  # radius_proxy, the unit asked for
@@ -508,53 +520,53 @@ def test_adaptive_mode_and_proxy_radius_with_thetas(cli, thetas_copy: Path, tmp_
         (("--sequential", "--tolerance", "-0.1"), "--tolerance"),
     ],
 )
-def test_sequential_usage_errors(cli, model_path: Path, tmp_path: Path, args, fragment):
-    result = cli.invoke(
+def test_sequential_usage_errors(model_path: Path, tmp_path: Path, args, fragment):
+    result = invoke(
         "certify", "--model", model_path, "--sigma", SIGMA, "--out", tmp_path / "r.csv", *args
     )
-    cli.assert_usage_error(result, fragment)
+    assert_usage_error(result, fragment)
     assert not (tmp_path / "r.csv").exists()
 
 
-def test_resume_refuses_another_mode(cli, model_path: Path, tmp_path: Path):
+def test_resume_refuses_another_mode(model_path: Path, tmp_path: Path):
     out = tmp_path / "r.csv"
     base = ("certify", "--model", model_path, "--sigma", SIGMA, "--max", 3, "--N", 2000)
-    cli.ok(*base, "--radius", 0.5, "--out", out, "--device", "cpu")
-    result = cli.invoke(*base, "--radius", 0.25, "--out", out, "--resume", "--device", "cpu")
-    cli.assert_domain_error(result, "sequential.radii")
-    result = cli.invoke(*base, "--out", out, "--resume", "--device", "cpu")
-    cli.assert_domain_error(result, "header")
+    ok(*base, "--radius", 0.5, "--out", out, "--device", "cpu")
+    result = invoke(*base, "--radius", 0.25, "--out", out, "--resume", "--device", "cpu")
+    assert_domain_error(result, "sequential.radii")
+    result = invoke(*base, "--out", out, "--resume", "--device", "cpu")
+    assert_domain_error(result, "header")
 
 
 # on CUDA (benchmarks/gpu_check.sh runs these; skipped without a CUDA device)
 
 
-def certify_on_cuda(cli, *args: object):
-    return cli.ok("certify", *cli.on_device(cli.CERTIFY_FAST, "cuda"), *args)
+def certify_on_cuda(*args: object):
+    return ok("certify", *on_device(CERTIFY_FAST, "cuda"), *args)
 
 
 @pytest.mark.cuda
-def test_same_seed_same_results_on_cuda_twice(cli, model_path: Path, tmp_path: Path) -> None:
+def test_same_seed_same_results_on_cuda_twice(model_path: Path, tmp_path: Path) -> None:
     # batch 64: several forward passes per input, and certify_many groups (N0 = 20 < 64)
     args = ("--model", model_path, "--sigma", SIGMA, "--max", 8, "--batch-size", 64)
     first, second = tmp_path / "first.csv", tmp_path / "second.csv"
-    certify_on_cuda(cli, *args, "--out", first)
-    certify_on_cuda(cli, *args, "--out", second)
-    assert cli.without_time(first) == cli.without_time(second)
-    rows = cli.read_rows(first)
+    certify_on_cuda(*args, "--out", first)
+    certify_on_cuda(*args, "--out", second)
+    assert without_time(first) == without_time(second)
+    rows = read_rows(first)
     assert [row.idx for row in rows] == list(range(8))
     assert any(row.predict != -1 for row in rows), "nothing certified on CUDA"
     for row in rows:
         if row.predict != -1:
-            matching_gap(cli, row, SIGMA, SIGMA, "l2")
+            matching_gap(row, SIGMA, SIGMA, "l2")
     sidecar = json.loads((tmp_path / "first.csv.json").read_text())
     assert sidecar["device"].startswith("cuda")
 
 
 @pytest.mark.cuda
-def test_device_auto_picks_cuda(cli, model_path: Path, tmp_path: Path) -> None:
+def test_device_auto_picks_cuda(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "auto.csv"
-    cli.ok(
+    ok(
         "certify",
         "--N0",
         20,
@@ -571,7 +583,7 @@ def test_device_auto_picks_cuda(cli, model_path: Path, tmp_path: Path) -> None:
     )
     sidecar = json.loads((tmp_path / "auto.csv.json").read_text())
     assert sidecar["device"].startswith("cuda"), sidecar["device"]
-    assert len(cli.read_rows(out)) == 2
+    assert len(read_rows(out)) == 2
 
 
 @pytest.mark.cuda
@@ -585,17 +597,15 @@ def test_device_auto_picks_cuda(cli, model_path: Path, tmp_path: Path) -> None:
     ],
     ids=["fp32-channels-last", "bf16", "bf16-channels-last", "fp16-channels-last"],
 )
-def test_speed_options_on_cuda(cli, model_path: Path, tmp_path: Path, options) -> None:
+def test_speed_options_on_cuda(model_path: Path, tmp_path: Path, options) -> None:
     out = tmp_path / "fast.csv"
-    certify_on_cuda(
-        cli, "--model", model_path, "--sigma", SIGMA, "--max", 4, "--out", out, *options
-    )
-    rows = cli.read_rows(out)
+    certify_on_cuda("--model", model_path, "--sigma", SIGMA, "--max", 4, "--out", out, *options)
+    rows = read_rows(out)
     assert [row.idx for row in rows] == [0, 1, 2, 3]
     assert any(row.predict != -1 for row in rows)
     for row in rows:
         if row.predict != -1:
-            matching_gap(cli, row, SIGMA, SIGMA, "l2")
+            matching_gap(row, SIGMA, SIGMA, "l2")
     arguments = json.loads((tmp_path / "fast.csv.json").read_text())["arguments"]
     precision = options[options.index("--precision") + 1] if "--precision" in options else "fp32"
     assert arguments["precision"] == precision
@@ -603,21 +613,21 @@ def test_speed_options_on_cuda(cli, model_path: Path, tmp_path: Path, options) -
 
 
 @pytest.mark.cuda
-def test_ancer_thetas_and_memory_pass_on_cuda(cli, cuda_thetas_dir: Path, tmp_path: Path) -> None:
+def test_ancer_thetas_and_memory_pass_on_cuda(cuda_thetas_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ancer.csv"
     result = certify_on_cuda(
-        cli, "--thetas", cuda_thetas_dir, "--out", out, "--precision", "bf16", "--channels-last"
+        "--thetas", cuda_thetas_dir, "--out", out, "--precision", "bf16", "--channels-last"
     )
-    rows = cli.read_rows(out)
-    assert [row.idx for row in rows] == list(range(cli.OPTIMIZED_INPUTS))
+    rows = read_rows(out)
+    assert [row.idx for row in rows] == list(range(OPTIMIZED_INPUTS))
     assert any(row.predict != -1 for row in rows)
     for row in rows:
         theta = torch.load(cuda_thetas_dir / f"theta_test_{row.idx}.pt", weights_only=True)
         low = float(theta.min())
         mean = float(torch.exp(torch.log(theta.double()).mean()))
-        assert cli.rounded_near(low, row.min_sigma)
+        assert rounded_near(low, row.min_sigma)
         if row.predict != -1:
-            matching_gap(cli, row, low, mean, "l2")
+            matching_gap(row, low, mean, "l2")
     sidecar = json.loads((tmp_path / "ancer.csv.json").read_text())
     assert sidecar["device"].startswith("cuda") and sidecar["complete"] is True
     assert sidecar["memory"]["enabled"] is True and "reassigned" in sidecar["memory"]
@@ -630,19 +640,19 @@ def test_ancer_thetas_and_memory_pass_on_cuda(cli, cuda_thetas_dir: Path, tmp_pa
 CIFAR10_NAMES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 
 
-def certify_folder(cli, model: Path, root: Path, out: Path, *extra: object):
+def certify_folder(model: Path, root: Path, out: Path, *extra: object):
     return certify(
-        cli, "--model", model, "--dataset", "folder", "--data-root", root, "--sigma", SIGMA,
+        "--model", model, "--dataset", "folder", "--data-root", root, "--sigma", SIGMA,
         "--out", out, *extra,
     )  # fmt: skip
 
 
-def test_ten_class_model_on_one_class_index_folder(cli, colour_model: Path, tmp_path: Path):
+def test_ten_class_model_on_one_class_index_folder(colour_model: Path, tmp_path: Path):
     root = tmp_path / "mine"
-    cli.write_class_images(root / "7", 7, 10, count=3)
+    write_class_images(root / "7", 7, 10, count=3)
     out = tmp_path / "r.csv"
-    result = certify_folder(cli, colour_model, root, out)
-    rows = cli.read_rows(out)
+    result = certify_folder(colour_model, root, out)
+    rows = read_rows(out)
     assert [(row.label, row.predict, row.correct) for row in rows] == [(7, 7, 1)] * 3
     assert "labels from sub-folders named by class index: 7 -> 7" in result.stderr
     sidecar = json.loads(Path(str(out) + ".json").read_text())
@@ -650,15 +660,15 @@ def test_ten_class_model_on_one_class_index_folder(cli, colour_model: Path, tmp_
     assert sidecar["arguments"]["classes"] is None
 
 
-def test_subset_of_classes_named_in_a_class_list(cli, colour_model: Path, tmp_path: Path):
+def test_subset_of_classes_named_in_a_class_list(colour_model: Path, tmp_path: Path):
     root = tmp_path / "mine"
-    cli.write_class_images(root / "dog", 5, 10)
-    cli.write_class_images(root / "cat", 3, 10)
+    write_class_images(root / "dog", 5, 10)
+    write_class_images(root / "cat", 3, 10)
     names = tmp_path / "cifar10_classes.txt"
     names.write_text("\n".join(CIFAR10_NAMES) + "\n")
     out = tmp_path / "r.csv"
-    result = certify_folder(cli, colour_model, root, out, "--classes", names)
-    rows = cli.read_rows(out)
+    result = certify_folder(colour_model, root, out, "--classes", names)
+    rows = read_rows(out)
     assert [row.label for row in rows] == [3, 3, 5, 5]
     assert all(row.correct == 1 for row in rows)
     assert "cat -> 3, dog -> 5" in result.stderr and "caution" not in result.stderr
@@ -668,38 +678,38 @@ def test_subset_of_classes_named_in_a_class_list(cli, colour_model: Path, tmp_pa
     assert sidecar["arguments"]["classes"] == str(names)
     # the sorted-names rule would call cat 0 and dog 1: it is used, and said, without the list
     plain = tmp_path / "plain.csv"
-    warned = certify_folder(cli, colour_model, root, plain)
-    assert [row.label for row in cli.read_rows(plain)] == [0, 0, 1, 1]
+    warned = certify_folder(colour_model, root, plain)
+    assert [row.label for row in read_rows(plain)] == [0, 0, 1, 1]
     assert "labels from sorted sub-folder names: cat -> 0, dog -> 1" in warned.stderr
     assert "caution" in warned.stderr and "--classes FILE" in warned.stderr
 
 
-def test_imagenet_subset_with_a_1000_class_model(cli, tmp_path: Path):
-    model = cli.save_colour_model(tmp_path / "resnet50-like.pt", 1000)
+def test_imagenet_subset_with_a_1000_class_model(tmp_path: Path):
+    model = save_colour_model(tmp_path / "resnet50-like.pt", 1000)
     wnids = [f"n{1440764 + 11 * k:08d}" for k in range(1000)]
     synsets = tmp_path / "LOC_synset_mapping.txt"
     synsets.write_text("".join(f"{w} class number {k}\n" for k, w in enumerate(wnids)))
     for k in (0, 999):
-        cli.write_class_images(tmp_path / "imagenet" / "val" / wnids[k], k, 1000, size=(40, 30))
+        write_class_images(tmp_path / "imagenet" / "val" / wnids[k], k, 1000, size=(40, 30))
     out = tmp_path / "r.csv"
     certify(
-        cli, "--model", model, "--dataset", "imagenet", "--data-root", tmp_path / "imagenet",
+        "--model", model, "--dataset", "imagenet", "--data-root", tmp_path / "imagenet",
         "--classes", synsets, "--sigma", SIGMA, "--out", out,
     )  # fmt: skip
-    rows = cli.read_rows(out)
+    rows = read_rows(out)
     assert [row.label for row in rows] == [0, 0, 999, 999]
     assert all(row.correct == int(row.predict == row.label) for row in rows)
 
 
-def test_flat_folder_of_unlabeled_images(cli, colour_model: Path, tmp_path: Path):
+def test_flat_folder_of_unlabeled_images(colour_model: Path, tmp_path: Path):
     root = tmp_path / "photos"
     for k in (2, 8):
-        cli.write_class_images(root / "tmp", k, 10, count=1)
+        write_class_images(root / "tmp", k, 10, count=1)
         (root / "tmp" / "0.png").rename(root / f"photo_{k}.png")
     (root / "tmp").rmdir()
     out = tmp_path / "r.csv"
-    result = certify_folder(cli, colour_model, root, out)
-    rows = cli.read_rows(out)
+    result = certify_folder(colour_model, root, out)
+    rows = read_rows(out)
     assert [(row.label, row.predict, row.correct) for row in rows] == [(-1, 2, 0), (-1, 8, 0)]
     assert all(float(row.radius) > 0 for row in rows)
     assert "no labels (accuracy not measured)" in result.stdout
@@ -709,34 +719,34 @@ def test_flat_folder_of_unlabeled_images(cli, colour_model: Path, tmp_path: Path
     assert sidecar["totals"]["labeled"] == 0
     assert sidecar["totals"]["certified_accuracy_at_0"] is None
 
-    report = cli.ok("accuracy", out, "--format", "json", "-r", 0, "-r", 0.25)
+    report = ok("accuracy", out, "--format", "json", "-r", 0, "-r", 0.25)
     entry = json.loads(report.stdout)["files"][out.name]
     assert entry["inputs"] == 2 and entry["labeled_inputs"] == 0
     assert entry["clean_accuracy"] is None and entry["certified_accuracy"]["0.25"] is None
     assert entry["abstention_rate"] == 0.0
     assert "no labels" in report.stderr and "not applicable" in report.stderr
-    table = cli.ok("accuracy", out, "--format", "markdown", "-r", 0.25).stdout
+    table = ok("accuracy", out, "--format", "markdown", "-r", 0.25).stdout
     assert "| certified accuracy at 0.25 | - |" in table
     assert "| labeled inputs | 0 |" in table and "| abstention rate | 0.000 |" in table
 
 
-def test_optimize_records_the_class_list_for_certify(cli, colour_model: Path, tmp_path: Path):
+def test_optimize_records_the_class_list_for_certify(colour_model: Path, tmp_path: Path):
     root = tmp_path / "mine"
-    cli.write_class_images(root / "truck", 9, 10)
+    write_class_images(root / "truck", 9, 10)
     names = tmp_path / "names.txt"
     names.write_text("\n".join(CIFAR10_NAMES) + "\n")
     thetas = tmp_path / "thetas"
-    cli.ok(
+    ok(
         "optimize", "--model", colour_model, "--dataset", "folder", "--data-root", root,
         "--classes", names, "--sigma", SIGMA, "--method", "isotropic", "--out", thetas,
-        *cli.OPTIMIZE_FAST,
+        *OPTIMIZE_FAST,
     )  # fmt: skip
     manifest = json.loads((thetas / "manifest.json").read_text())
     assert manifest["arguments"]["classes"] == str(names.resolve())
     assert manifest["labels"]["labels"] == {"truck": 9}
     out = tmp_path / "r.csv"
-    certify(cli, "--thetas", thetas, "--out", out)
-    assert [row.label for row in cli.read_rows(out)] == [9, 9]
+    certify("--thetas", thetas, "--out", out)
+    assert [row.label for row in read_rows(out)] == [9, 9]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -757,7 +767,7 @@ def original_isotropic_file(path: Path, sigmas: torch.Tensor) -> Path:
 
 @pytest.mark.parametrize("form", ["torch", "text"])
 def test_isotropic_file_with_one_value_per_selected_input(
-    cli, model_path: Path, tmp_path: Path, form: str
+    model_path: Path, tmp_path: Path, form: str
 ) -> None:
     selected = list(range(0, 20, 2))  # --skip 2 --max 20: 10 inputs
     sigmas = torch.linspace(0.15, 0.35, len(selected))
@@ -769,43 +779,41 @@ def test_isotropic_file_with_one_value_per_selected_input(
     common = ("--model", model_path, "--dataset", "digits", "--norm", "l2", "--skip", 2,
               "--max", 20)  # fmt: skip
     out = tmp_path / "selected.csv"
-    result = certify(cli, "--thetas", source, *common, "--out", out)
+    result = certify("--thetas", source, *common, "--out", out)
     assert "one value per selected input" in result.stderr
-    rows = cli.read_rows(out)
+    rows = read_rows(out)
     assert [row.idx for row in rows] == selected
     for row, sigma in zip(rows, sigmas, strict=True):
-        assert cli.rounded_near(float(sigma), row.min_sigma)
+        assert rounded_near(float(sigma), row.min_sigma)
     # the same sigmas written one per dataset index certify exactly the same rows
     per_index = torch.full((500,), 0.3)
     per_index[selected] = sigmas
     full = tmp_path / "per_index.pt"
     torch.save(per_index, full)
     reference = tmp_path / "per_index.csv"
-    certify(cli, "--thetas", full, *common, "--out", reference)
-    assert cli.without_time(out) == cli.without_time(reference)
+    certify("--thetas", full, *common, "--out", reference)
+    assert without_time(out) == without_time(reference)
 
 
-def test_optimize_from_an_original_isotropic_file(cli, model_path: Path, tmp_path: Path) -> None:
+def test_optimize_from_an_original_isotropic_file(model_path: Path, tmp_path: Path) -> None:
     sigmas = torch.tensor([0.2, 0.3, 0.4])
     source = original_isotropic_file(tmp_path / "isotropic_parameters", sigmas)
     out = tmp_path / "ancer"
-    cli.ok(
+    ok(
         "optimize", "--model", model_path, "--out", out, "--isotropic-thetas", source,
-        "--max", 3, *cli.OPTIMIZE_FAST,
+        "--max", 3, *OPTIMIZE_FAST,
     )  # fmt: skip
     for idx, sigma in enumerate(sigmas):
         theta = torch.load(out / f"theta_test_{idx}.pt", weights_only=True)
         assert bool((theta >= sigma).all())  # ANCER keeps theta above its isotropic start
 
 
-def test_our_folders_as_the_original_scripts_read_them(
-    cli, thetas_dir: Path, tmp_path: Path
-) -> None:
+def test_our_folders_as_the_original_scripts_read_them(thetas_dir: Path, tmp_path: Path) -> None:
     """The README's recipe: the original certify_dataset.py reads an ANCER folder of ours as it
     is (``--optimized-sigmas thetas/``), and an isotropic folder once gathered into one tensor
     with one sigma per dataset index (``torch.load(...)[i]`` for every index it certifies)."""
     ancer_folder = str(thetas_dir)
-    for i in range(0, cli.OPTIMIZED_INPUTS):  # their get_ancer_sigma, for --skip 1 --max 6
+    for i in range(0, OPTIMIZED_INPUTS):  # their get_ancer_sigma, for --skip 1 --max 6
         theta_i = torch.relu(torch.load(ancer_folder + "/theta_test_" + str(i) + ".pt"))
         assert theta_i.shape == (1, 8, 8) and bool((theta_i > 0).all())
 
@@ -819,6 +827,6 @@ def test_our_folders_as_the_original_scripts_read_them(
     torch.save(sigmas, tmp_path / "isotropic_sigmas.pt")
 
     all_sigmas = torch.load(tmp_path / "isotropic_sigmas.pt")  # as their script reads it
-    for i in range(cli.OPTIMIZED_INPUTS):
+    for i in range(OPTIMIZED_INPUTS):
         theta = torch.load(thetas_dir / "isotropic" / f"theta_test_{i}.pt", weights_only=True)
         assert torch.Tensor([all_sigmas[i].item()]).item() == float(theta)

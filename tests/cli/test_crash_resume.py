@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 ANCER = [sys.executable, "-m", "ancer_cli"]
-CERTIFY = ("--N0", "20", "--N", "3000", "--batch-size", "500", "--max", "14", "--device", "cpu")
+CERTIFY = (
+    *("--N0", "20", "--N", "3000", "--batch-size", "500", "--max", "14", "--seed", "0"),
+    *("--device", "cpu"),
+)
 OPTIMIZE = (
     "--max",
     "9",
@@ -142,6 +145,7 @@ def test_optimize_killed_at_random_moments_resumes_exactly(
             assert '"complete": true' in manifest.read_text()
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_arguments(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.csv"
     args = ["certify", "--model", str(model_path), "--sigma", "0.25", "--out", str(out), *CERTIFY]

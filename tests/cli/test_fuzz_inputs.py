@@ -13,6 +13,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import assert_domain_error, describe, error_lines, invoke
+
 SETTINGS = settings(
     max_examples=25,
     deadline=None,
@@ -21,14 +23,14 @@ SETTINGS = settings(
 CERTIFY_TINY = ("--N0", "10", "--N", "50", "--device", "cpu")
 
 
-def _clean_end(cli, result) -> None:
+def _clean_end(result) -> None:
     """Exit 0, or a deliberate exit 1 with exactly one ``error:`` line, or a usage error."""
-    assert result.exit_code in (0, 1, 2), cli.describe(result)
+    assert result.exit_code in (0, 1, 2), describe(result)
     if result.exit_code != 0:
-        assert isinstance(result.exception, SystemExit), cli.describe(result)
-    assert "Traceback" not in result.output, cli.describe(result)
+        assert isinstance(result.exception, SystemExit), describe(result)
+    assert "Traceback" not in result.output, describe(result)
     if result.exit_code == 1:
-        assert len(cli.error_lines(result)) == 1, cli.describe(result)
+        assert len(error_lines(result)) == 1, describe(result)
 
 
 def _fresh(tmp_path: Path, name: str) -> Path:
@@ -57,19 +59,19 @@ _header_names = st.lists(
 
 @SETTINGS
 @given(header=_header_names, rows=st.lists(st.lists(_cells, max_size=9), max_size=5))
-def test_accuracy_on_arbitrary_tables(cli, tmp_path, header, rows):
+def test_accuracy_on_arbitrary_tables(tmp_path, header, rows):
     path = _fresh(tmp_path, "fuzz.tsv")
     path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
-    _clean_end(cli, cli.invoke("accuracy", path, "--format", "json"))
+    _clean_end(invoke("accuracy", path, "--format", "json"))
 
 
 @SETTINGS
 @given(data=st.binary(max_size=300))
-def test_accuracy_on_arbitrary_bytes(cli, tmp_path, data):
+def test_accuracy_on_arbitrary_bytes(tmp_path, data):
     path = _fresh(tmp_path, "bytes.tsv")
     path.write_bytes(data)
-    result = cli.invoke("accuracy", path)
-    _clean_end(cli, result)
+    result = invoke("accuracy", path)
+    _clean_end(result)
 
 
 # --- model files -----------------------------------------------------------------------------
@@ -77,7 +79,7 @@ def test_accuracy_on_arbitrary_bytes(cli, tmp_path, data):
 
 @SETTINGS
 @given(cut=st.floats(0.0, 0.999), flip=st.integers(0, 2**31))
-def test_truncated_or_corrupted_checkpoints(cli, model_path, tmp_path, cut, flip):
+def test_truncated_or_corrupted_checkpoints(model_path, tmp_path, cut, flip):
     data = bytearray(model_path.read_bytes())
     corrupt = _fresh(tmp_path, "model.pt")
     if flip % 2:
@@ -87,15 +89,15 @@ def test_truncated_or_corrupted_checkpoints(cli, model_path, tmp_path, cut, flip
     else:
         corrupt.write_bytes(bytes(data[: int(len(data) * cut)]))
     out = _fresh(tmp_path, "r.csv")
-    result = cli.invoke(
+    result = invoke(
         "certify", "--model", corrupt, "--sigma", "0.25", "--max", "2", *CERTIFY_TINY, "--out", out
     )
-    _clean_end(cli, result)
+    _clean_end(result)
     if result.exit_code != 0:
         assert not out.exists() or '"complete": true' not in Path(str(out) + ".json").read_text()
 
 
-def test_checkpoint_that_would_run_code_is_refused(cli, tmp_path):
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
 
     class Exploit:
@@ -104,10 +106,10 @@ def test_checkpoint_that_would_run_code_is_refused(cli, tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "ancer-model/1", "payload": Exploit()}, path)
-    result = cli.invoke(
+    result = invoke(
         "certify", "--model", path, "--sigma", "0.25", *CERTIFY_TINY, "--out", tmp_path / "r.csv"
     )
-    cli.assert_domain_error(result, str(path))
+    assert_domain_error(result, str(path))
     assert not marker.exists()
 
 
@@ -120,7 +122,7 @@ _dtypes = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.in
 
 @SETTINGS
 @given(shape=_shapes, dtype=_dtypes, value=_theta_values, poke=_theta_values)
-def test_arbitrary_theta_files(cli, thetas_dir, model_path, tmp_path, shape, dtype, value, poke):
+def test_arbitrary_theta_files(thetas_dir, model_path, tmp_path, shape, dtype, value, poke):
     folder = _fresh(tmp_path, "thetas")
     shutil.copytree(thetas_dir, folder)
     theta = torch.full(shape, value).to(dtype)
@@ -128,10 +130,10 @@ def test_arbitrary_theta_files(cli, thetas_dir, model_path, tmp_path, shape, dty
         theta.view(-1)[0] = poke
     torch.save(theta, folder / "theta_test_2.pt")
     out = _fresh(tmp_path, "r.csv")
-    result = cli.invoke("certify", "--thetas", folder, *CERTIFY_TINY, "--out", out)
-    _clean_end(cli, result)
+    result = invoke("certify", "--thetas", folder, *CERTIFY_TINY, "--out", out)
+    _clean_end(result)
     if result.exit_code == 1:
-        assert "theta_test_2.pt" in cli.error_lines(result)[0]
+        assert "theta_test_2.pt" in error_lines(result)[0]
         sidecar = Path(str(out) + ".json")
         assert not sidecar.exists() or '"complete": true' not in sidecar.read_text()
 
@@ -151,7 +153,7 @@ _json_values = st.recursive(
     value=_json_values,
     garbage=st.booleans(),
 )
-def test_arbitrary_manifests(cli, thetas_dir, tmp_path, key, value, garbage):
+def test_arbitrary_manifests(thetas_dir, tmp_path, key, value, garbage):
     folder = _fresh(tmp_path, "thetas")
     shutil.copytree(thetas_dir, folder)
     manifest = folder / "manifest.json"
@@ -161,10 +163,10 @@ def test_arbitrary_manifests(cli, thetas_dir, tmp_path, key, value, garbage):
         payload = json.loads(manifest.read_text())
         payload[key] = value
         manifest.write_text(json.dumps(payload))
-    result = cli.invoke(
+    result = invoke(
         "certify", "--thetas", folder, *CERTIFY_TINY, "--out", _fresh(tmp_path, "r.csv")
     )
-    _clean_end(cli, result)
+    _clean_end(result)
 
 
 # --- dataset folders -------------------------------------------------------------------------
@@ -180,7 +182,7 @@ _tree = st.lists(
 
 @SETTINGS
 @given(tree=_tree)
-def test_arbitrary_folder_datasets(cli, tmp_path, tree):
+def test_arbitrary_folder_datasets(tmp_path, tree):
     from PIL import Image
 
     root = _fresh(tmp_path, "data")
@@ -196,7 +198,7 @@ def test_arbitrary_folder_datasets(cli, tmp_path, tree):
             size = (12, 10) if name == "big.png" else (8, 8)
             Image.new("RGB", size, (10, 200, 30)).save(target / name)
     out = _fresh(tmp_path, "m.pt")
-    result = cli.invoke(
+    result = invoke(
         "train",
         "--dataset",
         "folder",
@@ -211,7 +213,7 @@ def test_arbitrary_folder_datasets(cli, tmp_path, tree):
         "--out",
         out,
     )
-    _clean_end(cli, result)
+    _clean_end(result)
 
 
 # --- option combinations ---------------------------------------------------------------------
@@ -224,9 +226,9 @@ _numbers = st.one_of(
 
 @SETTINGS
 @given(n0=_numbers, n=_numbers, alpha=_numbers, sigma=_numbers, batch=_numbers, skip=_numbers)
-def test_arbitrary_certify_options(cli, model_path, tmp_path, n0, n, alpha, sigma, batch, skip):
+def test_arbitrary_certify_options(model_path, tmp_path, n0, n, alpha, sigma, batch, skip):
     out = _fresh(tmp_path, "r.csv")
-    result = cli.invoke(
+    result = invoke(
         "certify",
         "--model",
         model_path,
@@ -249,16 +251,16 @@ def test_arbitrary_certify_options(cli, model_path, tmp_path, n0, n, alpha, sigm
         "--out",
         out,
     )
-    _clean_end(cli, result)
+    _clean_end(result)
 
 
 # --- write errors ----------------------------------------------------------------------------
 
 
-def test_full_disk_while_writing_rows_is_a_clean_error(cli, model_path, tmp_path, monkeypatch):
+def test_full_disk_while_writing_rows_is_a_clean_error(model_path, tmp_path, monkeypatch):
     import builtins
 
-    from ancer_cli import artifacts
+    from ancer_cli import results
 
     out = tmp_path / "full.csv"
 
@@ -281,8 +283,8 @@ def test_full_disk_while_writing_rows_is_a_clean_error(cli, model_path, tmp_path
         handle = builtins.open(path, *args, **kwargs)
         return FillingUp(handle) if Path(path) == out else handle
 
-    monkeypatch.setattr(artifacts, "open", fake_open, raising=False)
-    result = cli.invoke(
+    monkeypatch.setattr(results, "open", fake_open, raising=False)
+    result = invoke(
         "certify",
         "--model",
         model_path,
@@ -294,11 +296,11 @@ def test_full_disk_while_writing_rows_is_a_clean_error(cli, model_path, tmp_path
         "--out",
         out,
     )
-    cli.assert_domain_error(result, "No space left on device", str(out))
+    assert_domain_error(result, "No space left on device", str(out))
     assert '"complete": false' in (tmp_path / "full.csv.json").read_text()
 
 
-def test_unwritable_output_folder(cli, model_path, tmp_path):
+def test_unwritable_output_folder(model_path, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -310,7 +312,7 @@ def test_unwritable_output_folder(cli, model_path, tmp_path):
             pytest.skip("this user can write into a read-only folder (root)")
         except OSError:
             pass
-        result = cli.invoke(
+        result = invoke(
             "certify",
             "--model",
             model_path,
@@ -322,16 +324,16 @@ def test_unwritable_output_folder(cli, model_path, tmp_path):
             "--out",
             locked / "r.csv",
         )
-        cli.assert_domain_error(result, "cannot write")
+        assert_domain_error(result, "cannot write")
     finally:
         locked.chmod(0o700)
 
 
-def test_output_in_a_read_only_filesystem(cli, model_path):
+def test_output_in_a_read_only_filesystem(model_path):
     """A folder nobody can write to, root included: /proc (Linux)."""
     if not Path("/proc/self").exists():
         pytest.skip("needs Linux /proc")
-    result = cli.invoke(
+    result = invoke(
         "certify",
         "--model",
         model_path,
@@ -343,14 +345,14 @@ def test_output_in_a_read_only_filesystem(cli, model_path):
         "--out",
         "/proc/ancer-results.csv",
     )
-    cli.assert_domain_error(result, "cannot write", "/proc/ancer-results.csv")
+    assert_domain_error(result, "cannot write", "/proc/ancer-results.csv")
     for name in ("train", "optimize"):
         args = (
             ["--out", "/proc/ancer-model.pt"]
             if name == "train"
             else ["--model", model_path, "--out", "/proc/ancer-thetas", "--max", "1"]
         )
-        result = cli.invoke(
+        result = invoke(
             name, *args, "--epochs" if name == "train" else "--iterations", "1", "--device", "cpu"
         )
-        cli.assert_domain_error(result, "/proc/ancer-")
+        assert_domain_error(result, "/proc/ancer-")

@@ -14,6 +14,18 @@ import torch
 import ancer_cli
 from ancer_cli.core.optimize import GuardedAncerConfig, IsotropicSearchConfig
 from ancer_cli.data import load_dataset
+from tests.helpers import (
+    CERTIFY_FAST,
+    OPTIMIZE_CERTIFIED_FAST,
+    OPTIMIZE_FAST,
+    OPTIMIZED_INPUTS,
+    assert_domain_error,
+    assert_usage_error,
+    invoke,
+    ok,
+    on_device,
+    read_rows,
+)
 
 SIGMA = 0.25
 
@@ -26,22 +38,22 @@ def load(path: Path) -> torch.Tensor:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def optimize(cli, model_path: Path, out: Path, *extra: object):
-    return cli.ok(
+def optimize(model_path: Path, out: Path, *extra: object):
+    return ok(
         "optimize",
         "--model",
         model_path,
         "--out",
         out,
         "--max",
-        cli.OPTIMIZED_INPUTS,
-        *cli.OPTIMIZE_FAST,
+        OPTIMIZED_INPUTS,
+        *OPTIMIZE_FAST,
         *extra,
     )
 
 
-def test_folder_layout(cli, thetas_dir: Path) -> None:
-    count = cli.OPTIMIZED_INPUTS
+def test_folder_layout(thetas_dir: Path) -> None:
+    count = OPTIMIZED_INPUTS
     assert {p.name for p in thetas_dir.iterdir()} == theta_names(count) | {
         "isotropic",
         "manifest.json",
@@ -52,7 +64,7 @@ def test_folder_layout(cli, thetas_dir: Path) -> None:
     }
 
 
-def test_manifest_fields(cli, thetas_dir: Path, model_path: Path) -> None:
+def test_manifest_fields(thetas_dir: Path, model_path: Path) -> None:
     manifest = json.loads((thetas_dir / "manifest.json").read_text())
     arguments = manifest["arguments"]
     assert manifest["format"] == "ancer-thetas/1"
@@ -61,7 +73,7 @@ def test_manifest_fields(cli, thetas_dir: Path, model_path: Path) -> None:
     assert arguments["norm"] == "l2"
     assert arguments["sigma"] == SIGMA
     assert arguments["dataset"] == "digits" and arguments["split"] == "test"
-    assert manifest["indices"] == list(range(cli.OPTIMIZED_INPUTS))
+    assert manifest["indices"] == list(range(OPTIMIZED_INPUTS))
     assert Path(arguments["model"]) == model_path.resolve()
     assert arguments["model_sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
     assert manifest["package_version"] == ancer_cli.__version__
@@ -80,9 +92,9 @@ def test_manifest_fields(cli, thetas_dir: Path, model_path: Path) -> None:
     assert iso["arguments"]["hyperparameters"]["isotropic"] == hyper["isotropic"]
 
 
-def test_theta_files(cli, thetas_dir: Path) -> None:
+def test_theta_files(thetas_dir: Path) -> None:
     moved = False
-    for idx in range(cli.OPTIMIZED_INPUTS):
+    for idx in range(OPTIMIZED_INPUTS):
         theta = load(thetas_dir / f"theta_test_{idx}.pt")
         iso = load(thetas_dir / "isotropic" / f"theta_test_{idx}.pt")
         assert theta.dtype == iso.dtype == torch.float32
@@ -94,26 +106,24 @@ def test_theta_files(cli, thetas_dir: Path) -> None:
     assert moved, "the ANCER stage never moved theta above the isotropic start"
     isos = [
         float(load(thetas_dir / "isotropic" / f"theta_test_{i}.pt"))
-        for i in range(cli.OPTIMIZED_INPUTS)
+        for i in range(OPTIMIZED_INPUTS)
     ]
     assert any(value != SIGMA for value in isos), "the isotropic stage never moved theta"
 
 
 def test_same_seed_gives_bit_identical_thetas(
-    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+    thetas_dir: Path, model_path: Path, tmp_path: Path
 ) -> None:
     again = tmp_path / "again"
-    optimize(cli, model_path, again)
+    optimize(model_path, again)
     for sub in ("", "isotropic"):
-        for idx in range(cli.OPTIMIZED_INPUTS):
+        for idx in range(OPTIMIZED_INPUTS):
             first = load(thetas_dir / sub / f"theta_test_{idx}.pt")
             second = load(again / sub / f"theta_test_{idx}.pt")
             assert first.dtype == second.dtype and torch.equal(first, second), (sub, idx)
 
 
-def test_resume_skips_done_inputs(
-    cli, thetas_copy: Path, thetas_dir: Path, model_path: Path
-) -> None:
+def test_resume_skips_done_inputs(thetas_copy: Path, thetas_dir: Path, model_path: Path) -> None:
     # an interrupted run: inputs 4 and 5 lack their ANCER theta, 5 also its isotropic one
     for path in (
         thetas_copy / "theta_test_4.pt",
@@ -131,7 +141,7 @@ def test_resume_skips_done_inputs(
     ]
     stamps = {path: os.stat(path).st_mtime_ns for path in kept}
 
-    result = optimize(cli, model_path, thetas_copy, "--resume")
+    result = optimize(model_path, thetas_copy, "--resume")
     assert "2 inputs optimized, 4 kept" in result.stdout
     for path, stamp in stamps.items():
         assert os.stat(path).st_mtime_ns == stamp, f"{path} was rewritten"
@@ -145,44 +155,44 @@ def test_resume_skips_done_inputs(
 
 
 def test_method_isotropic_equals_the_isotropic_stage(
-    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+    thetas_dir: Path, model_path: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "iso"
-    optimize(cli, model_path, out, "--method", "isotropic")
-    assert {p.name for p in out.iterdir()} == theta_names(cli.OPTIMIZED_INPUTS) | {"manifest.json"}
+    optimize(model_path, out, "--method", "isotropic")
+    assert {p.name for p in out.iterdir()} == theta_names(OPTIMIZED_INPUTS) | {"manifest.json"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"] == "isotropic"
     assert "ancer" not in manifest["arguments"]["hyperparameters"]
-    for idx in range(cli.OPTIMIZED_INPUTS):
+    for idx in range(OPTIMIZED_INPUTS):
         theta = load(out / f"theta_test_{idx}.pt")
         assert theta.shape == () and theta.dtype == torch.float32
         assert torch.equal(theta, load(thetas_dir / "isotropic" / f"theta_test_{idx}.pt"))
 
 
 def test_ancer_from_given_isotropic_thetas(
-    cli, thetas_dir: Path, model_path: Path, tmp_path: Path
+    thetas_dir: Path, model_path: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "from_iso"
-    optimize(cli, model_path, out, "--isotropic-thetas", thetas_dir / "isotropic")
+    optimize(model_path, out, "--isotropic-thetas", thetas_dir / "isotropic")
     assert not (out / "isotropic").exists()
-    for idx in range(cli.OPTIMIZED_INPUTS):
+    for idx in range(OPTIMIZED_INPUTS):
         assert torch.equal(
             load(out / f"theta_test_{idx}.pt"), load(thetas_dir / f"theta_test_{idx}.pt")
         )
 
 
-def test_refuses_non_empty_out_without_force(cli, thetas_copy: Path, model_path: Path) -> None:
+def test_refuses_non_empty_out_without_force(thetas_copy: Path, model_path: Path) -> None:
     before = load(thetas_copy / "theta_test_0.pt")
-    result = cli.invoke(
-        "optimize", "--model", model_path, "--out", thetas_copy, "--max", 6, *cli.OPTIMIZE_FAST
+    result = invoke(
+        "optimize", "--model", model_path, "--out", thetas_copy, "--max", 6, *OPTIMIZE_FAST
     )
-    cli.assert_domain_error(result, str(thetas_copy), "--force")
+    assert_domain_error(result, str(thetas_copy), "--force")
     assert torch.equal(load(thetas_copy / "theta_test_0.pt"), before)
 
 
-def test_skip_and_max_select_indices(cli, model_path: Path, tmp_path: Path) -> None:
+def test_skip_and_max_select_indices(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "sel"
-    cli.ok(
+    ok(
         "optimize",
         "--model",
         model_path,
@@ -194,7 +204,7 @@ def test_skip_and_max_select_indices(cli, model_path: Path, tmp_path: Path) -> N
         2,
         "--max",
         5,
-        *cli.OPTIMIZE_FAST,
+        *OPTIMIZE_FAST,
     )
     assert {p.name for p in out.glob("theta_*.pt")} == {
         "theta_test_0.pt",
@@ -204,9 +214,9 @@ def test_skip_and_max_select_indices(cli, model_path: Path, tmp_path: Path) -> N
     assert json.loads((out / "manifest.json").read_text())["indices"] == [0, 2, 4]
 
 
-def test_train_split_names_files_after_the_split(cli, model_path: Path, tmp_path: Path) -> None:
+def test_train_split_names_files_after_the_split(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "train_thetas"
-    cli.ok(
+    ok(
         "optimize",
         "--model",
         model_path,
@@ -218,26 +228,26 @@ def test_train_split_names_files_after_the_split(cli, model_path: Path, tmp_path
         "train",
         "--max",
         2,
-        *cli.OPTIMIZE_FAST,
+        *OPTIMIZE_FAST,
     )
     assert {p.name for p in out.glob("*.pt")} == {"theta_train_0.pt", "theta_train_1.pt"}
     assert json.loads((out / "manifest.json").read_text())["arguments"]["split"] == "train"
     results = tmp_path / "train.csv"
-    cli.ok("certify", "--thetas", out, *cli.CERTIFY_FAST, "--out", results)
+    ok("certify", "--thetas", out, *CERTIFY_FAST, "--out", results)
     data = load_dataset("digits", "train")
-    rows = cli.read_rows(results)
+    rows = read_rows(results)
     assert [(r.idx, r.label) for r in rows] == [(i, int(data.dataset[i][1])) for i in (0, 1)]
     assert json.loads(Path(str(results) + ".json").read_text())["arguments"]["split"] == "train"
 
 
-def test_ancer_from_an_isotropic_values_file(cli, model_path: Path, tmp_path: Path) -> None:
+def test_ancer_from_an_isotropic_values_file(model_path: Path, tmp_path: Path) -> None:
     values = [0.2 + 0.001 * i for i in range(500)]
     source = tmp_path / "sigmas.txt"
     source.write_text("\n".join(map(str, values)) + "\n")
     out = tmp_path / "from_values"
-    optimize(cli, model_path, out, "--isotropic-thetas", source)
+    optimize(model_path, out, "--isotropic-thetas", source)
     assert not (out / "isotropic").exists()
-    for idx in range(cli.OPTIMIZED_INPUTS):
+    for idx in range(OPTIMIZED_INPUTS):
         theta = load(out / f"theta_test_{idx}.pt")
         floor = torch.tensor(values[idx], dtype=torch.float32)
         assert theta.shape == (1, 8, 8) and bool((theta >= floor).all())
@@ -248,11 +258,11 @@ def test_ancer_from_an_isotropic_values_file(cli, model_path: Path, tmp_path: Pa
 
 
 @pytest.mark.cuda
-def test_optimize_on_cuda(cli, cuda_thetas_dir: Path) -> None:
+def test_optimize_on_cuda(cuda_thetas_dir: Path) -> None:
     manifest = json.loads((cuda_thetas_dir / "manifest.json").read_text())
     assert manifest["device"].startswith("cuda") and manifest["complete"] is True
     moved = False
-    for idx in range(cli.OPTIMIZED_INPUTS):
+    for idx in range(OPTIMIZED_INPUTS):
         theta = load(cuda_thetas_dir / f"theta_test_{idx}.pt")
         iso = load(cuda_thetas_dir / "isotropic" / f"theta_test_{idx}.pt")
         assert theta.device.type == "cpu" and theta.dtype == torch.float32  # saved portable
@@ -268,9 +278,9 @@ def test_optimize_on_cuda(cli, cuda_thetas_dir: Path) -> None:
     [("--precision", "bf16", "--channels-last"), ("--precision", "fp16")],
     ids=["bf16-channels-last", "fp16"],
 )
-def test_optimize_speed_options_on_cuda(cli, model_path: Path, tmp_path: Path, options) -> None:
+def test_optimize_speed_options_on_cuda(model_path: Path, tmp_path: Path, options) -> None:
     out = tmp_path / "thetas"
-    cli.ok(
+    ok(
         "optimize",
         "--model",
         model_path,
@@ -278,7 +288,7 @@ def test_optimize_speed_options_on_cuda(cli, model_path: Path, tmp_path: Path, o
         out,
         "--max",
         2,
-        *cli.on_device(cli.OPTIMIZE_FAST, "cuda"),
+        *on_device(OPTIMIZE_FAST, "cuda"),
         *options,
     )
     manifest = json.loads((out / "manifest.json").read_text())
@@ -295,14 +305,14 @@ def test_optimize_speed_options_on_cuda(cli, model_path: Path, tmp_path: Path, o
 
 
 @pytest.fixture(scope="module")
-def certified_dir(cli, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def certified_dir(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("certified") / "thetas"
-    cli.ok("optimize", "--model", model_path, "--out", out, "--max", cli.OPTIMIZED_INPUTS,
-           *cli.OPTIMIZE_CERTIFIED_FAST)  # fmt: skip
+    ok("optimize", "--model", model_path, "--out", out, "--max", OPTIMIZED_INPUTS,
+       *OPTIMIZE_CERTIFIED_FAST)  # fmt: skip
     return out
 
 
-def test_certified_objective_is_the_default_and_recorded(cli, certified_dir: Path) -> None:
+def test_certified_objective_is_the_default_and_recorded(certified_dir: Path) -> None:
     manifest = json.loads((certified_dir / "manifest.json").read_text())
     hyper = manifest["arguments"]["hyperparameters"]
     assert hyper["objective"] == "certified"
@@ -320,29 +330,29 @@ def test_certified_objective_is_the_default_and_recorded(cli, certified_dir: Pat
     assert iso["arguments"]["hyperparameters"]["isotropic_search"] == hyper["isotropic_search"]
 
 
-def test_certified_thetas_stay_on_the_searched_grid_and_above_it(cli, certified_dir: Path):
+def test_certified_thetas_stay_on_the_searched_grid_and_above_it(certified_dir: Path):
     search = IsotropicSearchConfig(samples=64)
     grid = [SIGMA * search.ratio**k for k in range(-search.levels, search.levels + 1)]
-    for idx in range(cli.OPTIMIZED_INPUTS):
+    for idx in range(OPTIMIZED_INPUTS):
         iso = float(load(certified_dir / "isotropic" / f"theta_test_{idx}.pt"))
         assert min(abs(iso - g) / g for g in grid) < 1e-5  # theta0 * ratio**k, within bounds
         theta = load(certified_dir / f"theta_test_{idx}.pt")
         assert theta.shape == (1, 8, 8) and bool((theta >= iso * (1 - 1e-6)).all())
 
 
-def test_reference_only_options_are_usage_errors_with_the_default(cli, model_path, tmp_path):
+def test_reference_only_options_are_usage_errors_with_the_default(model_path, tmp_path):
     for option in ("--iso-iterations", "--iso-lr"):
-        result = cli.invoke("optimize", "--model", model_path, "--out", tmp_path / "t", option, 5)
-        cli.assert_usage_error(result, option, "--objective reference")
-    result = cli.invoke("optimize", "--model", model_path, "--out", tmp_path / "t",
-                        "--objective", "reference", "--guard-samples", 64)  # fmt: skip
-    cli.assert_usage_error(result, "--guard-samples")
+        result = invoke("optimize", "--model", model_path, "--out", tmp_path / "t", option, 5)
+        assert_usage_error(result, option, "--objective reference")
+    result = invoke("optimize", "--model", model_path, "--out", tmp_path / "t",
+                    "--objective", "reference", "--guard-samples", 64)  # fmt: skip
+    assert_usage_error(result, "--guard-samples")
     assert not (tmp_path / "t").exists()
 
 
-def test_resume_refuses_another_objective(cli, model_path: Path, certified_dir: Path, tmp_path):
+def test_resume_refuses_another_objective(model_path: Path, certified_dir: Path, tmp_path):
     copy = tmp_path / "thetas"
     shutil.copytree(certified_dir, copy)
-    result = cli.invoke("optimize", "--model", model_path, "--out", copy, "--max",
-                        cli.OPTIMIZED_INPUTS, *cli.OPTIMIZE_FAST, "--resume")  # fmt: skip
-    cli.assert_domain_error(result, "objective")
+    result = invoke("optimize", "--model", model_path, "--out", copy, "--max",
+                    OPTIMIZED_INPUTS, *OPTIMIZE_FAST, "--resume")  # fmt: skip
+    assert_domain_error(result, "objective")

@@ -13,9 +13,10 @@ from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.smoothing import predict
 from ancer_cli.data import load_dataset
 from ancer_cli.models import load_model
+from tests.helpers import OPTIMIZED_INPUTS, assert_domain_error, invoke, ok, write_class_images
 
 HEADER = "idx\tlabel\tpredict\tcorrect\ttime"
-FAST = ("--N", "300", "--device", "cpu")
+FAST = ("--N", "300", "--seed", "0", "--device", "cpu")
 
 
 def rows(path: Path) -> list[list[str]]:
@@ -28,19 +29,19 @@ def without_time(path: Path) -> list[list[str]]:
     return [fields[:4] for fields in rows(path)]
 
 
-def run(cli, *args: object):
-    return cli.ok("predict", *FAST, *args)
+def run(*args: object):
+    return ok("predict", *FAST, *args)
 
 
 @pytest.fixture(scope="module")
-def fixed(cli, model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+def fixed(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("predict") / "fixed.csv"
-    result = run(cli, "--model", model_path, "--sigma", 0.25, "--skip", 3, "--max", 12,
+    result = run("--model", model_path, "--sigma", 0.25, "--skip", 3, "--max", 12,
                  "--out", out)  # fmt: skip
     return out, result
 
 
-def test_fixed_sigma_rows_are_predict_of_each_input(cli, fixed, model_path: Path) -> None:
+def test_fixed_sigma_rows_are_predict_of_each_input(fixed, model_path: Path) -> None:
     out, result = fixed
     found = rows(out)
     assert [int(f[0]) for f in found] == [0, 3, 6, 9]
@@ -65,32 +66,32 @@ def test_fixed_sigma_rows_are_predict_of_each_input(cli, fixed, model_path: Path
     assert sidecar["totals"]["inputs"] == 4
 
 
-def test_same_seed_same_rows_other_seed_other_stream(cli, fixed, model_path, tmp_path) -> None:
+def test_same_seed_same_rows_other_seed_other_stream(fixed, model_path, tmp_path) -> None:
     out, _ = fixed
     args = ("--model", model_path, "--sigma", 0.25, "--skip", 3, "--max", 12)
     again = tmp_path / "again.csv"
-    run(cli, *args, "--out", again)
+    run(*args, "--out", again)
     assert without_time(again) == without_time(out)
     # near a decision, another seed may change an answer, never a label or an index
     other = tmp_path / "seed.csv"
-    run(cli, *args, "--seed", 5, "--out", other)
+    run(*args, "--seed", 5, "--out", other)
     assert [f[:2] for f in rows(other)] == [f[:2] for f in rows(out)]
 
 
-def test_per_input_thetas_with_manifest_defaults(cli, thetas_dir: Path, tmp_path: Path) -> None:
+def test_per_input_thetas_with_manifest_defaults(thetas_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ancer.csv"
-    result = run(cli, "--thetas", thetas_dir, "--skip", 2, "--out", out)
+    result = run("--thetas", thetas_dir, "--skip", 2, "--out", out)
     assert [int(f[0]) for f in rows(out)] == [0, 2, 4]
     assert "ancer thetas from" in result.stderr
     sidecar = json.loads(Path(f"{out}.json").read_text())
     assert sidecar["arguments"]["method"] == "ancer"
     assert sidecar["arguments"]["dataset"] == "digits"
     iso = tmp_path / "iso.csv"
-    run(cli, "--thetas", thetas_dir / "isotropic", "--out", iso)
-    assert len(rows(iso)) == cli.OPTIMIZED_INPUTS
+    run("--thetas", thetas_dir / "isotropic", "--out", iso)
+    assert len(rows(iso)) == OPTIMIZED_INPUTS
 
 
-def test_resume_and_force(cli, fixed, model_path: Path, tmp_path: Path) -> None:
+def test_resume_and_force(fixed, model_path: Path, tmp_path: Path) -> None:
     reference, _ = fixed
     args = ("--model", model_path, "--sigma", 0.25, "--skip", 3, "--max", 12)
     out = tmp_path / "p.csv"
@@ -98,26 +99,26 @@ def test_resume_and_force(cli, fixed, model_path: Path, tmp_path: Path) -> None:
     out.write_text(text[: text.index("\n", text.index("\n") + 1) + 4])  # header, row 0, a cut
     sidecar = json.loads(Path(f"{reference}.json").read_text())
     Path(f"{out}.json").write_text(json.dumps({**sidecar, "complete": False}))
-    result = run(cli, *args, "--out", out, "--resume")
+    result = run(*args, "--out", out, "--resume")
     assert "1 rows kept" in result.stdout
     assert without_time(out) == without_time(reference)
-    refused = cli.invoke("predict", *FAST, *args, "--out", out)
-    cli.assert_domain_error(refused, str(out), "--force", "--resume")
-    run(cli, *args, "--out", out, "--force")
+    refused = invoke("predict", *FAST, *args, "--out", out)
+    assert_domain_error(refused, str(out), "--force", "--resume")
+    run(*args, "--out", out, "--force")
     assert without_time(out) == without_time(reference)
 
 
-def test_accuracy_reads_predictions(cli, fixed, tmp_path: Path) -> None:
+def test_accuracy_reads_predictions(fixed, tmp_path: Path) -> None:
     out, _ = fixed
     found = rows(out)
-    report = cli.ok("accuracy", out, "--format", "json")
+    report = ok("accuracy", out, "--format", "json")
     entry = json.loads(report.stdout)["files"][out.name]
     assert entry["kind"] == "predictions" and entry["certified_accuracy"] == {}
     assert entry["clean_accuracy"] == sum(int(f[3]) for f in found) / len(found)
     assert entry["abstention_rate"] == sum(f[2] == "-1" for f in found) / len(found)
     assert entry["average_certified_radius"] is None and entry["inputs"] == len(found)
     assert "do not apply" in report.stderr
-    table = cli.ok("accuracy", out, "--format", "markdown").stdout
+    table = ok("accuracy", out, "--format", "markdown").stdout
     assert "certified accuracy at" not in table and "average certified radius" not in table
     assert "| clean accuracy |" in table and "| abstention rate |" in table
     # Cohen et al.'s predict.py files (time as H:MM:SS.ffffff) read the same way
@@ -127,25 +128,25 @@ def test_accuracy_reads_predictions(cli, fixed, tmp_path: Path) -> None:
         "100\t2\t2\t1\t0:00:00.158496\n200\t4\t395\t0\t0:00:00.149257\n"
         "1600\t32\t-1\t0\t0:00:00.150587\n"
     )
-    entry = json.loads(cli.ok("accuracy", cohen, "--format", "json").stdout)["files"]["N_100"]
+    entry = json.loads(ok("accuracy", cohen, "--format", "json").stdout)["files"]["N_100"]
     assert (entry["clean_accuracy"], entry["abstention_rate"]) == (0.5, 0.25)
     assert entry["median_time_seconds"] == pytest.approx(0.1545415)
 
 
-def test_unlabeled_folder(cli, colour_model: Path, tmp_path: Path) -> None:
+def test_unlabeled_folder(colour_model: Path, tmp_path: Path) -> None:
     root = tmp_path / "photos"
-    cli.write_class_images(root / "tmp", 4, 10, count=1)
+    write_class_images(root / "tmp", 4, 10, count=1)
     (root / "tmp" / "0.png").rename(root / "a.png")
     (root / "tmp").rmdir()
     out = tmp_path / "p.csv"
-    result = run(cli, "--model", colour_model, "--dataset", "folder", "--data-root", root,
+    result = run("--model", colour_model, "--dataset", "folder", "--data-root", root,
                  "--sigma", 0.1, "--out", out)  # fmt: skip
     assert rows(out)[0][:4] == ["0", "-1", "4", "0"]
     assert "no labels (accuracy not measured)" in result.stdout
 
 
-def test_help_lists_every_option(cli) -> None:
-    text = cli.ok("predict", "--help").stdout
+def test_help_lists_every_option() -> None:
+    text = ok("predict", "--help").stdout
     for option in ("--model", "--thetas", "--sigma", "--N", "--alpha", "--batch-size",
                    "--skip", "--max", "--classes", "--resume", "--force", "--device",
                    "--seed", "--out"):  # fmt: skip

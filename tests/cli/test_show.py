@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,9 +16,9 @@ import torch
 from matplotlib.image import imread
 from PIL import Image
 
-from ancer_cli.artifacts import save_theta, theta_path
 from ancer_cli.errors import ThetaError
-from ancer_cli.thetas import read_input_thetas
+from ancer_cli.thetas import read_input_thetas, save_theta, theta_path
+from tests.helpers import assert_domain_error, assert_usage_error, invoke, ok
 
 DPI = 150
 
@@ -57,9 +56,9 @@ def viridis_pixels(pixels: np.ndarray) -> int:
 # thetas written by ancer optimize (with a manifest)
 
 
-def test_show_chosen_inputs(cli: Any, thetas_dir: Path, tmp_path: Path) -> None:
+def test_show_chosen_inputs(thetas_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "thetas.png"
-    result = cli.ok("show", "--thetas", thetas_dir, "--index", 0, "--index", 5, "--out", out)
+    result = ok("show", "--thetas", thetas_dir, "--index", 0, "--index", 5, "--out", out)
     assert f"wrote {out}" in result.stderr and "ancer thetas of test inputs 0, 5" in result.stderr
     pixels = pixels_of(out)
     assert pixels.shape == figure_shape(rows=2, columns=2)
@@ -70,46 +69,47 @@ def test_show_chosen_inputs(cli: Any, thetas_dir: Path, tmp_path: Path) -> None:
 
 
 def test_show_defaults_to_the_first_inputs_and_refuses_to_overwrite(
-    cli: Any, thetas_dir: Path, tmp_path: Path
+    thetas_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "thetas.png"
-    result = cli.ok("show", "--thetas", thetas_dir, "--out", out)
+    result = ok("show", "--thetas", thetas_dir, "--out", out)
     assert "inputs 0, 1, 2, 3" in result.stderr
     assert pixels_of(out).shape == figure_shape(rows=4, columns=2)
-    cli.assert_domain_error(cli.invoke("show", "--thetas", thetas_dir, "--out", out), "--force")
-    cli.ok("show", "--thetas", thetas_dir / "isotropic", "-i", 2, "--out", out, "--force")
+    assert_domain_error(invoke("show", "--thetas", thetas_dir, "--out", out), "--force")
+    ok("show", "--thetas", thetas_dir / "isotropic", "-i", 2, "--out", out, "--force")
     assert pixels_of(out).shape == figure_shape(rows=1, columns=2)
 
 
-def test_show_pdf(cli: Any, thetas_dir: Path, tmp_path: Path) -> None:
+def test_show_pdf(thetas_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "thetas.pdf"
-    cli.ok("show", "--thetas", thetas_dir, "-i", 1, "--out", out)
+    ok("show", "--thetas", thetas_dir, "-i", 1, "--out", out)
     assert out.read_bytes()[:5] == b"%PDF-"
 
 
-def test_show_errors(cli: Any, thetas_dir: Path, tmp_path: Path) -> None:
+def test_show_errors(thetas_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "t.png"
-    cli.assert_domain_error(
-        cli.invoke("show", "--thetas", thetas_dir, "-i", 400, "--out", out),
+    assert_domain_error(
+        invoke("show", "--thetas", thetas_dir, "-i", 400, "--out", out),
         "no theta for test index 400",
     )
-    cli.assert_domain_error(
-        cli.invoke("show", "--thetas", tmp_path / "absent", "--out", out), "do not exist"
+    assert_domain_error(
+        invoke("show", "--thetas", tmp_path / "absent", "--out", out), "do not exist"
     )
-    cli.assert_domain_error(
-        cli.invoke("show", "--thetas", thetas_dir, "--out", tmp_path / "no" / "t.png"),
-        "does not exist",
+    (tmp_path / "no").write_text("a file where the folder of --out should be")
+    assert_domain_error(
+        invoke("show", "--thetas", thetas_dir, "--out", tmp_path / "no" / "t.png"),
+        "cannot create folder",
     )
-    cli.assert_domain_error(
-        cli.invoke("show", "--thetas", thetas_dir, "--dataset", "mnist", "--out", out),
+    assert_domain_error(
+        invoke("show", "--thetas", thetas_dir, "--dataset", "mnist", "--out", out),
         "mnist",
     )
-    cli.assert_usage_error(cli.invoke("show", "--thetas", thetas_dir, "--out", tmp_path / "t.svg"))
-    cli.assert_usage_error(cli.invoke("show", "--thetas", thetas_dir, "-i", -1, "--out", out))
+    assert_usage_error(invoke("show", "--thetas", thetas_dir, "--out", tmp_path / "t.svg"))
+    assert_usage_error(invoke("show", "--thetas", thetas_dir, "-i", -1, "--out", out))
     assert not out.exists()
 
 
-def test_show_help_lists_every_option(cli: Any) -> None:
+def test_show_help_lists_every_option() -> None:
     from typer.testing import CliRunner
 
     from ancer_cli.cli import app
@@ -125,19 +125,19 @@ def test_show_help_lists_every_option(cli: Any) -> None:
 # original ANCER folders (no manifest) and isotropic value files
 
 
-def test_original_folder_needs_dataset(cli: Any, thetas_dir: Path, tmp_path: Path) -> None:
+def test_original_folder_needs_dataset(thetas_dir: Path, tmp_path: Path) -> None:
     original = tmp_path / "original"
     shutil.copytree(thetas_dir, original, ignore=shutil.ignore_patterns("isotropic"))
     (original / "manifest.json").unlink()
     out = tmp_path / "t.png"
-    cli.assert_domain_error(
-        cli.invoke("show", "--thetas", original, "--out", out), "manifest.json", "--dataset"
+    assert_domain_error(
+        invoke("show", "--thetas", original, "--out", out), "manifest.json", "--dataset"
     )
-    cli.ok("show", "--thetas", original, "--dataset", "digits", "-i", 3, "--out", out)
+    ok("show", "--thetas", original, "--dataset", "digits", "-i", 3, "--out", out)
     assert pixels_of(out).shape == figure_shape(rows=1, columns=2)
 
 
-def test_isotropic_values_file(cli: Any, tmp_path: Path) -> None:
+def test_isotropic_values_file(tmp_path: Path) -> None:
     values = tmp_path / "sigmas.pt"
     torch.save(torch.linspace(0.1, 0.6, 500), values)
     chosen = read_input_thetas(values, [0, 499], dataset="digits")
@@ -145,7 +145,7 @@ def test_isotropic_values_file(cli: Any, tmp_path: Path) -> None:
     assert float(chosen.inputs[1].theta) == pytest.approx(0.6)
     assert chosen.thetas.method == "isotropic" and chosen.norm is None
     out = tmp_path / "t.png"
-    cli.ok("show", "--thetas", values, "--dataset", "digits", "-i", 10, "--out", out)
+    ok("show", "--thetas", values, "--dataset", "digits", "-i", 10, "--out", out)
     assert out.stat().st_size > 5_000
 
 
@@ -191,13 +191,13 @@ def rgb_thetas(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize(("each", "columns"), [(False, 2), (True, 4)], ids=["mean", "each"])
 def test_rgb_pictures(
-    cli: Any, rgb_thetas: tuple[Path, Path], tmp_path: Path, each: bool, columns: int
+    rgb_thetas: tuple[Path, Path], tmp_path: Path, each: bool, columns: int
 ) -> None:
     root, thetas = rgb_thetas
     out = tmp_path / "rgb.png"
     extra = ["--each-channel"] if each else []
-    cli.ok("show", "--thetas", thetas, "--dataset", "folder", "--data-root", root,
-           "-i", 0, "-i", 3, "--out", out, *extra)  # fmt: skip
+    ok("show", "--thetas", thetas, "--dataset", "folder", "--data-root", root,
+       "-i", 0, "-i", 3, "--out", out, *extra)  # fmt: skip
     pixels = pixels_of(out)
     assert pixels.shape == figure_shape(rows=2, columns=columns)
     assert viridis_pixels(pixels) > 3_000

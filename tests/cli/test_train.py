@@ -13,6 +13,7 @@ import torch
 
 from ancer_cli.data import dataset_info, load_dataset
 from ancer_cli.models import build_model
+from tests.helpers import assert_domain_error, error_lines, invoke, train_model, write_class_images
 
 SPEC_KEYS = {
     "format",
@@ -55,10 +56,10 @@ def clean_accuracy(checkpoint: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def one_epoch_l2(cli, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def one_epoch_l2(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 1-epoch default (noise, l2) run to compare the l1 and stability runs with."""
     path = tmp_path_factory.mktemp("train1") / "l2.pt"
-    cli.train_model(path, epochs=1)
+    train_model(path, epochs=1)
     return load(path)
 
 
@@ -96,6 +97,7 @@ def test_reports_clean_and_noisy_accuracy_each_epoch(trained) -> None:
     assert last_clean > 0.5
 
 
+@pytest.mark.slow
 def test_train_emits_no_warnings(tmp_path: Path) -> None:
     # A fresh process: torch reports some warnings only once per process, so an in-process run
     # after the session fixture would not see them. STYLE: no warnings left behind.
@@ -112,12 +114,12 @@ def test_train_emits_no_warnings(tmp_path: Path) -> None:
 
 
 def test_resume_continues_to_the_same_state_as_an_uninterrupted_run(
-    cli, tmp_path: Path, model_path: Path
+    tmp_path: Path, model_path: Path
 ) -> None:
     out = tmp_path / "resumed.pt"
-    cli.train_model(out, epochs=2)
+    train_model(out, epochs=2)
     assert load(out)["epoch"] == 2
-    result = cli.train_model(out, "--resume", epochs=3)
+    result = train_model(out, "--resume", epochs=3)
     epochs_run = [int(e) for e, _, _, _ in EPOCH_LINE.findall(result.stderr)]
     assert epochs_run == [3], result.stderr  # epochs 1-2 are not trained again
     resumed, uninterrupted = load(out), load(model_path)
@@ -135,20 +137,20 @@ def test_resume_continues_to_the_same_state_as_an_uninterrupted_run(
     assert all(torch.equal(a, b) for a, b in zip(buffers, expected, strict=True))
 
 
-def test_resume_with_another_sigma_is_refused(cli, tmp_path: Path) -> None:
+def test_resume_with_another_sigma_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "m.pt"
-    cli.train_model(out, epochs=1)
+    train_model(out, epochs=1)
     before = out.read_bytes()
-    result = cli.invoke(
+    result = invoke(
         "train", "--epochs", 2, "--device", "cpu", "--out", out, "--resume", "--sigma", 0.5
     )
-    cli.assert_domain_error(result, str(out), "sigma")
+    assert_domain_error(result, str(out), "sigma")
     assert out.read_bytes() == before
 
 
-def test_l1_training(cli, tmp_path: Path, one_epoch_l2: dict) -> None:
+def test_l1_training(tmp_path: Path, one_epoch_l2: dict) -> None:
     out = tmp_path / "l1.pt"
-    result = cli.train_model(out, "--norm", "l1", "--sigma", 0.5, epochs=1)
+    result = train_model(out, "--norm", "l1", "--sigma", 0.5, epochs=1)
     assert "l1 noise sigma=0.5" in result.stderr
     assert len(EPOCH_LINE.findall(result.stderr)) == 1
     checkpoint = load(out)
@@ -159,9 +161,9 @@ def test_l1_training(cli, tmp_path: Path, one_epoch_l2: dict) -> None:
     assert not torch.equal(checkpoint["state_dict"][first], one_epoch_l2["state_dict"][first])
 
 
-def test_stability_training(cli, tmp_path: Path, one_epoch_l2: dict) -> None:
+def test_stability_training(tmp_path: Path, one_epoch_l2: dict) -> None:
     out = tmp_path / "stab.pt"
-    cli.train_model(out, "--training", "stability", "--stability-weight", 6.0, epochs=1)
+    train_model(out, "--training", "stability", "--stability-weight", 6.0, epochs=1)
     checkpoint = load(out)
     assert checkpoint["epoch"] == 1 and checkpoint["norm"] == "l2"
     config = checkpoint["optimizer_state"]["config"]
@@ -172,15 +174,15 @@ def test_stability_training(cli, tmp_path: Path, one_epoch_l2: dict) -> None:
     ), "stability training trained exactly like noise training"
 
 
-def test_refuses_existing_out_without_force_or_resume(cli, tmp_path: Path) -> None:
+def test_refuses_existing_out_without_force_or_resume(tmp_path: Path) -> None:
     out = tmp_path / "taken.pt"
     out.write_bytes(b"precious")
-    result = cli.invoke("train", "--epochs", 1, "--device", "cpu", "--out", out)
-    cli.assert_domain_error(result, str(out), "already exists", "--force")
-    assert result.stderr.strip() == cli.error_lines(result)[0]  # nothing else was started
+    result = invoke("train", "--epochs", 1, "--device", "cpu", "--out", out)
+    assert_domain_error(result, str(out), "already exists", "--force")
+    assert result.stderr.strip() == error_lines(result)[0]  # nothing else was started
     assert out.read_bytes() == b"precious"
     # --force overwrites it with a real checkpoint
-    cli.train_model(out, "--force", epochs=1)
+    train_model(out, "--force", epochs=1)
     assert load(out)["format"] == "ancer-model/1"
 
 
@@ -188,45 +190,45 @@ def test_refuses_existing_out_without_force_or_resume(cli, tmp_path: Path) -> No
     ("option", "value"), [("--lr", "0.001"), ("--seed", "5"), ("--batch-size", "7")]
 )
 def test_resume_with_other_hyperparameters_is_refused(
-    cli, tmp_path: Path, option: str, value: str
+    tmp_path: Path, option: str, value: str
 ) -> None:
     # Resuming with another lr, seed or batch size would silently give a model that matches
     # neither run (the optimizer state even overrides --lr), while the checkpoint's record
     # would claim the new values for every epoch. certify and optimize refuse such resumes.
     out = tmp_path / "m.pt"
-    cli.train_model(out, epochs=1)
+    train_model(out, epochs=1)
     before = out.read_bytes()
-    result = cli.invoke(
+    result = invoke(
         "train", "--epochs", 2, "--device", "cpu", "--out", out, "--resume", option, value
     )
-    line = cli.assert_domain_error(result, str(out))
+    line = assert_domain_error(result, str(out))
     name = option.lstrip("-")
     assert name in line or name.replace("-", "_") in line, line
     assert out.read_bytes() == before
 
 
 @pytest.mark.cuda
-def test_train_on_cuda_writes_a_checkpoint_that_loads_without_a_gpu(cli, tmp_path: Path) -> None:
+def test_train_on_cuda_writes_a_checkpoint_that_loads_without_a_gpu(tmp_path: Path) -> None:
     out = tmp_path / "cuda.pt"
-    cli.train_model(out, "--device", "cuda", epochs=1)  # the last --device wins
+    train_model(out, "--device", "cuda", epochs=1)  # the last --device wins
     checkpoint = torch.load(out, weights_only=True)  # no map_location: as on a CPU-only machine
     tensors = [*checkpoint["state_dict"].values()]
     for state in checkpoint["optimizer_state"]["optimizer"]["state"].values():
         tensors += [value for value in state.values() if isinstance(value, torch.Tensor)]
     assert tensors and all(tensor.device.type == "cpu" for tensor in tensors)
     assert clean_accuracy(checkpoint) > 0.3  # learned something on the GPU (chance: 0.1)
-    result = cli.train_model(out, "--device", "cuda", "--resume", epochs=2)
+    result = train_model(out, "--device", "cuda", "--resume", epochs=2)
     assert [int(e) for e, _, _, _ in EPOCH_LINE.findall(result.stderr)] == [2], result.stderr
 
 
-def test_train_on_a_folder_with_a_class_list(cli, tmp_path: Path) -> None:
+def test_train_on_a_folder_with_a_class_list(tmp_path: Path) -> None:
     names = tmp_path / "names.txt"
     names.write_text("red\ngreen\nblue\nblack\n")
     for split, count in (("train", 4), ("test", 2)):
-        cli.write_class_images(tmp_path / "data" / split / "red", 3, 4, count=count)
-        cli.write_class_images(tmp_path / "data" / split / "black", 0, 4, count=count)
+        write_class_images(tmp_path / "data" / split / "red", 3, 4, count=count)
+        write_class_images(tmp_path / "data" / split / "black", 0, 4, count=count)
     out = tmp_path / "m.pt"
-    result = cli.train_model(
+    result = train_model(
         out, "--dataset", "folder", "--data-root", tmp_path / "data", "--arch", "cnn",
         "--classes", names, epochs=1,
     )  # fmt: skip
@@ -236,14 +238,14 @@ def test_train_on_a_folder_with_a_class_list(cli, tmp_path: Path) -> None:
     assert checkpoint["num_classes"] == 4 and checkpoint["dataset"] == "folder"
 
 
-def test_train_refuses_splits_whose_sorted_names_differ(cli, tmp_path: Path) -> None:
-    cli.write_class_images(tmp_path / "data" / "train" / "cat", 1, 4)
-    cli.write_class_images(tmp_path / "data" / "train" / "dog", 2, 4)
-    cli.write_class_images(tmp_path / "data" / "test" / "dog", 2, 4)
+def test_train_refuses_splits_whose_sorted_names_differ(tmp_path: Path) -> None:
+    write_class_images(tmp_path / "data" / "train" / "cat", 1, 4)
+    write_class_images(tmp_path / "data" / "train" / "dog", 2, 4)
+    write_class_images(tmp_path / "data" / "test" / "dog", 2, 4)
     out = tmp_path / "m.pt"
-    result = cli.invoke(
+    result = invoke(
         "train", "--dataset", "folder", "--data-root", tmp_path / "data", "--arch", "cnn",
         "--epochs", 1, "--device", "cpu", "--out", out,
     )  # fmt: skip
-    cli.assert_domain_error(result, "different class sub-folders", "cat", "--classes FILE")
+    assert_domain_error(result, "different class sub-folders", "cat", "--classes FILE")
     assert not out.exists()

@@ -342,6 +342,7 @@ def test_driver_matches_the_vectorized_replay(plan):
 # ---------------------------------------------------------------- guarantees, by simulation
 
 
+@pytest.mark.slow
 def test_radius_mode_false_certificates_below_alpha_naive_above():
     # 5 x 25,000 runs with the cap at 100,000; true pA just below a threshold
     alpha, runs = 0.05, 25_000
@@ -364,6 +365,7 @@ def test_radius_mode_false_certificates_below_alpha_naive_above():
             assert naive[1] > alpha, table  # the whole 99% interval lies above alpha
 
 
+@pytest.mark.slow
 def test_adaptive_mode_bound_below_alpha_naive_above():
     # 4 x 20,000 runs; the reported bound is wrong when it exceeds pA
     alpha, runs = 0.05, 20_000

@@ -8,6 +8,10 @@ iff ``g * ||theta * w||_2 <= |m|``, and an l1 certificate (``sum |d_i| / theta_i
 """
 
 import contextlib
+import copy
+import functools
+import importlib.util
+import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,28 +40,11 @@ from ancer_cli.core.smoothing import (
     sample_counts,
     sample_counts_many,
 )
+from ancer_cli.data import dataset_info, load_dataset
+from ancer_cli.models import build_model
+from tests.toys import Constant, Linear2
 
 SHAPE = (1, 8, 8)
-
-
-class Linear2(nn.Module):
-    def __init__(self, w: torch.Tensor, b: float) -> None:
-        super().__init__()
-        self.w = w.flatten()
-        self.b = b
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        score = x.flatten(1) @ self.w + self.b
-        return torch.stack([torch.zeros_like(score), score], dim=1)
-
-
-class Constant(nn.Module):
-    def __init__(self, logits: list[float]) -> None:
-        super().__init__()
-        self.logits = torch.tensor(logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits.expand(x.shape[0], -1)
 
 
 def _problem(count: int, seed: int = 0):
@@ -719,3 +706,274 @@ def test_sampling_and_optimization_code_never_hard_codes_cuda():
         package / "train.py",
     ]:
         assert ".cuda(" not in path.read_text(), f"{path} hard-codes .cuda()"
+
+
+# The package against the faithful reference loop (benchmarks/reference.py, Cohen et al.'s
+# certify loop): identical votes with the same noise, the same certified accuracy with free seeds
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """``benchmarks/reference.py``, loaded from its file (the benchmarks are no package)."""
+    spec = importlib.util.spec_from_file_location("reference", BENCHMARKS / "reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Linear3(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.w = torch.randn(3, 64, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.T
+
+
+@pytest.mark.parametrize("norm_name", ["l2", "l1"])
+@pytest.mark.parametrize("per_pixel", [False, True])
+def test_reference_and_package_give_identical_votes_with_the_same_noise(
+    reference, norm_name, per_pixel
+):
+    model = Linear3()
+    x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1)) - 0.5
+    theta = torch.linspace(0.1, 0.9, 64).view(1, 8, 8) if per_pixel else 0.4
+    smooth = reference.CohenSmooth(model, 3, theta, norm_name, input_generator(0, 7, "cpu"))
+    prediction, gap, selection, estimation = smooth.certify(x, 30, 777, 0.001, 100)
+    stream = input_generator(0, 7, "cpu")
+    assert np.array_equal(
+        selection, sample_counts(model, x, theta, norm_name, 30, 100, stream).numpy()
+    )
+    assert np.array_equal(
+        estimation, sample_counts(model, x, theta, norm_name, 777, 100, stream).numpy()
+    )
+    cert = certify(model, x, theta, norm_name, 30, 777, 0.001, 100, input_generator(0, 7, "cpu"))
+    assert (cert.prediction, cert.gap) == (prediction, pytest.approx(gap, rel=1e-12))
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def _random_net(arch: str, dataset: str) -> tuple[nn.Module, int, tuple[int, ...]]:
+    """A benchmarked architecture with seeded random weights; its classes and input shape."""
+    info = dataset_info(dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(arch, info)
+    return _frozen(model), info.num_classes, tuple(info.input_shape)
+
+
+@functools.cache
+def _trained_digits_cnn(device_name: str, epochs: int) -> nn.Module:
+    """A digits cnn trained under noise (sigma 0.25) for a few epochs: seconds on a CPU."""
+    device = torch.device(device_name)
+    data = load_dataset("digits", "train")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("cnn", data.info).to(device)
+    images = torch.stack([data.dataset[i][0] for i in range(len(data.dataset))]).to(device)
+    labels = torch.tensor([data.dataset[i][1] for i in range(len(data.dataset))], device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    generator = torch.Generator(device=device).manual_seed(0)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), device=device, generator=generator)
+        for start in range(0, len(order), 64):
+            chosen = order[start : start + 64]
+            noise = torch.randn(images[chosen].shape, device=device, generator=generator)
+            loss = nn.functional.cross_entropy(model(images[chosen] + 0.25 * noise), labels[chosen])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return _frozen(model)
+
+
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    """float32 on the CPU; float64 on CUDA, where a packed pass of another batch size may pick
+    another convolution algorithm (TF32 included): float64 keeps the logits' rounding far below
+    the gaps between them, so the votes stay comparable bit for bit."""
+    return torch.float64 if device.type == "cuda" else torch.float32
+
+
+@pytest.mark.parametrize("device_name", DEVICES)
+@pytest.mark.parametrize(
+    ("model_name", "n0", "n", "batch"),
+    [("cnn", 10, 50, 16), ("resnet20", 4, 12, 8), ("trained cnn", 20, 200, 64)],
+)
+def test_votes_equal_the_reference_loop_on_the_benchmarked_nets(
+    reference, model_name, n0, n, batch, device_name
+):
+    """The reference, ``certify``, ``sample_counts`` and ``sample_counts_many`` fed the same
+    per-input streams give identical vote counts (and certificates), for scalar and per-pixel
+    theta, l2 and l1: the benchmark's cnn (digits) and resnet20 (CIFAR) with random weights, and
+    a cnn trained on digits."""
+    device = torch.device(device_name)
+    dtype = _exact_dtype(device)
+    if model_name == "trained cnn":
+        model, num_classes, shape = copy.deepcopy(_trained_digits_cnn(device_name, 2)), 10, SHAPE
+    else:
+        model, num_classes, shape = _random_net(
+            model_name, "digits" if model_name == "cnn" else "cifar10"
+        )
+    model = model.to(device=device, dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(1)
+    xs = torch.rand((3, *shape), device=device, generator=generator, dtype=dtype)
+    theta_map = 0.1 + 0.4 * torch.rand(shape, device=device, generator=generator, dtype=dtype)
+    for label, theta, norm_name in (
+        ("l2 scalar", 0.25, "l2"),
+        ("l2 per-pixel", theta_map, "l2"),
+        ("l1 per-pixel", theta_map, "l1"),
+    ):
+        expected = []
+        for i, x in enumerate(xs):
+            smooth = reference.CohenSmooth(
+                model, num_classes, theta, norm_name, input_generator(0, i, device)
+            )
+            prediction, gap, selection, estimation = smooth.certify(x, n0, n, 0.001, batch)
+            expected.append((selection, estimation))
+            stream = input_generator(0, i, device)
+            ours = sample_counts(model, x, theta, norm_name, n0, batch, stream, num_classes)
+            assert np.array_equal(selection, ours.cpu().numpy()), label
+            ours = sample_counts(model, x, theta, norm_name, n, batch, stream, num_classes)
+            assert np.array_equal(estimation, ours.cpu().numpy()), label
+            cert = certify(
+                model, x, theta, norm_name, n0, n, 0.001, batch, input_generator(0, i, device)
+            )
+            assert cert.prediction == prediction, label
+            assert cert.gap == pytest.approx(gap, rel=1e-12), label
+        many = sample_counts_many(
+            model,
+            xs,
+            [theta] * len(xs),
+            norm_name,
+            (n0, n),
+            batch,
+            [input_generator(0, i, device) for i in range(len(xs))],
+        ).cpu()
+        for i, (selection, estimation) in enumerate(expected):
+            assert np.array_equal(selection, many[i, 0].numpy()), label
+            assert np.array_equal(estimation, many[i, 1].numpy()), label
+
+
+@pytest.mark.parametrize("device_name", DEVICES)
+def test_certified_accuracy_with_free_seeds_agrees_with_the_reference(reference, device_name):
+    """Each with its own random stream (the package seeded per input, the reference the global
+    one), the package and the reference certify the same trained digits cnn on the same test
+    inputs to the same certified accuracy within sampling error (two-proportion z under 3)."""
+    device = torch.device(device_name)
+    inputs, n, sigma = 20, 200, 0.25
+    model = _trained_digits_cnn(device_name, 2)
+    test = load_dataset("digits", "test")
+    radii = (0.0, 0.25, 0.5)
+    hits = {"reference": np.zeros(len(radii)), "ancer": np.zeros(len(radii))}
+    xs = torch.stack([test.dataset[i][0] for i in range(inputs)]).to(device)
+    labels = [int(test.dataset[i][1]) for i in range(inputs)]
+    certificates = certify_many(
+        model,
+        xs,
+        [sigma] * inputs,
+        "l2",
+        100,
+        n,
+        0.001,
+        1000,
+        [input_generator(0, i, device) for i in range(inputs)],
+    )
+    smooth = reference.CohenSmooth(model, 10, sigma, "l2")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(12345)  # the reference's global stream
+        for i in range(inputs):
+            prediction, gap, _, _ = smooth.certify(xs[i], 100, n, 0.001, 1000)
+            for k, radius in enumerate(radii):
+                hits["reference"][k] += prediction == labels[i] and sigma * gap >= radius
+                cert = certificates[i]
+                hits["ancer"][k] += cert.prediction == labels[i] and cert.radius >= radius
+    z = []
+    for k in range(len(radii)):
+        p1, p2 = hits["reference"][k] / inputs, hits["ancer"][k] / inputs
+        pooled = (p1 + p2) / 2
+        se = math.sqrt(max(2 * pooled * (1 - pooled) / inputs, 1e-12))
+        z.append((p2 - p1) / se)
+    assert all(abs(value) < 3 for value in z), (hits, z)
+
+
+# ---------------------------------------------------------------------------------------------
+# sound sampling (ancer_cli.core.sound): the certificate pays the noise's budget tau
+
+
+def _grid_problem(count: int, seed: int = 0):
+    model, _, xs, _ = _problem(count, seed)
+    return model, torch.round(xs * 255) / 255
+
+
+@pytest.mark.parametrize("norm_name", ["l2", "l1"])
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_sound_certificates_pay_the_budget(norm_name, anisotropic):
+    from ancer_cli.core.bounds import clopper_pearson_lower, gap_from_p_lower
+    from ancer_cli.core.radii import min_theta
+    from ancer_cli.core.sound import sound_theta, total_variation_budget
+
+    model, xs = _grid_problem(4)
+    theta = _anisotropic_theta() if anisotropic else 0.25
+    alpha, n = 0.001, 500
+    generators = [input_generator(0, i, "cpu") for i in range(len(xs))]
+    group = certify_many(model, xs, [theta] * 4, norm_name, 50, n, alpha, 128, generators, 255)
+    stated = sound_theta(theta, norm_name, 255)
+    tau = total_variation_budget(stated, norm_name, 255, SHAPE)
+    assert (tau > 0) == (norm_name == "l2")
+    for i, certificate in enumerate(group):
+        assert certificate.tau == tau
+        plain = clopper_pearson_lower(certificate.n_a, n, alpha)
+        assert certificate.p_a_lower == max(0.0, plain - tau)
+        assert certificate.min_theta == min_theta(stated)
+        if not certificate.abstained:
+            assert certificate.gap == gap_from_p_lower(plain - tau, norm_name)
+        # one at a time: the same noise, the same certificate
+        alone = certify(
+            model, xs[i], theta, norm_name, 50, n, alpha, 128, input_generator(0, i, "cpu"), 255
+        )
+        assert alone == certificate
+    off_grid = xs[0] + 0.1 / 255
+    with pytest.raises(ValueError, match="grid"):
+        certify(model, off_grid, theta, norm_name, 10, 10, alpha, 8, generators[0], sound=255)
+
+
+def test_sound_sequential_certificates_pay_the_budget():
+    from ancer_cli.core.sound import total_variation_budget
+
+    _, xs = _grid_problem(3)
+    model = Constant([0.0, 1.0])
+    plan = SequentialPlan(cap=2000, alpha=0.001)
+    runs = {}
+    for sound in (None, 255):
+        generators = [input_generator(0, i, "cpu") for i in range(len(xs))]
+        runs[sound] = certify_sequential_many(
+            model, xs, [0.25] * 3, "l2", 20, plan, 256, generators, sound=sound
+        )
+    tau = total_variation_budget(0.25, "l2", 255, SHAPE)
+    for plain, sound in zip(runs[None], runs[255], strict=True):
+        assert sound.tau == tau and plain.tau == 0.0
+        assert (sound.n_a, sound.n_estimation, sound.stop) == (
+            plain.n_a,
+            plain.n_estimation,
+            plain.stop,
+        )
+        assert sound.p_a_lower == pytest.approx(plain.p_a_lower - tau, abs=1e-15)
+
+
+def test_sound_predict_draws_on_the_grid():
+    model, xs = _grid_problem(3)
+    generators = [input_generator(0, i, "cpu", Stream.predict) for i in range(len(xs))]
+    grouped = predict_many(model, xs, [0.25] * 3, "l2", 200, 0.001, 64, generators, sound=255)
+    for i, prediction in enumerate(grouped):
+        generator = input_generator(0, i, "cpu", Stream.predict)
+        assert predict(model, xs[i], 0.25, "l2", 200, 0.001, 64, generator, sound=255) == prediction

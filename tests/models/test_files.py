@@ -76,3 +76,49 @@ def test_code_executing_pickle_is_refused(tmp_path: Path, container: str) -> Non
     with pytest.raises(ModelError, match="refused"):
         read_checkpoint(path)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# text files given as models
+
+
+RESULTS_TABLE = (
+    "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\n"
+    "0\t7\t7\t0.5\t0.5\t1\t0.25\t0.01\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "looks"),
+    [
+        (RESULTS_TABLE, "it looks like a results table, tab-separated: idx label predict radius"),
+        ("a,b,c\n1,2,3\n", "it looks like a table, comma-separated: a b c)"),
+        ("hello world\n", None),
+    ],
+)
+def test_text_file_says_what_it_is_and_what_a_model_file_is(
+    tmp_path: Path, text: str, looks: str | None
+) -> None:
+    path = tmp_path / "results.tsv"
+    path.write_text(text)
+    with pytest.raises(ModelError, match=r"results\.tsv is a text file.*, not a model; ") as bad:
+        load_model(path, CPU)
+    message = str(bad.value)
+    if looks is not None:
+        assert looks in message
+    for kind in ("checkpoint written by ancer train", "state dict", "--arch", "TorchScript",
+                 "torch.export"):  # fmt: skip
+        assert kind in message
+    assert "run code" not in message and "\n" not in message and "\t" not in message
+    with pytest.raises(ModelError, match="is a text file"):
+        read_checkpoint(path)
+
+
+def test_code_running_pickle_written_as_text_is_still_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"state_dict": _Evil(marker)}, handle, protocol=0)
+    with pytest.raises(ModelError, match="loading it would run code"):
+        load_model(path, CPU)
+    assert not marker.exists()

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from ancer_cli.artifacts import sha256_file
 from ancer_cli.errors import ModelError
@@ -15,23 +14,10 @@ from ancer_cli.models import (
     read_checkpoint,
 )
 from tests.models.fakes import CPU, trained_like
+from tests.toys import TinyClassifier
 
 # ---------------------------------------------------------------------------------------------
 # TorchScript and torch.export
-
-
-class TinyClassifier(nn.Module):
-    """(B, 1, 8, 8) in [0, 1] -> (B, 4) logits."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, kernel_size=3)
-        self.bn = nn.BatchNorm2d(3)
-        self.fc = nn.Linear(3, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn(self.conv(x - 0.5)))
-        return self.fc(out.mean(dim=(2, 3)))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

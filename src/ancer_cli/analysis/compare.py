@@ -17,8 +17,8 @@ from ancer_cli.analysis.metrics import (
     confidence_from_record,
     summarize,
 )
-from ancer_cli.artifacts import read_results, read_results_record
 from ancer_cli.errors import ResultsError
+from ancer_cli.results import read_results, read_results_record
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ Rows with label -1 come from images without labels (an unlabeled image folder): 
 radii of correct predictions are measured over the labeled rows only (NaN when there are none);
 abstention rate, counts and times over all rows.
 
-Frames come from :func:`ancer_cli.artifacts.read_results`.
+Frames come from :func:`ancer_cli.results.read_results`.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ancer_cli.artifacts import is_prediction_frame
 from ancer_cli.core.bounds import DEFAULT_ALPHA
 from ancer_cli.core.smoothing import ABSTAIN
 from ancer_cli.data import UNLABELED
 from ancer_cli.errors import ResultsError
+from ancer_cli.results import is_prediction_frame
 
 DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 

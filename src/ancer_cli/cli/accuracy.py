@@ -153,11 +153,14 @@ def accuracy_command(
     ] = False,
     force: ForceOption = False,
 ) -> None:
-    """Certified accuracy at chosen radii, average certified radius, clean accuracy and
-    abstention rate of one or more results files (this tool's, the original ANCER scripts' or
-    Cohen et al.'s), optionally with high-probability bounds, curves and radius histograms.
-    Files of predictions (ancer predict's, Cohen et al.'s predict.py's) get their accuracy and
-    abstention rate."""
+    """Report certified accuracy, average certified radius and abstention of results files.
+
+    Certified accuracy at chosen radii, average certified radius, clean accuracy and abstention
+    rate of one or more results files (this tool's, the original ANCER scripts' or Cohen et
+    al.'s), optionally with high-probability bounds, curves and radius histograms. Files of
+    predictions (ancer predict's, Cohen et al.'s predict.py's) get their accuracy and abstention
+    rate.
+    """
     radii = list(analysis.DEFAULT_RADII) if not radius else radius
     labels = _check_options(files, radii, label, high_probability, rho, alpha, plot_max_radius)
     if plot is not None and hist is not None and plot.resolve() == hist.resolve():

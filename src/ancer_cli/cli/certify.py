@@ -26,20 +26,22 @@ from ancer_cli.cli.common import (
     ForceOption,
     MaxIndexOption,
     MethodOption,
+    NoiseSeedOption,
     PrecisionOption,
     ResumeOption,
     RunArchOption,
     RunDatasetOption,
     RunNormOption,
     RunSplitOption,
-    SeedOption,
     SigmaOption,
     SmoothedModelOption,
+    SoundOption,
     ThetasOption,
     check_smoothing_options,
     console,
     handle_errors,
     label_notes,
+    noise_description,
     non_negative,
     positive,
     probability,
@@ -50,6 +52,7 @@ from ancer_cli.core.precision import Precision
 from ancer_cli.core.smoothing import ABSTAIN
 from ancer_cli.data import UNLABELED
 from ancer_cli.distributed import Session, session
+from ancer_cli.inputs import InputsSpec
 from ancer_cli.runtime import describe_device
 
 D = CertifyConfig()
@@ -126,7 +129,8 @@ def certify_command(
     resume: ResumeOption = False,
     force: ForceOption = False,
     device: DeviceOption = "auto",
-    seed: SeedOption = 0,
+    seed: NoiseSeedOption = None,
+    sound: SoundOption = False,
 ) -> None:
     """Certify inputs of a dataset with randomized smoothing and write one row per input.
 
@@ -145,14 +149,16 @@ def certify_command(
     non_negative("--max", max_index)
     check_smoothing_options(thetas, sigma, method)
     chosen = _sequential(radius, metric, sequential, tolerance)
+    inputs = InputsSpec(
+        model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
+        data_root=data_root, split=split, norm=norm, arch=arch, classes=classes, skip=skip,
+        max_index=max_index, precision=precision, channels_last=channels_last, seed=seed,
+        sound=sound,
+    )  # fmt: skip
     request = CertifyRequest(
-        out=out, model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
-        data_root=data_root, split=split, norm=norm, arch=arch, classes=classes,
-        n_selection=n_selection,
-        n_estimation=n_estimation, alpha=alpha, batch_size=batch_size, skip=skip,
-        max_index=max_index, memory=memory, sequential=chosen,
-        precision=precision, channels_last=channels_last,
-        resume=resume, force=force, seed=seed,
+        out=out, inputs=inputs, n_selection=n_selection, n_estimation=n_estimation,
+        alpha=alpha, batch_size=batch_size, memory=memory, sequential=chosen,
+        resume=resume, force=force,
     )  # fmt: skip
     with handle_errors(), session(device) as where:
         plan = plan_certify(request, where)
@@ -216,7 +222,8 @@ def _describe(plan: CertifyPlan, where: Session) -> str:
     return (
         f"certifying {len(plan.indices)} {data.info.name} {data.split} inputs "
         f"({config.norm.value}) with {plan.theta_description} (N0={config.n_selection}, "
-        f"N={config.n_estimation}{_mode(config)}, alpha={config.alpha}) on "
+        f"N={config.n_estimation}{_mode(config)}, alpha={config.alpha}; "
+        f"{noise_description(config.seed, config.sound)}) on "
         f"{describe_device(where.device)}"
         + (f" and {where.ranks.world_size - 1} more ranks" if where.ranks.distributed else "")
     )

@@ -19,11 +19,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ancer_cli.certify import CertifyMethod
 from ancer_cli.core.noise import Norm
 from ancer_cli.core.precision import Precision
 from ancer_cli.data import LabelRule, LoadedData
 from ancer_cli.errors import AncerError
+from ancer_cli.thetas import CertifyMethod
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -34,6 +34,24 @@ DeviceOption = Annotated[
 ]
 SeedOption = Annotated[
     int, typer.Option(help="Random seed; the same seed gives the same output on the same device.")
+]
+NoiseSeedOption = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help="Random seed of the noise (default: fresh from OS entropy, printed and recorded in "
+        "the sidecar; --resume reuses the recorded one). The same seed gives the same output on "
+        "the same device.",
+        show_default=False,
+    ),
+]
+SoundOption = Annotated[
+    bool,
+    typer.Option(
+        "--sound/--no-sound",
+        help="Floating-point-sound noise: drawn exactly on the data's pixel grid and added in "
+        "integers, so no base classifier can forge a certificate through rounding.",
+    ),
 ]
 PrecisionOption = Annotated[
     Precision,
@@ -59,7 +77,8 @@ MaxIndexOption = Annotated[
 SmoothedModelOption = Annotated[
     Path | None,
     typer.Option(
-        help="Model file: an ancer checkpoint, TorchScript archive or torch.export program."
+        help="Model file: a checkpoint written by ancer train, a state dict (with --arch), a "
+        "TorchScript archive or a torch.export program."
     ),
 ]
 ThetasOption = Annotated[
@@ -203,3 +222,9 @@ def non_negative(name: str, value: int | None) -> None:
     """Usage error (exit 2) unless ``value`` (when given) is >= 0."""
     if value is not None and value < 0:
         raise typer.BadParameter(f"{name} must be >= 0, got {value}")
+
+
+def noise_description(seed: int, grid_levels: int | None) -> str:
+    """How a certify or predict run draws its noise, for the line that opens it."""
+    sound = f"sound noise on the 1/{grid_levels} grid" if grid_levels else "float noise"
+    return f"{sound}, seed {seed}"

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ancer_cli.artifacts import MANIFEST_NAME
 from ancer_cli.cli.common import (
     ChannelsLastOption,
     ClassesOption,
@@ -44,6 +43,7 @@ from ancer_cli.optimize import (
     plan_optimize,
 )
 from ancer_cli.runtime import describe_device
+from ancer_cli.thetas import MANIFEST_NAME
 
 ISO = IsotropicConfig()
 ANC = AncerConfig()

@@ -15,20 +15,22 @@ from ancer_cli.cli.common import (
     ForceOption,
     MaxIndexOption,
     MethodOption,
+    NoiseSeedOption,
     PrecisionOption,
     ResumeOption,
     RunArchOption,
     RunDatasetOption,
     RunNormOption,
     RunSplitOption,
-    SeedOption,
     SigmaOption,
     SmoothedModelOption,
+    SoundOption,
     ThetasOption,
     check_smoothing_options,
     console,
     handle_errors,
     label_notes,
+    noise_description,
     non_negative,
     positive,
     probability,
@@ -39,6 +41,7 @@ from ancer_cli.core.precision import Precision
 from ancer_cli.core.smoothing import ABSTAIN
 from ancer_cli.data import UNLABELED
 from ancer_cli.distributed import session
+from ancer_cli.inputs import InputsSpec
 from ancer_cli.predict import PredictConfig, PredictionRow, PredictRequest, plan_predict
 from ancer_cli.runtime import describe_device
 
@@ -77,11 +80,13 @@ def predict_command(
     resume: ResumeOption = False,
     force: ForceOption = False,
     device: DeviceOption = "auto",
-    seed: SeedOption = 0,
+    seed: NoiseSeedOption = None,
+    sound: SoundOption = False,
 ) -> None:
-    """Predict with the smoothed classifier (Cohen et al.'s PREDICT: abstain unless the top
-    class beats the runner-up in a binomial test at level alpha); one row per input:
-    idx label predict correct time.
+    """Predict each input with the smoothed classifier and write one row per input.
+
+    Cohen et al.'s PREDICT: abstain unless the top class beats the runner-up in a binomial test
+    at level alpha. Columns: idx label predict correct time.
 
     Fixed sigma: --model M --sigma S. Per-input thetas: --thetas DIR (model, dataset, split, norm
     and method come from DIR/manifest.json; original ANCER folders and isotropic value files need
@@ -92,11 +97,15 @@ def predict_command(
     probability("--alpha", alpha)
     non_negative("--max", max_index)
     check_smoothing_options(thetas, sigma, method)
+    inputs = InputsSpec(
+        model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
+        data_root=data_root, split=split, norm=norm, arch=arch, classes=classes, skip=skip,
+        max_index=max_index, precision=precision, channels_last=channels_last, seed=seed,
+        sound=sound,
+    )  # fmt: skip
     request = PredictRequest(
-        out=out, model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
-        data_root=data_root, split=split, norm=norm, arch=arch, classes=classes, num=num,
-        alpha=alpha, batch_size=batch_size, skip=skip, max_index=max_index, precision=precision,
-        channels_last=channels_last, resume=resume, force=force, seed=seed,
+        out=out, inputs=inputs, num=num, alpha=alpha, batch_size=batch_size, resume=resume,
+        force=force,
     )  # fmt: skip
     with handle_errors(), session(device) as where:
         plan = plan_predict(request, where)
@@ -106,7 +115,8 @@ def predict_command(
             console.print(
                 f"predicting {len(plan.indices)} {data.info.name} {data.split} inputs "
                 f"({config.norm.value}) with {plan.theta_description} (N={config.num}, "
-                f"alpha={config.alpha}) on {describe_device(where.device)}"
+                f"alpha={config.alpha}; {noise_description(config.seed, config.sound)}) "
+                f"on {describe_device(where.device)}"
                 + (
                     f" and {where.ranks.world_size - 1} more ranks"
                     if where.ranks.distributed

@@ -66,8 +66,11 @@ def show_command(
     ] = False,
     force: ForceOption = False,
 ) -> None:
-    """Draw each chosen input beside a heat map of its theta (per pixel, with a colour bar in
-    theta units), to see where ANCER allowed large perturbations."""
+    """Draw chosen inputs beside heat maps of their thetas, to see where ANCER allows more noise.
+
+    Each input gets one row: the image, then its theta per pixel with a colour bar in theta
+    units (one map per colour channel with --each-channel).
+    """
     if out.suffix.lower() not in analysis.PLOT_SUFFIXES:
         raise typer.BadParameter(f"{out} must end in .png or .pdf", param_hint="'--out'")
     for value in index or []:

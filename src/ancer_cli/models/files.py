@@ -4,7 +4,9 @@ names) and ``torch.load(weights_only=True)`` with one-line errors that name a re
 
 from __future__ import annotations
 
+import codecs
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -19,8 +21,9 @@ MODEL_KINDS: tuple[str, ...] = ("checkpoint", "torchscript", "export", "factory"
 
 
 ACCEPTED_FILES = (
-    "expected an ancer checkpoint, a state dict saved with torch.save, a TorchScript archive "
-    "(torch.jit.save) or a torch.export program (torch.export.save)"
+    "a model file is a checkpoint written by ancer train (or Cohen et al.'s), a state dict saved "
+    "with torch.save (then give --arch NAME or --arch package.module:factory), a TorchScript "
+    "archive (torch.jit.save) or a torch.export program (torch.export.save)"
 )
 
 
@@ -31,6 +34,7 @@ KIND_NAMES = {
 
 
 def check_model_file(path: Path) -> None:
+    """One-line :class:`ModelError` unless ``path`` is a readable, non-empty file."""
     if not path.exists():
         raise ModelError(f"model file {path} does not exist; check --model")
     if path.is_dir():
@@ -86,6 +90,7 @@ def load_weights_only(path: Path) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        _refuse_text_file(path, error)
         text = str(error)
         found = _REFUSED_GLOBAL.search(text)
         # torch's unpickler stops at the first opcode it cannot handle (e.g. a protocol-4 FRAME)
@@ -103,10 +108,61 @@ def load_weights_only(path: Path) -> Any:
             f"{ACCEPTED_FILES}"
         ) from error
     except Exception as error:  # noqa: BLE001 - torch.load raises many types on bad bytes
+        _refuse_text_file(path, error)
         raise ModelError(
             f"model file {path} is corrupt or not a PyTorch file ({torch_reason(error)}); "
             f"{ACCEPTED_FILES}"
         ) from error
+
+
+# How much of a file decides whether it is text.
+_TEXT_PROBE = 1 << 16
+
+
+def _refuse_text_file(path: Path, error: BaseException) -> None:
+    """Raise a ModelError saying what ``path`` is when it is a text file torch could not load
+    (a results table given as ``--model`` is the usual case); return for anything else."""
+    note = describe_text_file(path)
+    if note is not None:
+        raise ModelError(f"model file {path} is {note}, not a model; {ACCEPTED_FILES}") from error
+
+
+def describe_text_file(path: Path) -> str | None:
+    """``"a text file"``, with what it looks like where that can be told (a results table, a
+    table), or ``None`` for anything else: binary files, and pickles written as text (protocol
+    0), which the unpickler's own messages describe. Reads the file, never unpickles it."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_TEXT_PROBE)
+    except OSError:
+        return None
+    try:  # incremental: a character cut at the end of the probe is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return None
+    if not text.strip() or any(char < " " and char not in "\t\n\r" for char in text):
+        return None
+    if _is_pickle(path):
+        return None
+    first = text.strip().splitlines()[0]
+    for separator, layout in (("\t", "tab-separated"), (",", "comma-separated")):
+        columns = [column.strip() for column in first.split(separator)]
+        if len(columns) > 1:
+            what = "a results table" if columns[0] == "idx" else "a table"
+            shown = " ".join(columns[:5])[:80] + (" ..." if len(columns) > 5 else "")
+            return f"a text file (it looks like {what}, {layout}: {shown})"
+    return "a text file"
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether ``path`` holds one complete pickle stream (read with ``pickletools`` only)."""
+    try:
+        with open(path, "rb") as handle:
+            for _ in pickletools.genops(handle):
+                pass
+    except Exception:  # noqa: BLE001 - text that is no pickle fails in many ways
+        return False
+    return True
 
 
 # Globals a weights-only file may legitimately name (tensor rebuilding, containers).
@@ -122,8 +178,6 @@ def _foreign_global(path: Path) -> str | None:
     Scans the consecutive pickles of a legacy ``torch.save`` file; returns ``None`` for bytes
     that are not a pickle at all.
     """
-    import pickletools
-
     strings: list[str] = []
     try:
         with open(path, "rb") as handle:
@@ -147,6 +201,7 @@ def _foreign_global(path: Path) -> str | None:
 
 
 def torch_reason(error: BaseException) -> str:
+    """The first line of what torch said about a file it could not load (at most 200 chars)."""
     text = str(error)
     marker = "WeightsUnpickler error:"
     if marker in text:

@@ -1,0 +1,75 @@
+"""What a newcomer meets first: ``ancer --help``, ``ancer COMMAND -h``, and the message for the
+usual first mistake, a results table given as ``--model``."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner, Result
+
+from ancer_cli.cli import app
+from tests.helpers import RESULT_HEADER, assert_domain_error, invoke
+
+COMMANDS = ["train", "optimize", "certify", "accuracy", "predict", "show"]
+
+
+def wide_help(*args: str) -> Result:
+    """``ancer ARGS...`` on a terminal wide enough that no line needs to wrap."""
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def panel_rows(text: str, title: str) -> list[str]:
+    """The rows of the help panel called ``title``, frame stripped."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"╭─ {title} "))
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("╰"):
+            break
+        rows.append(line.strip("│ ").strip())
+    return rows
+
+
+def test_every_command_is_listed() -> None:
+    group = get_command(app)
+    assert sorted(group.commands) == sorted(COMMANDS)  # type: ignore[attr-defined]
+
+
+def test_each_command_is_one_complete_sentence_on_one_line() -> None:
+    rows = panel_rows(wide_help("--help").stdout, "Commands")
+    assert [row.split()[0] for row in rows] == COMMANDS  # no continuation lines
+    group = get_command(app)
+    for row in rows:
+        name, summary = row.split(maxsplit=1)
+        assert summary[0].isupper() and summary.endswith("."), row
+        docstring = inspect.cleandoc(group.commands[name].help or "")  # type: ignore[attr-defined]
+        assert docstring.splitlines()[0] == summary, f"{name}: summary is not the first line"
+
+
+@pytest.mark.parametrize("args", [[], *([command] for command in COMMANDS)])
+def test_help_shows_no_type_beside_flags(args: list[str]) -> None:
+    text = wide_help(*args, "-h").stdout
+    assert "<bool>" not in text
+    help_row = next(row for row in panel_rows(text, "Options") if row.startswith("--help"))
+    assert help_row.split() == ["--help", "-h", "Show", "this", "message", "and", "exit."]
+    if args:  # every command has --force; its row is the flag and its help, nothing between
+        force_row = next(row for row in panel_rows(text, "Options") if "--force" in row)
+        assert force_row.split()[:2] == ["--force", "Overwrite"]
+
+
+@pytest.mark.parametrize("command", ["certify", "predict", "optimize"])
+def test_results_table_as_model_says_what_it_is(tmp_path: Path, command: str) -> None:
+    results = tmp_path / "results.tsv"
+    results.write_text(RESULT_HEADER + "\n0\t7\t7\t0.5\t0.5\t1\t0.25\t0.01\n")
+    out = tmp_path / "out"
+    noise = ("--sigma", 0.25) if command != "optimize" else ()
+    result = invoke(command, "--model", results, *noise, "--dataset", "digits", "--out", out)
+    line = assert_domain_error(
+        result, f"{results} is a text file (it looks like a results table", "not a model"
+    )
+    assert "checkpoint written by ancer train" in line and "run code" not in line
