@@ -131,7 +131,7 @@ class InputsSpec:
     share. ``None`` means "as the thetas' manifest (or the model file) records it"; exactly one
     of ``sigma`` and ``thetas`` is given. ``seed`` seeds every input's random streams (``None``:
     not chosen yet; :func:`ancer_cli.results.run_seed` chooses it). ``sound`` draws the noise on
-    the data's pixel grid (:mod:`ancer_cli.core.sound`)."""
+    the data's pixel grid (:mod:`ancer_cli.core.sound`); ``None``: wherever the data has one."""
 
     model: Path | None = None
     thetas: Path | None = None
@@ -148,7 +148,7 @@ class InputsSpec:
     precision: Precision = Precision.fp32
     channels_last: bool = False
     seed: int | None = None
-    sound: bool = False
+    sound: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -219,14 +219,15 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
         method = CertifyMethod.fixed
         thetas = fixed_theta(theta_from_sigma(spec.sigma, run.norm))
         description = f"noise sigma={spec.sigma}"
-    grid_levels = None
-    if spec.sound:
-        grid_levels = run.data.grid_levels
-        if grid_levels is None:
-            raise AncerError(
-                f"--sound needs data on a pixel grid, and {run.data.info.name} has none "
-                "(8-bit images do); pass --no-sound for float noise"
-            )
+    grid = run.data.grid_levels
+    sound = grid is not None if spec.sound is None else spec.sound  # default: where there is one
+    if sound and grid is None:
+        raise AncerError(
+            f"--sound needs data on a pixel grid, and {run.data.info.name} has none "
+            "(8-bit images do); pass --no-sound for float noise"
+        )
+    grid_levels = grid if sound else None
+    if grid_levels is not None:
         thetas = sound_thetas(thetas, run.norm, grid_levels)
     arguments = {
         "method": method.value,
@@ -241,7 +242,7 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
         "skip": spec.skip,
         "max": spec.max_index,
         "seed": spec.seed,
-        "sound": spec.sound,
+        "sound": sound,
         **speed_options_record(spec.precision, spec.channels_last),
     }
     return SmoothedInputs(

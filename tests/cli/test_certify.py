@@ -117,10 +117,19 @@ def test_fixed_radius_is_cohens_radius_rounded_down(fixed_run) -> None:
             matching_gap(row, SIGMA, SIGMA, "l2")
 
 
-def test_fixed_l1_uses_sqrt3_sigma_and_linear_gap(model_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sound", ["--no-sound", "--sound"])
+def test_fixed_l1_uses_sqrt3_sigma_and_linear_gap(
+    model_path: Path, tmp_path: Path, sound: str
+) -> None:
+    """theta = sqrt(3) sigma; sound noise (the default on digits) states the grid half-width
+    it draws, (M + 1/2)/16 with M = round(16 theta - 1/2)."""
     out = tmp_path / "l1.csv"
-    certify("--model", model_path, "--sigma", SIGMA, "--norm", "l1", "--max", 4, "--out", out)
+    certify(
+        "--model", model_path, "--sigma", SIGMA, "--norm", "l1", "--max", 4, "--out", out, sound
+    )
     theta = math.sqrt(3) * SIGMA
+    if sound == "--sound":
+        theta = (round(16 * theta - 0.5) + 0.5) / 16
     rows = read_rows(out)
     assert [row.idx for row in rows] == [0, 1, 2, 3]
     for row in rows:
@@ -398,7 +407,7 @@ def test_l1_thetas_round_trip(model_path: Path, tmp_path: Path) -> None:
     manifest = json.loads((thetas / "manifest.json").read_text())
     assert manifest["arguments"]["norm"] == "l1"
     out = tmp_path / "l1.csv"
-    certify("--thetas", thetas, "--out", out)
+    certify("--thetas", thetas, "--out", out, "--no-sound")  # the values as written
     rows = read_rows(out)
     assert [row.idx for row in rows] == [0, 1, 2]
     for row in rows:

@@ -46,11 +46,13 @@ NoiseSeedOption = Annotated[
     ),
 ]
 SoundOption = Annotated[
-    bool,
+    bool | None,
     typer.Option(
         "--sound/--no-sound",
         help="Floating-point-sound noise: drawn exactly on the data's pixel grid and added in "
-        "integers, so no base classifier can forge a certificate through rounding.",
+        "integers, so no base classifier can forge a certificate through rounding (default: "
+        "on wherever the data has a pixel grid; --no-sound: float noise).",
+        show_default=False,
     ),
 ]
 PrecisionOption = Annotated[

@@ -81,7 +81,7 @@ def predict_command(
     force: ForceOption = False,
     device: DeviceOption = "auto",
     seed: NoiseSeedOption = None,
-    sound: SoundOption = False,
+    sound: SoundOption = None,
 ) -> None:
     """Predict each input with the smoothed classifier and write one row per input.
 
