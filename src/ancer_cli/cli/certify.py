@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -48,11 +49,13 @@ from ancer_cli.cli.common import (
     progress_bar,
 )
 from ancer_cli.cli.common import out as stdout
+from ancer_cli.core.incremental import DEFAULT_TOLERANCE
 from ancer_cli.core.precision import Precision
 from ancer_cli.core.smoothing import ABSTAIN
 from ancer_cli.data import UNLABELED
 from ancer_cli.distributed import Session, session
 from ancer_cli.inputs import InputsSpec
+from ancer_cli.reuse import ReusePlan, ReuseRequest, ReuseRow, ReuseSummary, plan_reuse
 from ancer_cli.runtime import describe_device
 
 D = CertifyConfig()
@@ -130,14 +133,60 @@ def certify_command(
     force: ForceOption = False,
     device: DeviceOption = "auto",
     seed: NoiseSeedOption = None,
-    sound: SoundOption = False,
+    sound: SoundOption = None,
+    reuse: Annotated[
+        Path | None,
+        typer.Option(
+            help="Results file of an earlier certify run of the original model: certify the "
+            "changed --model from its certificates (see docs/reuse.md).",
+            show_default=False,
+        ),
+    ] = None,
+    alpha_zeta: Annotated[
+        float | None,
+        typer.Option(
+            help="--reuse: failure probability of the bound on the two models' disagreement "
+            "(default: alpha/10); reused rows hold at alpha + alpha-zeta.",
+            show_default=False,
+        ),
+    ] = None,
+    reuse_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help="--reuse: certify an input afresh where reuse would lose more than this "
+            f"fraction of its radius (default {DEFAULT_TOLERANCE}).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Certify inputs of a dataset with randomized smoothing and write one row per input.
 
     Fixed sigma: --model M --sigma S. Per-input thetas: --thetas DIR (model, dataset, split, norm
     and method come from DIR/manifest.json; original ANCER folders and isotropic value files need
-    --model, --dataset and --norm).
+    --model, --dataset and --norm). A changed model: --reuse RESULTS --model CHANGED.
     """
+    if reuse is not None or alpha_zeta is not None or reuse_tolerance is not None:
+        given = {
+            "--thetas": thetas is not None, "--sigma": sigma is not None,
+            "--method": method is not None, "--dataset": dataset is not None,
+            "--split": split is not None, "--norm": norm is not None,
+            "--classes": classes is not None, "--N0": n_selection != D.n_selection,
+            "--N": n_estimation != D.n_estimation, "--alpha": alpha != D.alpha,
+            "--batch-size": batch_size != D.batch_size, "--skip": skip != 1,
+            "--max": max_index is not None, "--memory/--no-memory": memory is not None,
+            "--radius": bool(radius), "--sequential": sequential,
+            "--sound/--no-sound": sound is not None,
+        }  # fmt: skip
+        request = reuse_request(
+            reuse, model, alpha_zeta, reuse_tolerance, [name for name, on in given.items() if on],
+            ReuseRequest(
+                results=Path(), model=Path(), out=out, data_root=data_root, arch=arch,
+                precision=precision, channels_last=channels_last, seed=seed, resume=resume,
+                force=force,
+            ),
+        )  # fmt: skip
+        certify_reuse(request, device)
+        return
     for name, value in [
         ("--N0", n_selection),
         ("--N", n_estimation),
@@ -269,3 +318,94 @@ def _report(out: Path, summary: CertifySummary) -> None:
             f"took its certificate ({len(changes.changed_predictions)} changed prediction), "
             f"{len(changes.shrunk)} regions shrunk to avoid another class's region"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# --reuse: a changed model certified from an earlier run
+
+
+def reuse_request(
+    results: Path | None,
+    model: Path | None,
+    alpha_zeta: float | None,
+    tolerance: float | None,
+    conflicting: list[str],
+    base: ReuseRequest,
+) -> ReuseRequest:
+    """Usage errors (exit 2) of ``--reuse``, then the request: the earlier run fixes the data,
+    the noise and the sampling, so the options that set them conflict with it."""
+    if results is None:
+        raise typer.BadParameter("--alpha-zeta and --reuse-tolerance go with --reuse")
+    if model is None:
+        raise typer.BadParameter("--reuse needs --model: the changed model to certify")
+    if conflicting:
+        raise typer.BadParameter(
+            f"{', '.join(conflicting)}: with --reuse the earlier run sets the data, the noise "
+            "and the sampling; leave these out"
+        )
+    probability("--alpha-zeta", alpha_zeta)
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+        raise typer.BadParameter(f"--reuse-tolerance must be a finite number >= 0, got {tolerance}")
+    return replace(
+        base,
+        results=results,
+        model=model,
+        alpha_zeta=alpha_zeta,
+        tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+    )
+
+
+def certify_reuse(request: ReuseRequest, device: str) -> None:
+    """Run a reuse request under a progress bar and print its summary."""
+    with handle_errors(), session(device) as where:
+        plan = plan_reuse(request, where)
+        main = where.ranks.is_main
+        if main:
+            console.print(_describe_reuse(plan, where))
+        with progress_bar(enabled=main) as progress:
+            task = progress.add_task("certify (reuse)", total=None, status="")
+            memory_task = progress.add_task(
+                "memory pass", total=len(plan.indices), status="", visible=False, start=False
+            )
+            routes = dict.fromkeys(("reuse", "scratch", "abstain"), 0)
+
+            def advance(row: ReuseRow) -> None:
+                routes[row.route.value] += 1
+                status = ", ".join(f"{k} {v}" for k, v in routes.items())
+                progress.update(task, advance=1, status=status)
+
+            def memory_progress(done: int, total: int) -> None:
+                progress.start_task(memory_task)
+                progress.update(memory_task, completed=done, total=total, visible=True)
+
+            def start(kept: int, mine: int) -> None:
+                progress.update(task, total=mine, completed=0)
+
+            summary = plan.run(where, on_row=advance, on_memory=memory_progress, on_start=start)
+            progress.update(task, completed=progress.tasks[task].total)
+        if summary is not None:
+            _report_reuse(request.out, summary)
+
+
+def _describe_reuse(plan: ReusePlan, where: Session) -> str:
+    config, rule = plan.config, plan.settings.rule
+    return (
+        f"certifying {plan.request.model} from {plan.request.results}: "
+        f"{len(plan.indices)} {plan.data.info.name} {plan.data.split} inputs "
+        f"({config.norm.value}) with {plan.theta_description} (N0={config.n_selection}, "
+        f"N={config.n_estimation}, alpha={config.alpha}, alpha_zeta={rule.alpha_zeta:g}, "
+        f"tolerance {rule.tolerance:g}; earlier draws regenerated from seed "
+        f"{plan.settings.earlier_seed}, afresh: {noise_description(config.seed, config.sound)}) "
+        f"on {describe_device(where.device)}"
+    )
+
+
+def _report_reuse(out: Path, summary: ReuseSummary) -> None:
+    _report(out, summary.totals)
+    routes = summary.routes
+    stdout.print(
+        f"reused {routes['reuse']}, certified afresh {routes['scratch']}, kept abstentions "
+        f"{routes['abstain']}; samples per input: mean {summary.mean_samples:.0f} "
+        f"(afresh: {summary.scratch_samples}); reused rows hold at alpha "
+        f"{summary.guarantee:g}"
+    )

@@ -1,0 +1,199 @@
+"""Benchmark: ``certify --reuse`` (incremental smoothing) against certifying a changed model afresh.
+
+On digits, the original CNN is certified once (fixed sigma, and ANCER thetas with the memory
+pass); then four changed versions of it are certified twice each, side by side: from the earlier
+run (``--reuse``) and from scratch (plain ``certify`` with the same seed, N0, N and alpha):
+
+* ``bf16``: the same file under ``--precision bf16``;
+* ``int8``: ``torch.ao.quantization.quantize_dynamic`` on the Linear layers (a TorchScript file);
+* ``pruned``: 30% of the conv and linear weights zeroed by global magnitude
+  (``torch.nn.utils.prune``);
+* ``finetuned``: one more epoch of training under noise (SGD, lr 0.01).
+
+Reported per variant and noise: noisy inputs evaluated per input (forward samples: a regenerated
+draw counts twice, both models see it), seconds per input, certified accuracy at radius 0, 0.25,
+0.5, 0.75 and the average certified radius (ACR), reuse and from scratch; and how many rows each
+route took. Files go to ``--out``.
+
+    python benchmarks/reuse.py --quick                       # seconds (CI runs it)
+    python benchmarks/reuse.py --model runs/demo/model.pt --inputs 200 --N 100000 --out runs/reuse
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ancer_cli.cli import app
+from ancer_cli.core.noise import input_generator
+from ancer_cli.data import load_dataset
+from ancer_cli.models import load_model
+from ancer_cli.results import read_results
+
+ROOT = Path(__file__).resolve().parent.parent
+RADII = (0.0, 0.25, 0.5, 0.75)
+VARIANTS = ("bf16", "int8", "pruned", "finetuned")
+
+
+def _ancer(*words: object) -> None:
+    """``ancer WORDS...`` in this process (no start-up per run); raises on failure."""
+    print("$ ancer " + " ".join(map(str, words)), file=sys.stderr, flush=True)
+    code = app([str(word) for word in words], standalone_mode=False)
+    if code:
+        raise SystemExit(f"ancer {words[0]} failed (exit code {code})")
+
+
+def _save_script(module: nn.Module, path: Path) -> Path:
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, torch.rand(4, 1, 8, 8))
+        torch.jit.save(traced, str(path))
+    return path
+
+
+def _finetune(module: nn.Module, sigma: float, seed: int = 0) -> nn.Module:
+    """One epoch of cross-entropy on noisy digits training images."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(True)
+    data = load_dataset("digits", "train", None).dataset
+    xs = torch.stack([data[i][0] for i in range(len(data))])  # type: ignore[arg-type]
+    ys = torch.tensor([int(data[i][1]) for i in range(len(data))])  # type: ignore[arg-type]
+    generator = input_generator(seed, 0, "cpu")
+    order = torch.randperm(len(xs), generator=generator)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
+    module.train()
+    for start in range(0, len(xs), 64):
+        batch = order[start : start + 64]
+        noisy = xs[batch] + sigma * torch.randn(xs[batch].shape, generator=generator)
+        loss = nn.functional.cross_entropy(module(noisy), ys[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+def make_variants(model: Path, out: Path, sigma: float) -> dict[str, tuple[Path, tuple[str, ...]]]:
+    """The changed models: file and extra certify options for each variant."""
+
+    def fresh() -> nn.Module:
+        return load_model(model, torch.device("cpu")).module
+
+    int8 = torch.ao.quantization.quantize_dynamic(fresh(), {nn.Linear}, dtype=torch.qint8)
+    pruned = fresh()
+    weights = [(m, "weight") for m in pruned.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    prune.global_unstructured(weights, pruning_method=prune.L1Unstructured, amount=0.3)
+    for module, name in weights:
+        prune.remove(module, name)
+    return {
+        "bf16": (model, ("--precision", "bf16")),
+        "int8": (_save_script(int8, out / "int8.pt"), ()),
+        "pruned": (_save_script(pruned, out / "pruned.pt"), ()),
+        "finetuned": (_save_script(_finetune(fresh(), sigma), out / "finetuned.pt"), ()),
+    }
+
+
+def measure(path: Path) -> dict[str, float]:
+    """Certified accuracy at :data:`RADII`, ACR, samples and seconds per input of one file."""
+    frame = read_results(path)
+    record = json.loads(Path(str(path) + ".json").read_text())
+    n = len(frame)
+    samples = (
+        float(frame["samples"].mean())
+        if "samples" in frame.columns
+        else record["arguments"]["N0"] + record["arguments"]["N"]
+    )
+    row = {
+        f"{r:g}": float(((frame["radius"] >= r) & (frame["correct"] == 1)).mean()) for r in RADII
+    }
+    row["acr"] = float((frame["radius"] * frame["correct"]).mean())
+    row["samples"] = samples
+    row["seconds"] = record["totals"]["seconds_this_run"] / max(n, 1)
+    routes = record["totals"].get("routes")
+    row["routes"] = (
+        "/".join(str(routes[k]) for k in ("reuse", "scratch", "abstain")) if routes else ""
+    )
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    parser.add_argument("--model", type=Path, help="the original model (default: train one)")
+    parser.add_argument("--thetas", type=Path, help="its ANCER thetas (default: optimize)")
+    parser.add_argument("--inputs", type=int, default=100)
+    parser.add_argument("--N", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--sigma", type=float, default=0.25)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reuse")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.inputs, args.N, args.batch_size = min(args.inputs, 4), 5000, 500
+    torch.set_num_threads(1)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None:
+        model = out / "model.pt"
+        if not model.exists():
+            _ancer("train", "--epochs", 1 if args.quick else 20, "--device", "cpu", "--out", model)
+    thetas = args.thetas
+    if thetas is None:
+        thetas = out / "thetas"
+        if not (thetas / "manifest.json").exists():
+            small = ("--objective", "reference", "--iso-iterations", 5, "--iterations", 5,
+                     "--samples", 8, "--iso-samples", 8) if args.quick else ()  # fmt: skip
+            _ancer("optimize", "--model", model, "--out", thetas, "--max", args.inputs,
+                   "--device", "cpu", "--force", *small)  # fmt: skip
+    variants = make_variants(model, out, args.sigma)
+    # from scratch, a variant is certified with the original's thetas: a folder without the
+    # manifest (which ties them to the original model's hash), as original ANCER folders are
+    plain = out / "thetas-plain"
+    plain.mkdir(exist_ok=True)
+    for theta_file in thetas.glob("theta_*.pt"):
+        (plain / theta_file.name).write_bytes(theta_file.read_bytes())
+    sampling = ("--N", args.N, "--batch-size", args.batch_size, "--device", "cpu", "--force")
+    noises = {
+        "fixed": ("--model", model, "--sigma", args.sigma, "--max", args.inputs),
+        "ancer": ("--thetas", thetas, "--max", args.inputs),
+    }
+    rows = []
+    for noise, source in noises.items():
+        earlier = out / f"{noise}-original.csv"
+        _ancer("certify", *source, "--seed", 0, "--out", earlier, *sampling)
+        for name in VARIANTS:
+            path, extra = variants[name]
+            reused, scratch = out / f"{noise}-{name}-reuse.csv", out / f"{noise}-{name}.csv"
+            _ancer("certify", "--reuse", earlier, "--model", path, *extra, "--seed", 1,
+                   "--out", reused, *sampling[4:])  # fmt: skip
+            # the variant as the model (a TorchScript file does not record its dataset)
+            scratch_source = ("--model", path, "--dataset", "digits", "--norm", "l2")
+            scratch_source += source[2:] if noise == "fixed" else ("--thetas", plain, *source[2:])
+            _ancer("certify", *scratch_source, *extra, "--seed", 1, "--out", scratch, *sampling)
+            rows.append((noise, name, measure(reused), measure(scratch)))
+    header = ["noise", "variant", "routes r/s/a", "samples reuse", "samples scratch",
+              "s/input reuse", "s/input scratch"]  # fmt: skip
+    header += [f"acc@{r:g} reuse/scratch" for r in RADII] + ["ACR reuse/scratch"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for noise, name, reuse, scratch in rows:
+        cells = [noise, name, reuse["routes"], f"{reuse['samples']:.0f}",
+                 f"{scratch['samples']:.0f}", f"{reuse['seconds']:.3f}",
+                 f"{scratch['seconds']:.3f}"]  # fmt: skip
+        cells += [f"{reuse[f'{r:g}']:.3f}/{scratch[f'{r:g}']:.3f}" for r in RADII]
+        cells.append(f"{reuse['acr']:.4f}/{scratch['acr']:.4f}")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

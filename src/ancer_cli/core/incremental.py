@@ -1,0 +1,297 @@
+"""Incremental randomized smoothing (Ugare et al., ICLR 2024): certify a changed base classifier
+``f'`` from the certificate of the original ``f`` and a bound on how often the two disagree.
+
+For any noise law and any class ``c``,
+
+    P[f'(x + e) = c] >= P[f(x + e) = c and f'(x + e) = c] = P[f(x + e) = c] - P[f = c, f' != c]
+                     >= P[f(x + e) = c] - P[f(x + e) != f'(x + e)].
+
+So with ``pA_lower`` of the earlier certificate of ``f`` (wrong with probability ``<= alpha``) and
+an upper confidence bound ``zeta`` on ``q = P[f = cA, f' != cA]`` (wrong with probability
+``<= alpha_zeta``), ``pA_lower - zeta`` is a lower bound on ``f'``'s ``pA`` that is wrong with
+probability at most ``alpha + alpha_zeta`` -- a union bound, valid whatever the dependence
+between the two events, so ``zeta`` may be estimated on the very draws the earlier run used.
+We bound ``q`` (the disagreements where ``f`` votes for ``cA``), which is never larger than the
+disagreement rate ``P[f != f']`` that the paper bounds, and only on estimation draws: ``cA`` was
+selected on the selection draws, which are independent of them, so ``cA`` is fixed for ``zeta``.
+With sound noise the earlier ``pA_lower`` already paid the sampler's budget ``tau`` (it bounds
+the ideal law) while ``zeta`` bounds ``q`` under the implemented law; ``P_ideal[f' = c] >=
+P_impl[f' = c] - tau >= P_impl[f = c] - q - tau``, so ``tau`` is paid once, as recorded.
+
+``zeta`` is the running minimum of the anytime-valid upper confidence sequence of
+:mod:`ancer_cli.core.sequential` at level ``alpha_zeta``, so sampling may stop at any look: as soon
+as the reused radius is within a tolerance of the earlier one (route ``reuse``) or clearly cannot
+get there (route ``scratch``: certify ``f'`` afresh). The votes of both models come from one
+:class:`PairClassifier` fed through :func:`~ancer_cli.core.smoothing.sample_counts_many`, so
+chunking, sound sampling and precision are exactly those of CERTIFY; looks fall on whole chunks
+(:func:`zeta_looks`), so the draws are exactly the earlier run's, in order.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from scipy.stats import norm as normal
+from torch import nn
+
+from ancer_cli.core.noise import Norm, Theta
+from ancer_cli.core.radii import min_theta
+from ancer_cli.core.sequential import FloatArray, cs_lower, cs_upper, gaps
+from ancer_cli.core.smoothing import ABSTAIN, chunk_sizes, sample_counts_many
+
+ZETA_SHARE = 0.1
+"""The default ``alpha_zeta`` as a share of the earlier run's ``alpha``: ``alpha / 10``, so the
+reused certificates hold at ``1.1 alpha``."""
+DEFAULT_TOLERANCE = 0.05
+"""The largest relative loss of certified radius a reused certificate may have."""
+LOOK_GROWTH = 1.5
+"""Each look draws about half as many estimation samples again as all the looks before."""
+
+
+class Route(str, enum.Enum):
+    """How a row of a reuse run was certified (its ``path`` column)."""
+
+    reuse = "reuse"
+    """the earlier ``pA_lower`` less ``zeta``"""
+    scratch = "scratch"
+    """CERTIFY of the changed model afresh"""
+    abstain = "abstain"
+    """the earlier run abstained: so does this one, without sampling"""
+
+
+class PairClassifier(nn.Module):
+    """Both base classifiers as one: logits ``(b, 2 K)``, one-hot at ``2 f(x) + [f'(x) != f(x)]``.
+
+    Its votes (``sample_counts_many(..., num_classes=2 K)``) reshaped to ``(K, 2)`` count, per
+    class ``c`` of ``f``, the draws where ``f'`` agrees and where it does not: the marginal is
+    ``f``'s own votes, column 1 the disagreements. (A full ``K x K`` table would do too, but
+    costs ``K^2`` logits per sample: a million for ImageNet.)"""
+
+    def __init__(self, original: nn.Module, changed: nn.Module, classes: int) -> None:
+        super().__init__()
+        self.original = original
+        self.changed = changed
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        before = self.original(x).argmax(dim=1)
+        after = self.changed(x).argmax(dim=1)
+        outcome = 2 * before + (after != before).long()
+        return nn.functional.one_hot(outcome, 2 * self.classes).float()
+
+
+def pair_counts(
+    pair: PairClassifier,
+    xs: torch.Tensor | Sequence[torch.Tensor],
+    thetas: Sequence[Theta],
+    norm: Norm | str,
+    nums: Sequence[int],
+    batch_size: int,
+    generators: Sequence[torch.Generator],
+    sound: int | None = None,
+) -> np.ndarray:
+    """Votes of ``pair`` on the noisy copies CERTIFY draws: int64 ``(n, len(nums), K, 2)`` on
+    the host -- ``[..., c, 0]`` draws where both say ``c``, ``[..., c, 1]`` where ``f`` says ``c``
+    and ``f'`` does not."""
+    counts = sample_counts_many(
+        pair, xs, thetas, norm, nums, batch_size, generators, 2 * pair.classes, sound
+    )
+    return counts.cpu().numpy().reshape(len(thetas), len(nums), pair.classes, 2)
+
+
+def recovered_p_a_lower(radius: float, theta: Theta, norm: Norm | str) -> float:
+    """The earlier ``pA_lower`` from a written radius: the gap ``radius / min(theta)`` (as the
+    memory pass recovers it; the radius was rounded toward zero), then ``Phi(gap)`` (l2) or
+    ``(1 + gap) / 2`` (l1), one ulp down so that rounding can only lower it."""
+    gap = float(radius) / min_theta(theta)
+    p = float(normal.cdf(gap)) if Norm(norm) is Norm.l2 else (1.0 + gap) / 2.0
+    return math.nextafter(min(p, 1.0), 0.0)
+
+
+def zeta_cap(n_estimation: int, batch_size: int) -> int:
+    """The most estimation draws reuse looks at: half of ``N`` in whole chunks of ``b =
+    min(batch_size, N)``, at least one chunk. Each draw is seen by both models, so up to there
+    reuse evaluates no more noisy inputs than CERTIFY afresh (``N0 + N``)."""
+    chunk = chunk_sizes(n_estimation, batch_size)[0]
+    return max(chunk, (n_estimation // 2) // chunk * chunk)
+
+
+def zeta_looks(n_estimation: int, batch_size: int, growth: float = LOOK_GROWTH) -> list[int]:
+    """Cumulative estimation draws at which the disagreements are looked at: whole chunks of
+    ``b = min(batch_size, N)`` (:func:`~ancer_cli.core.smoothing.chunk_sizes`), growing by about
+    ``growth``, up to :func:`zeta_cap` -- so the draws are the earlier run's, in its chunks."""
+    if n_estimation < 1 or batch_size < 1 or growth <= 1.0:
+        raise ValueError(
+            f"need N >= 1, batch size >= 1, growth > 1; got {n_estimation}, {batch_size}, {growth}"
+        )
+    chunk = chunk_sizes(n_estimation, batch_size)[0]
+    cap = zeta_cap(n_estimation, batch_size)
+    looks, chunks = [], 1
+    while chunks * chunk < cap:
+        looks.append(chunks * chunk)
+        chunks = max(chunks + 1, math.ceil(chunks * growth))
+    return [*looks, cap]
+
+
+@dataclass(frozen=True)
+class ReuseRule:
+    """When to stop drawing and which route to take.
+
+    ``zeta`` is the running minimum of :func:`~ancer_cli.core.sequential.cs_upper` at level
+    ``alpha_zeta`` (the only level charged to the certificate). After each look: *reuse* once
+    ``pA_lower - zeta`` is at least 1/2 and loses at most ``tolerance`` of the earlier gap
+    (relative); *scratch* once that is out of reach -- the running maximum of the lower sequence
+    at the same level (it only decides stopping, like :class:`SequentialPlan`'s upper sequence:
+    if it is wrong, the input is certified afresh for nothing, never falsely), or the bound the
+    cap would give were every later draw an agreement, already rules it out. At the cap: reuse if
+    the rule holds, else scratch. Before any draw, inputs that could not be reused even with no
+    disagreement at the cap go to scratch at once (``pA_lower`` near 1, where every ``zeta``
+    costs much radius)."""
+
+    alpha_zeta: float
+    tolerance: float = DEFAULT_TOLERANCE
+    norm: Norm = Norm.l2
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha_zeta < 1.0:
+            raise ValueError(f"alpha_zeta must lie in (0, 1), got {self.alpha_zeta}")
+        if not self.tolerance >= 0.0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        object.__setattr__(self, "norm", Norm(self.norm))
+
+    def acceptable(self, p_a_lower: npt.ArrayLike, zeta: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Whether ``pA_lower - zeta`` certifies (``> 1/2``) within the tolerance."""
+        p = np.asarray(p_a_lower, dtype=np.float64)
+        reused = p - np.asarray(zeta, dtype=np.float64)
+        keep = gaps(reused, self.norm) >= (1.0 - self.tolerance) * gaps(p, self.norm)
+        return np.asarray((reused > 0.5) & keep)
+
+    def feasible(self, p_a_lower: npt.ArrayLike, cap: int) -> npt.NDArray[np.bool_]:
+        """Whether reuse could succeed at all: acceptable with no disagreement in ``cap``."""
+        return self.acceptable(p_a_lower, cs_upper(0, cap, self.alpha_zeta))
+
+    def step(
+        self,
+        p_a_lower: npt.ArrayLike,
+        disagreements: npt.ArrayLike,
+        n: npt.ArrayLike,
+        cap: int,
+        zeta: npt.ArrayLike,
+        low: npt.ArrayLike,
+    ) -> tuple[npt.NDArray[np.int8], FloatArray, FloatArray]:
+        """One look at ``disagreements`` of ``n`` (arrays, one entry per input or run): the codes
+        (0 go on, 1 reuse, 2 scratch) and the updated running ``zeta`` and lower bound."""
+        upper = np.minimum(zeta, cs_upper(disagreements, n, self.alpha_zeta))
+        lower = np.maximum(low, cs_lower(disagreements, n, self.alpha_zeta))
+        best = np.minimum(upper, cs_upper(disagreements, cap, self.alpha_zeta))
+        reuse = self.acceptable(p_a_lower, upper)
+        hopeless = ~self.acceptable(p_a_lower, lower) | ~self.acceptable(p_a_lower, best)
+        at_cap = np.asarray(n) >= cap
+        codes = np.select([reuse, hopeless | at_cap], [1, 2], 0).astype(np.int8)
+        return codes, np.asarray(upper, dtype=np.float64), np.asarray(lower, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Incremental:
+    """The outcome for one input: its ``route``; for ``reuse`` the new ``p_a_lower`` (``pA_lower
+    - zeta``). ``n`` estimation draws were looked at (``disagreements`` of them with ``f = cA !=
+    f'``), ``samples`` draws evaluated by both models (selection included: the stream is
+    regenerated in order); ``selection_agrees`` whether the regenerated selection stage chose the
+    earlier class (``None`` without draws) -- a check that the draws are the earlier run's."""
+
+    route: Route
+    p_a_lower: float = 0.0
+    zeta: float = 1.0
+    n: int = 0
+    disagreements: int = 0
+    samples: int = 0
+    selection_agrees: bool | None = None
+
+
+def certify_incremental_many(
+    pair: PairClassifier,
+    xs: torch.Tensor | Sequence[torch.Tensor],
+    thetas: Sequence[Theta],
+    norm: Norm | str,
+    n_selection: int,
+    n_estimation: int,
+    batch_size: int,
+    generators: Sequence[torch.Generator],
+    predictions: Sequence[int],
+    p_a_lowers: Sequence[float],
+    rule: ReuseRule,
+    sound: int | None = None,
+) -> list[Incremental]:
+    """Reuse the earlier certificates of a group of inputs for ``pair.changed``.
+
+    ``generators`` regenerate the earlier run's certify streams (same seed, index and stream);
+    ``predictions`` and ``p_a_lowers`` are the earlier certificates (``ABSTAIN`` for an
+    abstention). The selection stage is drawn and evaluated first (so the estimation draws are
+    the earlier run's), then estimation draws look by look (:func:`zeta_looks`, at most
+    :func:`zeta_cap`), the undecided
+    inputs sharing forward passes, until :class:`ReuseRule` decides. Inputs routed to
+    ``scratch`` are left to the caller (CERTIFY of the changed model with a fresh stream).
+    """
+    count = len(thetas)
+    results: list[Incremental | None] = [None] * count
+    p = np.asarray(p_a_lowers, dtype=np.float64)
+    certified = np.asarray(predictions) != ABSTAIN
+    cap = zeta_cap(n_estimation, batch_size)
+    feasible = rule.feasible(np.where(certified, p, 0.0), cap)
+    for i in range(count):
+        if not certified[i]:
+            results[i] = Incremental(Route.abstain)
+        elif not feasible[i]:
+            results[i] = Incremental(Route.scratch)
+    active = np.flatnonzero(certified & feasible)
+    zeta, low = np.ones(count), np.zeros(count)
+    dis, n = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+    agrees: dict[int, bool] = {}
+    drawn = 0
+    for size in zeta_looks(n_estimation, batch_size):
+        if active.size == 0:
+            break
+        step, first, drawn = size - drawn, drawn == 0, size
+        members = active.tolist()
+        nums = (n_selection, step) if first else (step,)
+        counts = pair_counts(
+            pair,
+            [xs[i] for i in members],
+            [thetas[i] for i in members],
+            norm,
+            nums,
+            batch_size,
+            [generators[i] for i in members],
+            sound,
+        )
+        chosen = np.asarray([predictions[i] for i in members])
+        if first:
+            votes = counts[:, 0].sum(axis=2)  # f's selection votes
+            for k, i in enumerate(members):
+                agrees[i] = int(np.argmax(votes[k])) == int(chosen[k])
+        dis[active] += counts[np.arange(len(members)), -1, chosen, 1]
+        n[active] = size
+        codes, zeta[active], low[active] = rule.step(
+            p[active], dis[active], n[active], cap, zeta[active], low[active]
+        )
+        for k in np.flatnonzero(codes):
+            i = int(active[k])
+            reused = codes[k] == 1
+            results[i] = Incremental(
+                Route.reuse if reused else Route.scratch,
+                p_a_lower=float(p[i] - zeta[i]) if reused else 0.0,
+                zeta=float(zeta[i]),
+                n=int(n[i]),
+                disagreements=int(dis[i]),
+                samples=n_selection + int(n[i]),
+                selection_agrees=agrees[i],
+            )
+        active = active[codes == 0]
+    assert all(result is not None for result in results)  # the last look is at the cap
+    return [result for result in results if result is not None]

@@ -1,0 +1,18 @@
+"""``benchmarks/reuse.py`` must not rot: its quick mode on the session's model and thetas."""
+
+from pathlib import Path
+
+from tests.benchmarks.test_bench import run_script
+
+
+def test_quick_mode_compares_reuse_with_scratch(model_path: Path, thetas_dir: Path, tmp_path: Path):
+    result = run_script(
+        "reuse.py", "--quick", "--model", model_path, "--thetas", thetas_dir, "--out", tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| fixed", "| ancer"))]
+    assert len(rows) == 8
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert sum(int(k) for k in cells[2].split("/")) == 4  # every input took one route
+        assert float(cells[3]) > 0 and float(cells[4]) == 5100

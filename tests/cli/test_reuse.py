@@ -1,0 +1,155 @@
+"""``ancer certify --reuse``: a changed model certified from an earlier run, end to end."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import norm as normal
+
+from ancer_cli.core.incremental import recovered_p_a_lower
+from ancer_cli.core.sequential import cs_upper
+from tests.helpers import (
+    RESULT_HEADER,
+    assert_domain_error,
+    assert_usage_error,
+    invoke,
+    ok,
+    rounded_down,
+    save_colour_model,
+    without_time,
+)
+
+N0, N = 20, 1000
+EARLIER = ("--N0", N0, "--N", N, "--batch-size", 100, "--seed", 0, "--device", "cpu", "--max", 6)
+REUSE = ("--alpha-zeta", 0.01, "--reuse-tolerance", 0.5, "--seed", 1, "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Path:
+    """A fixed-sigma certify run of the session's model (float noise: exact radii to compare)."""
+    out = tmp_path_factory.mktemp("earlier") / "earlier.csv"
+    ok("certify", "--model", model_path, "--sigma", 0.25, "--no-sound", "--out", out, *EARLIER)
+    return out
+
+
+def _rows(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text().splitlines()[1:]]
+
+
+def test_unchanged_model_reuses_with_exactly_the_zero_disagreement_bound(
+    earlier: Path, model_path: Path, tmp_path: Path
+):
+    out = tmp_path / "reused.csv"
+    result = ok("certify", "--reuse", earlier, "--model", model_path, "--out", out, *REUSE)
+    assert "reused" in result.stdout
+    assert out.read_text().splitlines()[0] == RESULT_HEADER + "\tsamples\tpath"
+    before = {int(r[0]): r for r in _rows(earlier)}
+    routes = set()
+    for row in _rows(out):
+        old = before[int(row[0])]
+        routes.add(row[9])
+        if row[9] != "reuse":
+            continue
+        draws = int(row[8]) // 2 - N0  # both models saw each regenerated draw
+        p = recovered_p_a_lower(float(old[3]), 0.25, "l2") - cs_upper(0, draws, 0.01)
+        assert row[2] == old[2]
+        assert rounded_down(0.25 * normal.ppf(p), row[3])
+    assert "reuse" in routes
+    record = json.loads(Path(str(out) + ".json").read_text())
+    assert record["guarantee"]["alpha"] == pytest.approx(0.001 + 0.01)
+    models = record["reuse"]["models"]
+    assert models["original"]["sha256"] == models["changed"]["sha256"]
+    assert record["reuse"]["earlier"]["seed"] == 0 and record["arguments"]["seed"] == 1
+    assert record["totals"]["routes"]["reuse"] == sum(r[9] == "reuse" for r in _rows(out))
+
+
+def test_rows_certified_afresh_are_certifys_rows(earlier: Path, model_path: Path, tmp_path: Path):
+    """Tolerance 0: no input can be reused; each is the row ``certify --seed 1`` writes."""
+    out, plain = tmp_path / "afresh.csv", tmp_path / "plain.csv"
+    ok("certify", "--reuse", earlier, "--model", model_path, "--out", out,
+       "--reuse-tolerance", 0, "--seed", 1, "--device", "cpu")  # fmt: skip
+    ok("certify", "--model", model_path, "--sigma", 0.25, "--no-sound", "--out", plain,
+       *EARLIER[:-6], "--seed", 1, "--device", "cpu", "--max", 6)  # fmt: skip
+    assert all(row[9] == "scratch" and int(row[8]) == N0 + N for row in _rows(out))
+    assert without_time(out)[1:] == without_time(plain)[1:]
+
+
+def test_bf16_thetas_l1_memory_pass_and_resume(model_path: Path, thetas_dir: Path, tmp_path: Path):
+    earlier = tmp_path / "earlier.csv"
+    ok("certify", "--thetas", thetas_dir, "--out", earlier, *EARLIER[:-2])
+    assert Path(str(earlier) + ".pre-memory").is_file()
+    out = tmp_path / "bf16.csv"
+    args = ("certify", "--reuse", earlier, "--model", model_path, "--precision", "bf16",
+            "--out", out, *REUSE)  # fmt: skip
+    ok(*args)
+    assert Path(str(out) + ".pre-memory").is_file()  # the memory pass ran on the new rows
+    full = without_time(out)
+    assert len(full) == 1 + 6 and all(len(row) == 7 for row in full)
+    record = json.loads(Path(str(out) + ".json").read_text())
+    assert record["arguments"]["precision"] == "bf16" and record["memory"]["enabled"]
+    # resume: cut the rows before the memory pass to two, as a crash would
+    working = Path(str(out) + ".pre-memory")
+    lines = working.read_text().splitlines(keepends=True)
+    working.write_text("".join(lines[:3]))
+    out.unlink()
+    ok(*args, "--resume")
+    assert without_time(out) == full
+    assert json.loads(Path(str(out) + ".json").read_text())["totals"]["resumed_rows"] == 2
+
+
+def test_l1_fixed_sigma(model_path: Path, tmp_path: Path):
+    earlier = tmp_path / "earlier.csv"
+    ok("certify", "--model", model_path, "--sigma", 0.25, "--norm", "l1", "--out", earlier,
+       *EARLIER)  # fmt: skip
+    out = tmp_path / "l1.csv"
+    ok("certify", "--reuse", earlier, "--model", model_path, "--out", out, *REUSE)
+    assert json.loads(Path(str(out) + ".json").read_text())["arguments"]["norm"] == "l1"
+    assert {row[9] for row in _rows(out)} <= {"reuse", "scratch", "abstain"}
+
+
+def test_refusals(earlier: Path, model_path: Path, tmp_path: Path):
+    bare = tmp_path / "bare.csv"
+    shutil.copy(earlier, bare)
+    out = tmp_path / "out.csv"
+    run = ("--model", model_path, "--out", out, "--device", "cpu")
+    assert_domain_error(invoke("certify", "--reuse", bare, *run), "has no sidecar")
+    record = json.loads(Path(str(earlier) + ".json").read_text())
+    del record["arguments"]["seed"]
+    Path(str(bare) + ".json").write_text(json.dumps(record))
+    assert_domain_error(invoke("certify", "--reuse", bare, *run), "lacks arguments.seed")
+    # the original model is gone
+    copy = tmp_path / "copy.pt"
+    shutil.copy(model_path, copy)
+    gone = tmp_path / "gone.csv"
+    ok("certify", "--model", copy, "--sigma", 0.25, "--out", gone, *EARLIER)
+    copy.unlink()
+    assert_domain_error(invoke("certify", "--reuse", gone, *run), "copy.pt is missing")
+    # a model of another dataset, and one that cannot read 1x8x8 inputs
+    checkpoint = torch.load(model_path, weights_only=True)
+    checkpoint["dataset"] = "mnist"
+    other = tmp_path / "mnist.pt"
+    torch.save(checkpoint, other)
+    changed = ("--out", out, "--device", "cpu")
+    assert_domain_error(
+        invoke("certify", "--reuse", earlier, "--model", other, *changed), "made for mnist"
+    )
+    checkpoint["dataset"], checkpoint["input_shape"] = "digits", [1, 28, 28]
+    torch.save(checkpoint, other)
+    assert_domain_error(
+        invoke("certify", "--reuse", earlier, "--model", other, *changed), "(1, 28, 28)"
+    )
+    # a black box with three logits
+    three = save_colour_model(tmp_path / "colour3.pt", 3)
+    assert_domain_error(invoke("certify", "--reuse", earlier, "--model", three, *changed), "logits")
+
+
+def test_usage_errors(earlier: Path, model_path: Path):
+    assert_usage_error(
+        invoke("certify", "--reuse", earlier, "--model", model_path, "--sigma", 0.25), "--sigma"
+    )
+    assert_usage_error(invoke("certify", "--reuse", earlier, "--N", 50, "--model", model_path),
+                       "--N")  # fmt: skip
+    assert_usage_error(invoke("certify", "--reuse", earlier), "needs --model")
+    assert_usage_error(invoke("certify", "--alpha-zeta", 0.01), "go with --reuse")
