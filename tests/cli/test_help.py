@@ -16,9 +16,9 @@ from tests.helpers import RESULT_HEADER, assert_domain_error, invoke
 COMMANDS = ["train", "optimize", "certify", "accuracy", "predict", "show"]
 
 
-def wide_help(*args: str) -> Result:
-    """``ancer ARGS...`` on a terminal wide enough that no line needs to wrap."""
-    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+def wide_help(*args: str, columns: int = 200) -> Result:
+    """``ancer ARGS...`` on a terminal ``columns`` wide (200: no line needs to wrap)."""
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": str(columns)})
     assert result.exit_code == 0, result.output
     return result
 
@@ -40,9 +40,10 @@ def test_every_command_is_listed() -> None:
     assert sorted(group.commands) == sorted(COMMANDS)  # type: ignore[attr-defined]
 
 
-def test_each_command_is_one_complete_sentence_on_one_line() -> None:
-    rows = panel_rows(wide_help("--help").stdout, "Commands")
-    assert [row.split()[0] for row in rows] == COMMANDS  # no continuation lines
+@pytest.mark.parametrize("columns", [200, 80])
+def test_each_command_is_one_complete_sentence_on_one_line(columns: int) -> None:
+    rows = panel_rows(wide_help("--help", columns=columns).stdout, "Commands")
+    assert [row.split()[0] for row in rows] == COMMANDS  # no continuation lines, even at 80
     group = get_command(app)
     for row in rows:
         name, summary = row.split(maxsplit=1)

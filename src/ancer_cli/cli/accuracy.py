@@ -153,7 +153,7 @@ def accuracy_command(
     ] = False,
     force: ForceOption = False,
 ) -> None:
-    """Report certified accuracy, average certified radius and abstention of results files.
+    """Report certified accuracy, radius and abstention of results files.
 
     Certified accuracy at chosen radii, average certified radius, clean accuracy and abstention
     rate of one or more results files (this tool's, the original ANCER scripts' or Cohen et

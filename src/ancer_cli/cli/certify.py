@@ -159,7 +159,7 @@ def certify_command(
         ),
     ] = None,
 ) -> None:
-    """Certify inputs of a dataset with randomized smoothing and write one row per input.
+    """Certify inputs with randomized smoothing, one row per input.
 
     Fixed sigma: --model M --sigma S. Per-input thetas: --thetas DIR (model, dataset, split, norm
     and method come from DIR/manifest.json; original ANCER folders and isotropic value files need

@@ -166,7 +166,10 @@ def optimize_command(
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
 ) -> None:
-    """Optimize the smoothing parameter theta of each input and save one file per input."""
+    """Optimize each input's smoothing parameter theta, one file each.
+
+    ANCER (one theta per pixel, after an isotropic stage) or isotropic (one theta per input).
+    """
     for name, value in [
         ("--iso-iterations", iso_iterations),
         ("--iso-samples", iso_samples),

@@ -83,7 +83,7 @@ def predict_command(
     seed: NoiseSeedOption = None,
     sound: SoundOption = None,
 ) -> None:
-    """Predict each input with the smoothed classifier and write one row per input.
+    """Predict inputs with the smoothed classifier, one row per input.
 
     Cohen et al.'s PREDICT: abstain unless the top class beats the runner-up in a binomial test
     at level alpha. Columns: idx label predict correct time.

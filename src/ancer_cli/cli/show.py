@@ -66,7 +66,7 @@ def show_command(
     ] = False,
     force: ForceOption = False,
 ) -> None:
-    """Draw chosen inputs beside heat maps of their thetas, to see where ANCER allows more noise.
+    """Draw inputs beside heat maps of their thetas.
 
     Each input gets one row: the image, then its theta per pixel with a colour bar in theta
     units (one map per colour channel with --each-channel).

@@ -83,7 +83,10 @@ def train_command(
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
 ) -> None:
-    """Train a base classifier under noise; report clean and noisy test accuracy each epoch."""
+    """Train a base classifier under noise, one checkpoint per epoch.
+
+    Each epoch reports the training loss and the clean and noisy test accuracy.
+    """
     positive("--sigma", sigma)
     positive("--epochs", epochs)
     positive("--batch-size", batch_size)
