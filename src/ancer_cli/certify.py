@@ -42,6 +42,7 @@ from ancer_cli.inputs import (
     resolve_inputs,
     sound_record,
 )
+from ancer_cli.models.denoisers import inputs_per_theta, set_input_theta
 from ancer_cli.results import (
     RESULT_COLUMNS,
     SEQUENTIAL_COLUMNS,
@@ -191,7 +192,9 @@ def certify_dataset(
         plan = sequential.plan(config.n_estimation, config.alpha, config.norm)
         # the first looks are short: enough inputs to fill a forward pass with them
         group = max(1, min(MAX_INPUTS_PER_GROUP, config.batch_size // plan.first))
+    group = inputs_per_theta(model, group)  # a denoiser sees one input's theta per pass
     for chosen in input_groups(data, indices, thetas, group, device, config.sound):
+        set_input_theta(model, chosen.thetas)
         generators = [
             input_generator(config.seed, idx, device, Stream.certify) for idx in chosen.indices
         ]

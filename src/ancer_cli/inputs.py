@@ -19,6 +19,7 @@ from ancer_cli.data import LoadedData, load_dataset
 from ancer_cli.distributed import Session
 from ancer_cli.errors import AncerError, ModelError, first_line
 from ancer_cli.models import LoadedModel, load_model
+from ancer_cli.models.denoisers import DenoisedClassifier, load_denoiser
 from ancer_cli.thetas import (
     CertifyMethod,
     ThetaSource,
@@ -149,6 +150,8 @@ class InputsSpec:
     channels_last: bool = False
     seed: int | None = None
     sound: bool | None = None
+    denoiser: Path | None = None
+    """an ``ancer-denoiser/1`` file: the base classifier becomes ``model(denoiser(z, theta))``"""
 
 
 @dataclass(frozen=True)
@@ -193,12 +196,20 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
         classes=spec.classes or recorded.classes,
     )
     indices = select_indices(len(run.data.dataset), spec.skip, spec.max_index)  # type: ignore[arg-type]
+    denoiser = load_denoiser(spec.denoiser, session.device) if spec.denoiser else None
+    if denoiser is not None and denoiser.input_shape != tuple(run.data.info.input_shape):
+        raise ModelError(
+            f"denoiser {spec.denoiser} was trained on {denoiser.dataset} inputs of shape "
+            f"{denoiser.input_shape}, but {run.data.info.name} inputs have shape "
+            f"{tuple(run.data.info.input_shape)}; train a denoiser for this dataset"
+        )
     if spec.thetas is not None:
         theta_set = open_thetas(
             spec.thetas,
             run.data,
             norm=run.norm,
             model_sha256=run.model.sha256,
+            denoiser_sha256=denoiser.sha256 if denoiser is not None else None,
             device=session.device,
             selected=indices,
             recorded=recorded,
@@ -229,6 +240,13 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
     grid_levels = grid if sound else None
     if grid_levels is not None:
         thetas = sound_thetas(thetas, run.norm, grid_levels)
+    model = run.model.module
+    if denoiser is not None:
+        fixed = method is CertifyMethod.fixed
+        first = thetas(indices[0]) if indices else None
+        model = DenoisedClassifier(model, denoiser.module, run.norm, theta=first, fixed=fixed)
+        if first is not None:  # the composed model must still give one logit per class
+            check_compatible(model, run.data, session.device, f"{model_path} + {spec.denoiser}")
     arguments = {
         "method": method.value,
         "model": str(model_path),
@@ -244,9 +262,14 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
         "seed": spec.seed,
         "sound": sound,
         **speed_options_record(spec.precision, spec.channels_last),
+        **(
+            {"denoiser": str(spec.denoiser), "denoiser_sha256": denoiser.sha256}
+            if denoiser is not None
+            else {}
+        ),
     }
     return SmoothedInputs(
-        model=prepare_model(run.model.module, spec.precision, spec.channels_last),
+        model=prepare_model(model, spec.precision, spec.channels_last),
         data=run.data,
         norm=run.norm,
         method=method,

@@ -29,6 +29,7 @@ from ancer_cli.inputs import (
     resolve_inputs,
     sound_record,
 )
+from ancer_cli.models.denoisers import inputs_per_theta, set_input_theta
 from ancer_cli.results import (
     PREDICTION_COLUMNS,
     check_resume,
@@ -85,8 +86,9 @@ def predict_dataset(
     not depend on the other inputs, their order or the number of processes. ``time`` is the
     wall time of sampling and testing, shared evenly by inputs that share forward passes.
     """
-    group = inputs_per_group(0, config.num, config.batch_size)
+    group = inputs_per_theta(model, inputs_per_group(0, config.num, config.batch_size))
     for chosen in input_groups(data, indices, thetas, group, device, config.sound):
+        set_input_theta(model, chosen.thetas)
         generators = [
             input_generator(config.seed, idx, device, Stream.predict) for idx in chosen.indices
         ]

@@ -301,10 +301,12 @@ def open_thetas(
     device: torch.device,
     selected: Sequence[int] | None = None,
     recorded: RecordedRun | None = None,
+    denoiser_sha256: str | None = None,
 ) -> ThetaSet:
     """Open a thetas folder or isotropic value file for ``data`` and check it fits the run.
 
-    A manifest must agree on dataset, split, norm (when given) and model hash. A value file
+    A manifest must agree on dataset, split, norm (when given) and model hash, and, where it
+    records one (``denoiser_sha256``, ``None`` for none), on the denoiser's hash. A value file
     holds either one value per dataset index of the split (its length is the split's size) or,
     as the original data-dependent smoothing code writes it, one value per input the run
     selects (``selected``, the dataset indices of ``--skip``/``--max`` in index order): value
@@ -382,6 +384,22 @@ def open_thetas(
             f"{where} were optimized for another model (SHA-256 {str(arguments.get('model_sha256'))[:12]}..., "
             f"given model {model_sha256[:12]}...); certify with the model they were optimized for"
         )
+    if "denoiser_sha256" in arguments and arguments["denoiser_sha256"] != denoiser_sha256:
+        recorded_hash, named = arguments["denoiser_sha256"], arguments.get("denoiser")
+        if recorded_hash is None:
+            problem, fix = "without a denoiser, this run gives one", "drop --denoiser"
+        elif denoiser_sha256 is None:
+            problem = (
+                f"denoiser {named} (SHA-256 {recorded_hash[:12]}...), this run gives no denoiser"
+            )
+            fix = f"certify with --denoiser {named}"
+        else:
+            problem = (
+                f"another denoiser (SHA-256 {recorded_hash[:12]}..., given denoiser "
+                f"{denoiser_sha256[:12]}...)"
+            )
+            fix = f"certify with the denoiser they were optimized with, {named}"
+        raise ThetaError(f"{where} were optimized with {problem}; {fix}")
     method = manifest.get("method")
     if method not in ("isotropic", "ancer"):
         raise ThetaError(f"{where} name method {method!r}, expected isotropic or ancer")

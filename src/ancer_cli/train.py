@@ -3,6 +3,7 @@
 ``noise``: cross-entropy on noisy copies ``x + theta * eps`` (averaged over ``noisy_samples``).
 ``stability``: the same cross-entropy plus ``stability_weight`` times the KL divergence between the
 predictions on the first noisy copy and on each further copy.
+``sigma = 0`` trains a clean classifier (no noise), the off-the-shelf case of denoised smoothing.
 
 The random streams are seeded per epoch, so a run resumed from the checkpoint of epoch k continues
 exactly as the uninterrupted run would have.
@@ -59,7 +60,8 @@ class EpochReport:
     train_loss: float
     train_accuracy: float
     clean_accuracy: float
-    noisy_accuracy: float
+    noisy_accuracy: float | None
+    """``None`` when training without noise (sigma 0)"""
     lr: float
     seconds: float
 
@@ -189,7 +191,7 @@ def train(
             train_loss=total_loss / max(seen, 1),
             train_accuracy=correct / max(seen, 1),
             clean_accuracy=clean,
-            noisy_accuracy=noisy,
+            noisy_accuracy=noisy if config.sigma > 0 else None,
             lr=lr,
             seconds=time.perf_counter() - began,
         )

@@ -23,6 +23,7 @@ from ancer_cli.cli.common import (
     ChannelsLastOption,
     ClassesOption,
     DataRootOption,
+    DenoiserOption,
     DeviceOption,
     ForceOption,
     MaxIndexOption,
@@ -134,6 +135,7 @@ def certify_command(
     device: DeviceOption = "auto",
     seed: NoiseSeedOption = None,
     sound: SoundOption = None,
+    denoiser: DenoiserOption = None,
     reuse: Annotated[
         Path | None,
         typer.Option(
@@ -175,7 +177,7 @@ def certify_command(
             "--batch-size": batch_size != D.batch_size, "--skip": skip != 1,
             "--max": max_index is not None, "--memory/--no-memory": memory is not None,
             "--radius": bool(radius), "--sequential": sequential,
-            "--sound/--no-sound": sound is not None,
+            "--sound/--no-sound": sound is not None, "--denoiser": denoiser is not None,
         }  # fmt: skip
         request = reuse_request(
             reuse, model, alpha_zeta, reuse_tolerance, [name for name, on in given.items() if on],
@@ -202,7 +204,7 @@ def certify_command(
         model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
         data_root=data_root, split=split, norm=norm, arch=arch, classes=classes, skip=skip,
         max_index=max_index, precision=precision, channels_last=channels_last, seed=seed,
-        sound=sound,
+        sound=sound, denoiser=denoiser,
     )  # fmt: skip
     request = CertifyRequest(
         out=out, inputs=inputs, n_selection=n_selection, n_estimation=n_estimation,

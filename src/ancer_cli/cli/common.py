@@ -91,6 +91,15 @@ ThetasOption = Annotated[
         "--skip/--max select)."
     ),
 ]
+DenoiserOption = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        help="Denoiser written by ancer train --denoiser: the base classifier becomes "
+        "model(denoiser(noisy image, its per-pixel noise level)).",
+    ),
+]
 MethodOption = Annotated[
     CertifyMethod | None,
     typer.Option(help="fixed, isotropic or ancer; inferred from --sigma/--thetas."),

@@ -11,6 +11,7 @@ from ancer_cli.cli.common import (
     ChannelsLastOption,
     ClassesOption,
     DataRootOption,
+    DenoiserOption,
     DeviceOption,
     ForceOption,
     MaxIndexOption,
@@ -82,6 +83,7 @@ def predict_command(
     device: DeviceOption = "auto",
     seed: NoiseSeedOption = None,
     sound: SoundOption = None,
+    denoiser: DenoiserOption = None,
 ) -> None:
     """Predict inputs with the smoothed classifier, one row per input.
 
@@ -101,7 +103,7 @@ def predict_command(
         model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
         data_root=data_root, split=split, norm=norm, arch=arch, classes=classes, skip=skip,
         max_index=max_index, precision=precision, channels_last=channels_last, seed=seed,
-        sound=sound,
+        sound=sound, denoiser=denoiser,
     )  # fmt: skip
     request = PredictRequest(
         out=out, inputs=inputs, num=num, alpha=alpha, batch_size=batch_size, resume=resume,

@@ -1,4 +1,5 @@
-"""``ancer train``: train a base classifier under Gaussian (l2) or uniform (l1) noise."""
+"""``ancer train``: train a base classifier under Gaussian (l2) or uniform (l1) noise (or without
+noise, ``--sigma 0``), or with ``--denoiser`` a denoiser for denoised smoothing."""
 
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ from ancer_cli.cli.common import (
     progress_bar,
 )
 from ancer_cli.core.noise import Norm
-from ancer_cli.data import dataset_info, load_dataset
-from ancer_cli.models import check_architecture
+from ancer_cli.data import DatasetInfo, LoadedData, dataset_info, load_dataset
+from ancer_cli.denoise import DenoiserConfig, Objective, train_denoiser
+from ancer_cli.errors import AncerError
+from ancer_cli.inputs import check_compatible
+from ancer_cli.models import check_architecture, load_model
+from ancer_cli.models.denoisers import denoiser_size
 from ancer_cli.runtime import describe_device, resolve_device
 from ancer_cli.train import TrainConfig, Training, train
 
 D = TrainConfig(arch="cnn")
+DD = DenoiserConfig(depth=0, width=0)
 
 
 def train_command(
@@ -49,16 +55,26 @@ def train_command(
     ] = None,
     norm: Annotated[Norm, typer.Option(help="Noise: l2 = Gaussian, l1 = uniform.")] = D.norm,
     sigma: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="Noise standard deviation in [0,1] pixel units (l1: theta = sqrt(3)*sigma)."
+            help=f"Noise standard deviation in [0,1] pixel units (l1: theta = sqrt(3)*sigma); "
+            f"0 trains a clean classifier; default {D.sigma}. With --denoiser: the largest "
+            f"noise level trained on, default {DD.sigma_max}.",
+            show_default=False,
         ),
-    ] = D.sigma,
+    ] = None,
     epochs: Annotated[
         int, typer.Option(help="Number of passes over the training split.")
     ] = D.epochs,
     batch_size: Annotated[int, typer.Option(help="Training images per step.")] = D.batch_size,
-    lr: Annotated[float, typer.Option(help="Initial SGD learning rate.")] = D.lr,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Initial learning rate: SGD, default {D.lr}; with --denoiser Adam, "
+            f"default {DD.lr}.",
+            show_default=False,
+        ),
+    ] = None,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = D.momentum,
     weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = D.weight_decay,
     lr_step: Annotated[int, typer.Option(help="Epochs between learning-rate decays.")] = D.lr_step,
@@ -75,6 +91,30 @@ def train_command(
     noisy_samples: Annotated[
         int, typer.Option(help="Noisy copies of each image per step (stability uses at least 2).")
     ] = D.noisy_samples,
+    denoiser: Annotated[
+        bool,
+        typer.Option(
+            "--denoiser",
+            help="Train a denoiser (noisy image + noise-level map -> image) for --denoiser on "
+            "certify and predict, instead of a classifier.",
+        ),
+    ] = False,
+    objective: Annotated[
+        Objective,
+        typer.Option(
+            help="Denoiser loss: mse to the clean image, or classifier: cross-entropy of the "
+            "frozen --classifier on the denoised image."
+        ),
+    ] = DD.objective,
+    classifier: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Frozen classifier for --objective classifier (its accuracy on denoised test "
+            "images is reported each epoch).",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Checkpoint file, written after every epoch.")] = Path(
         "model.pt"
     ),
@@ -85,14 +125,30 @@ def train_command(
 ) -> None:
     """Train a base classifier under noise, one checkpoint per epoch.
 
-    Each epoch reports the training loss and the clean and noisy test accuracy.
+    Each epoch reports the training loss and the clean and noisy test accuracy (with --denoiser:
+    the PSNR of denoised test images at a few noise levels).
     """
-    positive("--sigma", sigma)
+    if sigma is not None and sigma < 0:
+        raise typer.BadParameter(f"must be >= 0, got {sigma}", param_hint="--sigma")
+    if denoiser and sigma is not None:
+        positive("--sigma", sigma)
     positive("--epochs", epochs)
     positive("--batch-size", batch_size)
-    positive("--lr", lr)
+    if lr is not None:
+        positive("--lr", lr)
     positive("--noisy-samples", noisy_samples)
     positive("--lr-step", lr_step)
+    if not denoiser and (classifier is not None or objective is not DD.objective):
+        raise typer.BadParameter("--objective and --classifier need --denoiser")
+    if objective is Objective.classifier and classifier is None:
+        raise typer.BadParameter("--objective classifier needs --classifier MODEL")
+    if denoiser:
+        _train_denoiser(
+            dataset, data_root, download, classes, norm, sigma, epochs, batch_size, lr,
+            objective, classifier, out, resume, force, device, seed,
+        )  # fmt: skip
+        return
+    sigma = D.sigma if sigma is None else sigma
     with handle_errors():
         check_new_output(out, force=force, resume=resume)
         torch_device = resolve_device(device)
@@ -103,7 +159,7 @@ def train_command(
             sigma=sigma,
             epochs=epochs,
             batch_size=batch_size,
-            lr=lr,
+            lr=D.lr if lr is None else lr,
             momentum=momentum,
             weight_decay=weight_decay,
             lr_step=lr_step,
@@ -138,10 +194,94 @@ def train_command(
                     task,
                     description=f"epoch {report.epoch}/{report.epochs}",
                 )
+                noisy = (
+                    "test noisy acc -- (sigma 0)"
+                    if report.noisy_accuracy is None
+                    else f"test noisy acc {report.noisy_accuracy:.3f}"
+                )
                 progress.console.print(
                     f"epoch {report.epoch:>3}/{report.epochs}  loss {report.train_loss:.4f}  "
                     f"train acc {report.train_accuracy:.3f}  test clean acc {report.clean_accuracy:.3f}  "
-                    f"test noisy acc {report.noisy_accuracy:.3f}  lr {report.lr:.4g}  "
-                    f"{report.seconds:.1f}s"
+                    f"{noisy}  lr {report.lr:.4g}  {report.seconds:.1f}s"
+                )
+        console.print(f"saved {out}")
+
+
+def _train_denoiser(
+    dataset: str,
+    data_root: Path | None,
+    download: bool,
+    classes: Path | None,
+    norm: Norm,
+    sigma: float | None,
+    epochs: int,
+    batch_size: int,
+    lr: float | None,
+    objective: Objective,
+    classifier: Path | None,
+    out: Path,
+    resume: bool,
+    force: bool,
+    device: str,
+    seed: int,
+) -> None:
+    """``ancer train --denoiser``: train a DnCNN denoiser, one checkpoint per epoch."""
+    with handle_errors():
+        check_new_output(out, force=force, resume=resume)
+        torch_device = resolve_device(device)
+        info: DatasetInfo = dataset_info(dataset, data_root, classes)
+        train_data: LoadedData = load_dataset(dataset, "train", data_root, download, classes)
+        test_data = load_dataset(dataset, "test", data_root, download, classes)
+        frozen = None
+        classifier_sha256 = None
+        if classifier is not None:
+            loaded = load_model(classifier, torch_device)
+            check_compatible(loaded.module, test_data, torch_device, str(classifier))
+            frozen, classifier_sha256 = loaded.module, loaded.sha256
+        depth, width = denoiser_size(info.name)
+        config = DenoiserConfig(
+            depth=depth,
+            width=width,
+            norm=norm,
+            sigma_max=DD.sigma_max if sigma is None else sigma,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=DD.lr if lr is None else lr,
+            objective=objective,
+            classifier=str(classifier) if classifier is not None else None,
+            classifier_sha256=classifier_sha256,
+            seed=seed,
+        )
+        if config.sigma_max <= 0:
+            raise AncerError("--sigma must be > 0 for a denoiser")
+        console.print(
+            f"training a denoiser (dncnn, {depth} layers of {width}) on {dataset} "
+            f"({len(train_data.dataset)} train, {len(test_data.dataset)} test) with "  # type: ignore[arg-type]
+            f"{norm.value} noise up to sigma={config.sigma_max}, objective {objective.value} "
+            f"on {describe_device(torch_device)}"
+        )
+        with progress_bar() as progress:
+            task = progress.add_task("train", total=None, status="")
+            for report in train_denoiser(
+                config,
+                train_data,
+                test_data,
+                torch_device,
+                out,
+                classifier=frozen,
+                resume=resume and out.exists(),
+                on_batch=lambda done, total: progress.update(task, completed=done, total=total),
+            ):
+                progress.update(task, description=f"epoch {report.epoch}/{report.epochs}")
+                psnr = "  ".join(f"{s:g}:{v:.2f}" for s, v in report.psnr.items())
+                accuracy = (
+                    "  denoised acc "
+                    + "  ".join(f"{s:g}:{v:.3f}" for s, v in report.accuracy.items())
+                    if report.accuracy is not None
+                    else ""
+                )
+                progress.console.print(
+                    f"epoch {report.epoch:>3}/{report.epochs}  loss {report.train_loss:.5f}  "
+                    f"test PSNR dB by sigma {psnr}{accuracy}  {report.seconds:.1f}s"
                 )
         console.print(f"saved {out}")

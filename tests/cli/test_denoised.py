@@ -1,0 +1,147 @@
+"""Denoised smoothing end to end: ``train --sigma 0``, ``train --denoiser`` (report, resume),
+``certify``/``predict --denoiser`` (sidecar, the thetas' denoiser hash, shape refusals)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from ancer_cli.models.denoisers import DnCNN, save_denoiser
+from tests.helpers import CERTIFY_FAST, assert_domain_error, invoke, ok, read_rows, train_model
+
+DENOISER_FAST = ("--denoiser", "--device", "cpu", "--batch-size", "128")
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_random_denoiser(path: Path, seed: int, input_shape=(1, 8, 8)) -> Path:
+    torch.manual_seed(seed)
+    save_denoiser(
+        path, model=DnCNN(input_shape[0], 3, 4), depth=3, width=4, dataset="digits",
+        input_shape=input_shape, norm="l2", sigma_max=1.0, epoch=1, optimizer_state=None,
+    )  # fmt: skip
+    return path
+
+
+def test_train_sigma_0_trains_a_clean_classifier(tmp_path: Path) -> None:
+    out = tmp_path / "clean.pt"
+    result = train_model(out, "--sigma", 0, epochs=1)
+    assert "noise sigma=0.0" in result.stderr
+    assert "test noisy acc -- (sigma 0)" in result.stderr
+    checkpoint = load(out)
+    assert (checkpoint["sigma"], checkpoint["epoch"]) == (0.0, 1)
+
+
+def test_train_refuses_a_negative_sigma(tmp_path: Path) -> None:
+    result = invoke("train", "--sigma", -0.1, "--out", tmp_path / "m.pt")
+    assert result.exit_code == 2
+
+
+@pytest.fixture(scope="module")
+def denoiser_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A 2-epoch denoiser run, and the same run stopped after 1 epoch and resumed."""
+    folder = tmp_path_factory.mktemp("denoisers")
+    whole, resumed = folder / "whole.pt", folder / "resumed.pt"
+    report = ok("train", *DENOISER_FAST, "--epochs", 2, "--out", whole).stderr
+    ok("train", *DENOISER_FAST, "--epochs", 1, "--out", resumed)
+    ok("train", *DENOISER_FAST, "--epochs", 2, "--out", resumed, "--resume")
+    return whole, resumed, report
+
+
+def test_train_denoiser_writes_its_checkpoint_and_reports_psnr(denoiser_runs) -> None:
+    whole, _, report = denoiser_runs
+    checkpoint = load(whole)
+    assert checkpoint["format"] == "ancer-denoiser/1"
+    assert (checkpoint["arch"], checkpoint["dataset"], checkpoint["epoch"]) == (
+        "dncnn",
+        "digits",
+        2,
+    )
+    assert checkpoint["input_shape"] == [1, 8, 8] and checkpoint["sigma_max"] == 1.0
+    lines = re.findall(
+        r"^epoch +\d/2 .*test PSNR dB by sigma 0.12:\d+\.\d\d .*1:\d+\.\d\d", report, re.M
+    )
+    assert len(lines) == 2, report
+
+
+def test_train_denoiser_resumes_to_the_same_weights(denoiser_runs) -> None:
+    whole, resumed, _ = denoiser_runs
+    a, b = load(whole)["state_dict"], load(resumed)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_train_denoiser_with_a_classifier_reports_its_accuracy(
+    tmp_path: Path, model_path: Path
+) -> None:
+    out = tmp_path / "d.pt"
+    result = ok(
+        "train", *DENOISER_FAST, "--epochs", 1, "--objective", "classifier",
+        "--classifier", model_path, "--sigma", 0.5, "--out", out,
+    )  # fmt: skip
+    assert re.search(r"denoised acc 0.12:\d\.\d{3}  0.25:\d\.\d{3}  0.5:\d\.\d{3}", result.stderr)
+    assert load(out)["objective"] == "classifier"
+
+
+def test_certify_and_predict_with_a_denoiser_record_it(tmp_path: Path, model_path: Path) -> None:
+    denoiser = save_random_denoiser(tmp_path / "d.pt", seed=0)
+    out = tmp_path / "r.csv"
+    ok("certify", "--model", model_path, "--sigma", 0.25, "--denoiser", denoiser,
+       "--max", 4, "--out", out, *CERTIFY_FAST)  # fmt: skip
+    assert len(read_rows(out)) == 4
+    arguments = json.loads(Path(f"{out}.json").read_text())["arguments"]
+    assert arguments["denoiser"] == str(denoiser)
+    assert len(arguments["denoiser_sha256"]) == 64
+    ok("predict", "--model", model_path, "--sigma", 0.25, "--denoiser", denoiser, "--max", 4,
+       "--N", 50, "--seed", 0, "--device", "cpu", "--out", tmp_path / "p.csv")  # fmt: skip
+
+
+def test_a_denoiser_for_other_inputs_is_refused(tmp_path: Path, model_path: Path) -> None:
+    denoiser = save_random_denoiser(tmp_path / "d.pt", seed=0, input_shape=(3, 8, 8))
+    result = invoke(
+        "certify", "--model", model_path, "--sigma", 0.25, "--denoiser", denoiser,
+        "--max", 2, "--out", tmp_path / "r.csv", *CERTIFY_FAST,
+    )  # fmt: skip
+    assert_domain_error(result, "denoiser", "(3, 8, 8)", "(1, 8, 8)")
+
+
+def test_certify_thetas_checks_the_denoiser_hash(tmp_path: Path, thetas_copy: Path) -> None:
+    first = save_random_denoiser(tmp_path / "first.pt", seed=0)
+    other = save_random_denoiser(tmp_path / "other.pt", seed=1)
+    first_run = tmp_path / "first.csv"
+    ok("certify", "--sigma", 0.25, "--model", json.loads(
+        (thetas_copy / "manifest.json").read_text())["arguments"]["model"],
+       "--denoiser", first, "--max", 1, "--out", first_run, *CERTIFY_FAST)  # fmt: skip
+    sha = json.loads(Path(f"{first_run}.json").read_text())["arguments"]["denoiser_sha256"]
+    manifest_path = thetas_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["arguments"].update(denoiser=str(first), denoiser_sha256=sha)
+    manifest_path.write_text(json.dumps(manifest))
+
+    def certify(*extra: object):
+        return invoke("certify", "--thetas", thetas_copy, "--max", 2, "--no-memory",
+                      "--out", tmp_path / f"r{len(extra)}.csv", *extra, *CERTIFY_FAST)  # fmt: skip
+
+    assert_domain_error(certify("--denoiser", other), "another", "denoiser", sha[:12])
+    assert_domain_error(certify(), "no denoiser", "--denoiser")
+    result = certify("--denoiser", first)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_reuse_takes_no_denoiser(tmp_path: Path, model_path: Path) -> None:
+    denoiser = save_random_denoiser(tmp_path / "d.pt", seed=0)
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text("")
+    result = invoke(
+        "certify", "--reuse", earlier, "--model", model_path, "--denoiser", denoiser,
+        "--out", tmp_path / "r.csv",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--denoiser" in result.stderr
