@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -218,36 +219,49 @@ def certify_command(
             console.print(_describe(plan, where))
             for note in label_notes(plan.data, plan.logits):
                 console.print(note, markup=False)
-        with progress_bar(enabled=main) as progress:
-            task = progress.add_task("certify", total=None, status="")
-            memory_task = progress.add_task(
-                "memory pass", total=len(plan.indices), status="", visible=False, start=False
-            )
-            tally = {"rows": 0, "correct": 0, "abstained": 0}
+        tally = {"rows": 0, "correct": 0, "abstained": 0}
 
-            def advance(row: ResultRow) -> None:
-                labeled = row.label != UNLABELED
-                tally["rows"] += labeled
-                tally["correct"] += row.correct
-                tally["abstained"] += row.predict == ABSTAIN
-                status = (
-                    f"acc@0 {tally['correct'] / tally['rows']:.3f}"
-                    if tally["rows"]
-                    else f"abstained {tally['abstained']}"
-                )
-                progress.update(task, advance=1, status=status)
+        def status(row: ResultRow) -> str:
+            tally["rows"] += row.label != UNLABELED
+            tally["correct"] += row.correct
+            tally["abstained"] += row.predict == ABSTAIN
+            if tally["rows"]:
+                return f"acc@0 {tally['correct'] / tally['rows']:.3f}"
+            return f"abstained {tally['abstained']}"
 
-            def memory_progress(done: int, total: int) -> None:
-                progress.start_task(memory_task)
-                progress.update(memory_task, completed=done, total=total, visible=True)
-
-            def start(kept: int, mine: int) -> None:
-                progress.update(task, total=mine, completed=0)
-
-            summary = plan.run(where, on_row=advance, on_memory=memory_progress, on_start=start)
-            progress.update(task, completed=progress.tasks[task].total)
+        summary = _run_under_progress(plan, where, main, "certify", status)
         if summary is not None:  # rank 0 reports
             _report(out, summary)
+
+
+def _run_under_progress(
+    plan: CertifyPlan | ReusePlan,
+    where: Session,
+    main: bool,
+    title: str,
+    status: Callable[[Any], str],
+) -> Any:
+    """Run a certify or reuse plan under a bar for its rows (``status(row)`` after each) and one
+    for the memory pass (shown once it starts); the plan's summary (``None`` off rank 0)."""
+    with progress_bar(enabled=main) as progress:
+        task = progress.add_task(title, total=None, status="")
+        memory_task = progress.add_task(
+            "memory pass", total=len(plan.indices), status="", visible=False, start=False
+        )
+
+        def advance(row: Any) -> None:
+            progress.update(task, advance=1, status=status(row))
+
+        def memory_progress(done: int, total: int) -> None:
+            progress.start_task(memory_task)
+            progress.update(memory_task, completed=done, total=total, visible=True)
+
+        def start(kept: int, mine: int) -> None:
+            progress.update(task, total=mine, completed=0)
+
+        summary = plan.run(where, on_row=advance, on_memory=memory_progress, on_start=start)
+        progress.update(task, completed=progress.tasks[task].total)
+    return summary
 
 
 def _sequential(
@@ -364,27 +378,13 @@ def certify_reuse(request: ReuseRequest, device: str) -> None:
         main = where.ranks.is_main
         if main:
             console.print(_describe_reuse(plan, where))
-        with progress_bar(enabled=main) as progress:
-            task = progress.add_task("certify (reuse)", total=None, status="")
-            memory_task = progress.add_task(
-                "memory pass", total=len(plan.indices), status="", visible=False, start=False
-            )
-            routes = dict.fromkeys(("reuse", "scratch", "abstain"), 0)
+        routes = dict.fromkeys(("reuse", "scratch", "abstain"), 0)
 
-            def advance(row: ReuseRow) -> None:
-                routes[row.route.value] += 1
-                status = ", ".join(f"{k} {v}" for k, v in routes.items())
-                progress.update(task, advance=1, status=status)
+        def status(row: ReuseRow) -> str:
+            routes[row.route.value] += 1
+            return ", ".join(f"{k} {v}" for k, v in routes.items())
 
-            def memory_progress(done: int, total: int) -> None:
-                progress.start_task(memory_task)
-                progress.update(memory_task, completed=done, total=total, visible=True)
-
-            def start(kept: int, mine: int) -> None:
-                progress.update(task, total=mine, completed=0)
-
-            summary = plan.run(where, on_row=advance, on_memory=memory_progress, on_start=start)
-            progress.update(task, completed=progress.tasks[task].total)
+        summary = _run_under_progress(plan, where, main, "certify (reuse)", status)
         if summary is not None:
             _report_reuse(request.out, summary)
 
