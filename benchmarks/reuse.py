@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ancer_cli.cli import app
+from ancer_cli.core.incremental import DEFAULT_TOLERANCE
 from ancer_cli.core.noise import input_generator
 from ancer_cli.data import load_dataset
 from ancer_cli.models import load_model
@@ -126,6 +127,19 @@ def measure(path: Path) -> dict[str, float]:
     return row
 
 
+def finished(path: Path, inputs: int, n: int) -> bool:
+    """Whether ``path`` is a finished run of ``inputs`` rows at ``N = n`` (kept by ``--keep``)."""
+    sidecar = Path(str(path) + ".json")
+    if not (path.exists() and sidecar.exists()):
+        return False
+    record = json.loads(sidecar.read_text())
+    return (
+        "totals" in record
+        and record["arguments"].get("N") == n
+        and len(read_results(path)) == inputs
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
@@ -136,6 +150,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--sigma", type=float, default=0.25)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reuse")
+    parser.add_argument(
+        "--noises", nargs="+", choices=("fixed", "ancer"), default=["fixed", "ancer"]
+    )
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument(
+        "--tolerances", type=float, nargs="+", default=[DEFAULT_TOLERANCE],
+        help="--reuse-tolerance values to run (each its own reuse file)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep", action="store_true", help="keep finished result files of an earlier call in --out"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.inputs, args.N, args.batch_size = min(args.inputs, 4), 5000, 500
@@ -168,26 +193,38 @@ def main(argv: list[str] | None = None) -> None:
         "ancer": ("--thetas", thetas, "--max", args.inputs),
     }
     rows = []
-    for noise, source in noises.items():
+
+    def certify(target: Path, *words: object) -> None:
+        if args.keep and finished(target, args.inputs, args.N):
+            print(f"keeping {target}", file=sys.stderr, flush=True)
+            return
+        _ancer("certify", *words, "--out", target)
+
+    for noise in args.noises:
+        source = noises[noise]
         earlier = out / f"{noise}-original.csv"
-        _ancer("certify", *source, "--seed", 0, "--out", earlier, *sampling)
-        for name in VARIANTS:
+        certify(earlier, *source, "--seed", 0, *sampling)
+        for name in args.variants:
             path, extra = variants[name]
-            reused, scratch = out / f"{noise}-{name}-reuse.csv", out / f"{noise}-{name}.csv"
-            _ancer("certify", "--reuse", earlier, "--model", path, *extra, "--seed", 1,
-                   "--out", reused, *sampling[4:])  # fmt: skip
+            scratch = out / f"{noise}-{name}.csv"
             # the variant as the model (a TorchScript file does not record its dataset)
             scratch_source = ("--model", path, "--dataset", "digits", "--norm", "l2")
             scratch_source += source[2:] if noise == "fixed" else ("--thetas", plain, *source[2:])
-            _ancer("certify", *scratch_source, *extra, "--seed", 1, "--out", scratch, *sampling)
-            rows.append((noise, name, measure(reused), measure(scratch)))
-    header = ["noise", "variant", "routes r/s/a", "samples reuse", "samples scratch",
+            certify(scratch, *scratch_source, *extra, "--seed", 1, *sampling)
+            for tolerance in args.tolerances:
+                suffix = "" if tolerance == DEFAULT_TOLERANCE else f"-{tolerance:g}"
+                reused = out / f"{noise}-{name}-reuse{suffix}.csv"
+                certify(reused, "--reuse", earlier, "--model", path, *extra, "--seed", 1,
+                        "--reuse-tolerance", tolerance, *sampling[4:])  # fmt: skip
+                rows.append((noise, name, tolerance, measure(reused), measure(scratch)))
+                print(f"{noise} {name} {tolerance:g}: {rows[-1][3:]}", file=sys.stderr)
+    header = ["noise", "variant", "tolerance", "routes r/s/a", "samples reuse", "samples scratch",
               "s/input reuse", "s/input scratch"]  # fmt: skip
     header += [f"acc@{r:g} reuse/scratch" for r in RADII] + ["ACR reuse/scratch"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for noise, name, reuse, scratch in rows:
-        cells = [noise, name, reuse["routes"], f"{reuse['samples']:.0f}",
+    for noise, name, tolerance, reuse, scratch in rows:
+        cells = [noise, name, f"{tolerance:g}", reuse["routes"], f"{reuse['samples']:.0f}",
                  f"{scratch['samples']:.0f}", f"{reuse['seconds']:.3f}",
                  f"{scratch['seconds']:.3f}"]  # fmt: skip
         cells += [f"{reuse[f'{r:g}']:.3f}/{scratch[f'{r:g}']:.3f}" for r in RADII]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create ./.venv and install ancer (editable, with test tools) at the pinned versions of
-# constraints.txt. Idempotent: reinstalls only when pyproject.toml or constraints.txt change.
+# Create ./.venv and install ancer (editable, with test tools and the diffusion extra) at the
+# pinned versions of constraints.txt. Idempotent: reinstalls only when pyproject.toml or
+# constraints.txt change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -12,7 +13,7 @@ want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setting up .venv (PyTorch and friends; a few minutes the first time)..." >&2
   if ! .venv/bin/python -m pip install --disable-pip-version-check \
-      -c constraints.txt -e ".[test]" > .venv/setup.log 2>&1; then
+      -c constraints.txt -e ".[test,diffusion]" > .venv/setup.log 2>&1; then
     grep -v "^WARNING: Location" .venv/setup.log >&2
     echo "error: installing ancer into .venv failed (log above, also in .venv/setup.log)" >&2
     exit 1

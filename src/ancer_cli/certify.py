@@ -22,6 +22,7 @@ from torch import nn
 
 from ancer_cli.artifacts import atomic_writer, check_new_output, utc_now, write_json
 from ancer_cli.core.bounds import DEFAULT_ALPHA
+from ancer_cli.core.conditioning import tell_thetas
 from ancer_cli.core.memory import Claim, memory_pass
 from ancer_cli.core.noise import Norm, Stream, Theta, input_generator
 from ancer_cli.core.radii import geometric_mean, min_theta
@@ -42,7 +43,7 @@ from ancer_cli.inputs import (
     resolve_inputs,
     sound_record,
 )
-from ancer_cli.models.denoisers import inputs_per_theta, set_input_theta
+from ancer_cli.models.denoisers import inputs_per_theta
 from ancer_cli.results import (
     RESULT_COLUMNS,
     SEQUENTIAL_COLUMNS,
@@ -194,7 +195,7 @@ def certify_dataset(
         group = max(1, min(MAX_INPUTS_PER_GROUP, config.batch_size // plan.first))
     group = inputs_per_theta(model, group)  # a denoiser sees one input's theta per pass
     for chosen in input_groups(data, indices, thetas, group, device, config.sound):
-        set_input_theta(model, chosen.thetas)
+        tell_thetas(model, chosen.thetas)
         generators = [
             input_generator(config.seed, idx, device, Stream.certify) for idx in chosen.indices
         ]

@@ -19,7 +19,7 @@ from ancer_cli.data import LoadedData, load_dataset
 from ancer_cli.distributed import Session
 from ancer_cli.errors import AncerError, ModelError, first_line
 from ancer_cli.models import LoadedModel, load_model
-from ancer_cli.models.denoisers import DenoisedClassifier, load_denoiser
+from ancer_cli.models.denoisers import DenoisedClassifier, denoiser_record, load_denoiser
 from ancer_cli.thetas import (
     CertifyMethod,
     ThetaSource,
@@ -197,12 +197,8 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
     )
     indices = select_indices(len(run.data.dataset), spec.skip, spec.max_index)  # type: ignore[arg-type]
     denoiser = load_denoiser(spec.denoiser, session.device) if spec.denoiser else None
-    if denoiser is not None and denoiser.input_shape != tuple(run.data.info.input_shape):
-        raise ModelError(
-            f"denoiser {spec.denoiser} was trained on {denoiser.dataset} inputs of shape "
-            f"{denoiser.input_shape}, but {run.data.info.name} inputs have shape "
-            f"{tuple(run.data.info.input_shape)}; train a denoiser for this dataset"
-        )
+    if denoiser is not None:
+        denoiser.check_inputs(run.data.info.input_shape, run.data.info.name)
     if spec.thetas is not None:
         theta_set = open_thetas(
             spec.thetas,
@@ -241,7 +237,15 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
     if grid_levels is not None:
         thetas = sound_thetas(thetas, run.norm, grid_levels)
     model = run.model.module
+    denoiser_arguments: dict[str, Any] = {}
     if denoiser is not None:
+        if not denoiser.per_pixel and method is CertifyMethod.ancer:
+            raise AncerError(
+                f"{spec.denoiser} is a diffusion model: it takes one noise level per input "
+                "(a fixed --sigma or isotropic thetas), not ANCER thetas"
+            )
+        chosen = indices[:1] if method is CertifyMethod.fixed else indices
+        denoiser_arguments = denoiser_record(denoiser, (thetas(i) for i in chosen), run.norm)
         fixed = method is CertifyMethod.fixed
         first = thetas(indices[0]) if indices else None
         model = DenoisedClassifier(model, denoiser.module, run.norm, theta=first, fixed=fixed)
@@ -262,11 +266,7 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
         "seed": spec.seed,
         "sound": sound,
         **speed_options_record(spec.precision, spec.channels_last),
-        **(
-            {"denoiser": str(spec.denoiser), "denoiser_sha256": denoiser.sha256}
-            if denoiser is not None
-            else {}
-        ),
+        **denoiser_arguments,
     }
     return SmoothedInputs(
         model=prepare_model(model, spec.precision, spec.channels_last),

@@ -38,7 +38,14 @@ from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.data import LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
 from ancer_cli.errors import AncerError, OutputError
-from ancer_cli.inputs import labels_record, load_run_inputs, select_indices
+from ancer_cli.inputs import (
+    RunInputs,
+    check_compatible,
+    labels_record,
+    load_run_inputs,
+    select_indices,
+)
+from ancer_cli.models.denoisers import DenoisedClassifier, denoiser_record, load_denoiser
 from ancer_cli.runtime import provenance, versions
 from ancer_cli.thetas import (
     ISOTROPIC_SUBFOLDER,
@@ -372,6 +379,9 @@ class OptimizeRequest:
     resume: bool = False
     force: bool = False
     seed: int = OptimizeJob.seed
+    denoiser: Path | None = None
+    """a denoiser (file or diffusers folder): thetas are optimized for ``model(denoiser(z,
+    theta))``, and the manifest records it so that certify checks it"""
 
 
 @dataclass(frozen=True)
@@ -439,7 +449,12 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
     sigma = request.sigma if request.sigma is not None else run.model.sigma
     if sigma is None:
         raise AncerError(f"model {request.model} does not record its training sigma; pass --sigma")
+    if not sigma > 0:
+        raise AncerError(
+            f"model {request.model} was trained without noise (sigma {sigma}); pass --sigma"
+        )
     indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
+    model, denoised = _denoised_model(request, run, theta_from_sigma(sigma, run.norm), session)
     isotropic_thetas = None
     if request.isotropic_thetas is not None:
         isotropic_thetas = open_thetas(
@@ -447,6 +462,7 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
             run.data,
             norm=run.norm,
             model_sha256=run.model.sha256,
+            denoiser_sha256=denoised.get("denoiser_sha256"),
             device=session.device,
             selected=indices,
         ).theta
@@ -477,6 +493,7 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
             "max": request.max_index,
             "seed": request.seed,
             **speed_options_record(request.precision, request.channels_last),
+            **denoised,
         },
         "indices": indices,
         "labels": labels_record(run.data),
@@ -488,7 +505,7 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
         check_resume(request.out, record, job, run_iso_stage=isotropic_thetas is None)
     return OptimizePlan(
         request=request,
-        model=prepare_model(run.model.module, request.precision, request.channels_last),
+        model=prepare_model(model, request.precision, request.channels_last),
         data=run.data,
         indices=indices,
         job=job,
@@ -496,3 +513,23 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
         isotropic_thetas=isotropic_thetas,
         logits=run.logits,
     )
+
+
+def _denoised_model(
+    request: OptimizeRequest, run: RunInputs, theta: float, session: Session
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The base classifier to optimize for -- ``model(denoiser(z, theta))`` with ``--denoiser``
+    -- and what the manifest records of the denoiser (``None`` for none, so that certify with a
+    denoiser refuses thetas optimized without one)."""
+    if request.denoiser is None:
+        return run.model.module, {"denoiser": None, "denoiser_sha256": None}
+    denoiser = load_denoiser(request.denoiser, session.device)
+    denoiser.check_inputs(run.data.info.input_shape, run.data.info.name)
+    if not denoiser.per_pixel and request.method is Method.ancer:
+        raise AncerError(
+            f"{request.denoiser} is a diffusion model: it takes one noise level per input; "
+            "optimize --method isotropic with it"
+        )
+    model = DenoisedClassifier(run.model.module, denoiser.module, run.norm, theta=theta)
+    check_compatible(model, run.data, session.device, f"{request.model} + {request.denoiser}")
+    return model, denoiser_record(denoiser, [], run.norm)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ancer_cli.artifacts import check_new_output, utc_now, write_json
 from ancer_cli.core.bounds import DEFAULT_ALPHA
+from ancer_cli.core.conditioning import tell_thetas
 from ancer_cli.core.noise import Norm, Stream, input_generator
 from ancer_cli.core.smoothing import ABSTAIN, inputs_per_group, predict_many
 from ancer_cli.data import UNLABELED, LoadedData
@@ -29,7 +30,7 @@ from ancer_cli.inputs import (
     resolve_inputs,
     sound_record,
 )
-from ancer_cli.models.denoisers import inputs_per_theta, set_input_theta
+from ancer_cli.models.denoisers import inputs_per_theta
 from ancer_cli.results import (
     PREDICTION_COLUMNS,
     check_resume,
@@ -88,7 +89,7 @@ def predict_dataset(
     """
     group = inputs_per_theta(model, inputs_per_group(0, config.num, config.batch_size))
     for chosen in input_groups(data, indices, thetas, group, device, config.sound):
-        set_input_theta(model, chosen.thetas)
+        tell_thetas(model, chosen.thetas)
         generators = [
             input_generator(config.seed, idx, device, Stream.predict) for idx in chosen.indices
         ]

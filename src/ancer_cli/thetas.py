@@ -390,16 +390,17 @@ def open_thetas(
             problem, fix = "without a denoiser, this run gives one", "drop --denoiser"
         elif denoiser_sha256 is None:
             problem = (
-                f"denoiser {named} (SHA-256 {recorded_hash[:12]}...), this run gives no denoiser"
+                f"with denoiser {named} (SHA-256 {recorded_hash[:12]}...), this run gives no "
+                "denoiser"
             )
             fix = f"certify with --denoiser {named}"
         else:
             problem = (
-                f"another denoiser (SHA-256 {recorded_hash[:12]}..., given denoiser "
+                f"with another denoiser (SHA-256 {recorded_hash[:12]}..., given denoiser "
                 f"{denoiser_sha256[:12]}...)"
             )
             fix = f"certify with the denoiser they were optimized with, {named}"
-        raise ThetaError(f"{where} were optimized with {problem}; {fix}")
+        raise ThetaError(f"{where} were optimized {problem}; {fix}")
     method = manifest.get("method")
     if method not in ("isotropic", "ancer"):
         raise ThetaError(f"{where} name method {method!r}, expected isotropic or ancer")

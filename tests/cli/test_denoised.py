@@ -145,3 +145,97 @@ def test_reuse_takes_no_denoiser(tmp_path: Path, model_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 2
     assert "--denoiser" in result.stderr
+
+
+def test_optimize_with_a_denoiser_records_it_and_certify_checks_it(
+    tmp_path: Path, model_path: Path
+) -> None:
+    denoiser = save_random_denoiser(tmp_path / "d.pt", seed=0)
+    thetas = tmp_path / "thetas"
+    result = ok("optimize", "--model", model_path, "--denoiser", denoiser, "--max", 2,
+                "--device", "cpu", "--out", thetas)  # fmt: skip
+    assert "denoiser" in result.stderr
+    for folder in (thetas, thetas / "isotropic"):
+        arguments = json.loads((folder / "manifest.json").read_text())["arguments"]
+        assert arguments["denoiser"] == str(denoiser) and len(arguments["denoiser_sha256"]) == 64
+
+    def certify(*extra: object):
+        return invoke("certify", "--thetas", thetas, "--out", tmp_path / f"r{len(extra)}.csv",
+                      *extra, *CERTIFY_FAST)  # fmt: skip
+
+    assert_domain_error(certify(), "no denoiser", "--denoiser")
+    assert certify("--denoiser", denoiser).exit_code == 0
+    # thetas optimized without a denoiser are refused with one
+    plain = tmp_path / "plain"
+    ok("optimize", "--model", model_path, "--method", "isotropic", "--max", 1, "--device", "cpu",
+       "--out", plain)  # fmt: skip
+    assert json.loads((plain / "manifest.json").read_text())["arguments"]["denoiser"] is None
+    result = invoke("certify", "--thetas", plain, "--denoiser", denoiser, "--out",
+                    tmp_path / "p.csv", *CERTIFY_FAST)  # fmt: skip
+    assert_domain_error(result, "without a denoiser", "drop --denoiser")
+
+
+def test_optimize_a_clean_classifier_needs_a_start_sigma(tmp_path: Path) -> None:
+    clean = tmp_path / "clean.pt"
+    train_model(clean, "--sigma", 0, epochs=1)
+    result = invoke("optimize", "--model", clean, "--max", 1, "--out", tmp_path / "t")
+    assert_domain_error(result, "without noise", "--sigma")
+
+
+@pytest.fixture(scope="module")
+def ddpm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised DDPM for 8x8 grey images, saved as diffusers saves one."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )  # fmt: skip
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000)
+    folder = tmp_path_factory.mktemp("ddpm") / "ddpm"
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_diffusers_ddpm_folder_certifies_end_to_end(
+    tmp_path: Path, model_path: Path, ddpm_folder: Path
+) -> None:
+    out = tmp_path / "r.csv"
+    ok("certify", "--model", model_path, "--sigma", 0.25, "--denoiser", ddpm_folder,
+       "--max", 3, "--out", out, *CERTIFY_FAST)  # fmt: skip
+    assert len(read_rows(out)) == 3
+    arguments = json.loads(Path(f"{out}.json").read_text())["arguments"]
+    assert arguments["denoiser"] == str(ddpm_folder) and len(arguments["denoiser_sha256"]) == 64
+    config = json.loads((ddpm_folder / "scheduler" / "scheduler_config.json").read_text())
+    betas = torch.linspace(config["beta_start"], config["beta_end"], 1000, dtype=torch.float64)
+    roots = torch.cumprod(1 - betas, 0).sqrt()
+    target = 1 / (1 + (2 * 0.25) ** 2) ** 0.5
+    steps = arguments["denoiser_timesteps"]
+    assert steps["t_star"] == int(torch.argmin((roots - target).abs()))
+    assert steps["mismatch"] == pytest.approx(float(roots[steps["t_star"]]) - target, abs=1e-6)
+    ok("predict", "--model", model_path, "--sigma", 0.25, "--denoiser", ddpm_folder, "--max", 2,
+       "--N", 50, "--seed", 0, "--device", "cpu", "--out", tmp_path / "p.csv")  # fmt: skip
+    # isotropic thetas: each input its own t*
+    thetas = tmp_path / "iso"
+    ok("optimize", "--model", model_path, "--method", "isotropic", "--denoiser", ddpm_folder,
+       "--max", 2, "--iso-samples", 16, "--device", "cpu", "--out", thetas)  # fmt: skip
+    iso = tmp_path / "iso.csv"
+    ok("certify", "--thetas", thetas, "--denoiser", ddpm_folder, "--out", iso, *CERTIFY_FAST)
+    recorded = json.loads(Path(f"{iso}.json").read_text())["arguments"]["denoiser_timesteps"]
+    assert recorded["t_star_min"] <= recorded["t_star_max"]
+
+
+def test_a_diffusion_denoiser_refuses_per_pixel_thetas(
+    tmp_path: Path, model_path: Path, thetas_copy: Path, ddpm_folder: Path
+) -> None:
+    manifest = json.loads((thetas_copy / "manifest.json").read_text())
+    for key in ("denoiser", "denoiser_sha256"):  # thetas that record no denoiser
+        manifest["arguments"].pop(key, None)
+    (thetas_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("certify", "--thetas", thetas_copy, "--denoiser", ddpm_folder, "--max", 1,
+                    "--out", tmp_path / "r.csv", *CERTIFY_FAST)  # fmt: skip
+    assert_domain_error(result, "diffusion model", "not ANCER thetas")
+    result = invoke("optimize", "--model", model_path, "--denoiser", ddpm_folder, "--max", 1,
+                    "--device", "cpu", "--out", tmp_path / "t")  # fmt: skip
+    assert_domain_error(result, "diffusion model", "--method isotropic")

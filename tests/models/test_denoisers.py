@@ -11,7 +11,11 @@ import torch
 from torch import nn
 
 from ancer_cli.certify import CertifyConfig, certify_dataset
-from ancer_cli.core.noise import Norm
+from ancer_cli.core.conditioning import tell_thetas
+from ancer_cli.core.noise import Norm, Stream, input_generator
+from ancer_cli.core.optimize.config import AncerConfig, IsotropicSearchConfig
+from ancer_cli.core.optimize.published import optimize_ancer
+from ancer_cli.core.optimize.search import search_isotropic
 from ancer_cli.data import load_dataset
 from ancer_cli.errors import ModelError
 from ancer_cli.models import load_model
@@ -122,3 +126,78 @@ def test_identity_denoiser_gives_the_rows_of_no_denoiser(
     )
     assert inputs_per_theta(denoised, 8) == (1 if per_input else 8)
     assert rows(denoised, thetas, indices) == rows(classifier, thetas, indices)
+
+
+class Recording(nn.Module):
+    """An identity denoiser that keeps every noise-level map it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.levels: list[torch.Tensor] = []
+
+    def forward(self, z: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        assert level.shape == z.shape
+        self.levels.append(level.detach().clone())
+        return z
+
+
+def test_each_input_of_a_pass_gets_its_own_noise_level() -> None:
+    recorder = Recording()
+    model = DenoisedClassifier(nn.Flatten(), recorder, Norm.l2)
+    tell_thetas(model, [0.1, torch.full((1, 2, 2), 0.2), 0.3])  # input-major, 2 samples each
+    model(torch.zeros(6, 1, 2, 2))
+    assert recorder.levels[-1][:, 0, 0, 0].tolist() == pytest.approx([0.1, 0.1, 0.2, 0.2, 0.3, 0.3])
+    per_pixel = torch.arange(8.0).view(2, 1, 2, 2) / 10  # a tensor of thetas: per-pixel maps
+    tell_thetas(model, per_pixel)
+    model(torch.zeros(4, 1, 2, 2))
+    assert torch.equal(recorder.levels[-1], per_pixel.repeat_interleave(2, dim=0))
+    with pytest.raises(RuntimeError, match="cannot hold 2 inputs"):
+        model(torch.zeros(3, 1, 2, 2))
+    l1 = DenoisedClassifier(nn.Flatten(), recorder, Norm.l1)
+    tell_thetas(l1, [math.sqrt(3.0) * 0.5])
+    l1(torch.zeros(2, 1, 2, 2))
+    assert torch.allclose(recorder.levels[-1], torch.full((2, 1, 2, 2), 0.5))
+    fixed = DenoisedClassifier(nn.Flatten(), recorder, Norm.l2, theta=0.25, fixed=True)
+    tell_thetas(fixed, [0.9, 0.1])  # a fixed sigma ignores announcements
+    fixed(torch.zeros(2, 1, 2, 2))
+    assert torch.equal(recorder.levels[-1], torch.full((2, 1, 2, 2), 0.25))
+
+
+def test_the_map_carries_the_gradient_of_theta() -> None:
+    class Scale(nn.Module):
+        def forward(self, z: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+            return z * level
+
+    model = DenoisedClassifier(nn.Flatten(), Scale(), Norm.l2)
+    theta = torch.tensor([0.5, 2.0]).view(2, 1, 1, 1).requires_grad_(True)
+    tell_thetas(model, theta)
+    model(torch.ones(4, 1, 2, 2)).sum().backward()
+    assert theta.grad is not None and theta.grad.flatten().tolist() == [8.0, 8.0]
+
+
+def test_optimizers_tell_the_denoiser_the_theta_they_try(model_path: Path) -> None:
+    """An identity denoiser changes no theta either optimizer finds, and it hears exactly the
+    thetas being tried: the start first, one value per input, input-major."""
+    classifier = load_model(model_path, torch.device("cpu")).module
+    data = load_dataset("digits", "test")
+    x = torch.stack([data.dataset[i][0] for i in range(3)])
+    start = torch.tensor([0.2, 0.25, 0.3])
+
+    def generators(stream: Stream) -> list[torch.Generator]:
+        return [input_generator(0, i, torch.device("cpu"), stream) for i in range(3)]
+
+    recorder = Recording()
+    denoised = DenoisedClassifier(classifier, recorder, Norm.l2)
+    config = IsotropicSearchConfig(samples=64)
+    plain = search_isotropic(classifier, x, start, Norm.l2, config, generators(Stream.isotropic))
+    heard = search_isotropic(denoised, x, start, Norm.l2, config, generators(Stream.isotropic))
+    assert torch.equal(plain.theta, heard.theta)
+    first = recorder.levels[0][:, 0, 0, 0].view(3, -1)
+    assert torch.allclose(first, start.view(3, 1).expand_as(first))
+    recorder.levels.clear()
+    ancer = AncerConfig(iterations=3, samples=8)
+    iso = heard.theta
+    plain_a = optimize_ancer(classifier, x, iso, Norm.l2, ancer, generators(Stream.ancer))
+    heard_a = optimize_ancer(denoised, x, iso, Norm.l2, ancer, generators(Stream.ancer))
+    assert torch.equal(plain_a, heard_a)
+    assert torch.allclose(recorder.levels[0][::8], iso.view(3, 1, 1, 1).expand(3, 1, 8, 8))

@@ -95,9 +95,9 @@ DenoiserOption = Annotated[
     Path | None,
     typer.Option(
         exists=True,
-        dir_okay=False,
-        help="Denoiser written by ancer train --denoiser: the base classifier becomes "
-        "model(denoiser(noisy image, its per-pixel noise level)).",
+        help="Denoiser: a file written by ancer train --denoiser, or a diffusers DDPM folder "
+        "(fixed sigma or isotropic thetas); the base classifier becomes "
+        "model(denoiser(noisy image, its noise level)).",
     ),
 ]
 MethodOption = Annotated[

@@ -11,6 +11,7 @@ import typer
 from ancer_cli.cli.common import (
     ChannelsLastOption,
     ClassesOption,
+    DenoiserOption,
     DeviceOption,
     ForceOption,
     MaxIndexOption,
@@ -165,6 +166,7 @@ def optimize_command(
     force: ForceOption = False,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
+    denoiser: DenoiserOption = None,
 ) -> None:
     """Optimize each input's smoothing parameter theta, one file each.
 
@@ -199,7 +201,7 @@ def optimize_command(
         norm=norm, arch=arch, classes=classes, sigma=sigma, isotropic_thetas=isotropic_thetas,
         objective=objective, **schedules, batch_size=batch_size, skip=skip,
         max_index=max_index, precision=precision, channels_last=channels_last, resume=resume,
-        force=force, seed=seed,
+        force=force, seed=seed, denoiser=denoiser,
     )  # fmt: skip
     with handle_errors(), session(device) as where:
         plan = plan_optimize(request, where)
@@ -238,7 +240,9 @@ def _describe(plan: OptimizePlan, where: Session) -> str:
     return (
         f"optimizing {job.method.value} thetas ({job.objective.value} objective) for "
         f"{len(plan.indices)} {plan.data.info.name} {plan.data.split} inputs "
-        f"({job.norm.value}, start sigma={job.sigma}) on {describe_device(where.device)}"
+        f"({job.norm.value}, start sigma={job.sigma}"
+        + (f", denoiser {plan.request.denoiser}" if plan.request.denoiser else "")
+        + f") on {describe_device(where.device)}"
         + (f" and {where.ranks.world_size - 1} more ranks" if where.ranks.distributed else "")
     )
 

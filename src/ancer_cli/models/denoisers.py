@@ -12,7 +12,7 @@ of the composed base classifier, unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,16 @@ import torch
 from torch import nn
 
 from ancer_cli.artifacts import atomic_writer, sha256_file
+from ancer_cli.core.conditioning import InputThetas, ThetaConditioned
 from ancer_cli.core.noise import Norm, Theta
 from ancer_cli.errors import ModelError
 from ancer_cli.models.checkpoints import _on_cpu as on_cpu
+from ancer_cli.models.diffusion import (
+    DiffusionDenoiser,
+    load_diffusion,
+    sha256_folder,
+    timestep_record,
+)
 from ancer_cli.models.files import check_model_file, load_weights_only
 
 DENOISER_FORMAT = "ancer-denoiser/1"
@@ -82,10 +89,11 @@ class DnCNN(nn.Module):
 def noise_level(theta: Theta, norm: Norm | str, shape: Sequence[int]) -> torch.Tensor | float:
     """The noise standard deviation per pixel for ``theta``: ``theta`` (l2) or
     ``theta / sqrt(3)`` (l1, uniform on ``[-theta, theta]``); a number stays a number, a tensor
-    keeps the input's ``shape``."""
+    keeps the input's ``shape`` (its own with ``shape`` empty)."""
     scale = 1.0 / math.sqrt(3.0) if Norm(norm) is Norm.l1 else 1.0
     if isinstance(theta, torch.Tensor):
-        return (theta.float() * scale).expand(*shape)
+        level = theta.float() * scale
+        return level.expand(*shape) if len(shape) else level
     return float(theta) * scale
 
 
@@ -146,15 +154,41 @@ def read_denoiser(path: Path) -> dict[str, Any]:
 
 @dataclass
 class LoadedDenoiser:
-    """A denoiser ready for inference (eval mode, frozen) and what its file says."""
+    """A denoiser ready for inference (eval mode, frozen) and what its file or folder says.
 
-    module: DnCNN
+    ``kind`` is ``dncnn`` (an ``ancer-denoiser/1`` file: any noise-level map) or ``diffusion``
+    (a diffusers folder: one noise level per input, see :mod:`ancer_cli.models.diffusion`)."""
+
+    module: nn.Module
     path: Path
     sha256: str
-    dataset: str
-    input_shape: tuple[int, int, int]
-    norm: str
-    sigma_max: float
+    kind: str
+    channels: int
+    dataset: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    norm: str | None = None
+    sigma_max: float | None = None
+    details: dict[str, Any] | None = None
+
+    @property
+    def per_pixel(self) -> bool:
+        """Whether it takes per-pixel noise levels (ANCER thetas)."""
+        return self.kind == "dncnn"
+
+    def check_inputs(self, shape: Sequence[int], dataset: str) -> None:
+        """One-line ModelError unless it denoises inputs of ``shape`` ``(C, H, W)``."""
+        shape = tuple(int(size) for size in shape)
+        if self.input_shape is not None and self.input_shape != shape:
+            raise ModelError(
+                f"denoiser {self.path} was trained on {self.dataset} inputs of shape "
+                f"{self.input_shape}, but {dataset} inputs have shape {shape}; train a denoiser "
+                "for this dataset"
+            )
+        if self.channels != shape[0]:
+            raise ModelError(
+                f"diffusion model {self.path} takes {self.channels}-channel images, but "
+                f"{dataset} inputs have shape {shape}"
+            )
 
 
 def build_denoiser(input_shape: Sequence[int], depth: int, width: int) -> DnCNN:
@@ -163,21 +197,35 @@ def build_denoiser(input_shape: Sequence[int], depth: int, width: int) -> DnCNN:
 
 
 def load_denoiser(path: Path, device: torch.device) -> LoadedDenoiser:
-    """Load the ``ancer-denoiser/1`` file ``path`` on ``device``; one-line ModelErrors."""
+    """Load the ``ancer-denoiser/1`` file, or the diffusers model folder, ``path`` on
+    ``device``; one-line ModelErrors."""
+    path = Path(path)
+    if path.is_dir():
+        module, details = load_diffusion(path, device)
+        return LoadedDenoiser(
+            module=module,
+            path=path,
+            sha256=sha256_folder(path),
+            kind="diffusion",
+            channels=int(details["in_channels"]),
+            details=details,
+        )
     checkpoint = read_denoiser(path)
     shape = tuple(int(size) for size in checkpoint["input_shape"])
-    module = build_denoiser(shape, int(checkpoint["depth"]), int(checkpoint["width"]))
+    dncnn = build_denoiser(shape, int(checkpoint["depth"]), int(checkpoint["width"]))
     try:
-        module.load_state_dict(checkpoint["state_dict"])
+        dncnn.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         raise ModelError(f"denoiser {path} holds weights that do not fit its arch") from error
-    module = module.to(device).eval()
-    for parameter in module.parameters():
+    dncnn = dncnn.to(device).eval()
+    for parameter in dncnn.parameters():
         parameter.requires_grad_(False)
     return LoadedDenoiser(
-        module=module,
-        path=Path(path),
-        sha256=sha256_file(Path(path)),
+        module=dncnn,
+        path=path,
+        sha256=sha256_file(path),
+        kind="dncnn",
+        channels=shape[0],
         dataset=str(checkpoint["dataset"]),
         input_shape=(shape[0], shape[1], shape[2]),
         norm=str(checkpoint["norm"]),
@@ -185,18 +233,36 @@ def load_denoiser(path: Path, device: torch.device) -> LoadedDenoiser:
     )
 
 
+def denoiser_record(
+    denoiser: LoadedDenoiser, thetas: Iterable[Theta], norm: Norm | str
+) -> dict[str, Any]:
+    """What a sidecar or manifest records of the denoiser: its file (or folder) and hash, and
+    for a diffusion model the timesteps the noise levels of ``thetas`` use (only then are
+    ``thetas`` read)."""
+    record: dict[str, Any] = {
+        "denoiser": str(denoiser.path),
+        "denoiser_sha256": denoiser.sha256,
+    }
+    if isinstance(denoiser.module, DiffusionDenoiser):
+        stds = [float(torch.as_tensor(noise_level(t, norm, ())).min()) for t in thetas]
+        record["denoiser_timesteps"] = timestep_record(denoiser.module, stds) if stds else None
+    return record
+
+
 # ---------------------------------------------------------------------------------------------
 # the denoised base classifier
 
 
-class DenoisedClassifier(nn.Module):
+class DenoisedClassifier(ThetaConditioned):
     """The base classifier ``classifier(denoiser(z, noise_level))`` of denoised smoothing.
 
-    ``(B, C, H, W)`` noisy batch -> ``(B, K)`` logits. The noise level comes from the theta of
-    the input being smoothed, which the dataset loop sets with :meth:`set_theta` before that
-    input's forward passes (one theta for every sample of a pass: the loops then sample one input
-    per group, see :func:`inputs_per_theta`). With ``fixed`` the theta is the same for every
-    input and set once. ``denoiser`` is any module ``(z, noise_level) -> image``.
+    ``(B, C, H, W)`` noisy batch -> ``(B, K)`` logits. The noise level comes from the thetas of
+    the inputs being smoothed, which the loops announce before each forward pass
+    (:func:`~ancer_cli.core.conditioning.tell_thetas`): one theta per input, the batch laid out
+    input-major with equal samples per input (one input: every sample gets its theta). With
+    ``fixed`` the theta is the same for every input, set once, and announcements are ignored.
+    ``denoiser`` is any module ``(z, noise_level) -> image``; thetas that require gradients keep
+    them (``optimize`` differentiates through the map too).
     """
 
     def __init__(
@@ -211,21 +277,51 @@ class DenoisedClassifier(nn.Module):
         self.classifier = classifier
         self.denoiser = denoiser
         self.norm = Norm(norm)
-        self.theta: Theta | None = theta
         self.fixed = fixed
+        self.levels: torch.Tensor | float | None = None
+        if theta is not None:
+            self._set([theta])
 
     def set_theta(self, theta: Theta) -> None:
-        self.theta = theta
+        """The theta of every sample of the next passes (also with ``fixed``)."""
+        self._set([theta])
+
+    def set_input_thetas(self, thetas: InputThetas) -> None:
+        if not self.fixed:
+            self._set(thetas)
+
+    def _set(self, thetas: InputThetas) -> None:
+        if isinstance(thetas, torch.Tensor):
+            scale = 1.0 / math.sqrt(3.0) if self.norm is Norm.l1 else 1.0
+            self.levels = thetas * scale  # (B, 1, 1, 1) or (B, C, H, W); gradients kept
+        elif len(thetas) == 1 and not isinstance(thetas[0], torch.Tensor):
+            self.levels = float(noise_level(thetas[0], self.norm, ()))
+        else:
+            maps = [torch.as_tensor(noise_level(t, self.norm, ())).float() for t in thetas]
+            maps = [m.view(1, 1, 1) if m.dim() == 0 else m for m in maps]
+            shape = max((tuple(m.shape) for m in maps), key=math.prod)
+            self.levels = torch.stack([m.expand(shape) for m in maps])
+
+    def level_map(self, z: torch.Tensor) -> torch.Tensor:
+        """The noise-level map of the noisy batch ``z``: ``z``'s shape, input-major."""
+        levels = self.levels
+        if levels is None:
+            raise RuntimeError("DenoisedClassifier: set the inputs' thetas before a forward pass")
+        if not isinstance(levels, torch.Tensor):
+            return z.new_full(z.shape, levels)
+        levels = levels.to(z.device, z.dtype)
+        inputs = levels.shape[0]
+        if inputs == 1:
+            return levels.expand(z.shape)
+        if z.shape[0] % inputs:
+            raise RuntimeError(
+                f"a pass of {z.shape[0]} samples cannot hold {inputs} inputs equally"
+            )
+        per_input = levels.expand(inputs, *z.shape[1:])
+        return per_input.repeat_interleave(z.shape[0] // inputs, dim=0)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.theta is None:
-            raise RuntimeError("DenoisedClassifier: set the input's theta before a forward pass")
-        level = noise_level(self.theta, self.norm, z.shape[1:])
-        if isinstance(level, torch.Tensor):
-            level_map = level.to(z.device).unsqueeze(0).expand(z.shape[0], *z.shape[1:])
-        else:
-            level_map = z.new_full(z.shape, level)
-        denoised = self.denoiser(z, level_map)
+        denoised = self.denoiser(z, self.level_map(z))
         if denoised.shape != z.shape:
             raise ModelError(
                 f"the denoiser returns shape {tuple(denoised.shape)} for noisy images of shape "
@@ -241,17 +337,6 @@ def find_denoised(model: nn.Module) -> DenoisedClassifier | None:
 
 def inputs_per_theta(model: nn.Module, group: int) -> int:
     """How many inputs may share forward passes: ``group``, or 1 when ``model`` denoises with a
-    theta that changes from input to input (a pass then holds one input's samples only)."""
+    theta that changes from input to input (CERTIFY's passes then hold one input's samples)."""
     denoised = find_denoised(model)
     return 1 if denoised is not None and not denoised.fixed else group
-
-
-def set_input_theta(model: nn.Module, thetas: Sequence[Theta]) -> None:
-    """Tell a denoising ``model`` the theta of the input its next passes sample (a no-op for any
-    other model, and for a fixed theta)."""
-    denoised = find_denoised(model)
-    if denoised is None or denoised.fixed:
-        return
-    if len(thetas) != 1:
-        raise ValueError(f"a denoised classifier samples one input at a time, got {len(thetas)}")
-    denoised.set_theta(thetas[0])

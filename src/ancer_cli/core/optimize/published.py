@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ancer_cli.core.conditioning import tell_thetas
 from ancer_cli.core.noise import Norm, draw_base_noise_
 from ancer_cli.core.optimize.config import AncerConfig, IsotropicConfig, Progress
 
@@ -58,6 +59,7 @@ def smoothed_top_two(
     for i, generator in enumerate(generators):
         draw_base_noise_(eps[i], norm, generator)
     noisy = (x.unsqueeze(1) + theta.unsqueeze(1) * eps).flatten(0, 1)
+    tell_thetas(model, theta)  # a denoising base classifier hears each input's theta
     probabilities = torch.softmax(model(noisy), dim=1).view(batch, samples, -1).mean(dim=1)
     top = probabilities.topk(2, dim=1).values
     return top[:, 0], top[:, 1]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ancer_cli.core.bounds import clopper_pearson_lower, gap_from_p_lower
+from ancer_cli.core.conditioning import tell_thetas
 from ancer_cli.core.noise import Norm, Stream, Theta, input_generator, perturb_
 from ancer_cli.core.optimize.config import (
     STEP_COST,
@@ -139,6 +140,7 @@ def common_noise_votes(
         noisy = torch.empty((batch, size, *x.shape[1:]), dtype=x.dtype, device=x.device)
         for i in range(batch):
             perturb_(noisy[i], x[i], thetas[i], norm, generators[i])
+        tell_thetas(model, thetas)  # a denoising base classifier hears each input's theta
         logits = model(noisy.flatten(0, 1))
         predictions = logits.argmax(dim=1).view(batch, size)
         if counts is None:

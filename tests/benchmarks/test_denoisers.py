@@ -1,0 +1,25 @@
+"""``benchmarks/denoisers.py`` must not rot: its quick mode trains, optimizes and certifies."""
+
+import json
+from pathlib import Path
+
+from tests.benchmarks.test_bench import run_script
+
+
+def test_quick_mode_reports_every_base_classifier(tmp_path: Path) -> None:
+    result = run_script("denoisers.py", "--quick", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| clean")]
+    rows += [line for line in result.stdout.splitlines() if line.startswith("| noise-trained")]
+    names = [row.strip("|").split("|")[0].strip() for row in rows]
+    assert names == [
+        "clean", "clean+mse", "clean+classifier", "clean+classifier, isotropic thetas",
+        "clean+classifier, ancer thetas", "noise-trained",
+    ]  # fmt: skip
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        accuracies = [float(c) for c in cells[2:6]]
+        assert accuracies == sorted(accuracies, reverse=True)  # certified accuracy falls with r
+        assert float(cells[7]) >= float(cells[6]) >= 0  # the proxy ACR is at least the ACR
+    ancer = json.loads((tmp_path / "thetas-0.25" / "manifest.json").read_text())
+    assert ancer["arguments"]["denoiser"] == str(tmp_path / "denoiser-classifier.pt")
