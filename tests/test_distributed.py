@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 ANCER = [sys.executable, "-m", "ancer_cli"]
@@ -186,3 +187,41 @@ def test_torchrun_predict_matches_single_process(model_path: Path, tmp_path: Pat
     ranks = [line.split("\t")[:4] for line in (tmp_path / "ranks.csv").read_text().splitlines()]
     assert ranks == single and len(single) == 8
     assert sorted(p.name for p in tmp_path.glob("ranks.csv*")) == ["ranks.csv", "ranks.csv.json"]
+
+
+@pytest.mark.slow
+def test_torchrun_reuse_matches_single_process_and_resumes(model_path: Path, tmp_path: Path):
+    """``certify --reuse`` on two processes: the rows (route and samples included) of one
+    process; a run cut short resumes on one process to the same rows."""
+    earlier = tmp_path / "earlier.csv"
+    _run([*ANCER, "certify", "--model", model_path, "--sigma", 0.25, "--N0", 20, "--N", 2000,
+          "--batch-size", 200, "--seed", 0, "--device", "cpu", "--max", 7,
+          "--out", earlier])  # fmt: skip
+    changed = tmp_path / "changed.pt"
+    checkpoint = torch.load(model_path, map_location="cpu", weights_only=True)
+    for key, value in checkpoint["state_dict"].items():  # a changed model: weights rounded
+        if value.is_floating_point():
+            checkpoint["state_dict"][key] = value.to(torch.bfloat16).float()
+    torch.save(checkpoint, changed)
+    reuse = ["certify", "--reuse", earlier, "--model", changed, "--seed", 1, "--device", "cpu",
+             "--reuse-tolerance", 0.3]  # fmt: skip
+    _run([*ANCER, *reuse, "--out", tmp_path / "single.csv"])
+    _run([*_torchrun(2), *reuse, "--out", tmp_path / "ranks.csv"])
+    single = _without_time(tmp_path / "single.csv")
+    assert single[0][-2:] == ["samples", "path"] and len(single) == 8
+    assert {row[-1] for row in single[1:]} >= {"reuse"}
+    assert _without_time(tmp_path / "ranks.csv") == single
+    sidecar = json.loads((tmp_path / "ranks.csv.json").read_text())
+    assert sidecar["complete"] is True and sidecar["world_size"] == 2
+    # cut to the header and three rows, as a crash before the end would leave it; resume on one
+    cut = tmp_path / "cut.csv"
+    shutil.copy(tmp_path / "ranks.csv", cut)
+    shutil.copy(tmp_path / "ranks.csv.json", f"{cut}.json")
+    cut.write_text("".join(cut.read_text().splitlines(keepends=True)[:4]))
+    record = json.loads(Path(f"{cut}.json").read_text())
+    record["complete"] = False
+    record.pop("totals", None)
+    Path(f"{cut}.json").write_text(json.dumps(record))
+    _run([*ANCER, *reuse, "--out", cut, "--resume"])
+    assert _without_time(cut) == single
+    assert json.loads(Path(f"{cut}.json").read_text())["totals"]["resumed_rows"] == 3

@@ -14,5 +14,6 @@ def test_quick_mode_compares_reuse_with_scratch(model_path: Path, thetas_dir: Pa
     assert len(rows) == 8
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert sum(int(k) for k in cells[2].split("/")) == 4  # every input took one route
-        assert float(cells[3]) > 0 and float(cells[4]) == 5100
+        assert cells[2] == "0.05"  # the default --reuse-tolerance
+        assert sum(int(k) for k in cells[3].split("/")) == 4  # every input took one route
+        assert float(cells[4]) > 0 and float(cells[5]) == 5100

@@ -214,6 +214,9 @@ def test_a_diffusers_ddpm_folder_certifies_end_to_end(
     steps = arguments["denoiser_timesteps"]
     assert steps["t_star"] == int(torch.argmin((roots - target).abs()))
     assert steps["mismatch"] == pytest.approx(float(roots[steps["t_star"]]) - target, abs=1e-6)
+    abar = float(roots[steps["t_star"]]) ** 2
+    assert steps["sigma_at_t_star"] == pytest.approx(((1 - abar) / abar) ** 0.5 / 2, rel=1e-6)
+    assert abs(steps["sigma_at_t_star"] - 0.25) < 0.01  # a 1000-step schedule lands close
     ok("predict", "--model", model_path, "--sigma", 0.25, "--denoiser", ddpm_folder, "--max", 2,
        "--N", 50, "--seed", 0, "--device", "cpu", "--out", tmp_path / "p.csv")  # fmt: skip
     # isotropic thetas: each input its own t*
@@ -239,3 +242,17 @@ def test_a_diffusion_denoiser_refuses_per_pixel_thetas(
     result = invoke("optimize", "--model", model_path, "--denoiser", ddpm_folder, "--max", 1,
                     "--device", "cpu", "--out", tmp_path / "t")  # fmt: skip
     assert_domain_error(result, "diffusion model", "--method isotropic")
+
+
+def test_sequential_and_speed_options_apply_with_a_denoiser(
+    tmp_path: Path, model_path: Path
+) -> None:
+    denoiser = save_random_denoiser(tmp_path / "d.pt", seed=0)
+    out = tmp_path / "r.csv"
+    ok("certify", "--model", model_path, "--sigma", 0.25, "--denoiser", denoiser, "--max", 3,
+       "--radius", 0.25, "--precision", "bf16", "--channels-last", "--out", out,
+       *CERTIFY_FAST)  # fmt: skip
+    header = Path(out).read_text().splitlines()[0].split("\t")
+    assert header[-2:] == ["samples", "stop"] and len(Path(out).read_text().splitlines()) == 4
+    arguments = json.loads(Path(f"{out}.json").read_text())["arguments"]
+    assert arguments["precision"] == "bf16" and arguments["denoiser"] == str(denoiser)

@@ -162,18 +162,21 @@ def load_diffusion(path: Path, device: torch.device) -> tuple[DiffusionDenoiser,
 
 def timestep_record(module: DiffusionDenoiser, stds: Iterable[float]) -> dict[str, Any]:
     """What the sidecar records of the timesteps used for the noise stds ``stds`` (pixel
-    units): ``t*``, ``sqrt(abar_t*)``, the target ``1 / sqrt(1 + s^2)`` and the mismatch for
-    one std; the range of ``t*`` and the largest mismatch for several."""
+    units): ``t*``, ``sqrt(abar_t*)``, the target ``1 / sqrt(1 + s^2)``, the mismatch and the
+    noise std ``t*`` stands for for one std; the range of ``t*`` and the largest mismatch for several."""
     table = {float(std): matching_timestep(module.alphas_cumprod, 2.0 * float(std)) for std in stds}
     if len(table) == 1:
         ((std, (t, mismatch)),) = table.items()
         target = 1.0 / math.sqrt(1.0 + (2.0 * std) ** 2)
+        abar = float(module.alphas_cumprod[t])
         return {
             "sigma": std,
             "t_star": t,
             "sqrt_alpha_bar": target + mismatch,
             "target": target,
             "mismatch": mismatch,
+            # the noise std t* is trained for, in pixel units: sqrt((1 - abar) / abar) / 2
+            "sigma_at_t_star": math.sqrt((1.0 - abar) / abar) / 2.0,
             "prediction_type": module.prediction_type,
         }
     steps = [t for t, _ in table.values()]
