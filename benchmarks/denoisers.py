@@ -36,32 +36,13 @@ from ancer_cli.analysis.metrics import (
     average_certified_radius,
     certified_accuracy,
 )
-from ancer_cli.cli import app
 from ancer_cli.results import read_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commands import ancer, finished  # noqa: E402  (the sibling module)
 
 ROOT = Path(__file__).resolve().parent.parent
 RADII = (0.0, 0.25, 0.5, 0.75)
-
-
-def _ancer(*words: object) -> None:
-    """``ancer WORDS...`` in this process; raises on failure."""
-    print("$ ancer " + " ".join(map(str, words)), file=sys.stderr, flush=True)
-    code = app([str(word) for word in words], standalone_mode=False)
-    if code:
-        raise SystemExit(f"ancer {words[0]} failed (exit code {code})")
-
-
-def finished(path: Path, inputs: int, n: int) -> bool:
-    """Whether ``path`` is a finished certify run of ``inputs`` rows at ``N = n``."""
-    sidecar = Path(str(path) + ".json")
-    if not (path.exists() and sidecar.exists()):
-        return False
-    record = json.loads(sidecar.read_text())
-    return (
-        "totals" in record
-        and record["arguments"].get("N") == n
-        and len(read_results(path)) == inputs
-    )
 
 
 def measure(path: Path) -> dict[str, float]:
@@ -99,14 +80,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def train(target: Path, *words: object) -> Path:
         if not (args.keep and target.exists()):
-            _ancer("train", *words, *device, "--out", target, "--force")
+            ancer("train", *words, *device, "--out", target, "--force")
         return target
 
     def certify(target: Path, *words: object) -> Path:
         if args.keep and finished(target, args.inputs, args.N):
             print(f"keeping {target}", file=sys.stderr, flush=True)
         else:
-            _ancer("certify", *words, "--N", args.N, "--alpha", args.alpha, "--seed", 0,
+            ancer("certify", *words, "--N", args.N, "--alpha", args.alpha, "--seed", 0,
                    *device, "--out", target, "--force")  # fmt: skip
         return target
 
@@ -131,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     thetas = out / f"thetas-{s:g}"
     if not (args.keep and (thetas / "manifest.json").exists()):
         small = ("--iso-samples", 16, "--samples", 8, "--guard-samples", 64) if args.quick else ()
-        _ancer("optimize", "--model", clean, "--denoiser", by_classifier, "--sigma", s,
+        ancer("optimize", "--model", clean, "--denoiser", by_classifier, "--sigma", s,
                "--max", args.inputs, *device, "--out", thetas, "--force", *small)  # fmt: skip
     for name, folder in (("isotropic", thetas / "isotropic"), ("ancer", thetas)):
         target = out / f"clean+classifier-{name}-{s:g}.csv"

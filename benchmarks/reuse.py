@@ -31,24 +31,18 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ancer_cli.cli import app
 from ancer_cli.core.incremental import DEFAULT_TOLERANCE
 from ancer_cli.core.noise import input_generator
 from ancer_cli.data import load_dataset
 from ancer_cli.models import load_model
 from ancer_cli.results import read_results
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commands import ancer, finished  # noqa: E402  (the sibling module)
+
 ROOT = Path(__file__).resolve().parent.parent
 RADII = (0.0, 0.25, 0.5, 0.75)
 VARIANTS = ("bf16", "int8", "pruned", "finetuned")
-
-
-def _ancer(*words: object) -> None:
-    """``ancer WORDS...`` in this process (no start-up per run); raises on failure."""
-    print("$ ancer " + " ".join(map(str, words)), file=sys.stderr, flush=True)
-    code = app([str(word) for word in words], standalone_mode=False)
-    if code:
-        raise SystemExit(f"ancer {words[0]} failed (exit code {code})")
 
 
 def _save_script(module: nn.Module, path: Path) -> Path:
@@ -127,19 +121,6 @@ def measure(path: Path) -> dict[str, float]:
     return row
 
 
-def finished(path: Path, inputs: int, n: int) -> bool:
-    """Whether ``path`` is a finished run of ``inputs`` rows at ``N = n`` (kept by ``--keep``)."""
-    sidecar = Path(str(path) + ".json")
-    if not (path.exists() and sidecar.exists()):
-        return False
-    record = json.loads(sidecar.read_text())
-    return (
-        "totals" in record
-        and record["arguments"].get("N") == n
-        and len(read_results(path)) == inputs
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
@@ -171,14 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     if model is None:
         model = out / "model.pt"
         if not model.exists():
-            _ancer("train", "--epochs", 1 if args.quick else 20, "--device", "cpu", "--out", model)
+            ancer("train", "--epochs", 1 if args.quick else 20, "--device", "cpu", "--out", model)
     thetas = args.thetas
     if thetas is None:
         thetas = out / "thetas"
         if not (thetas / "manifest.json").exists():
             small = ("--objective", "reference", "--iso-iterations", 5, "--iterations", 5,
                      "--samples", 8, "--iso-samples", 8) if args.quick else ()  # fmt: skip
-            _ancer("optimize", "--model", model, "--out", thetas, "--max", args.inputs,
+            ancer("optimize", "--model", model, "--out", thetas, "--max", args.inputs,
                    "--device", "cpu", "--force", *small)  # fmt: skip
     variants = make_variants(model, out, args.sigma)
     # from scratch, a variant is certified with the original's thetas: a folder without the
@@ -198,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.keep and finished(target, args.inputs, args.N):
             print(f"keeping {target}", file=sys.stderr, flush=True)
             return
-        _ancer("certify", *words, "--out", target)
+        ancer("certify", *words, "--out", target)
 
     for noise in args.noises:
         source = noises[noise]

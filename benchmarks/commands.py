@@ -1,0 +1,32 @@
+"""What the accuracy benchmarks share: ``ancer`` commands run in-process, and which of their
+result files are finished (so that ``--keep`` reruns only what is missing)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ancer_cli.cli import app
+from ancer_cli.results import read_results
+
+
+def ancer(*words: object) -> None:
+    """``ancer WORDS...`` in this process (no start-up per run); raises on failure."""
+    print("$ ancer " + " ".join(map(str, words)), file=sys.stderr, flush=True)
+    code = app([str(word) for word in words], standalone_mode=False)
+    if code:
+        raise SystemExit(f"ancer {words[0]} failed (exit code {code})")
+
+
+def finished(path: Path, inputs: int, n: int) -> bool:
+    """Whether ``path`` is a finished certify run of ``inputs`` rows at ``N = n``."""
+    sidecar = Path(str(path) + ".json")
+    if not (path.exists() and sidecar.exists()):
+        return False
+    record = json.loads(sidecar.read_text())
+    return (
+        "totals" in record
+        and record["arguments"].get("N") == n
+        and len(read_results(path)) == inputs
+    )
