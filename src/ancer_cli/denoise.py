@@ -17,7 +17,7 @@ import enum
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from ancer_cli.core.noise import Norm, Stream, draw_base_noise_, input_seed, the
 from ancer_cli.data import LoadedData, check_same_classes
 from ancer_cli.errors import ModelError
 from ancer_cli.models.denoisers import build_denoiser, read_denoiser, save_denoiser
+from ancer_cli.train import check_same_config, config_record
 
 # The fixed noise levels (std) at which every epoch reports PSNR, capped at sigma_max.
 EVALUATION_SIGMAS: tuple[float, ...] = (0.12, 0.25, 0.5, 1.0)
@@ -203,7 +204,7 @@ def train_denoiser(
             norm=config.norm.value,
             sigma_max=config.sigma_max,
             epoch=epoch + 1,
-            optimizer_state={"optimizer": optimizer.state_dict(), "config": _record(config)},
+            optimizer_state={"optimizer": optimizer.state_dict(), "config": config_record(config)},
             extra={"objective": config.objective.value, "classifier": config.classifier},
         )
         yield DenoiserReport(
@@ -214,10 +215,6 @@ def train_denoiser(
             accuracy=accuracy,
             seconds=time.perf_counter() - began,
         )
-
-
-def _record(config: DenoiserConfig) -> dict[str, object]:
-    return {key: getattr(value, "value", value) for key, value in asdict(config).items()}
 
 
 def _restore(
@@ -234,14 +231,7 @@ def _restore(
             f"cannot resume {out}: it was trained on {checkpoint['dataset']!r}, this run uses "
             f"{dataset!r}; use --force to start over"
         )
-    stored = (checkpoint.get("optimizer_state") or {}).get("config", {})
-    for key, value in _record(config).items():
-        if key != "epochs" and key in stored and stored[key] != value:
-            option = "--sigma" if key == "sigma_max" else "--" + key.replace("_", "-")
-            raise ModelError(
-                f"cannot resume {out}: it was trained with {option} {stored[key]!r}, this run "
-                f"asks for {value!r}; resume with the same options or use --force to start over"
-            )
+    check_same_config(out, checkpoint, config, {"sigma_max": "--sigma"})
     denoiser.load_state_dict(checkpoint["state_dict"])
     state = checkpoint.get("optimizer_state") or {}
     if "optimizer" in state:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +183,7 @@ def train(
             optimizer_state={
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "config": _config_record(config),
+                "config": config_record(config),
             },
         )
         yield EpochReport(
@@ -197,9 +198,25 @@ def train(
         )
 
 
-def _config_record(config: TrainConfig) -> dict[str, object]:
-    """The hyperparameters as plain values, as stored in the checkpoint."""
-    return {key: getattr(value, "value", value) for key, value in asdict(config).items()}
+def config_record(config: object) -> dict[str, object]:
+    """A training config's hyperparameters as plain values, as stored in the checkpoint."""
+    return {key: getattr(value, "value", value) for key, value in asdict(config).items()}  # type: ignore[call-overload]
+
+
+def check_same_config(
+    out: Path, checkpoint: dict[str, Any], config: object, options: dict[str, str] | None = None
+) -> None:
+    """Refuse to resume ``out`` when its stored hyperparameters (all but ``epochs``) differ from
+    ``config``'s; ``options`` names the command-line option of a field where it is not
+    ``--field-name``."""
+    stored = (checkpoint.get("optimizer_state") or {}).get("config", {})
+    for key, value in config_record(config).items():
+        if key != "epochs" and key in stored and stored[key] != value:
+            option = (options or {}).get(key, "--" + key.replace("_", "-"))
+            raise ModelError(
+                f"cannot resume {out}: it was trained with {option} {stored[key]!r}, this run "
+                f"asks for {value!r}; resume with the same options or use --force to start over"
+            )
 
 
 def _restore(
@@ -224,14 +241,7 @@ def _restore(
                 f"cannot resume {out}: it was trained with {key}={checkpoint.get(key)!r}, "
                 f"this run asks for {value!r}; use --force to start over"
             )
-    stored = (checkpoint.get("optimizer_state") or {}).get("config", {})
-    for key, value in _config_record(config).items():
-        if key != "epochs" and key in stored and stored[key] != value:
-            option = "--" + key.replace("_", "-")
-            raise ModelError(
-                f"cannot resume {out}: it was trained with {option} {stored[key]!r}, this run "
-                f"asks for {value!r}; resume with the same options or use --force to start over"
-            )
+    check_same_config(out, checkpoint, config)
     model.load_state_dict(checkpoint["state_dict"])
     state = checkpoint.get("optimizer_state") or {}
     if "optimizer" in state:

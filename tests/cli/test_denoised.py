@@ -256,3 +256,14 @@ def test_sequential_and_speed_options_apply_with_a_denoiser(
     assert header[-2:] == ["samples", "stop"] and len(Path(out).read_text().splitlines()) == 4
     arguments = json.loads(Path(f"{out}.json").read_text())["arguments"]
     assert arguments["precision"] == "bf16" and arguments["denoiser"] == str(denoiser)
+
+
+def test_train_denoiser_resume_refuses_other_options(tmp_path: Path) -> None:
+    out = tmp_path / "d.pt"
+    ok("train", *DENOISER_FAST, "--epochs", 1, "--out", out)
+    result = invoke(
+        "train", *DENOISER_FAST, "--epochs", 2, "--sigma", 0.5, "--out", out, "--resume"
+    )
+    assert_domain_error(result, "cannot resume", "--sigma 1.0", "0.5")
+    result = invoke("train", *DENOISER_FAST, "--epochs", 2, "--lr", 0.01, "--out", out, "--resume")
+    assert_domain_error(result, "cannot resume", "--lr 0.001")
