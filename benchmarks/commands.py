@@ -30,3 +30,19 @@ def finished(path: Path, inputs: int, n: int) -> bool:
         and record["arguments"].get("N") == n
         and len(read_results(path)) == inputs
     )
+
+
+def extendable(path: Path, inputs: int, n: int) -> bool:
+    """Whether ``path`` is a finished certify run at ``N = n`` of fewer than ``inputs`` rows,
+    which ``--resume`` with ``--max inputs`` extends (the rows it holds are kept)."""
+    sidecar = Path(str(path) + ".json")
+    if not (path.exists() and sidecar.exists()):
+        return False
+    record = json.loads(sidecar.read_text())
+    recorded = record["arguments"].get("max")
+    return (
+        record.get("complete") is True
+        and record["arguments"].get("N") == n
+        and isinstance(recorded, int)
+        and recorded < inputs
+    )

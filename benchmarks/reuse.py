@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from ancer_cli.models import load_model
 from ancer_cli.results import read_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from commands import ancer, finished  # noqa: E402  (the sibling module)
+from commands import ancer, extendable, finished  # noqa: E402  (the sibling module)
 
 ROOT = Path(__file__).resolve().parent.parent
 RADII = (0.0, 0.25, 0.5, 0.75)
@@ -78,23 +79,36 @@ def _finetune(module: nn.Module, sigma: float, seed: int = 0) -> nn.Module:
     return module
 
 
-def make_variants(model: Path, out: Path, sigma: float) -> dict[str, tuple[Path, tuple[str, ...]]]:
-    """The changed models: file and extra certify options for each variant."""
+def make_variants(
+    model: Path, out: Path, sigma: float, keep: bool = False
+) -> dict[str, tuple[Path, tuple[str, ...]]]:
+    """The changed models: file and extra certify options for each variant. With ``keep`` a
+    variant file already in ``out`` is used as it is (TorchScript files differ byte for byte
+    each time they are saved, and certify ties its results to the model file's hash)."""
 
     def fresh() -> nn.Module:
         return load_model(model, torch.device("cpu")).module
 
-    int8 = torch.ao.quantization.quantize_dynamic(fresh(), {nn.Linear}, dtype=torch.qint8)
-    pruned = fresh()
-    weights = [(m, "weight") for m in pruned.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    prune.global_unstructured(weights, pruning_method=prune.L1Unstructured, amount=0.3)
-    for module, name in weights:
-        prune.remove(module, name)
+    def int8() -> nn.Module:
+        return torch.ao.quantization.quantize_dynamic(fresh(), {nn.Linear}, dtype=torch.qint8)
+
+    def pruned() -> nn.Module:
+        module = fresh()
+        weights = [(m, "weight") for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+        prune.global_unstructured(weights, pruning_method=prune.L1Unstructured, amount=0.3)
+        for layer, name in weights:
+            prune.remove(layer, name)
+        return module
+
+    def saved(name: str, build: Callable[[], nn.Module]) -> Path:
+        path = out / f"{name}.pt"
+        return path if keep and path.exists() else _save_script(build(), path)
+
     return {
         "bf16": (model, ("--precision", "bf16")),
-        "int8": (_save_script(int8, out / "int8.pt"), ()),
-        "pruned": (_save_script(pruned, out / "pruned.pt"), ()),
-        "finetuned": (_save_script(_finetune(fresh(), sigma), out / "finetuned.pt"), ()),
+        "int8": (saved("int8", int8), ()),
+        "pruned": (saved("pruned", pruned), ()),
+        "finetuned": (saved("finetuned", lambda: _finetune(fresh(), sigma)), ()),
     }
 
 
@@ -113,7 +127,10 @@ def measure(path: Path) -> dict[str, float]:
     }
     row["acr"] = float((frame["radius"] * frame["correct"]).mean())
     row["samples"] = samples
-    row["seconds"] = record["totals"]["seconds_this_run"] / max(n, 1)
+    # an extended run (--resume with a larger --max) timed only the rows it added
+    row["seconds"] = record["totals"]["seconds_this_run"] / max(
+        n - record["totals"].get("resumed_rows", 0), 1
+    )
     routes = record["totals"].get("routes")
     row["routes"] = (
         "/".join(str(routes[k]) for k in ("reuse", "scratch", "abstain")) if routes else ""
@@ -140,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         help="--reuse-tolerance values to run (each its own reuse file)",
     )  # fmt: skip
     parser.add_argument(
-        "--keep", action="store_true", help="keep finished result files of an earlier call in --out"
+        "--keep",
+        action="store_true",
+        help="keep finished result files of an earlier call in --out (extend those with fewer inputs)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -161,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
                      "--samples", 8, "--iso-samples", 8) if args.quick else ()  # fmt: skip
             ancer("optimize", "--model", model, "--out", thetas, "--max", args.inputs,
                    "--device", "cpu", "--force", *small)  # fmt: skip
-    variants = make_variants(model, out, args.sigma)
+    variants = make_variants(model, out, args.sigma, keep=args.keep)
     # from scratch, a variant is certified with the original's thetas: a folder without the
     # manifest (which ties them to the original model's hash), as original ANCER folders are
     plain = out / "thetas-plain"
@@ -175,10 +194,13 @@ def main(argv: list[str] | None = None) -> None:
     }
     rows = []
 
-    def certify(target: Path, *words: object) -> None:
+    def certify(target: Path, *words: object, extend: bool = True) -> None:
         if args.keep and finished(target, args.inputs, args.N):
             print(f"keeping {target}", file=sys.stderr, flush=True)
             return
+        if args.keep and extend and extendable(target, args.inputs, args.N):
+            print(f"extending {target} to {args.inputs} inputs", file=sys.stderr, flush=True)
+            words = tuple("--resume" if word == "--force" else word for word in words)
         ancer("certify", *words, "--out", target)
 
     for noise in args.noises:
@@ -195,8 +217,10 @@ def main(argv: list[str] | None = None) -> None:
             for tolerance in args.tolerances:
                 suffix = "" if tolerance == DEFAULT_TOLERANCE else f"-{tolerance:g}"
                 reused = out / f"{noise}-{name}-reuse{suffix}.csv"
+                # with the memory pass, more inputs may change the earlier rows: start over
                 certify(reused, "--reuse", earlier, "--model", path, *extra, "--seed", 1,
-                        "--reuse-tolerance", tolerance, *sampling[4:])  # fmt: skip
+                        "--reuse-tolerance", tolerance, *sampling[4:],
+                        extend=noise == "fixed")  # fmt: skip
                 rows.append((noise, name, tolerance, measure(reused), measure(scratch)))
                 print(f"{noise} {name} {tolerance:g}: {rows[-1][3:]}", file=sys.stderr)
     header = ["noise", "variant", "tolerance", "routes r/s/a", "samples reuse", "samples scratch",

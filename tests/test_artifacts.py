@@ -74,3 +74,25 @@ def test_resuming_names_the_first_argument_that_differs(tmp_path: Path) -> None:
         OutputError, match=r"sequential\.mode='radius'.*sequential\.mode='adaptive'"
     ):
         check_resumable(sidecar, {"N": 100, "sequential": {"mode": "adaptive"}}, "r.csv")
+
+
+@pytest.mark.parametrize(
+    ("had", "has", "allowed"),
+    [(5, 5, True), (5, 9, True), (5, None, True), (5, 4, False), (None, 5, False)],
+)
+def test_a_bound_of_may_grow_may_rise_or_be_lifted_but_not_fall(
+    tmp_path: Path, had: int | None, has: int | None, allowed: bool
+) -> None:
+    sidecar = tmp_path / "r.csv.json"
+    write_json(sidecar, {"arguments": {"N": 100, "max": had}})
+    wanted = {"N": 100, "max": has}
+    if allowed:
+        check_resumable(sidecar, wanted, "r.csv", may_grow=("max",))
+    else:
+        with pytest.raises(OutputError, match=rf"max={had!r}, this run has max={has!r}"):
+            check_resumable(sidecar, wanted, "r.csv", may_grow=("max",))
+    if had != has:  # without may_grow any change is refused
+        with pytest.raises(OutputError, match="cannot resume r.csv"):
+            check_resumable(sidecar, wanted, "r.csv")
+    with pytest.raises(OutputError, match="N=100, this run has N=200"):  # others still count
+        check_resumable(sidecar, {**wanted, "N": 200}, "r.csv", may_grow=("max",))

@@ -131,8 +131,14 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def check_resumable(sidecar: Path, arguments: dict[str, Any], what: str) -> None:
-    """Refuse to resume an output written with other arguments; name the first that differs."""
+def check_resumable(
+    sidecar: Path, arguments: dict[str, Any], what: str, may_grow: tuple[str, ...] = ()
+) -> None:
+    """Refuse to resume an output written with other arguments; name the first that differs.
+
+    A key of ``may_grow`` (an upper bound such as ``max``) may rise, or become ``None`` (no
+    bound), so that resuming extends a run; it may not fall.
+    """
     if not sidecar.exists():
         raise OutputError(
             f"cannot resume {what}: its record {sidecar} is missing; use --force to start over"
@@ -140,11 +146,22 @@ def check_resumable(sidecar: Path, arguments: dict[str, Any], what: str) -> None
     recorded = read_json(sidecar, "run record").get("arguments", {})
     if not isinstance(recorded, dict):
         raise OutputError(f"cannot resume {what}: {sidecar} is damaged; use --force to start over")
+    recorded = {**recorded, **_grown(recorded, arguments, may_grow)}
     for key, (had, has) in _differences(recorded, arguments).items():
         raise OutputError(
             f"cannot resume {what}: it was written with {key}={had!r}, "
             f"this run has {key}={has!r}; use the same arguments or --force to start over"
         )
+
+
+def _grown(recorded: dict[str, Any], wanted: dict[str, Any], keys: tuple[str, ...]) -> dict:
+    """The keys of ``keys`` whose bound ``wanted`` raises (or lifts) above ``recorded``."""
+    grown = {}
+    for key in keys:
+        had, has = recorded.get(key), wanted.get(key)
+        if isinstance(had, int) and (has is None or (isinstance(has, int) and has >= had)):
+            grown[key] = has
+    return grown
 
 
 def _differences(

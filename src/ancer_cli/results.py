@@ -407,13 +407,15 @@ def merge_rows(
 
 
 def check_resume(out: Path, arguments: dict[str, Any], memory: bool) -> None:
-    """Refuse to resume ``out`` if its sidecar records other arguments (names the first)."""
+    """Refuse to resume ``out`` if its sidecar records other arguments (names the first). A
+    larger ``--max`` (or none) is allowed: every row is a function of its index alone, so the
+    rows kept stay valid and resuming certifies the indices added (extends a finished run)."""
     _check_resume(out, pre_memory_path(out) if memory else out, arguments)
 
 
 def _check_resume(out: Path, working: Path, arguments: dict[str, Any]) -> None:
     if out.exists() or working.exists() or leftover_shards(working):
-        check_resumable(results_sidecar_path(out), arguments, str(out))
+        check_resumable(results_sidecar_path(out), arguments, str(out), may_grow=("max",))
 
 
 def write_rows(

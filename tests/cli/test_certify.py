@@ -231,6 +231,32 @@ def test_resume_with_other_n_is_refused(fixed_run, model_path: Path, tmp_path: P
     assert copy.read_text() == before
 
 
+def test_resume_with_a_larger_max_extends_a_finished_run(
+    fixed_run, model_path: Path, tmp_path: Path
+) -> None:
+    """Rows depend on their index alone: --resume with a larger --max keeps every row and
+    certifies only the indices added, ending with the rows of one run; a smaller --max is
+    refused (it would keep rows the run no longer asks for)."""
+    full, _ = fixed_run
+    args = ("--model", model_path, "--sigma", SIGMA, "--skip", 2)
+    out = tmp_path / "grown.csv"
+    certify(*args, "--max", 3, "--out", out)
+    first = out.read_text().splitlines(keepends=True)
+    result = certify(*args, "--max", 7, "--out", out, "--resume")
+    assert "2 rows kept" in result.stdout
+    assert without_time(out) == without_time(full)
+    assert out.read_text().splitlines(keepends=True)[:3] == first  # kept as written
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["arguments"]["max"] == 7 and sidecar["complete"] is True
+    assert sidecar["totals"]["resumed_rows"] == 2 and sidecar["totals"]["inputs"] == 4
+
+    before = out.read_text()
+    shrunk = invoke("certify", *CERTIFY_FAST, *args, "--max", 5, "--out", out, "--resume")
+    assert_domain_error(shrunk, "cannot resume", "max=7", "max=5")
+    assert shrunk.stderr.strip() == error_lines(shrunk)[0], describe(shrunk)
+    assert out.read_text() == before
+
+
 # ---------------------------------------------------------------------------------------------
 # per-input thetas
 
@@ -369,6 +395,18 @@ def test_resume_after_a_crash_with_thetas(ancer_run, thetas_copy: Path, tmp_path
     assert "3 rows kept" in result.stdout
     assert without_time(out) == without_time(full)
     assert json.loads(Path(str(out) + ".json").read_text())["complete"] is True
+
+
+def test_resume_without_max_extends_a_run_with_thetas(ancer_run, thetas_dir: Path, tmp_path: Path):
+    """Per-input thetas with the memory pass: the rows before the pass are kept, the pass runs
+    again over every input, and the file equals an uninterrupted run's."""
+    full, _ = ancer_run
+    out = tmp_path / "grown.csv"
+    certify("--thetas", thetas_dir, "--max", 2, "--out", out)
+    result = certify("--thetas", thetas_dir, "--out", out, "--resume")
+    assert "2 rows kept" in result.stdout
+    assert without_time(out) == without_time(full)
+    assert json.loads(Path(str(out) + ".json").read_text())["arguments"]["max"] is None
 
 
 def test_thetas_with_skip_and_max(ancer_run, thetas_dir: Path, tmp_path: Path) -> None:

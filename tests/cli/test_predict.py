@@ -108,6 +108,16 @@ def test_resume_and_force(fixed, model_path: Path, tmp_path: Path) -> None:
     assert without_time(out) == without_time(reference)
 
 
+def test_resume_with_a_larger_max_extends_predictions(fixed, model_path: Path, tmp_path) -> None:
+    reference, _ = fixed
+    args = ("--model", model_path, "--sigma", 0.25, "--skip", 3)
+    out = tmp_path / "grown.csv"
+    run(*args, "--max", 5, "--out", out)  # indices 0 and 3
+    result = run(*args, "--max", 12, "--out", out, "--resume")
+    assert "2 rows kept" in result.stdout
+    assert without_time(out) == without_time(reference)
+
+
 def test_accuracy_reads_predictions(fixed, tmp_path: Path) -> None:
     out, _ = fixed
     found = rows(out)
