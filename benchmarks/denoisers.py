@@ -4,7 +4,8 @@ through a denoiser, against one trained under noise.
 Trained here (``--out``; kept with ``--keep``): a clean classifier (``train --sigma 0``), a
 classifier under noise for each ``--sigmas`` value, an ``mse`` denoiser and a ``classifier``
 denoiser (the clean classifier frozen), both conditioned on the noise-level map and trained over
-noise levels up to 1. Certified for each sigma, with the same seed, N0, N and alpha:
+noise levels up to the largest sigma certified (``--denoiser-sigma``) for 300 epochs. Certified
+for each sigma, with the same seed, N0, N and alpha:
 
 * ``clean``: the clean classifier alone;
 * ``clean+mse`` and ``clean+classifier``: the clean classifier behind each denoiser;
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--epochs", type=int, default=30, help="classifier training epochs")
-    parser.add_argument("--denoiser-epochs", type=int, default=30)
+    parser.add_argument("--denoiser-epochs", type=int, default=300)
+    parser.add_argument(
+        "--denoiser-sigma", type=float, help="largest noise level the denoisers train on "
+        "(default: the largest of --sigmas)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "denoisers")
     parser.add_argument("--keep", action="store_true", help="keep finished files in --out")
@@ -94,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     clean = train(out / "clean.pt", "--sigma", 0, "--epochs", args.epochs)
     noisy = {s: train(out / f"noise-{s:g}.pt", "--sigma", s, "--epochs", args.epochs)
              for s in args.sigmas}  # fmt: skip
-    denoising = ("--denoiser", "--sigma", 1.0, "--epochs", args.denoiser_epochs)
+    top = max(args.sigmas) if args.denoiser_sigma is None else args.denoiser_sigma
+    denoising = ("--denoiser", "--sigma", top, "--epochs", args.denoiser_epochs)
     mse = train(out / "denoiser-mse.pt", *denoising)
     by_classifier = train(out / "denoiser-classifier.pt", *denoising,
                           "--objective", "classifier", "--classifier", clean)  # fmt: skip

@@ -51,6 +51,8 @@ class DenoiserConfig:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
+    """Adam's initial learning rate, decayed to 0 along a cosine over the steps of ``epochs``
+    (a run resumed with another ``--epochs`` continues along that run's cosine)"""
     objective: Objective = Objective.mse
     classifier: str | None = None
     """the frozen classifier's file (``classifier`` objective)"""
@@ -69,6 +71,12 @@ class DenoiserReport:
     psnr: dict[float, float]
     accuracy: dict[float, float] | None
     seconds: float
+
+
+def cosine_lr(lr: float, step: int, steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``steps``: ``lr`` decayed to 0 along a
+    half cosine. A function of the step alone, so a resumed run continues the same schedule."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
 
 
 def evaluation_sigmas(sigma_max: float) -> list[float]:
@@ -178,6 +186,10 @@ def train_denoiser(
         )
         total_loss = seen = 0.0
         for step, (x, y) in enumerate(loader, start=1):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(
+                    config.lr, epoch * len(loader) + step - 1, config.epochs * len(loader)
+                )
             x, y = x.to(device), y.to(device)
             level = draw_noise_levels(x.shape, config.sigma_max, generator)
             denoised = denoiser(add_noise(x, level, config.norm, generator), level)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ancer_cli.models.denoisers import DnCNN, save_denoiser
+from ancer_cli.data import load_dataset
+from ancer_cli.denoise import DenoiserConfig, cosine_lr, train_denoiser
+from ancer_cli.models.denoisers import DnCNN, denoiser_size, save_denoiser
 from tests.helpers import CERTIFY_FAST, assert_domain_error, invoke, ok, read_rows, train_model
 
 DENOISER_FAST = ("--denoiser", "--device", "cpu", "--batch-size", "128")
@@ -45,11 +47,17 @@ def test_train_refuses_a_negative_sigma(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def denoiser_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """A 2-epoch denoiser run, and the same run stopped after 1 epoch and resumed."""
+    """A 2-epoch denoiser run, and the same run stopped after its first epoch's checkpoint
+    (the training generator closed, as a kill would leave it) and resumed."""
     folder = tmp_path_factory.mktemp("denoisers")
     whole, resumed = folder / "whole.pt", folder / "resumed.pt"
     report = ok("train", *DENOISER_FAST, "--epochs", 2, "--out", whole).stderr
-    ok("train", *DENOISER_FAST, "--epochs", 1, "--out", resumed)
+    depth, width = denoiser_size("digits")
+    config = DenoiserConfig(depth=depth, width=width, epochs=2, batch_size=128)
+    data = {split: load_dataset("digits", split, None) for split in ("train", "test")}
+    run = train_denoiser(config, data["train"], data["test"], torch.device("cpu"), resumed)
+    assert next(run).epoch == 1
+    run.close()
     ok("train", *DENOISER_FAST, "--epochs", 2, "--out", resumed, "--resume")
     return whole, resumed, report
 
@@ -76,6 +84,15 @@ def test_train_denoiser_resumes_to_the_same_weights(denoiser_runs) -> None:
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_the_denoiser_learning_rate_falls_along_a_cosine_to_zero() -> None:
+    assert cosine_lr(1e-3, 0, 100) == 1e-3
+    assert cosine_lr(1e-3, 50, 100) == pytest.approx(5e-4, abs=1e-18)
+    assert cosine_lr(1e-3, 25, 100) == pytest.approx(1e-3 * (2 + 2**0.5) / 4, rel=1e-15)
+    assert cosine_lr(1e-3, 100, 100) == 0.0 and cosine_lr(1e-3, 120, 100) == 0.0
+    rates = [cosine_lr(1.0, step, 42) for step in range(43)]
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
 
 
 def test_train_denoiser_with_a_classifier_reports_its_accuracy(

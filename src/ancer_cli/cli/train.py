@@ -71,7 +71,7 @@ def train_command(
         float | None,
         typer.Option(
             help=f"Initial learning rate: SGD, default {D.lr}; with --denoiser Adam, "
-            f"default {DD.lr}.",
+            f"default {DD.lr}, decayed along a cosine.",
             show_default=False,
         ),
     ] = None,

@@ -51,7 +51,7 @@ DENOISER_KEYS: tuple[str, ...] = (
 
 # (convolution layers, channels) of the DnCNN per dataset: small for the small images.
 DENOISER_SIZES: dict[str, tuple[int, int]] = {
-    "digits": (6, 32),
+    "digits": (6, 64),
     "mnist": (7, 32),
     "cifar10": (12, 64),
 }
