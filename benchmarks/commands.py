@@ -33,16 +33,15 @@ def finished(path: Path, inputs: int, n: int) -> bool:
 
 
 def extendable(path: Path, inputs: int, n: int) -> bool:
-    """Whether ``path`` is a finished certify run at ``N = n`` of fewer than ``inputs`` rows,
-    which ``--resume`` with ``--max inputs`` extends (the rows it holds are kept)."""
+    """Whether ``path`` is a certify run at ``N = n`` that ``--resume`` with ``--max inputs``
+    continues: an interrupted one, or a finished one of fewer rows (the rows it holds are kept)."""
     sidecar = Path(str(path) + ".json")
     if not (path.exists() and sidecar.exists()):
         return False
     record = json.loads(sidecar.read_text())
     recorded = record["arguments"].get("max")
     return (
-        record.get("complete") is True
-        and record["arguments"].get("N") == n
+        record["arguments"].get("N") == n
         and isinstance(recorded, int)
-        and recorded < inputs
+        and (recorded < inputs or (recorded == inputs and record.get("complete") is not True))
     )
