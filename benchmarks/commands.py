@@ -3,12 +3,11 @@ result files are finished (so that ``--keep`` reruns only what is missing)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from ancer_cli.cli import app
-from ancer_cli.results import read_results
+from ancer_cli.results import read_results, read_results_record
 
 
 def ancer(*words: object) -> None:
@@ -21,12 +20,10 @@ def ancer(*words: object) -> None:
 
 def finished(path: Path, inputs: int, n: int) -> bool:
     """Whether ``path`` is a finished certify run of ``inputs`` rows at ``N = n``."""
-    sidecar = Path(str(path) + ".json")
-    if not (path.exists() and sidecar.exists()):
-        return False
-    record = json.loads(sidecar.read_text())
+    record = read_results_record(path) if path.exists() else None
     return (
-        "totals" in record
+        record is not None
+        and "totals" in record
         and record["arguments"].get("N") == n
         and len(read_results(path)) == inputs
     )
@@ -35,10 +32,9 @@ def finished(path: Path, inputs: int, n: int) -> bool:
 def extendable(path: Path, inputs: int, n: int) -> bool:
     """Whether ``path`` is a certify run at ``N = n`` that ``--resume`` with ``--max inputs``
     continues: an interrupted one, or a finished one of fewer rows (the rows it holds are kept)."""
-    sidecar = Path(str(path) + ".json")
-    if not (path.exists() and sidecar.exists()):
+    record = read_results_record(path) if path.exists() else None
+    if record is None:
         return False
-    record = json.loads(sidecar.read_text())
     recorded = record["arguments"].get("max")
     return (
         record["arguments"].get("N") == n

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     plain.mkdir(exist_ok=True)
     for theta_file in thetas.glob("theta_*.pt"):
         (plain / theta_file.name).write_bytes(theta_file.read_bytes())
-    sampling = ("--N", args.N, "--batch-size", args.batch_size, "--device", "cpu", "--force")
+    sampling = ("--N", args.N, "--batch-size", args.batch_size, "--device", "cpu")
     noises = {
         "fixed": ("--model", model, "--sigma", args.sigma, "--max", args.inputs),
         "ancer": ("--thetas", thetas, "--max", args.inputs),
@@ -198,10 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.keep and finished(target, args.inputs, args.N):
             print(f"keeping {target}", file=sys.stderr, flush=True)
             return
+        mode = "--force"
         if args.keep and extend and extendable(target, args.inputs, args.N):
             print(f"extending {target} to {args.inputs} inputs", file=sys.stderr, flush=True)
-            words = tuple("--resume" if word == "--force" else word for word in words)
-        ancer("certify", *words, "--out", target)
+            mode = "--resume"
+        ancer("certify", *words, mode, "--out", target)
 
     for noise in args.noises:
         source = noises[noise]
