@@ -10,7 +10,9 @@ run (``--reuse``) and from scratch (plain ``certify`` with the same seed, N0, N 
   (``torch.nn.utils.prune``);
 * ``finetuned``: one more epoch of training under noise (SGD, lr 0.01).
 
-Reported per variant and noise: noisy inputs evaluated per input (forward samples: a regenerated
+Each reuse run takes a rule: ``--tolerances`` (``--reuse-tolerance``) and, with
+``--radii-rule``, ``--reuse-radius`` at the reported radii 0.25, 0.5 and 0.75 instead.
+Reported per variant, noise and rule: noisy inputs evaluated per input (forward samples: a regenerated
 draw counts twice, both models see it), seconds per input, certified accuracy at radius 0, 0.25,
 0.5, 0.75 and the average certified radius (ACR), reuse and from scratch; and how many rows each
 route took. Files go to ``--out``.
@@ -157,6 +159,11 @@ def main(argv: list[str] | None = None) -> None:
         help="--reuse-tolerance values to run (each its own reuse file)",
     )  # fmt: skip
     parser.add_argument(
+        "--radii-rule",
+        action="store_true",
+        help="also run --reuse-radius at each reported radius above 0, with no tolerance",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="keep finished result files of an earlier call in --out (extend those with fewer inputs)",
@@ -215,22 +222,24 @@ def main(argv: list[str] | None = None) -> None:
             scratch_source = ("--model", path, "--dataset", "digits", "--norm", "l2")
             scratch_source += source[2:] if noise == "fixed" else ("--thetas", plain, *source[2:])
             certify(scratch, *scratch_source, *extra, "--seed", 1, *sampling)
-            for tolerance in args.tolerances:
-                suffix = "" if tolerance == DEFAULT_TOLERANCE else f"-{tolerance:g}"
+            rules = [(f"{t:g}", ("--reuse-tolerance", t)) for t in args.tolerances]
+            if args.radii_rule:
+                rules.append(("radii", tuple(w for r in RADII[1:] for w in ("--reuse-radius", r))))
+            for label, rule in rules:
+                suffix = "" if label == f"{DEFAULT_TOLERANCE:g}" else f"-{label}"
                 reused = out / f"{noise}-{name}-reuse{suffix}.csv"
                 # with the memory pass, more inputs may change the earlier rows: start over
                 certify(reused, "--reuse", earlier, "--model", path, *extra, "--seed", 1,
-                        "--reuse-tolerance", tolerance, *sampling[4:],
-                        extend=noise == "fixed")  # fmt: skip
-                rows.append((noise, name, tolerance, measure(reused), measure(scratch)))
-                print(f"{noise} {name} {tolerance:g}: {rows[-1][3:]}", file=sys.stderr)
-    header = ["noise", "variant", "tolerance", "routes r/s/a", "samples reuse", "samples scratch",
+                        *rule, *sampling[4:], extend=noise == "fixed")  # fmt: skip
+                rows.append((noise, name, label, measure(reused), measure(scratch)))
+                print(f"{noise} {name} {label}: {rows[-1][3:]}", file=sys.stderr)
+    header = ["noise", "variant", "rule", "routes r/s/a", "samples reuse", "samples scratch",
               "s/input reuse", "s/input scratch"]  # fmt: skip
     header += [f"acc@{r:g} reuse/scratch" for r in RADII] + ["ACR reuse/scratch"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for noise, name, tolerance, reuse, scratch in rows:
-        cells = [noise, name, f"{tolerance:g}", reuse["routes"], f"{reuse['samples']:.0f}",
+        cells = [noise, name, tolerance, reuse["routes"], f"{reuse['samples']:.0f}",
                  f"{scratch['samples']:.0f}", f"{reuse['seconds']:.3f}",
                  f"{scratch['seconds']:.3f}"]  # fmt: skip
         cells += [f"{reuse[f'{r:g}']:.3f}/{scratch[f'{r:g}']:.3f}" for r in RADII]

@@ -7,7 +7,8 @@ for per-input thetas, the memory pass, as ``ancer certify`` runs it).
 Each earlier certificate ``pA_lower`` (recovered from its written radius) less an anytime-valid
 bound ``zeta`` on the two models' disagreements, counted on the regenerated draws of the earlier
 certify stream, is the changed model's certificate at level ``alpha + alpha_zeta``; inputs where
-that would cost more than a tolerance of radius are certified afresh at level ``alpha``, with the
+that would cost more than a tolerance of radius, or drop below a reported radius the earlier
+certificate reached, are certified afresh at level ``alpha``, with the
 changed model and this run's own seed (the rows ``ancer certify --seed`` would write). Rows
 carry two more columns: ``samples`` (noisy inputs evaluated by a model: a regenerated draw counts
 twice, both models see it) and ``path`` (:class:`~ancer_cli.core.incremental.Route`)."""
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -78,6 +79,15 @@ REQUIRED_ARGUMENTS = {
 
 # ---------------------------------------------------------------------------------------------
 # the earlier run
+
+
+class EarlierCertificate(NamedTuple):
+    """One input's earlier certificate: its class (``ABSTAIN`` for an abstention), the
+    ``pA_lower`` recovered from its written radius, and that radius."""
+
+    predict: int
+    p_a_lower: float
+    radius: float
 
 
 @dataclass(frozen=True)
@@ -201,7 +211,7 @@ def reuse_dataset(
     data: LoadedData,
     indices: list[int],
     thetas: ThetaSource,
-    earlier: dict[int, tuple[int, float]],
+    earlier: dict[int, EarlierCertificate],
     settings: ReuseSettings,
     device: torch.device,
 ) -> Iterator[ReuseRow]:
@@ -222,8 +232,12 @@ def reuse_dataset(
         outcomes = certify_incremental_many(
             pair, chosen.xs, chosen.thetas, config.norm, config.n_selection,
             config.n_estimation, config.batch_size, regenerated,
-            [earlier[idx][0] for idx in chosen.indices],
-            [earlier[idx][1] for idx in chosen.indices], settings.rule, config.sound,
+            [earlier[idx].predict for idx in chosen.indices],
+            [earlier[idx].p_a_lower for idx in chosen.indices], settings.rule, config.sound,
+            settings.rule.floor_gaps(
+                [earlier[idx].radius for idx in chosen.indices],
+                [min_theta(theta) for theta in chosen.thetas],
+            ),
         )  # fmt: skip
         paired = time.perf_counter() - began
         afresh = [k for k, outcome in enumerate(outcomes) if outcome.route is Route.scratch]
@@ -253,7 +267,7 @@ def reuse_dataset(
                 seconds += scratch_seconds / len(afresh)
                 samples += scratch_samples
             else:
-                predict, gap = _reused(outcome, earlier[idx][0], config.norm)
+                predict, gap = _reused(outcome, earlier[idx].predict, config.norm)
             yield ReuseRow(
                 idx=idx, label=label, predict=predict, radius=min_theta(theta) * gap,
                 radius_proxy=geometric_mean(theta) * gap,
@@ -285,6 +299,7 @@ class ReuseRequest:
     out: Path = Path("results.csv")
     alpha_zeta: float | None = None
     tolerance: float = DEFAULT_TOLERANCE
+    radii: tuple[float, ...] = ()
     data_root: Path | None = None
     arch: str | None = None
     precision: Precision = Precision.fp32
@@ -316,7 +331,7 @@ class ReusePlan:
     thetas: ThetaSource
     theta_description: str
     indices: list[int]
-    certificates: dict[int, tuple[int, float]]
+    certificates: dict[int, EarlierCertificate]
     settings: ReuseSettings
     memory: bool
     record: dict[str, Any]
@@ -375,7 +390,7 @@ def _plan(request: ReuseRequest, session: Session) -> ReusePlan:
             f"model {request.model} returns {logits} logits, the earlier run's model "
             f"{inputs.logits}; reuse needs the same classes"
         )
-    certificates: dict[int, tuple[int, float]] = {}
+    certificates: dict[int, EarlierCertificate] = {}
     available = set(inputs.indices)
     for idx, predict, radius in zip(
         earlier.rows["idx"], earlier.rows["predict"], earlier.rows["radius"], strict=True
@@ -389,7 +404,7 @@ def _plan(request: ReuseRequest, session: Session) -> ReusePlan:
             if predict == ABSTAIN
             else recovered_p_a_lower(radius, inputs.thetas(idx), inputs.norm)
         )
-        certificates[idx] = (predict, p)
+        certificates[idx] = EarlierCertificate(predict, p, float(radius))
     alpha = float(args["alpha"])
     alpha_zeta = request.alpha_zeta if request.alpha_zeta is not None else ZETA_SHARE * alpha
     config = CertifyConfig(
@@ -397,8 +412,8 @@ def _plan(request: ReuseRequest, session: Session) -> ReusePlan:
         alpha=alpha, batch_size=int(args["batch_size"]), seed=int(request.seed or 0),
         sound=inputs.grid_levels,
     )  # fmt: skip
-    settings = ReuseSettings(config, int(args["seed"]), ReuseRule(alpha_zeta, request.tolerance,
-                                                                  inputs.norm))  # fmt: skip
+    rule = ReuseRule(alpha_zeta, request.tolerance, inputs.norm, request.radii)
+    settings = ReuseSettings(config, int(args["seed"]), rule)
     memory = bool(args.get("memory", False))
     changed_module = prepare_model(changed.module, request.precision, request.channels_last)
     arguments = {
@@ -416,6 +431,7 @@ def _plan(request: ReuseRequest, session: Session) -> ReusePlan:
             "results": str(request.results),
             "alpha_zeta": alpha_zeta,
             "tolerance": request.tolerance,
+            "radii": list(rule.radii),
             "original_model": args["model"],
             "original_model_sha256": args["model_sha256"],
             "original_seed": int(args["seed"]),

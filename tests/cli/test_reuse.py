@@ -65,6 +65,26 @@ def test_unchanged_model_reuses_with_exactly_the_zero_disagreement_bound(
     assert record["totals"]["routes"]["reuse"] == sum(r[9] == "reuse" for r in _rows(out))
 
 
+def test_reported_radii_are_kept_and_recorded(earlier: Path, model_path: Path, tmp_path: Path):
+    """``--reuse-radius``: no reused row falls below a reported radius its earlier row reached
+    (no relative tolerance otherwise); the radii are recorded, so resuming with others refuses."""
+    before = {int(r[0]): float(r[3]) for r in _rows(earlier)}
+    radius = round(0.5 * min(r for r in before.values() if r > 0), 6)
+    out = tmp_path / "radii.csv"
+    result = ok("certify", "--reuse", earlier, "--model", model_path, "--out", out,
+                "--reuse-radius", radius, "--reuse-radius", 10, "--alpha-zeta", 0.01,
+                "--seed", 1, "--device", "cpu")  # fmt: skip
+    assert f"keeping radii {radius:g}, 10;" in result.stderr and "tolerance" not in result.stderr
+    kept = [row for row in _rows(out) if row[9] == "reuse" and before[int(row[0])] >= radius]
+    assert kept and all(float(row[3]) >= radius for row in kept)
+    reuse = json.loads(Path(str(out) + ".json").read_text())["arguments"]["reuse"]
+    assert reuse["radii"] == [radius, 10.0] and reuse["tolerance"] == 1.0
+    again = invoke("certify", "--reuse", earlier, "--model", model_path, "--out", out,
+                   "--reuse-radius", radius, "--alpha-zeta", 0.01, "--seed", 1,
+                   "--device", "cpu", "--resume")  # fmt: skip
+    assert again.exit_code != 0 and "radii" in again.output
+
+
 def test_rows_certified_afresh_are_certifys_rows(earlier: Path, model_path: Path, tmp_path: Path):
     """Tolerance 0: no input can be reused; each is the row ``certify --seed 1`` writes."""
     out, plain = tmp_path / "afresh.csv", tmp_path / "plain.csv"
@@ -153,3 +173,8 @@ def test_usage_errors(earlier: Path, model_path: Path):
                        "--N")  # fmt: skip
     assert_usage_error(invoke("certify", "--reuse", earlier), "needs --model")
     assert_usage_error(invoke("certify", "--alpha-zeta", 0.01), "go with --reuse")
+    assert_usage_error(invoke("certify", "--reuse-radius", 0.5), "go with --reuse")
+    assert_usage_error(
+        invoke("certify", "--reuse", earlier, "--model", model_path, "--reuse-radius", 0),
+        "--reuse-radius must be a finite number > 0",
+    )

@@ -165,11 +165,63 @@ def test_rule_validation_and_tolerance():
     assert not ReuseRule(0.01, tolerance=10).acceptable(0.55, 0.06)  # below 1/2
 
 
+def test_floor_gaps_keep_the_largest_radius_reached():
+    rule = ReuseRule(0.01, radii=(0.5, 0.25, 0.75))
+    assert rule.radii == (0.25, 0.5, 0.75)
+    floors = rule.floor_gaps([0.1, 0.25, 0.6, 0.9, 0.7499], [0.5, 0.5, 0.25, 0.25, 0.25])
+    margin = 1.0 + 1e-12
+    assert floors.tolist() == [0.0, 0.5 * margin, 2.0 * margin, 3.0 * margin, 2.0 * margin]
+    assert ReuseRule(0.01).floor_gaps([0.9], [0.25]).tolist() == [0.0]
+    with pytest.raises(ValueError, match="radii"):
+        ReuseRule(0.01, radii=(0.5, 0.0))
+
+
+def test_floor_keeps_the_written_radius_at_the_reported_one():
+    """Earlier radius 0.51 at theta 0.25 (gap 2.04), the reported radius 0.5 (gap 2.0): with no
+    relative tolerance, reuse may lose exactly down to gap 2, and the radius it would write then
+    is 0.5 or more, rounded toward zero as written."""
+    rule = ReuseRule(0.01, tolerance=1.0, radii=(0.25, 0.5))
+    p = float(normal.cdf(2.04))
+    floor = rule.floor_gaps([0.51], [0.25])
+    edge = p - float(normal.cdf(floor[0]))  # the largest zeta that keeps gap >= floor
+    assert rule.acceptable(p, edge * (1 - 1e-6), floor)
+    assert not rule.acceptable(p, edge * (1 + 1e-6), floor)
+    assert rule.acceptable(p, edge * (1 + 1e-6))  # without the floor: anything above 1/2
+    kept = 0.25 * float(normal.ppf(p - edge * (1 - 1e-6)))
+    assert float(format_down(kept)) >= 0.5
+
+
+def test_radii_trade_samples_where_they_matter():
+    """The unchanged model (no disagreement): an input whose earlier radius lies just above a
+    reported radius draws more than the 5 % tolerance would (and keeps that radius); one far
+    above the next reported radius stops sooner than the tolerance would let it."""
+    n0, n, b = 10, 200_000, 1000
+    xs, thetas = _inputs()[:2], [THETA, THETA]
+    p = [0.99, 0.99]
+    radius = THETA * float(normal.ppf(0.99))  # 1.163
+    pair = PairClassifier(Threshold(), Threshold(), 2)
+
+    def run(rule, radii):
+        return certify_incremental_many(
+            pair, xs, thetas, "l2", n0, n, b, _generators()[:2], [1, 1], p, rule, None,
+            rule.floor_gaps(radii, [THETA, THETA]),
+        )  # fmt: skip
+
+    tolerance = run(ReuseRule(0.001), [radius, radius])
+    near = run(ReuseRule(0.001, tolerance=1.0, radii=(radius - 0.003,)), [radius, radius])
+    far = run(ReuseRule(0.001, tolerance=1.0, radii=(0.5,)), [radius, radius])
+    assert all(o.route is Route.reuse for o in [*tolerance, *near, *far])
+    assert near[0].n > tolerance[0].n > far[0].n
+    kept = THETA * float(normal.ppf(near[0].p_a_lower))
+    assert kept >= radius - 0.003
+    assert THETA * float(normal.ppf(far[0].p_a_lower)) >= 0.5
+
+
 # ---------------------------------------------------------------------------------------------
 # the guarantee, as statistics
 
 
-def _simulate(p_a, q, n, b, alpha, rule, trials, seed, always_reuse=False, naive=False):
+def _simulate(p_a, q, n, b, alpha, rule, trials, seed, always_reuse=False, naive=False, floor=0.0):
     """Worst case for reuse: f' leaves class c exactly where f and f' disagree, so pA' = pA - q.
     Each trial draws the earlier run's N estimation draws (pA_lower by Clopper-Pearson), then runs
     the reuse rule on their prefix (the regenerated draws) and, where it routes to scratch,
@@ -195,8 +247,9 @@ def _simulate(p_a, q, n, b, alpha, rule, trials, seed, always_reuse=False, naive
         active = route == 0
         dis = cumulative[k][active, 1]
         codes, zeta[active], low[active] = rule.step(
-            p_lower[active], dis, np.full(dis.shape, size), cap, zeta[active], low[active]
-        )
+            p_lower[active], dis, np.full(dis.shape, size), cap, zeta[active], low[active],
+            floor,
+        )  # fmt: skip
         route[active] = codes
     final = p_lower - zeta
     wrong_reused = np.mean((route == 1) & (final > truth))
@@ -233,3 +286,17 @@ def test_sequential_rule_false_certificates_within_the_union_bound():
     assert _at_most(wrong_reused, alpha + alpha_zeta, trials)
     assert _at_most(wrong_reused + wrong_afresh, 2 * alpha + alpha_zeta, trials)
     assert math.isfinite(wrong_afresh)
+
+
+def test_reported_radii_rule_false_certificates_within_the_union_bound():
+    """The floor only moves where sampling stops; zeta stays anytime-valid: with no relative
+    tolerance and a floor just under the typical earlier gap, the rates stay within the bounds."""
+    alpha, alpha_zeta, trials = 0.1, 0.05, 20_000
+    rule = ReuseRule(alpha_zeta, tolerance=1.0)
+    floor = float(normal.ppf(0.8))  # pA_lower is about 0.84 here: the floor decides
+    wrong_reused, wrong_afresh = _simulate(
+        0.85, 0.01, 4000, 200, alpha, rule, trials, seed=5, floor=floor
+    )
+    assert wrong_reused > 0
+    assert _at_most(wrong_reused, alpha + alpha_zeta, trials)
+    assert _at_most(wrong_reused + wrong_afresh, 2 * alpha + alpha_zeta, trials)

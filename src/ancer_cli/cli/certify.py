@@ -27,11 +27,11 @@ from ancer_cli.cli.common import (
     DenoiserOption,
     DeviceOption,
     ForceOption,
+    GrowableResumeOption,
     MaxIndexOption,
     MethodOption,
     NoiseSeedOption,
     PrecisionOption,
-    ResumeOption,
     RunArchOption,
     RunDatasetOption,
     RunNormOption,
@@ -131,7 +131,7 @@ def certify_command(
     out: Annotated[Path, typer.Option(help="Results file (tab-separated).")] = Path("results.csv"),
     precision: PrecisionOption = Precision.fp32,
     channels_last: ChannelsLastOption = False,
-    resume: ResumeOption = False,
+    resume: GrowableResumeOption = False,
     force: ForceOption = False,
     device: DeviceOption = "auto",
     seed: NoiseSeedOption = None,
@@ -157,7 +157,17 @@ def certify_command(
         float | None,
         typer.Option(
             help="--reuse: certify an input afresh where reuse would lose more than this "
-            f"fraction of its radius (default {DEFAULT_TOLERANCE}).",
+            f"fraction of its radius (default {DEFAULT_TOLERANCE}; none with --reuse-radius).",
+            show_default=False,
+        ),
+    ] = None,
+    reuse_radius: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--reuse-radius",
+            help="--reuse: a radius whose certified accuracy you report (input units; "
+            "repeatable): a reused certificate never falls below one its earlier certificate "
+            "reached (such inputs draw more or are certified afresh).",
             show_default=False,
         ),
     ] = None,
@@ -168,7 +178,7 @@ def certify_command(
     and method come from DIR/manifest.json; original ANCER folders and isotropic value files need
     --model, --dataset and --norm). A changed model: --reuse RESULTS --model CHANGED.
     """
-    if reuse is not None or alpha_zeta is not None or reuse_tolerance is not None:
+    if reuse is not None or alpha_zeta is not None or reuse_tolerance is not None or reuse_radius:
         given = {
             "--thetas": thetas is not None, "--sigma": sigma is not None,
             "--method": method is not None, "--dataset": dataset is not None,
@@ -181,7 +191,8 @@ def certify_command(
             "--sound/--no-sound": sound is not None, "--denoiser": denoiser is not None,
         }  # fmt: skip
         request = reuse_request(
-            reuse, model, alpha_zeta, reuse_tolerance, [name for name, on in given.items() if on],
+            reuse, model, alpha_zeta, reuse_tolerance, reuse_radius or [],
+            [name for name, on in given.items() if on],
             ReuseRequest(
                 results=Path(), model=Path(), out=out, data_root=data_root, arch=arch,
                 precision=precision, channels_last=channels_last, seed=seed, resume=resume,
@@ -345,13 +356,18 @@ def reuse_request(
     model: Path | None,
     alpha_zeta: float | None,
     tolerance: float | None,
+    radii: list[float],
     conflicting: list[str],
     base: ReuseRequest,
 ) -> ReuseRequest:
     """Usage errors (exit 2) of ``--reuse``, then the request: the earlier run fixes the data,
-    the noise and the sampling, so the options that set them conflict with it."""
+    the noise and the sampling, so the options that set them conflict with it. Without
+    ``--reuse-tolerance``, the default tolerance holds unless radii are given: then only they
+    bound the loss (a tolerance of 1: any gap above 1/2)."""
     if results is None:
-        raise typer.BadParameter("--alpha-zeta and --reuse-tolerance go with --reuse")
+        raise typer.BadParameter(
+            "--alpha-zeta, --reuse-tolerance and --reuse-radius go with --reuse"
+        )
     if model is None:
         raise typer.BadParameter("--reuse needs --model: the changed model to certify")
     if conflicting:
@@ -362,12 +378,18 @@ def reuse_request(
     probability("--alpha-zeta", alpha_zeta)
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         raise typer.BadParameter(f"--reuse-tolerance must be a finite number >= 0, got {tolerance}")
+    for radius in radii:
+        if not (math.isfinite(radius) and radius > 0):
+            raise typer.BadParameter(f"--reuse-radius must be a finite number > 0, got {radius}")
+    if tolerance is None:
+        tolerance = 1.0 if radii else DEFAULT_TOLERANCE
     return replace(
         base,
         results=results,
         model=model,
         alpha_zeta=alpha_zeta,
-        tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+        tolerance=tolerance,
+        radii=tuple(sorted(set(radii))),
     )
 
 
@@ -396,10 +418,18 @@ def _describe_reuse(plan: ReusePlan, where: Session) -> str:
         f"{len(plan.indices)} {plan.data.info.name} {plan.data.split} inputs "
         f"({config.norm.value}) with {plan.theta_description} (N0={config.n_selection}, "
         f"N={config.n_estimation}, alpha={config.alpha}, alpha_zeta={rule.alpha_zeta:g}, "
-        f"tolerance {rule.tolerance:g}; earlier draws regenerated from seed "
+        f"{_reuse_limits(rule.tolerance, rule.radii)}; earlier draws regenerated from seed "
         f"{plan.settings.earlier_seed}, afresh: {noise_description(config.seed, config.sound)}) "
         f"on {describe_device(where.device)}"
     )
+
+
+def _reuse_limits(tolerance: float, radii: tuple[float, ...]) -> str:
+    """How much radius a reused certificate may lose, in words."""
+    limits = [f"tolerance {tolerance:g}"] if tolerance < 1 else []
+    if radii:
+        limits.append("keeping radii " + ", ".join(f"{r:g}" for r in radii))
+    return "; ".join(limits) or "any radius above 0"
 
 
 def _report_reuse(out: Path, summary: ReuseSummary) -> None:

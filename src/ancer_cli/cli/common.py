@@ -142,6 +142,14 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existin
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run into the same output.")
 ]
+GrowableResumeOption = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted run into the same output, or extend a finished one to a "
+        "larger --max (or none): only the inputs added are certified.",
+    ),
+]
 
 
 def check_smoothing_options(

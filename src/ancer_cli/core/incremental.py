@@ -20,8 +20,8 @@ P_impl[f' = c] - tau >= P_impl[f = c] - q - tau``, so ``tau`` is paid once, as r
 
 ``zeta`` is the running minimum of the anytime-valid upper confidence sequence of
 :mod:`ancer_cli.core.sequential` at level ``alpha_zeta``, so sampling may stop at any look: as soon
-as the reused radius is within a tolerance of the earlier one (route ``reuse``) or clearly cannot
-get there (route ``scratch``: certify ``f'`` afresh). The votes of both models come from one
+as the reused radius is within a tolerance of the earlier one and keeps the radii a user reports
+(route ``reuse``) or clearly cannot get there (route ``scratch``: certify ``f'`` afresh). The votes of both models come from one
 :class:`PairClassifier` fed through :func:`~ancer_cli.core.smoothing.sample_counts_many`, so
 chunking, sound sampling and precision are exactly those of CERTIFY; looks fall on whole chunks
 (:func:`zeta_looks`), so the draws are exactly the earlier run's, in order.
@@ -145,8 +145,9 @@ class ReuseRule:
 
     ``zeta`` is the running minimum of :func:`~ancer_cli.core.sequential.cs_upper` at level
     ``alpha_zeta`` (the only level charged to the certificate). After each look: *reuse* once
-    ``pA_lower - zeta`` is at least 1/2 and loses at most ``tolerance`` of the earlier gap
-    (relative); *scratch* once that is out of reach -- the running maximum of the lower sequence
+    ``pA_lower - zeta`` is at least 1/2, loses at most ``tolerance`` of the earlier gap
+    (relative) and keeps every one of ``radii`` that the earlier certificate reached (its gap at
+    least the input's *floor*, :meth:`floor_gaps`); *scratch* once that is out of reach -- the running maximum of the lower sequence
     at the same level (it only decides stopping, like :class:`SequentialPlan`'s upper sequence:
     if it is wrong, the input is certified afresh for nothing, never falsely), or the bound the
     cap would give were every later draw an agreement, already rules it out. At the cap: reuse if
@@ -157,24 +158,48 @@ class ReuseRule:
     alpha_zeta: float
     tolerance: float = DEFAULT_TOLERANCE
     norm: Norm = Norm.l2
+    radii: tuple[float, ...] = ()
+    """Radii (input units) a reused certificate may not fall below where the earlier one reached
+    them: the radii whose certified accuracy a user reports."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha_zeta < 1.0:
             raise ValueError(f"alpha_zeta must lie in (0, 1), got {self.alpha_zeta}")
         if not self.tolerance >= 0.0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        if not all(math.isfinite(r) and r > 0.0 for r in self.radii):
+            raise ValueError(f"radii must be finite and > 0, got {list(self.radii)}")
         object.__setattr__(self, "norm", Norm(self.norm))
+        object.__setattr__(self, "radii", tuple(sorted(float(r) for r in self.radii)))
 
-    def acceptable(self, p_a_lower: npt.ArrayLike, zeta: npt.ArrayLike) -> npt.NDArray[np.bool_]:
-        """Whether ``pA_lower - zeta`` certifies (``> 1/2``) within the tolerance."""
+    def floor_gaps(self, earlier_radii: npt.ArrayLike, scales: npt.ArrayLike) -> FloatArray:
+        """Per input, the smallest gap a reused certificate may have so that its radius ``scale
+        x gap`` (``scale``: ``min(theta)``, as written) keeps the largest of :attr:`radii` that
+        the earlier written radius reached; 0 where it reached none. A relative margin of
+        ``1e-12`` over ``r / scale`` keeps the product, rounded, from falling an ulp short."""
+        earlier = np.asarray(earlier_radii, dtype=np.float64)
+        scale = np.asarray(scales, dtype=np.float64)
+        kept = np.zeros_like(earlier)
+        for r in self.radii:  # ascending: the last one reached wins
+            kept = np.where(earlier >= r, r, kept)
+        return np.asarray(np.where(kept > 0.0, kept / scale * (1.0 + 1e-12), 0.0))
+
+    def acceptable(
+        self, p_a_lower: npt.ArrayLike, zeta: npt.ArrayLike, floor: npt.ArrayLike = 0.0
+    ) -> npt.NDArray[np.bool_]:
+        """Whether ``pA_lower - zeta`` certifies (``> 1/2``) within the tolerance, with a gap of
+        at least ``floor`` (:meth:`floor_gaps`)."""
         p = np.asarray(p_a_lower, dtype=np.float64)
         reused = p - np.asarray(zeta, dtype=np.float64)
-        keep = gaps(reused, self.norm) >= (1.0 - self.tolerance) * gaps(p, self.norm)
-        return np.asarray((reused > 0.5) & keep)
+        gap = gaps(reused, self.norm)
+        keep = gap >= (1.0 - self.tolerance) * gaps(p, self.norm)
+        return np.asarray((reused > 0.5) & keep & (gap >= np.asarray(floor, dtype=np.float64)))
 
-    def feasible(self, p_a_lower: npt.ArrayLike, cap: int) -> npt.NDArray[np.bool_]:
+    def feasible(
+        self, p_a_lower: npt.ArrayLike, cap: int, floor: npt.ArrayLike = 0.0
+    ) -> npt.NDArray[np.bool_]:
         """Whether reuse could succeed at all: acceptable with no disagreement in ``cap``."""
-        return self.acceptable(p_a_lower, cs_upper(0, cap, self.alpha_zeta))
+        return self.acceptable(p_a_lower, cs_upper(0, cap, self.alpha_zeta), floor)
 
     def step(
         self,
@@ -184,14 +209,17 @@ class ReuseRule:
         cap: int,
         zeta: npt.ArrayLike,
         low: npt.ArrayLike,
+        floor: npt.ArrayLike = 0.0,
     ) -> tuple[npt.NDArray[np.int8], FloatArray, FloatArray]:
         """One look at ``disagreements`` of ``n`` (arrays, one entry per input or run): the codes
         (0 go on, 1 reuse, 2 scratch) and the updated running ``zeta`` and lower bound."""
         upper = np.minimum(zeta, cs_upper(disagreements, n, self.alpha_zeta))
         lower = np.maximum(low, cs_lower(disagreements, n, self.alpha_zeta))
         best = np.minimum(upper, cs_upper(disagreements, cap, self.alpha_zeta))
-        reuse = self.acceptable(p_a_lower, upper)
-        hopeless = ~self.acceptable(p_a_lower, lower) | ~self.acceptable(p_a_lower, best)
+        reuse = self.acceptable(p_a_lower, upper, floor)
+        hopeless = ~self.acceptable(p_a_lower, lower, floor) | ~self.acceptable(
+            p_a_lower, best, floor
+        )
         at_cap = np.asarray(n) >= cap
         codes = np.select([reuse, hopeless | at_cap], [1, 2], 0).astype(np.int8)
         return codes, np.asarray(upper, dtype=np.float64), np.asarray(lower, dtype=np.float64)
@@ -227,12 +255,14 @@ def certify_incremental_many(
     p_a_lowers: Sequence[float],
     rule: ReuseRule,
     sound: int | None = None,
+    floors: Sequence[float] | None = None,
 ) -> list[Incremental]:
     """Reuse the earlier certificates of a group of inputs for ``pair.changed``.
 
     ``generators`` regenerate the earlier run's certify streams (same seed, index and stream);
     ``predictions`` and ``p_a_lowers`` are the earlier certificates (``ABSTAIN`` for an
-    abstention). The selection stage is drawn and evaluated first (so the estimation draws are
+    abstention); ``floors`` the smallest gap each reused certificate may have
+    (:meth:`ReuseRule.floor_gaps`; none by default). The selection stage is drawn and evaluated first (so the estimation draws are
     the earlier run's), then estimation draws look by look (:func:`zeta_looks`, at most
     :func:`zeta_cap`), the undecided
     inputs sharing forward passes, until :class:`ReuseRule` decides. Inputs routed to
@@ -243,7 +273,8 @@ def certify_incremental_many(
     p = np.asarray(p_a_lowers, dtype=np.float64)
     certified = np.asarray(predictions) != ABSTAIN
     cap = zeta_cap(n_estimation, batch_size)
-    feasible = rule.feasible(np.where(certified, p, 0.0), cap)
+    floor = np.zeros(count) if floors is None else np.asarray(floors, dtype=np.float64)
+    feasible = rule.feasible(np.where(certified, p, 0.0), cap, floor)
     for i in range(count):
         if not certified[i]:
             results[i] = Incremental(Route.abstain)
@@ -278,7 +309,7 @@ def certify_incremental_many(
         dis[active] += counts[np.arange(len(members)), -1, chosen, 1]
         n[active] = size
         codes, zeta[active], low[active] = rule.step(
-            p[active], dis[active], n[active], cap, zeta[active], low[active]
+            p[active], dis[active], n[active], cap, zeta[active], low[active], floor[active]
         )
         for k in np.flatnonzero(codes):
             i = int(active[k])
