@@ -389,7 +389,7 @@ def reuse_request(
         model=model,
         alpha_zeta=alpha_zeta,
         tolerance=tolerance,
-        radii=tuple(sorted(set(radii))),
+        radii=tuple(radii),
     )
 
 

@@ -21,10 +21,11 @@ P_impl[f' = c] - tau >= P_impl[f = c] - q - tau``, so ``tau`` is paid once, as r
 ``zeta`` is the running minimum of the anytime-valid upper confidence sequence of
 :mod:`ancer_cli.core.sequential` at level ``alpha_zeta``, so sampling may stop at any look: as soon
 as the reused radius is within a tolerance of the earlier one and keeps the radii a user reports
-(route ``reuse``) or clearly cannot get there (route ``scratch``: certify ``f'`` afresh). The votes of both models come from one
-:class:`PairClassifier` fed through :func:`~ancer_cli.core.smoothing.sample_counts_many`, so
-chunking, sound sampling and precision are exactly those of CERTIFY; looks fall on whole chunks
-(:func:`zeta_looks`), so the draws are exactly the earlier run's, in order.
+(route ``reuse``) or clearly cannot get there (route ``scratch``: certify ``f'`` afresh). The
+votes of both models come from one :class:`PairClassifier` fed through
+:func:`~ancer_cli.core.smoothing.sample_counts_many`, so chunking, sound sampling and precision
+are exactly those of CERTIFY; looks fall on whole chunks (:func:`zeta_looks`), so the draws are
+exactly the earlier run's, in order.
 """
 
 from __future__ import annotations
@@ -147,8 +148,8 @@ class ReuseRule:
     ``alpha_zeta`` (the only level charged to the certificate). After each look: *reuse* once
     ``pA_lower - zeta`` is at least 1/2, loses at most ``tolerance`` of the earlier gap
     (relative) and keeps every one of ``radii`` that the earlier certificate reached (its gap at
-    least the input's *floor*, :meth:`floor_gaps`); *scratch* once that is out of reach -- the running maximum of the lower sequence
-    at the same level (it only decides stopping, like :class:`SequentialPlan`'s upper sequence:
+    least the input's *floor*, :meth:`floor_gaps`); *scratch* once that is out of reach -- the
+    running maximum of the lower sequence at the same level (it only decides stopping, like :class:`SequentialPlan`'s upper sequence:
     if it is wrong, the input is certified afresh for nothing, never falsely), or the bound the
     cap would give were every later draw an agreement, already rules it out. At the cap: reuse if
     the rule holds, else scratch. Before any draw, inputs that could not be reused even with no
@@ -170,7 +171,7 @@ class ReuseRule:
         if not all(math.isfinite(r) and r > 0.0 for r in self.radii):
             raise ValueError(f"radii must be finite and > 0, got {list(self.radii)}")
         object.__setattr__(self, "norm", Norm(self.norm))
-        object.__setattr__(self, "radii", tuple(sorted(float(r) for r in self.radii)))
+        object.__setattr__(self, "radii", tuple(sorted({float(r) for r in self.radii})))
 
     def floor_gaps(self, earlier_radii: npt.ArrayLike, scales: npt.ArrayLike) -> FloatArray:
         """Per input, the smallest gap a reused certificate may have so that its radius ``scale
@@ -262,8 +263,8 @@ def certify_incremental_many(
     ``generators`` regenerate the earlier run's certify streams (same seed, index and stream);
     ``predictions`` and ``p_a_lowers`` are the earlier certificates (``ABSTAIN`` for an
     abstention); ``floors`` the smallest gap each reused certificate may have
-    (:meth:`ReuseRule.floor_gaps`; none by default). The selection stage is drawn and evaluated first (so the estimation draws are
-    the earlier run's), then estimation draws look by look (:func:`zeta_looks`, at most
+    (:meth:`ReuseRule.floor_gaps`; none by default). The selection stage is drawn and evaluated
+    first (so the estimation draws are the earlier run's), then estimation draws look by look (:func:`zeta_looks`, at most
     :func:`zeta_cap`), the undecided
     inputs sharing forward passes, until :class:`ReuseRule` decides. Inputs routed to
     ``scratch`` are left to the caller (CERTIFY of the changed model with a fresh stream).
