@@ -152,9 +152,9 @@ class ReuseRule:
     running maximum of the lower sequence at the same level (it only decides stopping, like
     :class:`SequentialPlan`'s upper sequence: if it is wrong, the input is certified afresh for
     nothing, never falsely), or the bound the cap would give were every later draw an agreement,
-    already rules it out. At the cap: reuse if the rule holds, else scratch. Before any draw, inputs that could not be reused even with no
-    disagreement at the cap go to scratch at once (``pA_lower`` near 1, where every ``zeta``
-    costs much radius)."""
+    already rules it out. At the cap: reuse if the rule holds, else scratch. Before any draw,
+    inputs that could not be reused even with no disagreement at the cap go to scratch at once
+    (``pA_lower`` near 1, where every ``zeta`` costs much radius)."""
 
     alpha_zeta: float
     tolerance: float = DEFAULT_TOLERANCE
@@ -266,7 +266,8 @@ def certify_incremental_many(
     (:meth:`ReuseRule.floor_gaps`; none by default). The selection stage is drawn and evaluated
     first (so the estimation draws are the earlier run's), then estimation draws look by look
     (:func:`zeta_looks`, at most :func:`zeta_cap`), the undecided inputs sharing forward passes,
-    until :class:`ReuseRule` decides. Inputs routed to ``scratch`` are left to the caller (CERTIFY of the changed model with a fresh stream).
+    until :class:`ReuseRule` decides. Inputs routed to ``scratch`` are left to the caller
+    (CERTIFY of the changed model with a fresh stream).
     """
     count = len(thetas)
     results: list[Incremental | None] = [None] * count
