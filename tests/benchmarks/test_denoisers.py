@@ -23,3 +23,20 @@ def test_quick_mode_reports_every_base_classifier(tmp_path: Path) -> None:
         assert float(cells[7]) >= float(cells[6]) >= 0  # the proxy ACR is at least the ACR
     ancer = json.loads((tmp_path / "thetas-0.25" / "manifest.json").read_text())
     assert ancer["arguments"]["denoiser"] == str(tmp_path / "denoiser-classifier.pt")
+
+
+def test_layout_benchmark_times_both_layouts_on_the_same_certificates(
+    tmp_path: Path, model_path: Path
+) -> None:
+    from tests.models.test_denoisers import save_random_denoiser
+
+    denoiser = save_random_denoiser(tmp_path / "d.pt", seed=0)
+    result = run_script(
+        "denoiser_layout.py", model_path, denoiser, "--inputs", 2, "--N", 300, "--rounds", 1
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.strip().startswith("default:") and line.endswith("s/cert") for line in lines)
+    assert any(line.strip().startswith("channels-last:") for line in lines)
+    assert any(line.startswith("default / channels-last: ") for line in lines)
+    assert "same predictions and radii: True" in lines
