@@ -40,3 +40,28 @@ def test_layout_benchmark_times_both_layouts_on_the_same_certificates(
     assert any(line.strip().startswith("channels-last:") for line in lines)
     assert any(line.startswith("default / channels-last: ") for line in lines)
     assert "same predictions and radii: True" in lines
+
+
+def test_seconds_per_certificate_are_the_mean_of_the_time_column(tmp_path: Path) -> None:
+    """A resumed or torchrun-split run: the sidecar's seconds cover one part; the rows cover all."""
+    import sys
+
+    from tests.benchmarks.test_bench import BENCHMARKS
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import denoisers
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\n"
+        "0\t1\t1\t0.5\t0.5\t1\t0.25\t2.0\n"
+        "1\t2\t-1\t0.0\t0.0\t0\t0.25\t4.0\n"
+        "2\t3\t3\t0.3\t0.3\t1\t0.25\t0:00:06\n"
+    )
+    (tmp_path / "r.csv.json").write_text(json.dumps({"totals": {"seconds_this_run": 1.0}}))
+    row = denoisers.measure(path)
+    assert row["seconds"] == 4.0
+    assert row["abstain"] == 1
+    assert (row["0.25"], row["0.5"], row["0.75"]) == (2 / 3, 1 / 3, 0)  # radius >= r counts
