@@ -5,10 +5,12 @@ same certified accuracy with free seeds, is tested in ``tests/core/test_smoothin
 ``tests/core/optimize/test_published_reference.py``.
 """
 
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -25,14 +27,18 @@ def run_script(name: str, *args: object) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def speed():
+def import_benchmark(name: str) -> ModuleType:
+    """The module ``benchmarks/NAME.py`` (the benchmarks are scripts, not a package)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import speed as module
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
-    return module
+
+
+@pytest.fixture(scope="module")
+def speed():
+    return import_benchmark("speed")
 
 
 @pytest.mark.slow

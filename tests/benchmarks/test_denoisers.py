@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from tests.benchmarks.test_bench import run_script
+from tests.benchmarks.test_bench import import_benchmark, run_script
 
 
 def test_quick_mode_reports_every_base_classifier(tmp_path: Path) -> None:
@@ -44,15 +44,7 @@ def test_layout_benchmark_times_both_layouts_on_the_same_certificates(
 
 def test_seconds_per_certificate_are_the_mean_of_the_time_column(tmp_path: Path) -> None:
     """A resumed or torchrun-split run: the sidecar's seconds cover one part; the rows cover all."""
-    import sys
-
-    from tests.benchmarks.test_bench import BENCHMARKS
-
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import denoisers
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    denoisers = import_benchmark("denoisers")
     path = tmp_path / "r.csv"
     path.write_text(
         "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\n"

@@ -14,18 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.benchmarks.test_bench import import_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 
 
 @pytest.fixture(scope="module")
 def gpu_check_bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_check_bench as module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+    return import_benchmark("gpu_check_bench")
 
 
 def run_check(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
