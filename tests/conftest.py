@@ -10,6 +10,7 @@ on a bare GPU machine.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,11 @@ from tests.helpers import (
 
 # The models here are tiny: one thread is as fast as two on an idle machine and many times
 # faster when other processes compete for the cores (OpenMP threads spin while they wait).
+# Results that must be bit-identical are compared at equal threads per process: float reductions
+# depend on the thread count on some CPUs, so every process the tests start (the CLI, torchrun's
+# workers) inherits one thread unless a test sets another on purpose.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
