@@ -20,13 +20,15 @@ from pathlib import Path
 
 import torch
 
-from ancer_cli.certify import CertifyConfig, certify_dataset
-from ancer_cli.core.noise import Norm
-from ancer_cli.core.precision import prepare_model, retain_freed_memory
+from ancer_cli.certify import certify_dataset
+from ancer_cli.core.choices import Norm, Sampling
+from ancer_cli.core.precision import prepare_model
 from ancer_cli.data import load_dataset
+from ancer_cli.inputs import in_memory_inputs
 from ancer_cli.models import load_model
 from ancer_cli.models.denoisers import DenoisedClassifier, load_denoiser
-from ancer_cli.thetas import fixed_theta, sound_thetas
+from ancer_cli.runtime import retain_freed_memory
+from ancer_cli.settings import CertifyConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import interleaved  # noqa: E402  (the sibling module)
@@ -57,20 +59,16 @@ def main(argv: list[str] | None = None) -> None:
     composed["channels-last"] = prepare_model(composed["channels-last"], channels_last=True)
     data = load_dataset("digits", "test")
     indices = list(range(args.inputs))
-    levels = data.grid_levels  # sound noise, as `certify` draws it by default
-    config = CertifyConfig(n_selection=100, n_estimation=args.N, seed=0, sound=levels)
-    thetas = (
-        sound_thetas(fixed_theta(args.sigma), Norm.l2, levels)
-        if levels
-        else fixed_theta(args.sigma)
-    )
+    config = CertifyConfig(Sampling(n_selection=100, n_estimation=args.N))
+    seeds = dict.fromkeys(indices, 0)
     rows: dict[str, list[tuple[int, float]]] = {}
 
     def contestant(name: str) -> Callable[[], object]:
-        model = composed[name]
+        # sound noise wherever the data has a grid, as `certify` draws it by default
+        inputs = in_memory_inputs(composed[name], data, args.sigma, norm=Norm.l2, indices=indices)
 
         def run() -> object:
-            found = list(certify_dataset(model, data, indices, thetas, config, cpu))
+            found = list(certify_dataset(inputs, indices, config, seeds, cpu))
             rows[name] = [(r.predict, round(r.radius, 6)) for r in found]
             return found
 

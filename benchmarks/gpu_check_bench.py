@@ -31,9 +31,11 @@ import harness  # noqa: E402  (the sibling modules, importable however this scri
 import reference  # noqa: E402
 from harness import ALPHA, SEED, SIGMA, Case  # noqa: E402
 
+from ancer_cli.core.choices import Norm, Precision, Sampling  # noqa: E402
+from ancer_cli.core.law import NoiseLaw  # noqa: E402
 from ancer_cli.core.noise import input_generator  # noqa: E402
-from ancer_cli.core.precision import Precision, retain_freed_memory  # noqa: E402
 from ancer_cli.core.smoothing import certify, sample_counts, sample_counts_many  # noqa: E402
+from ancer_cli.runtime import retain_freed_memory  # noqa: E402
 
 GPU_OPTIONS: tuple[tuple[Precision, bool], ...] = (
     (Precision.fp32, False),
@@ -97,25 +99,23 @@ def check_identical_votes(
         ("l1 per-pixel", theta_map, "l1"),
     ):
         same = True
+        law, sampling = NoiseLaw(Norm(norm), theta), Sampling(n0, n, ALPHA, batch)
         for i, x in enumerate(xs):
             smooth = reference.CohenSmooth(
                 model, num_classes, theta, norm, input_generator(SEED, i, device)
             )
             prediction, gap, ref_sel, ref_est = smooth.certify(x, n0, n, ALPHA, batch)
             stream = input_generator(SEED, i, device)
-            pkg_sel = sample_counts(model, x, theta, norm, n0, batch, stream, num_classes)
-            pkg_est = sample_counts(model, x, theta, norm, n, batch, stream, num_classes)
-            cert = certify(
-                model, x, theta, norm, n0, n, ALPHA, batch, input_generator(SEED, i, device)
-            )
+            pkg_sel = sample_counts(model, x, law, n0, batch, stream, num_classes)
+            pkg_est = sample_counts(model, x, law, n, batch, stream, num_classes)
+            cert = certify(model, x, law, sampling, input_generator(SEED, i, device))
             same &= np.array_equal(ref_sel, pkg_sel.cpu().numpy())
             same &= np.array_equal(ref_est, pkg_est.cpu().numpy())
             same &= cert.prediction == prediction and math.isclose(cert.gap, gap, rel_tol=1e-12)
         many = sample_counts_many(
             model,
             xs,
-            [theta] * len(xs),
-            norm,
+            [law] * len(xs),
             (n0, n),
             batch,
             [input_generator(SEED, i, device) for i in range(len(xs))],

@@ -38,9 +38,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402  (the sibling module, importable however this script is run)
 
+from ancer_cli.core.choices import Norm, Precision, Sampling  # noqa: E402
+from ancer_cli.core.law import NoiseLaw  # noqa: E402
 from ancer_cli.core.noise import Stream, input_generator  # noqa: E402
 from ancer_cli.core.optimize import AncerConfig, optimize_ancer  # noqa: E402
-from ancer_cli.core.precision import Precision, prepare_model  # noqa: E402
+from ancer_cli.core.precision import prepare_model  # noqa: E402
 from ancer_cli.core.smoothing import certify, certify_many  # noqa: E402
 from ancer_cli.data import dataset_info  # noqa: E402
 from ancer_cli.models import build_model  # noqa: E402
@@ -274,6 +276,7 @@ def bench_case(
     xs = torch.rand((case.inputs, *shape), device=device, generator=generator)
     indices = list(range(case.inputs))
     smooth = reference.CohenSmooth(model, num_classes, SIGMA, "l2")
+    law, sampling = NoiseLaw(Norm.l2, SIGMA), Sampling(case.n0, case.n, ALPHA, case.batch)
 
     def reference_certify() -> None:
         for x in xs:
@@ -282,13 +285,11 @@ def bench_case(
     def package_certify() -> None:
         for i, x in zip(indices, xs, strict=True):
             generator = input_generator(SEED, i, device, Stream.certify)
-            certify(model, x, SIGMA, "l2", case.n0, case.n, ALPHA, case.batch, generator)
+            certify(model, x, law, sampling, generator)
 
     def package_certify_many() -> None:
         generators = [input_generator(SEED, i, device, Stream.certify) for i in indices]
-        certify_many(
-            model, xs, [SIGMA] * len(xs), "l2", case.n0, case.n, ALPHA, case.batch, generators
-        )
+        certify_many(model, xs, [law] * len(xs), sampling, generators)
 
     samples = case.inputs * (case.n0 + case.n)
     bound = forward_bound(model, shape, case.batch, samples, device)

@@ -11,11 +11,12 @@ For each norm, on the embedded digits data: a model trained with ``ancer train``
   (``GuardedAncerConfig()``), streams ``Stream.isotropic``, ``Stream.ancer``, ``Stream.guard``;
 
 then fixed sigma, both isotropic and both ANCER thetas certified with CERTIFY (``--N``,
-``--N0``, ``--alpha``) and the memory pass (``run_certify``; off for fixed sigma, as in
-``ancer certify``). Prints one markdown table per norm -- certified accuracy on ``radius`` at
-0, 0.25, 0.5, 0.75, the average certified radius on ``radius`` and on ``radius_proxy``,
-abstentions, forward-equivalents per input (a backward pass counts as two forwards) and
-optimization wall time per input -- and the targets with paired standard errors.
+``--N0``, ``--alpha``) and the memory pass (a certify run of the in-memory model; off for fixed
+sigma, as in ``ancer certify``), with float noise. Prints one markdown table per norm --
+certified accuracy on ``radius`` at 0, 0.25, 0.5, 0.75, the average certified radius on
+``radius`` and on ``radius_proxy``, abstentions, forward-equivalents per input (a backward pass
+counts as two forwards) and optimization wall time per input -- and the targets with paired
+standard errors.
 
 Everything is seeded (training, optimization and certification seed 0); results are cached
 under ``--work`` (models, reference thetas per batch, certificates), so a rerun only computes
@@ -36,6 +37,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,8 +48,9 @@ import torch
 from torch import nn
 
 from ancer_cli.artifacts import sha256_file
-from ancer_cli.certify import CertifyConfig, run_certify
-from ancer_cli.core.noise import Norm, Stream, input_generator, theta_from_sigma
+from ancer_cli.certify import CertifyRequest, plan_certify_inputs
+from ancer_cli.core.choices import Norm, Sampling, theta_from_sigma
+from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.optimize.config import (
     AncerConfig,
     CertifiedSearchConfig,
@@ -58,9 +61,13 @@ from ancer_cli.core.optimize.config import (
 from ancer_cli.core.optimize.published import optimize_ancer, optimize_isotropic
 from ancer_cli.core.optimize.search import optimize_certified
 from ancer_cli.data import LoadedData, load_dataset
+from ancer_cli.distributed import SINGLE, Session
+from ancer_cli.inputs import in_memory_inputs
 from ancer_cli.models import load_model
 from ancer_cli.results import read_results, results_sidecar_path
-from ancer_cli.train import TrainConfig, train
+from ancer_cli.run.spec import InputsSpec
+from ancer_cli.settings import CertifyConfig, TrainConfig
+from ancer_cli.train import train
 
 SIGMA = 0.25
 SEED = 0
@@ -238,41 +245,40 @@ def certify_rows(
     data: LoadedData,
     count: int,
     theta: torch.Tensor | float,
+    norm: Norm,
     config: CertifyConfig,
     memory: bool,
     out: Path,
     device: torch.device,
 ) -> pd.DataFrame:
-    """CERTIFY (and the memory pass) of inputs ``0 .. count-1``; rows as ``ancer certify``."""
+    """CERTIFY (and the memory pass) of inputs ``0 .. count-1`` with float noise, seed
+    ``SEED``; rows as ``ancer certify``."""
     if isinstance(theta, torch.Tensor):
-        held = theta.to(device)
-
-        def source(idx: int) -> torch.Tensor:
-            return held[idx]
+        source: Callable[[int], torch.Tensor] | float = rows_of(theta.to(device))
     else:
-        value = float(theta)
-
-        def source(idx: int) -> float:  # type: ignore[misc]
-            return value
-
+        source = float(theta)  # a fixed theta, as ``--sigma``
     out.parent.mkdir(parents=True, exist_ok=True)
     sidecar = results_sidecar_path(out)
     complete = sidecar.exists() and json.loads(sidecar.read_text()).get("complete", False)
     if not complete:  # a run cut short resumes where it stopped
-        record = {"arguments": {"config": {**asdict(config), "norm": config.norm.value}}}
-        run_certify(
-            model,
-            data,
-            list(range(count)),
-            source,
-            config,
-            device,
-            out,
-            record,
-            resume=sidecar.exists(),
-            memory=memory,
+        inputs = in_memory_inputs(
+            model, data, source, norm=norm, indices=range(count), sound=False, device=device
         )
+        request = CertifyRequest(
+            out=out,
+            inputs=InputsSpec(seed=SEED),
+            config=config,
+            memory=memory,
+            resume=sidecar.exists(),
+        )
+        session = Session(SINGLE, device)
+        plan_certify_inputs(inputs, request, session).execute(session)
     return read_results(out)
+
+
+def rows_of(table: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    """A theta source from a tensor holding one theta per dataset index (row k: input k)."""
+    return lambda idx: table[idx]
 
 
 def theta_key(theta: torch.Tensor) -> str:
@@ -395,20 +401,13 @@ def run_norm(
     folder = work / norm.value / sha256_file(model_path)[:12]
     reference = reference_thetas(model, data, norm, count, schedule, folder, device)
     new = new_thetas(model, data, norm, count, search, ancer, device)
-    config = CertifyConfig(
-        norm=norm,
-        n_selection=args.N0,
-        n_estimation=args.N,
-        alpha=args.alpha,
-        batch_size=args.certify_batch,
-        seed=SEED,
-    )
+    config = CertifyConfig(Sampling(args.N0, args.N, args.alpha, args.certify_batch))
     tag = f"N{args.N}-N0{args.N0}-a{args.alpha:g}-b{args.certify_batch}-n{count}"
     results: dict[str, pd.DataFrame] = {}
     table = []
     fixed = theta_from_sigma(SIGMA, norm)
     results["fixed"] = certify_rows(
-        model, data, count, fixed, config, False, folder / f"fixed-{tag}.csv", device
+        model, data, count, fixed, norm, config, False, folder / f"fixed-{tag}.csv", device
     )
     table.append(summary_row("fixed", results["fixed"], 0, 0.0))
     for name, thetas in (("reference", reference), ("new", new)):
@@ -418,7 +417,7 @@ def run_norm(
         ):
             key = f"{stage}/{name}"
             out = folder / f"{stage}-{theta_key(theta)}-{tag}.csv"
-            results[key] = certify_rows(model, data, count, theta, config, True, out, device)
+            results[key] = certify_rows(model, data, count, theta, norm, config, True, out, device)
             table.append(summary_row(key, results[key], float(np.mean(forwards)), seconds / count))
     header = (
         f"### digits, {norm.value}, sigma {SIGMA}: first {count} test inputs, CERTIFY N0 = "

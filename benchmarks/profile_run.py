@@ -30,10 +30,12 @@ import reference  # noqa: E402
 import speed  # noqa: E402
 from harness import ALPHA, SEED, SIGMA, Case  # noqa: E402
 
+from ancer_cli.core.choices import Norm, Precision, Sampling  # noqa: E402
+from ancer_cli.core.law import NoiseLaw  # noqa: E402
 from ancer_cli.core.noise import Stream, input_generator  # noqa: E402
 from ancer_cli.core.optimize import AncerConfig, optimize_ancer  # noqa: E402
-from ancer_cli.core.precision import Precision, retain_freed_memory  # noqa: E402
 from ancer_cli.core.smoothing import certify  # noqa: E402
+from ancer_cli.runtime import retain_freed_memory  # noqa: E402
 
 
 class Labelled(nn.Module):
@@ -101,6 +103,7 @@ def profile_case(
     x = torch.rand(shape, device=device)
     n = min(case.n, 20 * case.batch)
     smooth = reference.CohenSmooth(model, num_classes, SIGMA, "l2")
+    law, sampling = NoiseLaw(Norm.l2, SIGMA), Sampling(case.n0, n, ALPHA, case.batch)
     x_opt = torch.rand((case.opt_inputs, *shape), device=device)
     theta_iso = torch.full((case.opt_inputs,), SIGMA, device=device)
     config = AncerConfig(iterations=2, samples=case.opt_samples)
@@ -111,9 +114,7 @@ def profile_case(
             lambda: smooth.certify(x, case.n0, n, ALPHA, case.batch), device
         ),
         "ancer certify": profile(
-            lambda: certify(
-                model, x, SIGMA, "l2", case.n0, n, ALPHA, case.batch, input_generator(0, 0, device)
-            ),
+            lambda: certify(model, x, law, sampling, input_generator(0, 0, device)),
             device,
         ),
         "reference optimize": profile(

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ancer_cli.core.incremental import DEFAULT_TOLERANCE
+from ancer_cli.core.choices import REUSE_TOLERANCE as DEFAULT_TOLERANCE
 from ancer_cli.core.noise import input_generator
 from ancer_cli.data import load_dataset
 from ancer_cli.models import load_model

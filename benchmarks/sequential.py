@@ -37,13 +37,16 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ancer_cli.certify import CertifyConfig, Sequential, run_certify
-from ancer_cli.core.noise import Norm, theta_from_sigma
-from ancer_cli.core.precision import retain_freed_memory
+from ancer_cli.certify import CertifyRequest, plan_certify_inputs
+from ancer_cli.core.choices import Norm, Sampling, theta_from_sigma
 from ancer_cli.data import DatasetInfo, LoadedData, load_dataset
+from ancer_cli.distributed import SINGLE, Session
+from ancer_cli.inputs import in_memory_inputs
 from ancer_cli.models import load_model
 from ancer_cli.results import read_results
-from ancer_cli.thetas import fixed_theta
+from ancer_cli.run.spec import InputsSpec
+from ancer_cli.runtime import retain_freed_memory
+from ancer_cli.settings import CertifyConfig, Sequential
 
 
 @dataclass(frozen=True)
@@ -103,15 +106,16 @@ def certify_once(
     sequential: Sequential | None,
     memory: bool,
 ) -> dict[str, Any]:
-    """One certify run through the library; returns the frame and the wall time."""
-    config = CertifyConfig(
-        norm=norm, n_estimation=sizes.cap, batch_size=sizes.batch, sequential=sequential
-    )
+    """One certify run through the library (float noise, seed 0, on the CPU); returns the frame
+    and the wall time."""
+    config = CertifyConfig(Sampling(n_estimation=sizes.cap, batch_size=sizes.batch), sequential)
+    session = Session(SINGLE, torch.device("cpu"))
+    inputs = in_memory_inputs(model, data, thetas, norm=norm, indices=indices, sound=False)
     began = time.perf_counter()
-    run_certify(
-        model, data, indices, thetas, config, torch.device("cpu"), out, {"arguments": {}},
-        memory=memory,
-    )  # fmt: skip
+    request = CertifyRequest(  # each run replaces the previous one's files
+        out=out, inputs=InputsSpec(seed=0), config=config, memory=memory, force=True
+    )
+    plan_certify_inputs(inputs, request, session).execute(session)
     return {"frame": read_results(out), "seconds": time.perf_counter() - began}
 
 
@@ -203,7 +207,7 @@ def digits_settings(runs: Path, sizes: Sizes) -> list[tuple[str, dict[str, Any]]
         thetas = torch.load(base / "thetas.pt", weights_only=True)
         sigma = loaded.sigma or 0.25
         sources: dict[str, tuple[Any, bool]] = {
-            "fixed": (fixed_theta(theta_from_sigma(sigma, norm)), False),
+            "fixed": (theta_from_sigma(sigma, norm), False),
             "isotropic": (_rows_of(thetas["isotropic"]), True),
             "ancer": (_rows_of(thetas["ancer"]), True),
         }
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     model, data, exact = analytic_problem(sizes.inputs, 0.25)
     results.append(
         compare(
-            "analytic l2 (sigma 0.25)", model, data, fixed_theta(0.25), Norm.l2, sizes,
+            "analytic l2 (sigma 0.25)", model, data, 0.25, Norm.l2, sizes,
             args.out / "analytic", memory=False, exact=exact,
         )
     )  # fmt: skip

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from ancer_cli.core.choices import Norm, Sampling
+from ancer_cli.core.law import Noise
 from ancer_cli.core.noise import input_generator
 from ancer_cli.core.smoothing import certify
 from ancer_cli.data import dataset_info
@@ -54,13 +56,15 @@ def time_case(dataset: str, arch: str, levels: int, inputs: int, n: int, batch: 
         for _ in range(inputs)
     ]
     seconds: dict[str, list[float]] = {"float": [], "sound": []}
-    modes = {"float": None, "sound": levels}
+    modes = {"float": Noise(Norm.l2), "sound": Noise(Norm.l2, levels)}
+    sampling = Sampling(100, n, 0.001, batch)
 
     def one(mode: str, index: int) -> None:
         generator = input_generator(0, index, "cpu")
         began = time.perf_counter()
-        certify(model, images[index], 0.25, "l2", 100, n, 0.001, batch, generator,
-                sound=modes[mode])  # fmt: skip
+        # the law (on the grid: its budget tau) is part of each certificate's time
+        law = modes[mode].law(0.25, images[index].shape)
+        certify(model, images[index], law, sampling, generator)
         seconds[mode].append(time.perf_counter() - began)
 
     one("float", 0)  # warm-up, untimed

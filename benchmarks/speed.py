@@ -42,8 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (the sibling module, importable however this script is run)
 from harness import Case  # noqa: E402
 
-from ancer_cli.core.precision import Precision, prepare_model, retain_freed_memory  # noqa: E402
+from ancer_cli.core.choices import Precision  # noqa: E402
+from ancer_cli.core.precision import prepare_model  # noqa: E402
 from ancer_cli.models import build_model  # noqa: E402
+from ancer_cli.runtime import retain_freed_memory  # noqa: E402
 
 # Sizes per device. N = 100,000 (the papers') where a round stays short; R and the speed-ups do
 # not depend on N once N >> batch. The small-N and small-batch cases are where bookkeeping counts.

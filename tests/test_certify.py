@@ -1,4 +1,4 @@
-"""The memory pass end to end through ``run_certify``, with a hand-made model and inputs placed
+"""The memory pass end to end through a certify run, with a hand-made model and inputs placed
 so that certified regions collide (the memory-based certification of Alfarra et al. 2022).
 
 The model is a stripe classifier on 2-pixel inputs: class 1 where ``|x_0| < 1``, class 0 outside.
@@ -13,22 +13,18 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
-from ancer_cli.certify import CertifyConfig, Sequential, certify_dataset, run_certify
-from ancer_cli.core.noise import Norm
+from ancer_cli.certify import certify_dataset
+from ancer_cli.core.choices import Sampling
 from ancer_cli.core.regions import regions_intersect
-from ancer_cli.data import DatasetInfo, LoadedData
+from ancer_cli.distributed import SINGLE, Session
 from ancer_cli.results import read_results
+from ancer_cli.settings import CertifyConfig, Sequential
+from tests.runs import certify_toy, points, toy_inputs
 from tests.toys import Stripe
 
-INFO = DatasetInfo("stripe", (1, 1, 2), 2, (0.0,), (1.0,), "cnn")
 THETA = {0: 10.0, 1: 0.3, 2: 0.3}
-
-
-def _data(points: list[tuple[float, float]], labels: list[int]) -> LoadedData:
-    xs = torch.tensor(points, dtype=torch.float32).view(-1, 1, 1, 2)
-    return LoadedData(TensorDataset(xs, torch.tensor(labels)), INFO, "test")
+_data = points
 
 
 def _norm_of(d: torch.Tensor, norm: str) -> float:
@@ -40,15 +36,11 @@ def _norm_of(d: torch.Tensor, norm: str) -> float:
 @pytest.mark.parametrize("norm", ["l2", "l1"])
 def test_reassign_and_shrink_through_run_certify(norm, device_name, sequential, tmp_path):
     model, device = Stripe(), torch.device(device_name)
-    config = CertifyConfig(
-        norm=Norm(norm),
-        n_selection=100,
-        n_estimation=20_000,
-        batch_size=5000,
-        sequential=sequential,
-    )
+    sampling = Sampling(100, 20_000, 0.001, 5000)
+    config = CertifyConfig(sampling, sequential)
     # A's certificate depends only on (seed, index, x, theta): compute it first to place C
-    a_row = next(certify_dataset(model, _data([(0, 0)], [1]), [0], THETA.get, config, device))
+    alone = toy_inputs(model, _data([(0, 0)], [1]), THETA.get, norm, device=device)
+    a_row = next(certify_dataset(alone, [0], config, {0: 0}, device))
     assert a_row.predict == 0 and a_row.radius > 0
     reach = a_row.radius  # radius of A's (isotropic) region: THETA[0] * its gap
     gap_a = a_row.radius / THETA[0]
@@ -56,10 +48,12 @@ def test_reassign_and_shrink_through_run_certify(norm, device_name, sequential, 
     data = _data([(0, 0), (0, 0.5), c_point], [1, 1, 1])
 
     out = tmp_path / "r.csv"
-    record = {"arguments": {"norm": norm}}
-    summary = run_certify(
-        model, data, [0, 1, 2], THETA.get, config, device, out, record, memory=True
-    )
+    outcome = certify_toy(
+        toy_inputs(model, data, THETA.get, norm, device=device), out, sampling=sampling,
+        sequential=sequential, memory=True, session=Session(SINGLE, device),
+    )  # fmt: skip
+    assert outcome is not None
+    summary = outcome.totals
     before = read_results(tmp_path / "r.csv.pre-memory")
     after = read_results(out)
 
@@ -102,14 +96,15 @@ def test_reassign_and_shrink_through_run_certify(norm, device_name, sequential, 
 
 
 def test_no_collision_changes_nothing(tmp_path):
-    model, device = Stripe(), torch.device("cpu")
-    config = CertifyConfig(norm=Norm.l2, n_selection=100, n_estimation=5000, batch_size=5000)
     data = _data([(5, 0), (0, 40), (-30, 0)], [0, 1, 0])
     thetas = {0: 0.5, 1: 0.3, 2: 1.0}.get
     out = tmp_path / "r.csv"
-    summary = run_certify(
-        model, data, [0, 1, 2], thetas, config, device, out, {"arguments": {}}, memory=True
-    )
+    outcome = certify_toy(
+        toy_inputs(Stripe(), data, thetas), out, sampling=Sampling(100, 5000, 0.001, 5000),
+        memory=True,
+    )  # fmt: skip
+    assert outcome is not None
+    summary = outcome.totals
     assert summary.memory is not None
     assert not (summary.memory.reassigned or summary.memory.shrunk)
     assert out.read_text() == (tmp_path / "r.csv.pre-memory").read_text()

@@ -4,27 +4,29 @@ such."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from torch.utils.data import TensorDataset
 
-from ancer_cli.core.noise import Norm, Stream, input_generator
+from ancer_cli.core.law import Noise
+from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.smoothing import predict
-from ancer_cli.data import DatasetInfo, LoadedData
-from ancer_cli.predict import PredictConfig, predict_dataset, run_predict
+from ancer_cli.data import LoadedData
+from ancer_cli.predict import predict_dataset
+from ancer_cli.settings import PredictConfig
+from tests.runs import points, predict_toy, toy_inputs
 from tests.toys import Threshold
 
-INFO = DatasetInfo("line", (1, 1, 2), 2, (0.0,), (1.0,), "cnn")
 HEADER = "idx\tlabel\tpredict\tcorrect\ttime\n"
+SEED = 3
 
 
-def _data(points: list[float], labels: list[int]) -> LoadedData:
-    xs = torch.tensor([[p, 0.0] for p in points], dtype=torch.float32).view(-1, 1, 1, 2)
-    return LoadedData(TensorDataset(xs, torch.tensor(labels)), INFO, "test")
+def _data(xs: list[float], labels: list[int]) -> LoadedData:
+    return points([(x, 0.0) for x in xs], labels)
 
 
-CONFIG = PredictConfig(norm=Norm.l2, num=400, alpha=0.01, batch_size=1000, seed=3)
+CONFIG = PredictConfig(num=400, alpha=0.01, batch_size=1000)
 POINTS = [-2.0, -0.05, 0.0, 0.04, 1.5, 3.0]
 
 
@@ -32,11 +34,14 @@ def test_rows_are_predict_on_each_inputs_own_stream() -> None:
     model, device = Threshold(), torch.device("cpu")
     data = _data(POINTS, [0, 0, 1, 1, 1, -1])
     thetas = {i: 0.2 + 0.1 * i for i in range(len(POINTS))}.get
-    rows = list(predict_dataset(model, data, range(len(POINTS)), thetas, CONFIG, device))
+    inputs = toy_inputs(model, data, thetas)
+    seeds = dict.fromkeys(range(len(POINTS)), SEED)
+    rows = list(predict_dataset(inputs, range(len(POINTS)), CONFIG, seeds, device))
     for row in rows:
         x, label = data.dataset[row.idx]
-        generator = input_generator(CONFIG.seed, row.idx, device, Stream.predict)
-        expected = predict(model, x, thetas(row.idx), "l2", 400, 0.01, 1000, generator)
+        generator = input_generator(SEED, row.idx, device, Stream.predict)
+        law = Noise().law(thetas(row.idx), x.shape)
+        expected = predict(model, x, law, 400, 0.01, 1000, generator)
         assert (row.label, row.predict) == (int(label), expected)
         assert row.correct == int(expected == label and expected != -1)
     assert rows[0].predict == 0 and rows[-1].predict == 1 and rows[-1].correct == 0
@@ -44,12 +49,11 @@ def test_rows_are_predict_on_each_inputs_own_stream() -> None:
 
 
 def test_run_predict_writes_resumes_and_counts(tmp_path: Path) -> None:
-    model, device = Threshold(), torch.device("cpu")
     data = _data(POINTS, [0, 0, 1, 1, 1, -1])
     indices = list(range(len(POINTS)))
-    record = {"arguments": {"N": 400}}
+    inputs = toy_inputs(Threshold(), data, 0.3)
     reference = tmp_path / "reference.csv"
-    summary = run_predict(model, data, indices, lambda _i: 0.3, CONFIG, device, reference, record)
+    summary = predict_toy(inputs, reference, config=CONFIG, seed=SEED)
     assert summary is not None
     lines = reference.read_text().splitlines(keepends=True)
     assert lines[0] == HEADER and [int(line.split("\t")[0]) for line in lines[1:]] == indices
@@ -59,10 +63,11 @@ def test_run_predict_writes_resumes_and_counts(tmp_path: Path) -> None:
     out = tmp_path / "p.csv"  # a 2-process run that stopped, and a cut line
     Path(f"{out}.rank1-of-2").write_text(HEADER + lines[2] + lines[4][:3])
     out.write_text(HEADER + lines[5])
-    Path(f"{out}.json").write_text('{"arguments": {"N": 400}, "complete": false}')
+    record = json.loads(Path(f"{reference}.json").read_text())
+    Path(f"{out}.json").write_text(json.dumps({**record, "complete": False}))
     written: list[int] = []
-    again = run_predict(
-        model, data, indices, lambda _i: 0.3, CONFIG, device, out, record, resume=True,
+    again = predict_toy(
+        inputs, out, config=CONFIG, seed=None, resume=True,
         on_row=lambda row: written.append(row.idx),
     )  # fmt: skip
     assert again is not None and again.resumed == 2 and written == [0, 2, 3, 5]

@@ -5,20 +5,17 @@ resume after a crash whatever number of processes left them.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
-import torch
-from torch.utils.data import TensorDataset
 
 from ancer_cli import analysis
-from ancer_cli.analysis import Metric
-from ancer_cli.certify import CertifyConfig, run_certify
-from ancer_cli.core.noise import Norm
-from ancer_cli.data import DatasetInfo, LoadedData
 from ancer_cli.errors import ResultsError
 from ancer_cli.results import parse_time, read_results
+from ancer_cli.settings import Metric
+from tests.runs import certify_toy, points, toy_inputs
 from tests.toys import Stripe
 
 # ---------------------------------------------------------------------------------------------
@@ -120,12 +117,13 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # writing rows: certify's results loop on a stripe classifier (class 1 where |x_0| < 1)
 
-INFO = DatasetInfo("stripe", (1, 1, 2), 2, (0.0,), (1.0,), "cnn")
 
-
-def _data(points: list[tuple[float, float]], labels: list[int]) -> LoadedData:
-    xs = torch.tensor(points, dtype=torch.float32).view(-1, 1, 1, 2)
-    return LoadedData(TensorDataset(xs, torch.tensor(labels)), INFO, "test")
+def _interrupted(reference: Path, out: Path) -> None:
+    """The sidecar the run of ``reference`` had before it finished, as ``out``'s."""
+    record = json.loads(Path(f"{reference}.json").read_text())
+    for key in ("totals", "rows_sha256", "finished", "memory"):
+        record.pop(key, None)
+    Path(f"{out}.json").write_text(json.dumps({**record, "complete": False}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,15 +139,11 @@ def test_resume_gathers_rows_left_by_any_number_of_processes(tmp_path, memory):
     """Leftovers of a 3-process run (shards, one cut mid-line), of a 2-process run and of a
     single process, in one folder; a single-process --resume certifies exactly the indices
     without a complete row and ends with the rows of an uninterrupted run, in index order."""
-    model, device = Stripe(), torch.device("cpu")
-    config = CertifyConfig(norm=Norm.l2, n_selection=50, n_estimation=500, batch_size=500)
-    points = [(0.1 * i - 2, 0.0) for i in range(9)]
-    data = _data(points, [int(abs(x) < 1) for x, _ in points])
-    thetas = (lambda _i: 0.3) if not memory else {i: 0.3 for i in range(9)}.get
-    indices = list(range(9))
-    record = {"arguments": {"N": 500, "memory": memory}}
+    xy = [(0.1 * i - 2, 0.0) for i in range(9)]
+    data = points(xy, [int(abs(x) < 1) for x, _ in xy])
+    inputs = toy_inputs(Stripe(), data, 0.3 if not memory else {i: 0.3 for i in range(9)}.get)
     reference = tmp_path / "reference.csv"
-    run_certify(model, data, indices, thetas, config, device, reference, record, memory=memory)
+    certify_toy(inputs, reference, memory=memory)
     working = Path(str(reference) + ".pre-memory") if memory else reference
     lines = working.read_text().splitlines(keepends=True)
     header = lines[0]
@@ -160,14 +154,14 @@ def test_resume_gathers_rows_left_by_any_number_of_processes(tmp_path, memory):
     Path(f"{left}.rank2-of-3").write_text(header + _split(lines, [2]) + lines[1 + 5][:7])
     Path(f"{left}.rank1-of-2").write_text(header + _split(lines, [3, 7]))  # 3 twice
     left.write_text(header + _split(lines, [8]))
-    Path(str(out) + ".json").write_text('{"arguments": {"N": 500}, "complete": false}')
+    _interrupted(reference, out)
     written: list[int] = []
     started: list[tuple[int, int]] = []
-    summary = run_certify(
-        model, data, indices, thetas, config, device, out, record, memory=memory, resume=True,
+    outcome = certify_toy(
+        inputs, out, memory=memory, resume=True, seed=None,
         on_row=lambda row: written.append(row.idx), on_start=lambda *a: started.append(a),
     )  # fmt: skip
-    assert summary is not None and summary.resumed == 5
+    assert outcome is not None and outcome.totals.resumed == 5
     assert started == [(5, 4)] and written == [1, 4, 5, 6]
     assert [line.split("\t")[:7] for line in out.read_text().splitlines()] == [
         line.split("\t")[:7] for line in reference.read_text().splitlines()
@@ -178,13 +172,11 @@ def test_resume_gathers_rows_left_by_any_number_of_processes(tmp_path, memory):
 
 
 def test_a_fresh_run_ignores_shards_of_an_earlier_one(tmp_path):
-    model, device = Stripe(), torch.device("cpu")
-    config = CertifyConfig(norm=Norm.l2, n_selection=50, n_estimation=500, batch_size=500)
-    data = _data([(0.0, 0.0), (3.0, 0.0)], [1, 0])
+    data = points([(0.0, 0.0), (3.0, 0.0)], [1, 0])
     out = tmp_path / "r.csv"
     stale = Path(f"{out}.rank1-of-4")
     stale.write_text("idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\n"
                      "1\t0\t7\t9.0\t9.0\t0\t0.3\t1.0\n")  # fmt: skip
-    run_certify(model, data, [0, 1], lambda _i: 0.3, config, device, out, {"arguments": {}})
+    certify_toy(toy_inputs(Stripe(), data, 0.3), out)
     assert not stale.exists()
     assert read_results(out)["predict"].tolist() == [1, 0]

@@ -1,12 +1,15 @@
-"""The reuse run's library side: reading the earlier run back, and what it refuses."""
+"""The reuse run's library side: reading the earlier run back, and what it refuses -- unfinished
+runs, missing certificates, and results files that are not the ones their run wrote (edited,
+truncated, foreign)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from ancer_cli.errors import AncerError
-from ancer_cli.reuse import read_earlier
+from ancer_cli.reuse import _guarantee, read_earlier
 from tests.helpers import ok
 
 EARLIER = ("--N0", 20, "--N", 200, "--seed", 3, "--device", "cpu", "--max", 4)
@@ -20,26 +23,37 @@ def runs(tmp_path_factory: pytest.TempPathFactory, model_path: Path, thetas_dir:
     return folder
 
 
+def _copy(runs: Path, name: str, folder: Path) -> Path:
+    for suffix in ("", ".json", ".pre-memory"):
+        if Path(f"{runs / name}{suffix}").exists():
+            shutil.copy(f"{runs / name}{suffix}", f"{folder / name}{suffix}")
+    return folder / name
+
+
 def test_reads_the_certificates_before_the_memory_pass(runs: Path):
     fixed = read_earlier(runs / "fixed.csv")
-    assert list(fixed.rows["idx"]) == [0, 1, 2, 3]
+    assert [row.idx for row in fixed.rows] == [0, 1, 2, 3]
     fields = fixed.key_fields()
     assert fields["seed"] == 3 and fields["N"] == 200 and fields["sound"] is True
     assert fields["method"] == "fixed" and len(fields["model_sha256"]) == 64
+    assert fields["level"] == 0.001 and fields["denoiser"] is None
+    assert sorted(fixed.commitment.inputs) == [0, 1, 2, 3]
     memory = read_earlier(runs / "ancer.csv")
     before = Path(str(runs / "ancer.csv") + ".pre-memory").read_text().splitlines()
-    assert len(memory.rows) == len(before) - 1 and memory.key_fields()["memory"] is True
+    assert [row.line() for row in memory.rows] == [line + "\n" for line in before[1:]]
+    assert memory.key_fields()["memory"] is True
 
 
 def test_refuses_unfinished_runs_and_missing_certificates(runs: Path, tmp_path: Path):
     for name in ("fixed.csv", "ancer.csv"):
-        (tmp_path / name).write_text((runs / name).read_text())
+        _copy(runs, name, tmp_path)
         record = json.loads(Path(str(runs / name) + ".json").read_text())
         Path(str(tmp_path / name) + ".json").write_text(json.dumps({**record, "complete": False}))
     with pytest.raises(AncerError, match="unfinished run"):
         read_earlier(tmp_path / "fixed.csv")
     record["complete"] = True
     Path(str(tmp_path / "ancer.csv") + ".json").write_text(json.dumps(record))
+    Path(str(tmp_path / "ancer.csv") + ".pre-memory").unlink()
     with pytest.raises(AncerError, match="before the memory pass"):
         read_earlier(tmp_path / "ancer.csv")
     for key in ("N", "model_sha256", "method"):
@@ -47,3 +61,43 @@ def test_refuses_unfinished_runs_and_missing_certificates(runs: Path, tmp_path: 
         Path(str(tmp_path / "ancer.csv") + ".json").write_text(json.dumps(broken))
         with pytest.raises(AncerError, match=f"lacks arguments.{key}"):
             read_earlier(tmp_path / "ancer.csv")
+
+
+def test_refuses_edited_truncated_and_foreign_rows(runs: Path, tmp_path: Path):
+    """A radius raised by hand, rows deleted, or another run's file under this sidecar: the
+    digest the sidecar recorded no longer matches, and reuse says so instead of reusing."""
+    lines = (runs / "fixed.csv").read_text().splitlines(keepends=True)
+    fields = lines[1].split("\t")
+    edited = [lines[0], "\t".join([*fields[:3], "1.5", *fields[4:]]), *lines[2:]]
+    for name, text in [("edited", "".join(edited)), ("truncated", "".join(lines[:3]))]:
+        folder = tmp_path / name
+        folder.mkdir()
+        out = _copy(runs, "fixed.csv", folder)
+        out.write_text(text)
+        with pytest.raises(AncerError, match="not the file its run wrote"):
+            read_earlier(out)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    out = _copy(runs, "fixed.csv", foreign)
+    shutil.copy(runs / "ancer.csv", out)
+    with pytest.raises(AncerError, match="not the file its run wrote"):
+        read_earlier(out)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    out = _copy(runs, "fixed.csv", legacy)
+    record = json.loads(Path(f"{out}.json").read_text())
+    del record["rows_sha256"]
+    Path(f"{out}.json").write_text(json.dumps(record))
+    with pytest.raises(AncerError, match="holds no digest"):
+        read_earlier(out)
+
+
+def test_reusing_a_reuse_run_composes_the_levels():
+    """A row reused from a reuse run is wrong only if that run's row was (its own any-row level)
+    or the new zeta is: the levels add up, they are not reset to the first run's alpha."""
+    first = _guarantee(0.001, 0.001, 0.0001)
+    assert first["reuse_rows"] == pytest.approx(0.0011)
+    assert first["any_row"] == pytest.approx(0.0021)
+    second = _guarantee(first["any_row"], 0.001, 0.0001)
+    assert second["reuse_rows"] == pytest.approx(0.0022)
+    assert second["any_row"] == pytest.approx(0.0032)

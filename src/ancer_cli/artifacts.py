@@ -144,13 +144,27 @@ def check_resumable(
             f"cannot resume {what}: its record {sidecar} is missing; use --force to start over"
         )
     recorded = read_json(sidecar, "run record").get("arguments", {})
+    check_same_arguments(recorded, arguments, f"cannot resume {what}", may_grow)
+
+
+def check_same_arguments(
+    recorded: object,
+    wanted: dict[str, Any],
+    where: str,
+    may_grow: tuple[str, ...] = (),
+    ignore: tuple[str, ...] = (),
+) -> None:
+    """Refuse (an :class:`OutputError` starting with ``where``) when the ``recorded`` arguments
+    differ from ``wanted``; name the first difference (a dotted key inside nested records). Keys
+    of ``may_grow`` may rise or become ``None``; keys of ``ignore`` are not compared."""
     if not isinstance(recorded, dict):
-        raise OutputError(f"cannot resume {what}: {sidecar} is damaged; use --force to start over")
-    recorded = {**recorded, **_grown(recorded, arguments, may_grow)}
-    for key, (had, has) in _differences(recorded, arguments).items():
+        raise OutputError(f"{where}: its record is damaged; use --force to start over")
+    recorded = {**recorded, **_grown(recorded, wanted, may_grow)}
+    wanted = {key: value for key, value in wanted.items() if key not in ignore}
+    for key, (had, has) in _differences(recorded, wanted).items():
         raise OutputError(
-            f"cannot resume {what}: it was written with {key}={had!r}, "
-            f"this run has {key}={has!r}; use the same arguments or --force to start over"
+            f"{where}: it was written with {key}={had!r}, this run has {key}={has!r}; use the "
+            "same arguments or --force to start over"
         )
 
 

@@ -1,30 +1,26 @@
 """The dataset loop of ``ancer certify`` over :mod:`ancer_cli.core.smoothing`: a request becomes a
-plan (model, data, thetas, indices, record), the plan's inputs become certificates, the
+plan (what is smoothed, how it is sampled, the run), the plan's inputs become certificates, the
 certificates rows of the results file (then, for per-input thetas, the memory pass).
 
-The inputs come from :func:`ancer_cli.inputs.resolve_inputs`, the rows are written by
-:func:`ancer_cli.results.write_rows` (resumable, sharded across processes)."""
+What is smoothed comes from :func:`ancer_cli.inputs.resolve_inputs`; the start and end of the run
+(lock, commitment, seeds, resume, sidecar) are :class:`ancer_cli.run.skeleton.Run`'s. This module
+keeps certify's config, its row, its per-input loop and its totals."""
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy.stats import norm as normal
-from torch import nn
 
-from ancer_cli.artifacts import atomic_writer, check_new_output, utc_now, write_json
-from ancer_cli.core.bounds import DEFAULT_ALPHA
+from ancer_cli.core.choices import Norm
 from ancer_cli.core.conditioning import tell_thetas
-from ancer_cli.core.memory import Claim, memory_pass
-from ancer_cli.core.noise import Norm, Stream, Theta, input_generator
+from ancer_cli.core.noise import Stream, Theta, input_generator
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.core.sequential import SequentialPlan
 from ancer_cli.core.smoothing import (
@@ -34,206 +30,119 @@ from ancer_cli.core.smoothing import (
     certify_sequential_many,
     inputs_per_group,
 )
-from ancer_cli.data import UNLABELED, LoadedData
-from ancer_cli.distributed import SINGLE, Ranks, Session, collective
+from ancer_cli.distributed import Session, collective
 from ancer_cli.inputs import (
-    InputsSpec,
+    SmoothedInputs,
     input_groups,
     labels_record,
     resolve_inputs,
     sound_record,
 )
 from ancer_cli.models.denoisers import inputs_per_theta
-from ancer_cli.results import (
-    RESULT_COLUMNS,
-    SEQUENTIAL_COLUMNS,
-    check_resume,
-    format_result_row,
-    pre_memory_path,
-    read_results,
-    results_sidecar_path,
-    run_seed,
-    write_rows,
-)
+from ancer_cli.results import RESULT_COLUMNS, SEQUENTIAL_COLUMNS
+from ancer_cli.run.certificates import CertificateRow, CertifySummary, apply_memory
+from ancer_cli.run.skeleton import Run
+from ancer_cli.run.spec import InputsSpec
 from ancer_cli.runtime import provenance
-from ancer_cli.thetas import CertifyMethod, ThetaSource
+from ancer_cli.settings import CertifyConfig, CertifyMethod, Sequential
+
+# ---------------------------------------------------------------------------------------------
+# rows
 
 
-@dataclass(frozen=True)
-class Sequential:
-    """Sequential (anytime-valid) certification instead of a fixed ``N``.
-
-    With ``radii``, *radius mode*: decide for each input whether it is certified at each radius
-    (in the unit of ``metric``: ``radius`` = ``min(theta) * gap``, ``proxy`` = ``geomean(theta)
-    * gap``) and stop as soon as every radius is decided. Without, *adaptive mode*: stop early
-    for inputs that will abstain and once the cap could raise the gap by at most ``tolerance``
-    (relative). ``N`` is the cap. See :class:`ancer_cli.core.sequential.SequentialPlan`.
-    """
-
-    radii: tuple[float, ...] = ()
-    metric: str = "radius"
-    tolerance: float = SequentialPlan.tol
-    first: int = SequentialPlan.first
-    growth: float = SequentialPlan.growth
-    cap_share: float = SequentialPlan.cap_share
-
-    @property
-    def mode(self) -> str:
-        return "radius" if self.radii else "adaptive"
-
-    def plan(self, cap: int, alpha: float, norm: Norm) -> SequentialPlan:
-        """The stopping plan; in radius mode its thresholds come per input
-        (:meth:`thresholds`), the plan's own ``(1/2,)`` only selects the mode."""
-        return SequentialPlan(
-            cap=cap,
-            alpha=alpha,
-            p_needed=(0.5,) if self.radii else None,
-            norm=norm,
-            tol=self.tolerance,
-            cap_share=self.cap_share,
-            first=self.first,
-            growth=self.growth,
-        )
-
-    def thresholds(self, theta: Theta, norm: Norm) -> np.ndarray:
-        """The probabilities ``pA`` must exceed for each radius (sorted, with 1/2 first):
-        l2 ``Phi(R / s)``, l1 ``(1 + R / s)/2`` with ``s = min(theta)`` (``geomean`` for
-        ``proxy``); ``inf`` where no ``pA < 1`` reaches the radius."""
-        scale = geometric_mean(theta) if self.metric == "proxy" else min_theta(theta)
-        ratio = np.asarray(sorted(self.radii), dtype=np.float64) / scale
-        needed = normal.cdf(ratio) if norm is Norm.l2 else (1.0 + ratio) / 2.0
-        needed = np.where(needed < 1.0, needed, np.inf)
-        return np.concatenate([[0.5], np.maximum(needed, 0.5)])
-
-    def record(self) -> dict[str, Any]:
-        """What the sidecar records about the mode."""
-        return {"mode": self.mode, **asdict(self), "radii": sorted(self.radii)}
+def certify_columns(config: CertifyConfig) -> tuple[str, ...]:
+    """The results file's columns: the eight, plus samples and stop when sequential."""
+    extra = SEQUENTIAL_COLUMNS if config.sequential is not None else ()
+    return (*RESULT_COLUMNS, *extra)
 
 
-@dataclass(frozen=True)
-class CertifyConfig:
-    """Sampling and confidence settings; the defaults are the command's defaults.
-
-    ``sequential`` switches from Cohen et al.'s fixed ``N`` (the default) to sequential
-    certification with ``n_estimation`` as the cap."""
-
-    norm: Norm = Norm.l2
-    n_selection: int = 100
-    n_estimation: int = 100_000
-    alpha: float = DEFAULT_ALPHA
-    batch_size: int = 1000
-    seed: int = 0
-    sequential: Sequential | None = None
-    sound: int | None = None
-    """the data's grid levels ``s`` for sound sampling (:mod:`ancer_cli.core.sound`)"""
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """The results file's columns: the eight, plus samples and stop when sequential."""
-        extra = SEQUENTIAL_COLUMNS if self.sequential is not None else ()
-        return (*RESULT_COLUMNS, *extra)
+# ---------------------------------------------------------------------------------------------
+# sequential settings -> the kernel's plan
 
 
-@dataclass(frozen=True)
-class ResultRow:
-    """One line of the results file."""
+def sequential_plan(settings: Sequential, cap: int, alpha: float, norm: Norm) -> SequentialPlan:
+    """The stopping plan of sequential ``settings``; in radius mode its thresholds come per
+    input (:func:`radius_thresholds`), the plan's own ``(1/2,)`` only selects the mode."""
+    return SequentialPlan(
+        cap=cap,
+        alpha=alpha,
+        p_needed=(0.5,) if settings.radii else None,
+        norm=norm,
+        tol=settings.tolerance,
+        cap_share=settings.cap_share,
+        first=settings.first,
+        growth=settings.growth,
+    )
 
-    idx: int
-    label: int
-    predict: int
-    radius: float
-    radius_proxy: float
-    correct: int
-    min_sigma: float
-    seconds: float
-    samples: int | None = None
-    stop: str | None = None
 
-    def extra(self) -> tuple[str, ...]:
-        """The fields after the eight: samples used and why sampling stopped (sequential)."""
-        if self.samples is None:
-            return ()
-        return (str(self.samples), str(self.stop))
+def radius_thresholds(settings: Sequential, theta: Theta, norm: Norm) -> np.ndarray:
+    """The probabilities ``pA`` must exceed for each radius (sorted, with 1/2 first): l2
+    ``Phi(R / s)``, l1 ``(1 + R / s)/2`` with ``s = min(theta)`` (``geomean`` for ``proxy``);
+    ``inf`` where no ``pA < 1`` reaches the radius."""
+    scale = geometric_mean(theta) if settings.metric == "proxy" else min_theta(theta)
+    ratio = np.asarray(sorted(settings.radii), dtype=np.float64) / scale
+    needed = normal.cdf(ratio) if norm is Norm.l2 else (1.0 + ratio) / 2.0
+    needed = np.where(needed < 1.0, needed, np.inf)
+    return np.concatenate([[0.5], np.maximum(needed, 0.5)])
 
-    def line(self) -> str:
-        return format_result_row(
-            self.idx,
-            self.label,
-            self.predict,
-            self.radius,
-            self.radius_proxy,
-            self.correct,
-            self.min_sigma,
-            self.seconds,
-            self.extra(),
-        )
+
+# ---------------------------------------------------------------------------------------------
+# the per-input loop
 
 
 def certify_dataset(
-    model: nn.Module,
-    data: LoadedData,
+    inputs: SmoothedInputs,
     indices: Iterable[int],
-    thetas: ThetaSource,
     config: CertifyConfig,
+    seeds: Mapping[int, int],
     device: torch.device,
-) -> Iterator[ResultRow]:
+    committed: Mapping[int, str] | None = None,
+) -> Iterator[CertificateRow]:
     """Certify each dataset index in order and yield its row.
 
-    Every input has its own random stream seeded from ``(config.seed, idx)``, so a row depends
+    Every input has its own random stream seeded from ``(seeds[idx], idx)``, so a row depends
     only on the seed, the model, the input and its theta -- not on which inputs come before.
-    When a forward pass would otherwise be short (small ``N`` against ``batch_size``), a few
+    When a forward pass would otherwise be short (small ``N`` against the batch size), a few
     consecutive inputs share forward passes (:func:`certify_many`), which changes no vote.
     ``time`` is the wall time of sampling and bounding (theta loading excluded), shared evenly
-    by the inputs of a group.
+    by the inputs of a group. ``committed``: the input digests the run recorded (an input that
+    changed since is an error).
     """
-    sequential = config.sequential
+    sampling, sequential, model = config.sampling, config.sequential, inputs.model
     if sequential is None:
-        group = inputs_per_group(config.n_selection, config.n_estimation, config.batch_size)
+        group = inputs_per_group(sampling.n_selection, sampling.n_estimation, sampling.batch_size)
     else:
-        plan = sequential.plan(config.n_estimation, config.alpha, config.norm)
+        plan = sequential_plan(sequential, sampling.n_estimation, sampling.alpha, inputs.norm)
         # the first looks are short: enough inputs to fill a forward pass with them
-        group = max(1, min(MAX_INPUTS_PER_GROUP, config.batch_size // plan.first))
+        group = max(1, min(MAX_INPUTS_PER_GROUP, sampling.batch_size // plan.first))
     group = inputs_per_theta(model, group)  # a denoiser sees one input's theta per pass
-    for chosen in input_groups(data, indices, thetas, group, device, config.sound):
+    for chosen in input_groups(inputs, indices, group, device, committed):
         tell_thetas(model, chosen.thetas)
         generators = [
-            input_generator(config.seed, idx, device, Stream.certify) for idx in chosen.indices
+            input_generator(seeds[idx], idx, device, Stream.certify) for idx in chosen.indices
         ]
         began = time.perf_counter()
         if sequential is None:
-            certificates = certify_many(
-                model,
-                chosen.xs,
-                chosen.thetas,
-                config.norm,
-                config.n_selection,
-                config.n_estimation,
-                config.alpha,
-                config.batch_size,
-                generators,
-                sound=config.sound,
-            )
+            certificates = certify_many(model, chosen.xs, chosen.laws, sampling, generators)
         else:
             needed = None
             if sequential.radii:
-                needed = np.stack([sequential.thresholds(th, config.norm) for th in chosen.thetas])
+                needed = np.stack(
+                    [radius_thresholds(sequential, th, inputs.norm) for th in chosen.thetas]
+                )
             certificates = certify_sequential_many(
-                model,
-                chosen.xs,
-                chosen.thetas,
-                config.norm,
-                config.n_selection,
-                plan,
-                config.batch_size,
-                generators,
-                needed,
-                sound=config.sound,
+                model, chosen.xs, chosen.laws, sampling, plan, generators, needed
             )
         seconds = (time.perf_counter() - began) / len(chosen.indices)
         for idx, label, certificate in zip(
             chosen.indices, chosen.labels, certificates, strict=True
         ):
-            yield ResultRow(
+            extra = (
+                ()
+                if sequential is None
+                else (str(sampling.n_selection + certificate.n_estimation), str(certificate.stop))
+            )
+            yield CertificateRow(
                 idx=idx,
                 label=label,
                 predict=certificate.prediction,
@@ -242,41 +151,12 @@ def certify_dataset(
                 correct=int(certificate.prediction == label and certificate.prediction != ABSTAIN),
                 min_sigma=certificate.min_theta,
                 seconds=seconds,
-                samples=None
-                if sequential is None
-                else config.n_selection + certificate.n_estimation,
-                stop=certificate.stop,
+                extra=extra,
             )
 
 
-@dataclass(frozen=True)
-class MemorySummary:
-    """What the memory pass changed: inputs inside an earlier region, inputs whose gap shrank."""
-
-    reassigned: list[int]
-    shrunk: list[int]
-    changed_predictions: list[int]
-
-
-@dataclass(frozen=True)
-class CertifySummary:
-    """Totals of a certify run; ``labeled`` counts the rows with a label (an unlabeled image
-    folder has none: then accuracy and ``mean_radius``, the average certified radius, are NaN)."""
-
-    certified: int
-    resumed: int
-    correct: int
-    abstained: int
-    mean_radius: float
-    seconds: float
-    memory: MemorySummary | None
-    labeled: int = 0
-    samples: SampleSummary | None = None
-
-    @property
-    def accuracy(self) -> float:
-        """Certified accuracy at radius 0 of the labeled rows (NaN without labels)."""
-        return self.correct / self.labeled if self.labeled else math.nan
+# ---------------------------------------------------------------------------------------------
+# totals of sequential certification
 
 
 @dataclass(frozen=True)
@@ -289,15 +169,19 @@ class SampleSummary:
     stops: dict[str, int]
 
     @staticmethod
-    def of(frame: pd.DataFrame, cap: int) -> SampleSummary | None:
-        if "samples" not in frame.columns or not len(frame):
+    def of(rows: Sequence[CertificateRow], cap: int) -> SampleSummary | None:
+        """Of rows whose extra fields are samples and stop (``None`` for other rows)."""
+        counts = [row.samples for row in rows if row.samples is not None]
+        if not counts:
             return None
-        stops = frame["stop"].value_counts().sort_index()
+        stops: dict[str, int] = {}
+        for row in rows:
+            stops[row.extra[1]] = stops.get(row.extra[1], 0) + 1
         return SampleSummary(
-            mean=float(frame["samples"].mean()),
-            median=float(frame["samples"].median()),
+            mean=float(np.mean(counts)),
+            median=float(np.median(counts)),
             cap=cap,
-            stops={str(k): int(v) for k, v in stops.items()},
+            stops=dict(sorted(stops.items())),
         )
 
     def record(self) -> dict[str, Any]:
@@ -309,165 +193,17 @@ class SampleSummary:
         }
 
 
-def apply_memory(
-    rows: pd.DataFrame,
-    lines: list[str],
-    data: LoadedData,
-    thetas: ThetaSource,
-    norm: Norm,
-    device: torch.device,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[str], MemorySummary]:
-    """Run the memory pass over certified rows (index order) and return the final TSV lines.
+@dataclass(frozen=True)
+class CertifyOutcome:
+    """What a certify run reports: the totals of its rows and, when sequential, its samples."""
 
-    ``lines`` are the rows as written; a row the pass does not change is kept verbatim, a
-    changed one keeps its fields after the eight columns. The gap of each row is recovered as
-    ``radius / min(theta)`` from the written radius (rounded toward zero) and the exact theta,
-    so it never exceeds the certified gap.
-    """
-    claims = []
-    for idx, predict, radius in zip(rows["idx"], rows["predict"], rows["radius"], strict=True):
-        idx = int(idx)
-        gap = 0.0 if predict == ABSTAIN else float(radius) / min_theta(thetas(idx))
-        claims.append(Claim(idx=idx, predict=int(predict), gap=gap))
-    decisions = memory_pass(
-        claims, lambda i: data.dataset[i][0], thetas, norm, device, progress=progress
-    )
-    final = []
-    for decision, line, label, seconds in zip(
-        decisions, lines, rows["label"], rows["time"], strict=True
-    ):
-        if not (decision.reassigned or decision.shrunk):
-            final.append(line)
-            continue
-        theta = thetas(decision.theta_idx)
-        abstained = decision.predict == ABSTAIN
-        gap = 0.0 if abstained else decision.gap
-        final.append(
-            format_result_row(
-                decision.idx,
-                int(label),
-                decision.predict,
-                min_theta(theta) * gap,
-                geometric_mean(theta) * gap,
-                int(not abstained and decision.predict == int(label)),
-                min_theta(theta),
-                float(seconds),
-                line.rstrip("\n").split("\t")[len(RESULT_COLUMNS) :],  # samples, stop
-            )
-        )
-    before = dict(zip(rows["idx"].astype(int), rows["predict"].astype(int), strict=True))
-    summary = MemorySummary(
-        reassigned=[d.idx for d in decisions if d.reassigned],
-        shrunk=[d.idx for d in decisions if d.shrunk],
-        changed_predictions=[d.idx for d in decisions if d.predict != before[d.idx]],
-    )
-    return final, summary
+    totals: CertifySummary
+    samples: SampleSummary | None = None
 
-
-def run_certify(
-    model: nn.Module,
-    data: LoadedData,
-    indices: list[int],
-    thetas: ThetaSource,
-    config: CertifyConfig,
-    device: torch.device,
-    out: Path,
-    record: dict[str, Any],
-    resume: bool = False,
-    memory: bool = False,
-    on_row: Callable[[ResultRow], None] | None = None,
-    on_memory: Callable[[int, int], None] | None = None,
-    ranks: Ranks = SINGLE,
-    on_start: Callable[[int, int], None] | None = None,
-) -> CertifySummary | None:
-    """Certify ``indices`` into the results file ``out`` and its JSON sidecar.
-
-    Rows are appended and flushed one by one, in index order -- into ``out`` itself, or, with
-    ``memory``, into ``out.pre-memory``, from which the memory pass then writes ``out``
-    atomically once every input is certified. With ``resume``, rows already written are kept
-    (the sidecar must record the same ``record["arguments"]``) and only the remaining indices
-    are certified, by any number of processes (see :func:`write_rows`). The sidecar says
-    ``"complete": false`` until the end.
-
-    In a distributed run each rank certifies its share into its own shard file; rank 0 merges
-    the shards in index order, runs the memory pass, writes the sidecar and returns the
-    summary (other ranks return ``None``).
-    """
-    sidecar = results_sidecar_path(out)
-    working = pre_memory_path(out) if memory else out
-    began = time.perf_counter()
-    started = utc_now()
-    resumed = write_rows(
-        lambda share: certify_dataset(model, data, share, thetas, config, device),
-        indices,
-        out,
-        working,
-        record,
-        columns=config.columns,
-        resume=resume,
-        on_row=on_row,
-        on_start=on_start,
-        ranks=ranks,
-    )
-    if resumed is None:
-        return None
-    memory_summary = None
-    if memory:
-        lines = working.read_text().splitlines(keepends=True)[1:]
-        lines, memory_summary = apply_memory(
-            read_results(working), lines, data, thetas, config.norm, device, on_memory
-        )
-        with atomic_writer(out) as handle:
-            handle.write("\t".join(config.columns) + "\n")
-            handle.writelines(lines)
-    frame = read_results(out)
-    scored = frame[frame["label"] != UNLABELED]
-    summary = CertifySummary(
-        certified=len(frame),
-        resumed=resumed,
-        correct=int(frame["correct"].sum()),
-        abstained=int((frame["predict"] == ABSTAIN).sum()),
-        mean_radius=float((scored["radius"] * scored["correct"]).mean())
-        if len(scored)
-        else math.nan,
-        seconds=time.perf_counter() - began,
-        memory=memory_summary,
-        labeled=len(scored),
-        samples=SampleSummary.of(frame, config.n_selection + config.n_estimation),
-    )
-    memory_record: dict[str, Any] = {"enabled": memory}
-    if memory_summary is not None:
-        memory_record.update(
-            before_pass=str(working),
-            reassigned=len(memory_summary.reassigned),
-            shrunk=len(memory_summary.shrunk),
-            changed_predictions=len(memory_summary.changed_predictions),
-            reassigned_indices=memory_summary.reassigned,
-            shrunk_indices=memory_summary.shrunk,
-        )
-    write_json(
-        sidecar,
-        {
-            **record,
-            "complete": True,
-            "started": started,
-            "finished": utc_now(),
-            "memory": memory_record,
-            "totals": {
-                "inputs": summary.certified,
-                "resumed_rows": summary.resumed,
-                "correct": summary.correct,
-                "abstained": summary.abstained,
-                "labeled": summary.labeled,
-                "certified_accuracy_at_0": _finite(summary.accuracy),
-                "average_certified_radius": _finite(summary.mean_radius),
-                "seconds_this_run": summary.seconds,
-                **(summary.samples.record() if summary.samples is not None else {}),
-            },
-        },
-    )
-    return summary
+    def record(self) -> dict[str, Any]:
+        """The sidecar's ``totals``."""
+        extra = self.samples.record() if self.samples is not None else {}
+        return {**self.totals.record(), **extra}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,120 +213,127 @@ def run_certify(
 @dataclass(frozen=True)
 class CertifyRequest:
     """What ``ancer certify`` is asked to do: ``inputs`` says what to smooth, with which thetas,
-    on which inputs (see :class:`~ancer_cli.inputs.InputsSpec`); the rest how to certify."""
+    on which inputs (see :class:`~ancer_cli.run.spec.InputsSpec`); the rest how to certify."""
 
     out: Path = Path("results.csv")
     inputs: InputsSpec = field(default_factory=InputsSpec)
-    n_selection: int = CertifyConfig.n_selection
-    n_estimation: int = CertifyConfig.n_estimation
-    alpha: float = CertifyConfig.alpha
-    batch_size: int = CertifyConfig.batch_size
+    config: CertifyConfig = CertifyConfig()
     memory: bool | None = None
-    sequential: Sequential | None = None
     resume: bool = False
     force: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass
 class CertifyPlan:
-    """Everything a certify run needs, loaded and checked: the base classifier with its speed
-    options, the data, each input's theta, the indices to certify and the run's record."""
+    """Everything a certify run needs, loaded, checked and committed: what is smoothed, how it
+    is sampled, whether the memory pass runs, each input's seed and the run (its output, lock
+    and record)."""
 
     request: CertifyRequest
-    model: nn.Module
-    data: LoadedData
-    method: CertifyMethod
-    thetas: ThetaSource
-    theta_description: str
-    indices: list[int]
+    inputs: SmoothedInputs
     config: CertifyConfig
     memory: bool
-    record: dict[str, Any]
-    logits: int = 0
+    seeds: dict[int, int]
+    run: Run
 
-    def run(
+    @property
+    def indices(self) -> list[int]:
+        return self.inputs.indices
+
+    def execute(
         self,
         session: Session,
-        on_row: Callable[[ResultRow], None] | None = None,
+        on_row: Callable[[CertificateRow], None] | None = None,
         on_memory: Callable[[int, int], None] | None = None,
         on_start: Callable[[int, int], None] | None = None,
-    ) -> CertifySummary | None:
-        """:func:`run_certify` of this plan (``None`` on ranks other than 0)."""
-        return run_certify(
-            self.model,
-            self.data,
-            self.indices,
-            self.thetas,
-            self.config,
-            session.device,
-            self.request.out,
-            self.record,
-            resume=self.request.resume,
-            memory=self.memory,
-            on_row=on_row,
-            on_memory=on_memory,
-            ranks=session.ranks,
-            on_start=on_start,
-        )
+    ) -> CertifyOutcome | None:
+        """Certify the plan's inputs into its results file and sidecar; the summary on rank 0,
+        ``None`` elsewhere.
+
+        Rows are appended and flushed one by one, in index order -- into the results file
+        itself, or, with the memory pass, into ``results.csv.pre-memory``, from which the pass
+        then writes the results file once every input is certified."""
+        began, device, run = time.perf_counter(), session.device, self.run
+        assert run.commitment is not None
+        expected = run.commitment.inputs
+        try:
+            resumed = run.write(
+                lambda share: certify_dataset(
+                    self.inputs, share, self.config, self.seeds, device, expected
+                ),
+                self.indices,
+                on_row=on_row,
+                on_start=on_start,
+            )
+            if resumed is None:
+                run.close()
+                return None
+            rows = run.rows(CertificateRow.parse)
+            memory = None
+            if self.memory:
+                rows, memory = apply_memory(rows, self.inputs, device, on_memory)
+            sampling = self.config.sampling
+            outcome = CertifyOutcome(
+                CertifySummary.of(rows, resumed, time.perf_counter() - began, memory),
+                SampleSummary.of(rows, sampling.n_selection + sampling.n_estimation),
+            )
+            memory_record = (
+                memory.record(run.output.working) if memory is not None else {"enabled": False}
+            )
+            run.finish(
+                rows if self.memory else None, memory=memory_record, totals=outcome.record()
+            )
+            return outcome
+        finally:
+            run.close()
 
 
 def plan_certify(request: CertifyRequest, session: Session) -> CertifyPlan:
-    """Load and check everything ``request`` needs, on every rank (a collective: if one rank
-    fails, all raise). Defaults come from the thetas' manifest, then from the model file; the
-    seed from :func:`~ancer_cli.results.run_seed` (fresh OS entropy unless given or resumed)."""
-    seed = run_seed(request.inputs.seed, request.out, request.resume, session.ranks)
-    request = replace(request, inputs=replace(request.inputs, seed=seed))
-    return collective(session.ranks, lambda: _plan(request, session))
+    """Load, check and commit everything ``request`` needs, on every rank (a collective: if one
+    rank fails, all raise): lock the output, resolve what is smoothed (defaults from the thetas'
+    manifest, then from the model file), record the commitment, then draw the seeds of the
+    inputs not committed before (fresh OS entropy unless ``--seed``)."""
+    return plan_certify_inputs(lambda: resolve_inputs(request.inputs, session), request, session)
 
 
-def _plan(request: CertifyRequest, session: Session) -> CertifyPlan:
-    check_new_output(request.out, force=request.force, resume=request.resume)
-    inputs = resolve_inputs(request.inputs, session)
-    method = inputs.method
-    memory = method is not CertifyMethod.fixed if request.memory is None else request.memory
-    config = CertifyConfig(
-        norm=inputs.norm,
-        n_selection=request.n_selection,
-        n_estimation=request.n_estimation,
-        alpha=request.alpha,
-        batch_size=request.batch_size,
-        seed=request.inputs.seed,
-        sequential=request.sequential,
-        sound=inputs.grid_levels,
-    )
-    record = {
-        "format": "ancer-results/1",
-        "arguments": {
-            **inputs.arguments,
-            "N0": request.n_selection,
-            "N": request.n_estimation,
-            "alpha": request.alpha,
-            "batch_size": request.batch_size,
-            "memory": memory,
-            **({"sequential": request.sequential.record()} if request.sequential else {}),
-        },
-        "labels": labels_record(inputs.data),
-        **sound_record(inputs),
-        "world_size": session.ranks.world_size,  # not an argument: a run resumes on any number
-        **provenance(session.device),
-    }
-    if request.resume:
-        check_resume(request.out, record["arguments"], memory)
-    return CertifyPlan(
-        request=request,
-        model=inputs.model,
-        data=inputs.data,
-        method=method,
-        thetas=inputs.thetas,
-        theta_description=inputs.description,
-        indices=inputs.indices,
-        config=config,
-        memory=memory,
-        record=record,
-        logits=inputs.logits,
-    )
+def plan_certify_inputs(
+    resolve: Callable[[], SmoothedInputs] | SmoothedInputs,
+    request: CertifyRequest,
+    session: Session,
+) -> CertifyPlan:
+    """:func:`plan_certify` for inputs resolved by the caller (``resolve()``, called once the
+    output is locked; or the inputs themselves, e.g. from
+    :func:`~ancer_cli.inputs.in_memory_inputs`); ``request.inputs`` gives only the seed."""
+    run = Run(request.out, session.ranks, resume=request.resume, force=request.force)
 
+    def plan() -> CertifyPlan:
+        run.open()
+        inputs = resolve() if callable(resolve) else resolve
+        fixed = inputs.method is CertifyMethod.fixed
+        memory = not fixed if request.memory is None else request.memory
+        run.layout(certify_columns(request.config), memory)
+        sampling, sequential = request.config.sampling, request.config.sequential
+        record = {
+            "format": "ancer-results/1",
+            "arguments": {
+                **inputs.arguments,
+                "N0": sampling.n_selection,
+                "N": sampling.n_estimation,
+                "alpha": sampling.alpha,
+                "batch_size": sampling.batch_size,
+                "memory": memory,
+                **({"sequential": sequential.record()} if sequential else {}),
+            },
+            "labels": labels_record(inputs.data),
+            **sound_record(inputs),
+            "world_size": session.ranks.world_size,  # not an argument: resumes on any number
+            **provenance(session.device),
+        }
+        segments = run.commit(record, inputs.commitment(), inputs.indices, request.inputs.seed)
+        return CertifyPlan(request, inputs, request.config, memory, segments.seeds(), run)
 
-def _finite(value: float) -> float | None:
-    """``value``, or ``None`` (JSON null) where it is NaN: a quantity without labels."""
-    return None if math.isnan(value) else value
+    try:
+        return collective(session.ranks, plan)
+    except BaseException:
+        run.close()
+        raise

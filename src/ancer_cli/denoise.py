@@ -13,7 +13,6 @@ exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import enum
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -25,39 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ancer_cli.core.noise import Norm, Stream, draw_base_noise_, input_seed, theta_from_sigma
+from ancer_cli.core.choices import Norm, theta_from_sigma
+from ancer_cli.core.noise import Stream, draw_base_noise_, input_seed
 from ancer_cli.data import LoadedData, check_same_classes
 from ancer_cli.errors import ModelError
 from ancer_cli.models.denoisers import build_denoiser, read_denoiser, save_denoiser
+from ancer_cli.settings import DenoiserConfig, DenoiserObjective
 from ancer_cli.train import check_same_config, config_record
 
 # The fixed noise levels (std) at which every epoch reports PSNR, capped at sigma_max.
 EVALUATION_SIGMAS: tuple[float, ...] = (0.12, 0.25, 0.5, 1.0)
-
-
-class Objective(str, enum.Enum):
-    mse = "mse"
-    classifier = "classifier"
-
-
-@dataclass(frozen=True)
-class DenoiserConfig:
-    """Hyperparameters of ``ancer train --denoiser``; ``depth``/``width`` come from the dataset."""
-
-    depth: int
-    width: int
-    norm: Norm = Norm.l2
-    sigma_max: float = 1.0
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    """Adam's initial learning rate, decayed to 0 along a cosine over the steps of ``epochs``
-    (a run resumed with another ``--epochs`` continues along that run's cosine)"""
-    objective: Objective = Objective.mse
-    classifier: str | None = None
-    """the frozen classifier's file (``classifier`` objective)"""
-    classifier_sha256: str | None = None
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -167,7 +143,7 @@ def train_denoiser(
     with either. The checkpoint ``out`` is written atomically after every epoch; with
     ``resume`` the run continues from the epoch stored in ``out`` (same hyperparameters).
     """
-    if config.objective is Objective.classifier and classifier is None:
+    if config.objective is DenoiserObjective.classifier and classifier is None:
         raise ModelError("the classifier objective needs --classifier MODEL")
     check_same_classes(train_data, test_data)
     info = train_data.info
@@ -193,7 +169,7 @@ def train_denoiser(
             x, y = x.to(device), y.to(device)
             level = draw_noise_levels(x.shape, config.sigma_max, generator)
             denoised = denoiser(add_noise(x, level, config.norm, generator), level)
-            if config.objective is Objective.mse:
+            if config.objective is DenoiserObjective.mse:
                 loss = F.mse_loss(denoised, x)
             else:
                 assert classifier is not None

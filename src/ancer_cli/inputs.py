@@ -1,27 +1,34 @@
 """What a run smooths, resolved once: the model (checked against its data), the data, each
-input's theta and the dataset indices it covers -- from the options certify and predict share
-(:class:`InputsSpec`) -- and the groups of inputs their dataset loops sample together."""
+input's theta, the dataset indices it covers and the noise -- from the options the runs share
+(:class:`~ancer_cli.run.spec.InputsSpec`) -- its commitment, and the groups of inputs the dataset
+loops sample together."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ancer_cli.core.noise import Norm, Theta, theta_from_sigma
-from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
+from ancer_cli.core.choices import Norm, theta_from_sigma
+from ancer_cli.core.law import Noise, NoiseLaw
+from ancer_cli.core.noise import Theta
+from ancer_cli.core.precision import prepare_model
 from ancer_cli.core.sound import GAUSSIAN_BITS, TAIL_SIGMAS, to_grid, total_variation_budget
 from ancer_cli.data import LoadedData, load_dataset
 from ancer_cli.distributed import Session
 from ancer_cli.errors import AncerError, ModelError, first_line
 from ancer_cli.models import LoadedModel, load_model
 from ancer_cli.models.denoisers import DenoisedClassifier, denoiser_record, load_denoiser
-from ancer_cli.thetas import (
-    CertifyMethod,
+from ancer_cli.run.commit import Commitment, commit_inputs, tensor_digest
+from ancer_cli.run.spec import InputsSpec, Resolved, inputs_arguments
+from ancer_cli.settings import CertifyMethod
+from ancer_cli.theta_sources import (
     ThetaSource,
     fixed_theta,
     open_thetas,
@@ -123,59 +130,62 @@ def check_compatible(model: nn.Module, data: LoadedData, device: torch.device, w
 
 
 # ---------------------------------------------------------------------------------------------
-# the inputs of a certify or predict run: spec -> model, data, thetas, indices
+# the inputs of a run: spec -> model, data, thetas, indices, noise; and their commitment
 
 
-@dataclass(frozen=True)
-class InputsSpec:
-    """What certify and predict smooth, with which thetas, on which inputs: the options they
-    share. ``None`` means "as the thetas' manifest (or the model file) records it"; exactly one
-    of ``sigma`` and ``thetas`` is given. ``seed`` seeds every input's random streams (``None``:
-    not chosen yet; :func:`ancer_cli.results.run_seed` chooses it). ``sound`` draws the noise on
-    the data's pixel grid (:mod:`ancer_cli.core.sound`); ``None``: wherever the data has one."""
-
-    model: Path | None = None
-    thetas: Path | None = None
-    sigma: float | None = None
-    method: CertifyMethod | None = None
-    dataset: str | None = None
-    data_root: Path | None = None
-    split: str | None = None
-    norm: Norm | None = None
-    arch: str | None = None
-    classes: Path | None = None
-    skip: int = 1
-    max_index: int | None = None
-    precision: Precision = Precision.fp32
-    channels_last: bool = False
-    seed: int | None = None
-    sound: bool | None = None
-    denoiser: Path | None = None
-    """an ``ancer-denoiser/1`` file: the base classifier becomes ``model(denoiser(z, theta))``"""
+def _bare(classifier: nn.Module) -> nn.Module:
+    """The base classifier is the classifier itself (no denoiser)."""
+    return classifier
 
 
 @dataclass(frozen=True)
 class SmoothedInputs:
-    """What a certify or predict run smooths, loaded and checked: the base classifier (with its
-    speed options), the data, each input's theta, the indices, and the arguments naming them."""
+    """What a run smooths, loaded and checked: the base classifier (with its speed options), the
+    data, each input's theta, the indices, the noise and the arguments naming them."""
 
     model: nn.Module
     data: LoadedData
-    norm: Norm
     method: CertifyMethod
     thetas: ThetaSource
     description: str
     indices: list[int]
     logits: int
     arguments: dict[str, Any]
-    grid_levels: int | None = None
-    """the data's grid ``s`` when sampling soundly (``None``: float noise)"""
+    noise: Noise
+    model_sha256: str
+    denoiser_sha256: str | None = None
+    compose: Callable[[nn.Module], nn.Module] = field(default=_bare, repr=False)
+    """wraps a classifier into the base classifier as this run composes its own (with the
+    denoiser, if any; speed options not included): reuse puts a changed model in its place"""
+
+    @property
+    def norm(self) -> Norm:
+        return self.noise.norm
+
+    @property
+    def grid_levels(self) -> int | None:
+        """The data's grid ``s`` when sampling soundly (``None``: float noise)."""
+        return self.noise.grid
+
+    def commitment(self, indices: Sequence[int] | None = None) -> Commitment:
+        """The hashes of what this run certifies (:mod:`ancer_cli.run.commit`): model,
+        denoiser, and each input of ``indices`` (all by default) with its theta (per-input
+        thetas only; a fixed sigma is in the arguments)."""
+        chosen = self.indices if indices is None else list(indices)
+        per_input = None if self.method is CertifyMethod.fixed else self.thetas
+        inputs, thetas = commit_inputs(chosen, lambda i: self.data.dataset[i][0], per_input)
+        return Commitment(self.model_sha256, self.denoiser_sha256, inputs, thetas)
 
 
-def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
+def resolve_inputs(
+    spec: InputsSpec, session: Session, optimizing: bool = False
+) -> SmoothedInputs:
     """Load the model, data and thetas of ``spec`` and choose its indices. Defaults come from
     the thetas' manifest, then from the model file; ``sigma`` or ``thetas`` must be given.
-    The manifest is read once; opening the thetas reuses it."""
+    The manifest is read once; opening the thetas reuses it.
+
+    ``optimizing``: the thetas will be optimized from ``sigma`` (``ancer optimize``): the sigma
+    defaults to the model's training sigma, and a denoiser hears each input's theta."""
     recorded = recorded_run(spec.thetas)
     model_path = spec.model or recorded.model
     if model_path is None:
@@ -185,6 +195,7 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
             raise AncerError(
                 f"{spec.thetas} has no manifest.json: pass --dataset and --norm with --model"
             )
+    classes = spec.classes or recorded.classes
     run = load_run_inputs(
         model_path,
         session.device,
@@ -193,7 +204,7 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
         split=spec.split or recorded.split or "test",
         norm=spec.norm or recorded.norm,
         arch=spec.arch,
-        classes=spec.classes or recorded.classes,
+        classes=classes,
     )
     indices = select_indices(len(run.data.dataset), spec.skip, spec.max_index)  # type: ignore[arg-type]
     denoiser = load_denoiser(spec.denoiser, session.device) if spec.denoiser else None
@@ -222,10 +233,23 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
             f" ({theta_set.layout.value})" if theta_set.layout is not None else ""
         )
     else:
-        assert spec.sigma is not None
+        sigma = spec.sigma
+        if sigma is None and optimizing:
+            sigma = run.model.sigma
+            if sigma is None:
+                raise AncerError(
+                    f"model {model_path} does not record its training sigma; pass --sigma"
+                )
+            if not sigma > 0:
+                raise AncerError(
+                    f"model {model_path} was trained without noise (sigma {sigma}); pass --sigma"
+                )
+            spec = replace(spec, sigma=sigma)
+        if sigma is None:
+            raise AncerError("give --sigma (fixed sigma) or --thetas (per-input thetas)")
         method = CertifyMethod.fixed
-        thetas = fixed_theta(theta_from_sigma(spec.sigma, run.norm))
-        description = f"noise sigma={spec.sigma}"
+        thetas = fixed_theta(theta_from_sigma(sigma, run.norm))
+        description = f"noise sigma={sigma}"
     grid = run.data.grid_levels
     sound = grid is not None if spec.sound is None else spec.sound  # default: where there is one
     if sound and grid is None:
@@ -233,52 +257,110 @@ def resolve_inputs(spec: InputsSpec, session: Session) -> SmoothedInputs:
             f"--sound needs data on a pixel grid, and {run.data.info.name} has none "
             "(8-bit images do); pass --no-sound for float noise"
         )
-    grid_levels = grid if sound else None
-    if grid_levels is not None:
-        thetas = sound_thetas(thetas, run.norm, grid_levels)
+    noise = Noise(run.norm, grid if sound else None)
+    if noise.grid is not None:
+        thetas = sound_thetas(thetas, run.norm, noise.grid)
     model = run.model.module
-    denoiser_arguments: dict[str, Any] = {}
+    denoiser_arguments: dict[str, Any] | None = None
+    compose: Callable[[nn.Module], nn.Module] = _bare
     if denoiser is not None:
         if not denoiser.per_pixel and method is CertifyMethod.ancer:
             raise AncerError(
                 f"{spec.denoiser} is a diffusion model: it takes one noise level per input "
                 "(a fixed --sigma or isotropic thetas), not ANCER thetas"
             )
-        chosen = indices[:1] if method is CertifyMethod.fixed else indices
+        fixed = method is CertifyMethod.fixed and not optimizing
+        chosen = [] if optimizing else indices[:1] if fixed else indices
         denoiser_arguments = denoiser_record(denoiser, (thetas(i) for i in chosen), run.norm)
-        fixed = method is CertifyMethod.fixed
         first = thetas(indices[0]) if indices else None
-        model = DenoisedClassifier(model, denoiser.module, run.norm, theta=first, fixed=fixed)
+        compose = partial(
+            DenoisedClassifier, denoiser=denoiser.module, norm=run.norm, theta=first, fixed=fixed
+        )
+        model = compose(model)
         if first is not None:  # the composed model must still give one logit per class
             check_compatible(model, run.data, session.device, f"{model_path} + {spec.denoiser}")
-    arguments = {
-        "method": method.value,
-        "model": str(model_path),
-        "model_sha256": run.model.sha256,
-        "thetas": _text(spec.thetas),
-        "dataset": run.data.info.name,
-        "split": run.data.split,
-        "classes": _text(spec.classes or recorded.classes),
-        "norm": run.norm.value,
-        "sigma": spec.sigma,
-        "skip": spec.skip,
-        "max": spec.max_index,
-        "seed": spec.seed,
-        "sound": sound,
-        **speed_options_record(spec.precision, spec.channels_last),
-        **denoiser_arguments,
-    }
+    resolved = Resolved(
+        method=method,
+        model_sha256=run.model.sha256,
+        dataset=run.data.info.name,
+        split=run.data.split,
+        norm=run.norm,
+        sound=sound,
+        denoiser=denoiser_arguments,
+    )
+    arguments = inputs_arguments(
+        replace(spec, model=model_path, classes=classes, method=method), resolved
+    )
     return SmoothedInputs(
         model=prepare_model(model, spec.precision, spec.channels_last),
         data=run.data,
-        norm=run.norm,
         method=method,
         thetas=thetas,
         description=description,
         indices=indices,
         logits=run.logits,
         arguments=arguments,
-        grid_levels=grid_levels,
+        noise=noise,
+        model_sha256=run.model.sha256,
+        denoiser_sha256=denoiser.sha256 if denoiser is not None else None,
+        compose=compose,
+    )
+
+
+def module_digest(model: nn.Module) -> str:
+    """SHA-256 of a module's state (every tensor of its ``state_dict``, by name): the hash of
+    an in-memory model, where there is no file to hash."""
+    digests = {name: tensor_digest(value) for name, value in model.state_dict().items()}
+    return hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(digests.items())).encode()).hexdigest()
+
+
+def in_memory_inputs(
+    model: nn.Module,
+    data: LoadedData,
+    thetas: ThetaSource | float,
+    *,
+    norm: Norm = Norm.l2,
+    indices: Sequence[int] | None = None,
+    sound: bool | None = None,
+    device: torch.device | None = None,
+) -> SmoothedInputs:
+    """What a run smooths, from a model and data in memory (a library caller's own, or a test's):
+    ``thetas`` a fixed theta (the natural parameter: l2 standard deviation, l1 half-width) or a
+    map from dataset index to theta; ``sound`` as in :class:`~ancer_cli.run.spec.InputsSpec`.
+    The model is hashed by its state (:func:`module_digest`) and checked on one input."""
+    device = device or torch.device("cpu")
+    chosen = list(range(len(data.dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
+    if callable(thetas):
+        first = thetas(chosen[0]) if chosen else 0.0
+        per_pixel = isinstance(first, torch.Tensor) and first.ndim > 0
+        method = CertifyMethod.ancer if per_pixel else CertifyMethod.isotropic
+        source: ThetaSource = thetas
+        description = f"{method.value} thetas (in memory)"
+    else:
+        method, source = CertifyMethod.fixed, fixed_theta(float(thetas))
+        description = f"noise theta={float(thetas)}"
+    grid = data.grid_levels
+    sound = grid is not None if sound is None else sound
+    if sound and grid is None:
+        raise AncerError(f"--sound needs data on a pixel grid, and {data.info.name} has none")
+    noise = Noise(norm, grid if sound else None)
+    if noise.grid is not None:
+        source = sound_thetas(source, norm, noise.grid)
+    digest = module_digest(model)
+    logits = check_compatible(model, data, device, "in memory")
+    spec = InputsSpec(method=method, split=data.split, norm=norm, sound=sound)
+    resolved = Resolved(method, digest, data.info.name, data.split, Norm(norm), sound)
+    return SmoothedInputs(
+        model=model,
+        data=data,
+        method=method,
+        thetas=source,
+        description=description,
+        indices=chosen,
+        logits=logits,
+        arguments=inputs_arguments(spec, resolved),
+        noise=noise,
+        model_sha256=digest,
     )
 
 
@@ -308,61 +390,69 @@ def sound_record(inputs: SmoothedInputs) -> dict[str, Any]:
 @dataclass(frozen=True)
 class InputGroup:
     """Consecutive inputs sampled together: dataset ``indices``, their ``labels``, the images
-    ``xs`` ``(n, C, H, W)`` on the model's device and their ``thetas``."""
+    ``xs`` ``(n, C, H, W)`` on the model's device, their ``thetas`` and noise ``laws``."""
 
     indices: list[int]
     labels: list[int]
     xs: torch.Tensor
     thetas: list[Theta]
+    laws: list[NoiseLaw]
 
 
 def input_groups(
-    data: LoadedData,
+    inputs: SmoothedInputs,
     indices: Iterable[int],
-    thetas: ThetaSource,
     size: int,
     device: torch.device,
-    grid_levels: int | None = None,
+    committed: Mapping[int, str] | None = None,
 ) -> Iterator[InputGroup]:
-    """The inputs of ``indices`` in order, in groups of at most ``size``, with their thetas.
+    """The inputs of ``indices`` in order, in groups of at most ``size``, with their thetas and
+    noise laws.
 
-    A theta that cannot be loaded ends its group early: the inputs before it are yielded (so
-    their rows are written), then its error is raised. With ``grid_levels``, an input off the
-    data's ``1/s`` grid is an error in the same way (sound sampling certifies grid inputs only).
-    """
+    An input that cannot be used ends its group early: the inputs before it are yielded (so their
+    rows are written), then its error is raised -- a theta that cannot be loaded, an input off the
+    data's grid with sound noise (which certifies grid inputs only), or an input whose digest is
+    not the one ``committed`` records (it changed since the run committed it)."""
     order = list(indices)
     for start in range(0, len(order), size):
         chosen = order[start : start + size]
-        group_thetas, failure = _load_thetas(thetas, chosen)
+        group_thetas, failure = _load_thetas(inputs.thetas, chosen)
         chosen = chosen[: len(group_thetas)]  # what comes before a bad theta goes first
-        items = [data.dataset[idx] for idx in chosen]
-        if grid_levels is not None:
-            on_grid, off_grid = _on_grid(items, chosen, grid_levels)
-            if off_grid is not None:
-                chosen, group_thetas, items, failure = (
-                    chosen[:on_grid], group_thetas[:on_grid], items[:on_grid], off_grid
-                )  # fmt: skip
+        items = []
+        for idx in chosen:
+            item = inputs.data.dataset[idx]
+            problem = _unusable(item[0], idx, inputs.grid_levels, committed)
+            if problem is not None:
+                failure = problem
+                break
+            items.append(item)
+        chosen, group_thetas = chosen[: len(items)], group_thetas[: len(items)]
         if chosen:
             xs = torch.stack([x for x, _ in items]).to(device=device, dtype=torch.float32)
-            yield InputGroup(chosen, [int(label) for _, label in items], xs, group_thetas)
+            laws = [inputs.noise.law(theta, xs.shape[1:]) for theta in group_thetas]
+            yield InputGroup(chosen, [int(label) for _, label in items], xs, group_thetas, laws)
         if failure is not None:
             raise failure
 
 
-def _on_grid(
-    items: list[tuple[torch.Tensor, int]], indices: list[int], levels: int
-) -> tuple[int, AncerError | None]:
-    """How many leading ``items`` lie on the ``1/levels`` grid, and the error of the first that
-    does not (``None`` if all do)."""
-    for count, ((x, _), idx) in enumerate(zip(items, indices, strict=True)):
+def _unusable(
+    x: torch.Tensor, idx: int, levels: int | None, committed: Mapping[int, str] | None
+) -> AncerError | None:
+    """Why input ``idx`` cannot be certified (``None`` if it can)."""
+    if committed is not None and tensor_digest(x) != committed.get(idx):
+        return AncerError(
+            f"input {idx} changed since this run committed it (its SHA-256 differs from the "
+            "record); certify it again with --force"
+        )
+    if levels is not None:
         try:
             to_grid(x, levels)
         except ValueError as error:
-            return count, AncerError(
+            return AncerError(
                 f"input {idx}: {error}; --sound certifies on-grid inputs only "
                 "(--no-sound for float noise)"
             )
-    return len(items), None
+    return None
 
 
 def _load_thetas(thetas: ThetaSource, indices: list[int]) -> tuple[list[Theta], AncerError | None]:
@@ -374,7 +464,3 @@ def _load_thetas(thetas: ThetaSource, indices: list[int]) -> tuple[list[Theta], 
         except AncerError as error:
             return loaded, error
     return loaded, None
-
-
-def _text(path: Path | None) -> str | None:
-    return str(path) if path is not None else None

@@ -4,12 +4,11 @@ files and manifests."""
 
 from __future__ import annotations
 
-import enum
 import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,95 +22,29 @@ from ancer_cli.artifacts import (
     utc_now,
     write_json,
 )
-from ancer_cli.core.noise import Norm, Stream, input_generator, theta_from_sigma
-from ancer_cli.core.optimize.config import (
-    AncerConfig,
-    GuardedAncerConfig,
-    IsotropicConfig,
-    IsotropicSearchConfig,
-    Progress,
-)
+from ancer_cli.core.choices import theta_from_sigma
+from ancer_cli.core.noise import Stream, input_generator
+from ancer_cli.core.optimize.config import Progress
 from ancer_cli.core.optimize.published import optimize_ancer, optimize_isotropic
 from ancer_cli.core.optimize.search import optimize_ancer_guarded, search_isotropic
-from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
 from ancer_cli.core.radii import geometric_mean, min_theta
 from ancer_cli.data import LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
 from ancer_cli.errors import AncerError, OutputError
-from ancer_cli.inputs import (
-    RunInputs,
-    check_compatible,
-    labels_record,
-    load_run_inputs,
-    select_indices,
-)
-from ancer_cli.models.denoisers import DenoisedClassifier, denoiser_record, load_denoiser
+from ancer_cli.inputs import SmoothedInputs, labels_record, resolve_inputs
+from ancer_cli.models.diffusion import is_diffusion_folder
+from ancer_cli.run.spec import InputsSpec
 from ancer_cli.runtime import provenance, versions
+from ancer_cli.settings import OptimizeJob, ThetaMethod, ThetaObjective
+from ancer_cli.theta_sources import open_thetas
 from ancer_cli.thetas import (
     ISOTROPIC_SUBFOLDER,
     MANIFEST_NAME,
     THETA_FORMAT,
     load_theta,
-    open_thetas,
     save_theta,
     theta_path,
 )
-
-
-class Method(str, enum.Enum):
-    isotropic = "isotropic"
-    ancer = "ancer"
-
-
-class Objective(str, enum.Enum):
-    """What the optimization maximizes, and on which schedule.
-
-    ``certified`` (the default): a 1-d search of the isotropic theta scored on hard votes by the
-    radius CERTIFY would give (forward passes only, never below the start), then a few guarded
-    ANCER steps whose result is kept only if it beats the isotropic theta on fresh hard votes.
-    ``reference``: the published algorithms and schedules (Alfarra et al.'s gradient ascent on the
-    soft surrogate, 900 x 100; ANCER's Adam, 100 x 100), reproduced exactly.
-    """
-
-    certified = "certified"
-    reference = "reference"
-
-
-@dataclass(frozen=True)
-class OptimizeJob:
-    """Everything that decides the thetas an optimize run writes."""
-
-    method: Method
-    norm: Norm
-    sigma: float
-    isotropic: IsotropicConfig = IsotropicConfig()
-    ancer: AncerConfig = AncerConfig()
-    batch_size: int = 50
-    seed: int = 0
-    objective: Objective = Objective.certified
-    search: IsotropicSearchConfig = IsotropicSearchConfig()
-    guarded: GuardedAncerConfig = GuardedAncerConfig()
-
-    def hyperparameters(self, method: Method) -> dict[str, Any]:
-        """What the manifest of a ``method`` folder records about the optimization."""
-        hyper: dict[str, Any] = {"objective": self.objective.value, "batch_size": self.batch_size}
-        if self.objective is Objective.reference:
-            hyper["isotropic"] = asdict(self.isotropic)
-            if method is Method.ancer:
-                hyper["ancer"] = asdict(self.ancer)
-        else:
-            hyper["isotropic_search"] = asdict(self.search)
-            if method is Method.ancer:
-                hyper["ancer_guarded"] = asdict(self.guarded)
-        return hyper
-
-    @property
-    def ancer_steps(self) -> int:
-        return (
-            self.guarded.iterations
-            if self.objective is Objective.certified
-            else self.ancer.iterations
-        )
 
 
 @dataclass(frozen=True)
@@ -147,7 +80,7 @@ def run_optimize(
 ) -> OptimizeSummary | None:
     """Optimize theta for ``indices`` and write ``out/theta_{split}_{idx}.pt`` plus manifests.
 
-    For ``Method.ancer`` the isotropic stage goes to ``out/isotropic/`` unless
+    For ``ThetaMethod.ancer`` the isotropic stage goes to ``out/isotropic/`` unless
     ``isotropic_thetas`` supplies it. Inputs are optimized in fixed batches of
     ``job.batch_size`` consecutive indices, so a batch always holds the same inputs: resumed
     and distributed runs write exactly the files of one uninterrupted run. With ``resume``,
@@ -160,8 +93,8 @@ def run_optimize(
     """
     began = time.perf_counter()
     split = data.split
-    iso_folder = out if job.method is Method.isotropic else out / ISOTROPIC_SUBFOLDER
-    run_iso_stage = job.method is Method.isotropic or isotropic_thetas is None
+    iso_folder = out if job.method is ThetaMethod.isotropic else out / ISOTROPIC_SUBFOLDER
+    run_iso_stage = job.method is ThetaMethod.isotropic or isotropic_thetas is None
     manifests = _manifests(out, record, job, run_iso_stage)
 
     batches = [indices[k : k + job.batch_size] for k in range(0, len(indices), job.batch_size)]
@@ -169,7 +102,7 @@ def run_optimize(
 
     def begin() -> None:
         if resume:
-            check_resume(out, record, job, run_iso_stage)
+            check_optimize_resume(out, record, job, run_iso_stage)
         # before anyone writes (the collective's end), so every rank lists the same batches
         todo[:] = [b for b in batches if not (resume and _complete(out, data.split, b))]
         for folder in manifests:
@@ -279,7 +212,7 @@ def _optimize_batch(
     else:
         start = torch.full((len(batch),), theta_from_sigma(job.sigma, job.norm), device=device)
         generators = [input_generator(job.seed, i, device, Stream.isotropic) for i in batch]
-        if job.objective is Objective.certified:
+        if job.objective is ThetaObjective.certified:
             found = search_isotropic(model, x, start, job.norm, job.search, generators)
             theta_iso, cost = found.theta, int(found.forward_equivalents.sum())
         else:
@@ -289,10 +222,10 @@ def _optimize_batch(
             cost = job.isotropic.forward_equivalents * len(batch)
         for i, value in zip(batch, theta_iso, strict=True):
             _save_missing(theta_path(iso_folder, split, i), value.reshape(()), resume)
-    if job.method is Method.isotropic:
+    if job.method is ThetaMethod.isotropic:
         return missing, cost
     generators = [input_generator(job.seed, i, device, Stream.ancer) for i in batch]
-    if job.objective is Objective.certified:
+    if job.objective is ThetaObjective.certified:
         guards = [input_generator(job.seed, i, device, Stream.guard) for i in batch]
         guarded = optimize_ancer_guarded(
             model, x, theta_iso, job.norm, job.guarded, generators, guards, report("ancer")
@@ -327,12 +260,14 @@ def _manifests(
 ) -> dict[Path, dict[str, Any]]:
     """The manifest of each folder the run writes: ``out`` and, if run, its isotropic stage."""
     folders = [out]
-    if run_iso_stage and job.method is Method.ancer:
+    if run_iso_stage and job.method is ThetaMethod.ancer:
         folders.append(out / ISOTROPIC_SUBFOLDER)
     return {folder: _manifest(record, job, folder == out) for folder in folders}
 
 
-def check_resume(out: Path, record: dict[str, Any], job: OptimizeJob, run_iso_stage: bool) -> None:
+def check_optimize_resume(
+    out: Path, record: dict[str, Any], job: OptimizeJob, run_iso_stage: bool
+) -> None:
     """Refuse to resume into folders whose manifests record other arguments (names the first)."""
     for folder, manifest in _manifests(out, record, job, run_iso_stage).items():
         if (folder / MANIFEST_NAME).exists():
@@ -341,7 +276,7 @@ def check_resume(out: Path, record: dict[str, Any], job: OptimizeJob, run_iso_st
 
 def _manifest(record: dict[str, Any], job: OptimizeJob, final: bool) -> dict[str, Any]:
     """The manifest of the final folder, or of the isotropic stage's sub-folder."""
-    method = job.method if final else Method.isotropic
+    method = job.method if final else ThetaMethod.isotropic
     hyper = job.hyperparameters(method)
     arguments = {**record["arguments"], "method": method.value, "hyperparameters": hyper}
     return {**record, "format": THETA_FORMAT, "method": method.value, "arguments": arguments}
@@ -353,35 +288,17 @@ def _manifest(record: dict[str, Any], job: OptimizeJob, final: bool) -> dict[str
 
 @dataclass(frozen=True)
 class OptimizeRequest:
-    """What ``ancer optimize`` is asked to do. ``None`` means "as the model file records it"."""
+    """What ``ancer optimize`` is asked to do: ``inputs`` says which model (and denoiser), data
+    and inputs (see :class:`~ancer_cli.run.spec.InputsSpec`; ``sigma`` the start, by default the
+    model's training sigma; ``thetas`` unused), ``job`` how to optimize (its ``norm`` and
+    ``sigma`` are resolved from ``inputs`` and the model)."""
 
-    model: Path
+    inputs: InputsSpec
     out: Path
-    method: Method = Method.ancer
-    dataset: str | None = None
-    data_root: Path | None = None
-    split: str = "test"
-    norm: Norm | None = None
-    arch: str | None = None
-    classes: Path | None = None
-    sigma: float | None = None
+    job: OptimizeJob = OptimizeJob()
     isotropic_thetas: Path | None = None
-    isotropic: IsotropicConfig = IsotropicConfig()
-    ancer: AncerConfig = AncerConfig()
-    objective: Objective = OptimizeJob.objective
-    search: IsotropicSearchConfig = IsotropicSearchConfig()
-    guarded: GuardedAncerConfig = GuardedAncerConfig()
-    batch_size: int = OptimizeJob.batch_size
-    skip: int = 1
-    max_index: int | None = None
-    precision: Precision = Precision.fp32
-    channels_last: bool = False
     resume: bool = False
     force: bool = False
-    seed: int = OptimizeJob.seed
-    denoiser: Path | None = None
-    """a denoiser (file or diffusers folder): thetas are optimized for ``model(denoiser(z,
-    theta))``, and the manifest records it so that certify checks it"""
 
 
 @dataclass(frozen=True)
@@ -389,20 +306,21 @@ class OptimizePlan:
     """Everything an optimize run needs, loaded and checked."""
 
     request: OptimizeRequest
-    model: nn.Module
-    data: LoadedData
-    indices: list[int]
+    inputs: SmoothedInputs
     job: OptimizeJob
     record: dict[str, Any]
     isotropic_thetas: Callable[[int], torch.Tensor] | None
-    logits: int = 0
+
+    @property
+    def indices(self) -> list[int]:
+        return self.inputs.indices
 
     def batches(self) -> list[list[int]]:
         """The fixed batches of consecutive indices the run optimizes together."""
         size = self.job.batch_size
         return [self.indices[k : k + size] for k in range(0, len(self.indices), size)]
 
-    def run(
+    def execute(
         self,
         session: Session,
         progress: OptimizeProgress | None = None,
@@ -414,8 +332,8 @@ class OptimizePlan:
         if self.request.force and session.ranks.is_main and out.exists():
             shutil.rmtree(out)
         return run_optimize(
-            self.model,
-            self.data,
+            self.inputs.model,
+            self.inputs.data,
             self.indices,
             self.job,
             session.device,
@@ -436,100 +354,41 @@ def plan_optimize(request: OptimizeRequest, session: Session) -> OptimizePlan:
 
 def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
     check_new_output(request.out, force=request.force, resume=request.resume, folder=True)
-    run = load_run_inputs(
-        request.model,
-        session.device,
-        dataset=request.dataset,
-        data_root=request.data_root,
-        split=request.split,
-        norm=request.norm,
-        arch=request.arch,
-        classes=request.classes,
-    )
-    sigma = request.sigma if request.sigma is not None else run.model.sigma
-    if sigma is None:
-        raise AncerError(f"model {request.model} does not record its training sigma; pass --sigma")
-    if not sigma > 0:
-        raise AncerError(
-            f"model {request.model} was trained without noise (sigma {sigma}); pass --sigma"
-        )
-    indices = select_indices(len(run.data.dataset), request.skip, request.max_index)  # type: ignore[arg-type]
-    model, denoised = _denoised_model(request, run, theta_from_sigma(sigma, run.norm), session)
+    spec = replace(request.inputs, thetas=None, seed=request.job.seed)
+    if request.job.method is ThetaMethod.ancer and spec.denoiser is not None:
+        if is_diffusion_folder(spec.denoiser):
+            raise AncerError(
+                f"{spec.denoiser} is a diffusion model: it takes one noise level per input; "
+                "optimize --method isotropic with it"
+            )
+    inputs = resolve_inputs(spec, session, optimizing=True)
+    sigma = inputs.arguments["sigma"]
+    job = replace(request.job, norm=inputs.norm, sigma=sigma)
     isotropic_thetas = None
     if request.isotropic_thetas is not None:
         isotropic_thetas = open_thetas(
             request.isotropic_thetas,
-            run.data,
-            norm=run.norm,
-            model_sha256=run.model.sha256,
-            denoiser_sha256=denoised.get("denoiser_sha256"),
+            inputs.data,
+            norm=inputs.norm,
+            model_sha256=inputs.model_sha256,
+            denoiser_sha256=inputs.denoiser_sha256,
             device=session.device,
-            selected=indices,
+            selected=inputs.indices,
         ).theta
-    job = OptimizeJob(
-        method=request.method,
-        norm=run.norm,
-        sigma=sigma,
-        isotropic=request.isotropic,
-        ancer=request.ancer,
-        batch_size=request.batch_size,
-        seed=request.seed,
-        objective=request.objective,
-        search=request.search,
-        guarded=request.guarded,
-    )
+    arguments = {
+        **inputs.arguments,
+        "isotropic_thetas": str(request.isotropic_thetas.resolve())
+        if request.isotropic_thetas
+        else None,
+    }
     record = {
-        "arguments": {
-            "model": str(request.model.resolve()),
-            "model_sha256": run.model.sha256,
-            "dataset": run.data.info.name,
-            "data_root": str(request.data_root) if request.data_root else None,
-            "split": run.data.split,
-            "classes": str(request.classes.resolve()) if request.classes else None,
-            "norm": run.norm.value,
-            "sigma": sigma,
-            "isotropic_thetas": str(request.isotropic_thetas) if request.isotropic_thetas else None,
-            "skip": request.skip,
-            "max": request.max_index,
-            "seed": request.seed,
-            **speed_options_record(request.precision, request.channels_last),
-            **denoised,
-        },
-        "indices": indices,
-        "labels": labels_record(run.data),
+        "arguments": arguments,
+        "indices": inputs.indices,
+        "labels": labels_record(inputs.data),
         "world_size": session.ranks.world_size,  # not an argument: a run resumes on any number
         "package_version": versions()["ancer"],
         **provenance(session.device),
     }
     if request.resume:
-        check_resume(request.out, record, job, run_iso_stage=isotropic_thetas is None)
-    return OptimizePlan(
-        request=request,
-        model=prepare_model(model, request.precision, request.channels_last),
-        data=run.data,
-        indices=indices,
-        job=job,
-        record=record,
-        isotropic_thetas=isotropic_thetas,
-        logits=run.logits,
-    )
-
-
-def _denoised_model(
-    request: OptimizeRequest, run: RunInputs, theta: float, session: Session
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The base classifier to optimize for -- ``model(denoiser(z, theta))`` with ``--denoiser``
-    -- and what the manifest records of the denoiser (``None`` for none, so that certify with a
-    denoiser refuses thetas optimized without one)."""
-    if request.denoiser is None:
-        return run.model.module, {"denoiser": None, "denoiser_sha256": None}
-    denoiser = load_denoiser(request.denoiser, session.device)
-    denoiser.check_inputs(run.data.info.input_shape, run.data.info.name)
-    if not denoiser.per_pixel and request.method is Method.ancer:
-        raise AncerError(
-            f"{request.denoiser} is a diffusion model: it takes one noise level per input; "
-            "optimize --method isotropic with it"
-        )
-    model = DenoisedClassifier(run.model.module, denoiser.module, run.norm, theta=theta)
-    check_compatible(model, run.data, session.device, f"{request.model} + {request.denoiser}")
-    return model, denoiser_record(denoiser, [], run.norm)
+        check_optimize_resume(request.out, record, job, run_iso_stage=isotropic_thetas is None)
+    return OptimizePlan(request, inputs, job, record, isotropic_thetas)

@@ -1,52 +1,52 @@
-"""``ancer certify --reuse``: certify a changed model (quantized, pruned, fine-tuned, lower
-precision) from an earlier certify run of the original, with
-:mod:`ancer_cli.core.incremental` -- a request becomes a plan (both models, the earlier run's
-data, thetas, certificates and record), the plan's inputs become rows of the results file (then,
-for per-input thetas, the memory pass, as ``ancer certify`` runs it).
+"""``ancer recertify`` (also ``ancer certify --reuse``): certify a changed model (quantized,
+pruned, fine-tuned, lower precision) from an earlier certify run of the original, with
+:mod:`ancer_cli.core.incremental` -- a request becomes a plan (the earlier run read back and
+checked, both base classifiers, what is smoothed), the plan's inputs become rows of the results
+file (then, for per-input thetas, the memory pass, as ``ancer certify`` runs it).
 
 Each earlier certificate ``pA_lower`` (recovered from its written radius) less an anytime-valid
-bound ``zeta`` on the two models' disagreements, counted on the regenerated draws of the earlier
-certify stream, is the changed model's certificate at level ``alpha + alpha_zeta``; inputs where
-that would cost more than a tolerance of radius, or drop below a reported radius the earlier
-certificate reached, are certified afresh at level ``alpha``, with the
-changed model and this run's own seed (the rows ``ancer certify --seed`` would write). Rows
-carry two more columns: ``samples`` (noisy inputs evaluated by a model: a regenerated draw counts
-twice, both models see it) and ``path`` (:class:`~ancer_cli.core.incremental.Route`)."""
+bound ``zeta`` on the two models' disagreements, counted by both models on fresh draws of this
+run's own stream, is the changed model's certificate at the earlier level plus ``alpha_zeta``;
+inputs where that would cost more than a tolerance of radius, or drop below a reported radius
+the earlier certificate reached, are certified afresh at level ``alpha`` within the samples
+certifying afresh costs. Rows carry two more columns: ``samples`` (noisy inputs evaluated by a
+model: a draw both models see counts twice) and ``path``
+(:class:`~ancer_cli.core.incremental.Route`).
+
+The earlier run is read with the one mapping of run records
+(:func:`~ancer_cli.run.spec.inputs_spec`), so the base classifier is carried over whole (a
+denoiser included: the changed classifier takes the original's place behind it); its rows must
+carry the digest its sidecar recorded, and every input must be the one it committed.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import pandas as pd
 import torch
 
-from ancer_cli.artifacts import atomic_writer, check_new_output, utc_now, write_json
-from ancer_cli.certify import CertifyConfig, CertifySummary, MemorySummary, apply_memory
-from ancer_cli.core.bounds import gap_from_p_lower
+from ancer_cli.core.choices import REUSE_TOLERANCE, ZETA_SHARE, Precision, Sampling
+from ancer_cli.core.conditioning import tell_thetas
 from ancer_cli.core.incremental import (
-    DEFAULT_TOLERANCE,
-    ZETA_SHARE,
-    Incremental,
+    Earlier,
     PairClassifier,
     ReuseRule,
     Route,
     certify_incremental_many,
     recovered_p_a_lower,
 )
-from ancer_cli.core.noise import Norm, Stream, input_generator
-from ancer_cli.core.precision import Precision, prepare_model, speed_options_record
-from ancer_cli.core.radii import geometric_mean, min_theta
-from ancer_cli.core.smoothing import ABSTAIN, certify_many, inputs_per_group
-from ancer_cli.data import UNLABELED, LoadedData
-from ancer_cli.distributed import SINGLE, Ranks, Session, collective
+from ancer_cli.core.noise import Stream, input_generator
+from ancer_cli.core.precision import prepare_model, speed_options_record
+from ancer_cli.core.smoothing import ABSTAIN, inputs_per_group
+from ancer_cli.distributed import Session, collective
 from ancer_cli.errors import AncerError, ModelError
 from ancer_cli.inputs import (
-    InputsSpec,
+    SmoothedInputs,
     check_compatible,
     input_groups,
     labels_record,
@@ -54,50 +54,44 @@ from ancer_cli.inputs import (
     sound_record,
 )
 from ancer_cli.models import load_model
-from ancer_cli.results import (
-    RESULT_COLUMNS,
-    check_resume,
-    format_result_row,
-    pre_memory_path,
-    read_results,
-    read_results_record,
-    results_sidecar_path,
-    run_seed,
-    write_rows,
+from ancer_cli.models.denoisers import inputs_per_theta
+from ancer_cli.results import RESULT_COLUMNS, read_results_record
+from ancer_cli.run.certificates import (
+    CertificateRow,
+    CertifySummary,
+    MemorySummary,
+    apply_memory,
+    finite,
 )
+from ancer_cli.run.commit import Commitment, Segments
+from ancer_cli.run.rows import complete_rows, pre_memory_path
+from ancer_cli.run.skeleton import PRE_MEMORY, RESULTS, Run, rows_digest
+from ancer_cli.run.spec import inputs_spec
 from ancer_cli.runtime import provenance
-from ancer_cli.thetas import CertifyMethod, ThetaSource
 
 REUSE_COLUMNS = (*RESULT_COLUMNS, "samples", "path")
 """The results file of a reuse run: the eight columns, samples and the route (``path``)."""
-REQUIRED_ARGUMENTS = {
-    "seed": int, "N0": int, "N": int, "alpha": float, "batch_size": int, "model": str,
-    "model_sha256": str, "method": str, "norm": str, "dataset": str,
-}  # fmt: skip
-"""What an earlier run's sidecar must record for its draws to be regenerated."""
+REQUIRED_ARGUMENTS = {"N0": int, "N": int, "alpha": float, "batch_size": int, "model": str,
+                      "model_sha256": str, "method": str, "norm": str, "dataset": str}  # fmt: skip
+"""What an earlier run's sidecar must record for its certificates to be reused."""
 
 
 # ---------------------------------------------------------------------------------------------
 # the earlier run
 
 
-class EarlierCertificate(NamedTuple):
-    """One input's earlier certificate: its class (``ABSTAIN`` for an abstention), the
-    ``pA_lower`` recovered from its written radius, and that radius."""
-
-    predict: int
-    p_a_lower: float
-    radius: float
-
-
 @dataclass(frozen=True)
 class EarlierRun:
-    """A complete certify run read back: its results file, sidecar ``record`` and the rows
-    before any memory pass (the certificates themselves), by dataset index."""
+    """A complete certify (or reuse) run read back and checked: its results file, sidecar
+    ``record``, the certificates before any memory pass (``rows``, by dataset index, in order),
+    its commitment and the level its rows hold at."""
 
     results: Path
     record: dict[str, Any]
-    rows: pd.DataFrame
+    rows: list[CertificateRow]
+    commitment: Commitment
+    level: float
+    """the probability with which one of its rows may be wrong, whatever its route"""
 
     @property
     def arguments(self) -> dict[str, Any]:
@@ -107,20 +101,23 @@ class EarlierRun:
         """What a reuse run's sidecar records about the earlier run."""
         args = self.arguments
         keys = ("method", "model", "model_sha256", "thetas", "sigma", "dataset", "split", "norm",
-                "seed", "N0", "N", "alpha", "batch_size", "sound", "precision", "memory")  # fmt: skip
-        return {"results": str(self.results), **{key: args.get(key) for key in keys}}
+                "seed", "N0", "N", "alpha", "batch_size", "sound", "precision", "memory",
+                "denoiser", "denoiser_sha256")  # fmt: skip
+        return {"results": str(self.results), "level": self.level,
+                **{key: args.get(key) for key in keys}}  # fmt: skip
 
 
 def read_earlier(results: Path) -> EarlierRun:
-    """Read and check the earlier run behind ``results``: a complete ``ancer certify`` run whose
-    sidecar records what regenerating its draws needs. With a memory pass, its certificates are
-    read from ``results.pre-memory`` (the rows the pass started from)."""
+    """Read and check the earlier run behind ``results``: a complete ``ancer certify`` (or
+    reuse) run whose sidecar records its arguments, commitment and the digest of its rows, and
+    whose files still hold those rows (edited, truncated or foreign files are refused). With a
+    memory pass, its certificates are read from ``results.pre-memory``."""
     record = read_results_record(results)
-    sidecar = results_sidecar_path(results)
+    sidecar = f"{results}.json"
     if record is None:
         raise AncerError(
-            f"{results} has no sidecar {sidecar}: reuse needs the run's record (seed, N, model "
-            "hash, method); certify the original model with ancer certify first"
+            f"{results} has no sidecar {sidecar}: reuse needs the run's record (N, model hash, "
+            "method, commitment); certify the original model with ancer certify first"
         )
     arguments = record.get("arguments")
     if not isinstance(arguments, dict):
@@ -131,156 +128,127 @@ def read_earlier(results: Path) -> EarlierRun:
         if isinstance(value, bool) or not isinstance(value, accepted):
             raise AncerError(
                 f"sidecar {sidecar} lacks arguments.{key} (a {kind.__name__}): reuse needs the "
-                "run's seed, N0, N, alpha, batch size, model and its hash, method, norm and dataset"
+                "run's N0, N, alpha, batch size, model and its hash, method, norm and dataset"
             )
     if record.get("complete") is not True:
         raise AncerError(f"{results} is an unfinished run; finish it with --resume first")
-    rows_file = pre_memory_path(results) if arguments.get("memory") else results
+    if arguments.get("sequential"):
+        raise AncerError(
+            f"{results} was certified sequentially: its rows bound pA at data-dependent sample "
+            "sizes; reuse needs a fixed-N run"
+        )
+    memory = bool(arguments.get("memory"))
+    rows_file = pre_memory_path(results) if memory else Path(results)
+    role = PRE_MEMORY if memory else RESULTS
+    digests = record.get("rows_sha256")
+    if not isinstance(digests, dict) or role not in digests:
+        raise AncerError(
+            f"sidecar {sidecar} holds no digest of {rows_file.name} (an older ancer wrote it, or "
+            "it was edited); certify the original model again"
+        )
     if not rows_file.is_file():
         raise AncerError(
             f"{rows_file} is missing: reuse needs the certificates before the memory pass "
             f"of {results}"
         )
-    rows = read_results(rows_file)
-    return EarlierRun(Path(results), record, rows)
-
-
-def _original_inputs(earlier: EarlierRun, data_root: Path | None, arch: str | None) -> InputsSpec:
-    """The earlier run's inputs, as it resolved them (its model, precision, seed and noise)."""
-    args = earlier.arguments
-    model = Path(args["model"])
-    if not model.is_file():
+    if rows_digest(rows_file) != digests[role]:
         raise AncerError(
-            f"the earlier run's model {model} is missing: reuse counts where it and the changed "
-            "model disagree; restore it (or run from the folder the earlier run ran in)"
+            f"{rows_file} is not the file its run wrote (edited, truncated or replaced: its "
+            f"digest differs from {sidecar}); reuse refuses it"
         )
-
-    def path(key: str) -> Path | None:
-        return Path(args[key]) if isinstance(args.get(key), str) else None
-
-    return InputsSpec(
-        model=model, thetas=path("thetas"), sigma=args.get("sigma"),
-        method=CertifyMethod(args["method"]), dataset=args["dataset"], data_root=data_root,
-        split=args.get("split"), norm=Norm(args["norm"]), arch=arch, classes=path("classes"),
-        skip=int(args.get("skip") or 1), max_index=args.get("max"),
-        precision=Precision(args.get("precision", "fp32")),
-        channels_last=bool(args.get("channels_last", False)), seed=int(args["seed"]),
-        sound=bool(args.get("sound", False)),  # sidecars from before sound noise: float
-    )  # fmt: skip
+    with open(rows_file) as handle:
+        columns = tuple(handle.readline().rstrip("\n").split("\t"))
+    rows = [CertificateRow.parse(line) for _, line in complete_rows(rows_file, columns)]
+    commitment = Commitment.from_record(record, f"sidecar {sidecar}")
+    committed = Segments.from_record(record, f"sidecar {sidecar}").committed
+    if sorted(committed) != [row.idx for row in rows]:
+        raise AncerError(
+            f"{rows_file} holds rows for {len(rows)} inputs, its run committed {len(committed)}; "
+            "the file is not the run's"
+        )
+    guarantee = record.get("guarantee")
+    level = float(arguments["alpha"])
+    if isinstance(guarantee, dict) and isinstance(guarantee.get("any_row"), (int, float)):
+        level = float(guarantee["any_row"])  # a reuse run: its rows hold at their own level
+    return EarlierRun(Path(results), record, rows, commitment, level)
 
 
 # ---------------------------------------------------------------------------------------------
 # rows
 
 
-@dataclass(frozen=True)
-class ReuseRow:
-    """One line of a reuse run's results file (:data:`REUSE_COLUMNS`)."""
-
-    idx: int
-    label: int
-    predict: int
-    radius: float
-    radius_proxy: float
-    correct: int
-    min_sigma: float
-    seconds: float
-    samples: int
-    route: Route
-
-    def line(self) -> str:
-        return format_result_row(
-            self.idx, self.label, self.predict, self.radius, self.radius_proxy, self.correct,
-            self.min_sigma, self.seconds, (str(self.samples), self.route.value),
-        )  # fmt: skip
+def route_of(row: CertificateRow) -> Route:
+    """The route of a reuse run's row (its ``path`` column)."""
+    return Route(row.extra[1])
 
 
 @dataclass(frozen=True)
 class ReuseSettings:
-    """How a reuse run certifies: the earlier run's sampling (``config``, with this run's seed
-    for certification afresh), its seed (``earlier_seed``, to regenerate its draws) and the
-    reuse rule."""
+    """How a reuse run certifies: the earlier run's ``sampling`` and the reuse ``rule``."""
 
-    config: CertifyConfig
-    earlier_seed: int
+    sampling: Sampling
     rule: ReuseRule
 
 
 def reuse_dataset(
     pair: PairClassifier,
-    data: LoadedData,
+    inputs: SmoothedInputs,
     indices: list[int],
-    thetas: ThetaSource,
-    earlier: dict[int, EarlierCertificate],
+    earlier: Mapping[int, CertificateRow],
     settings: ReuseSettings,
+    seeds: Mapping[int, int],
     device: torch.device,
-) -> Iterator[ReuseRow]:
-    """The rows of ``indices`` in order: each input's earlier certificate ``(predict,
-    pA_lower)`` reused for ``pair.changed`` or certified afresh (see
-    :func:`~ancer_cli.core.incremental.certify_incremental_many`). Every input's streams are
-    seeded from its index, so a row does not depend on the other inputs."""
-    config = settings.config
-    group = inputs_per_group(config.n_selection, config.n_estimation, config.batch_size)
-    scratch_samples = config.n_selection + config.n_estimation
-    for chosen in input_groups(data, indices, thetas, group, device, config.sound):
-        count = len(chosen.indices)
-        regenerated = [
-            input_generator(settings.earlier_seed, idx, device, Stream.certify)
-            for idx in chosen.indices
+) -> Iterator[CertificateRow]:
+    """The rows of ``indices`` in order: each input's earlier certificate reused for
+    ``pair.changed`` or certified afresh (see
+    :func:`~ancer_cli.core.incremental.certify_incremental_many`), on fresh draws of the input's
+    own stream (seeded from ``(seeds[idx], idx)``), so a row does not depend on the other
+    inputs."""
+    sampling, rule = settings.sampling, settings.rule
+    group = inputs_per_theta(
+        pair, inputs_per_group(sampling.n_selection, sampling.n_estimation, sampling.batch_size)
+    )
+    for chosen in input_groups(inputs, indices, group, device):
+        tell_thetas(pair, chosen.thetas)
+        floors = rule.floor_gaps(
+            [earlier[idx].radius for idx in chosen.indices],
+            [law.min_theta for law in chosen.laws],
+        )
+        certificates = [
+            Earlier(
+                earlier[idx].predict,
+                0.0
+                if earlier[idx].predict == ABSTAIN
+                else recovered_p_a_lower(earlier[idx].radius, law.theta, law.norm),
+                float(floor),
+            )
+            for idx, law, floor in zip(chosen.indices, chosen.laws, floors, strict=True)
+        ]
+        generators = [
+            input_generator(seeds[idx], idx, device, Stream.certify) for idx in chosen.indices
         ]
         began = time.perf_counter()
         outcomes = certify_incremental_many(
-            pair, chosen.xs, chosen.thetas, config.norm, config.n_selection,
-            config.n_estimation, config.batch_size, regenerated,
-            [earlier[idx].predict for idx in chosen.indices],
-            [earlier[idx].p_a_lower for idx in chosen.indices], settings.rule, config.sound,
-            settings.rule.floor_gaps(
-                [earlier[idx].radius for idx in chosen.indices],
-                [min_theta(theta) for theta in chosen.thetas],
-            ),
-        )  # fmt: skip
-        paired = time.perf_counter() - began
-        afresh = [k for k, outcome in enumerate(outcomes) if outcome.route is Route.scratch]
-        fresh = {}
-        began = time.perf_counter()
-        if afresh:
-            certificates = certify_many(
-                pair.changed, chosen.xs[afresh], [chosen.thetas[k] for k in afresh],
-                config.norm, config.n_selection, config.n_estimation, config.alpha,
-                config.batch_size,
-                [input_generator(config.seed, chosen.indices[k], device, Stream.certify)
-                 for k in afresh],
-                sound=config.sound,
-            )  # fmt: skip
-            fresh = dict(zip(afresh, certificates, strict=True))
-        scratch_seconds = time.perf_counter() - began
-        drawn = sum(outcome.samples for outcome in outcomes)
-        for k, (idx, label, outcome) in enumerate(
-            zip(chosen.indices, chosen.labels, outcomes, strict=True)
+            pair, chosen.xs, chosen.laws, sampling, certificates, rule, generators
+        )
+        elapsed = time.perf_counter() - began
+        spent = sum(outcome.samples for outcome in outcomes)
+        for idx, label, law, outcome in zip(
+            chosen.indices, chosen.labels, chosen.laws, outcomes, strict=True
         ):
-            theta = chosen.thetas[k]  # as certified: the sound theta with sound noise
-            seconds = paired * (outcome.samples / drawn if drawn else 1.0 / count)
-            samples = 2 * outcome.samples
-            if k in fresh:
-                certificate = fresh[k]
-                predict, gap = certificate.prediction, certificate.gap
-                seconds += scratch_seconds / len(afresh)
-                samples += scratch_samples
+            if outcome.certificate is not None:
+                predict, gap = outcome.certificate.prediction, outcome.certificate.gap
+            elif outcome.route is Route.reuse:
+                predict, gap = earlier[idx].predict, law.gap(outcome.p_a_lower)
             else:
-                predict, gap = _reused(outcome, earlier[idx].predict, config.norm)
-            yield ReuseRow(
-                idx=idx, label=label, predict=predict, radius=min_theta(theta) * gap,
-                radius_proxy=geometric_mean(theta) * gap,
-                correct=int(predict == label and predict != ABSTAIN), min_sigma=min_theta(theta),
-                seconds=seconds, samples=samples, route=outcome.route,
+                predict, gap = ABSTAIN, 0.0
+            yield CertificateRow(
+                idx=idx, label=label, predict=predict, radius=law.min_theta * gap,
+                radius_proxy=law.geomean_theta * gap,
+                correct=int(predict == label and predict != ABSTAIN), min_sigma=law.min_theta,
+                seconds=elapsed * (outcome.samples / spent if spent else 1.0 / len(outcomes)),
+                extra=(str(outcome.samples), outcome.route.value),
             )  # fmt: skip
-
-
-def _reused(outcome: Incremental, predict: int, norm: Norm) -> tuple[int, float]:
-    """The prediction and gap of a reused (or kept abstaining) certificate."""
-    if outcome.route is Route.abstain:
-        return ABSTAIN, 0.0
-    return predict, gap_from_p_lower(outcome.p_a_lower, norm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,16 +257,15 @@ def _reused(outcome: Incremental, predict: int, norm: Norm) -> tuple[int, float]
 
 @dataclass(frozen=True)
 class ReuseRequest:
-    """What ``ancer certify --reuse RESULTS --model CHANGED`` is asked to do. ``alpha_zeta``
-    ``None``: :data:`~ancer_cli.core.incremental.ZETA_SHARE` of the earlier ``alpha``; ``seed``
-    ``None``: fresh OS entropy (the seed of certification afresh; the earlier draws are
-    regenerated from the earlier seed)."""
+    """What ``ancer recertify RESULTS --model CHANGED`` is asked to do. ``alpha_zeta``
+    ``None``: :data:`~ancer_cli.core.choices.ZETA_SHARE` of the earlier ``alpha``; ``seed``
+    ``None``: fresh OS entropy, drawn once the run is committed (the seed of every draw)."""
 
     results: Path
     model: Path
     out: Path = Path("results.csv")
     alpha_zeta: float | None = None
-    tolerance: float = DEFAULT_TOLERANCE
+    tolerance: float = REUSE_TOLERANCE
     radii: tuple[float, ...] = ()
     data_root: Path | None = None
     arch: str | None = None
@@ -320,56 +287,121 @@ class ReuseSummary:
     guarantee: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReusePlan:
-    """Everything a reuse run needs, loaded and checked."""
+    """Everything a reuse run needs, loaded, checked and committed."""
 
     request: ReuseRequest
     earlier: EarlierRun
     pair: PairClassifier
-    data: LoadedData
-    thetas: ThetaSource
-    theta_description: str
-    indices: list[int]
-    certificates: dict[int, EarlierCertificate]
+    inputs: SmoothedInputs
+    certificates: dict[int, CertificateRow]
     settings: ReuseSettings
     memory: bool
-    record: dict[str, Any]
+    seeds: dict[int, int]
+    run: Run
 
     @property
-    def config(self) -> CertifyConfig:
-        return self.settings.config
+    def indices(self) -> list[int]:
+        return self.inputs.indices
 
-    def run(
+    def execute(
         self,
         session: Session,
-        on_row: Callable[[ReuseRow], None] | None = None,
+        on_row: Callable[[CertificateRow], None] | None = None,
         on_memory: Callable[[int, int], None] | None = None,
         on_start: Callable[[int, int], None] | None = None,
     ) -> ReuseSummary | None:
         """Write the rows (resumable, sharded), the memory pass and the sidecar; the summary on
         rank 0, ``None`` elsewhere."""
-        return run_reuse(self, session.device, session.ranks, on_row, on_memory, on_start)
+        began, device, run = time.perf_counter(), session.device, self.run
+        try:
+            resumed = run.write(
+                lambda share: reuse_dataset(
+                    self.pair, self.inputs, share, self.certificates, self.settings,
+                    self.seeds, device,
+                ),
+                self.indices, on_row=on_row, on_start=on_start,
+            )  # fmt: skip
+            if resumed is None:
+                return None
+            rows = run.rows(CertificateRow.parse)
+            memory: MemorySummary | None = None
+            if self.memory:
+                rows, memory = apply_memory(rows, self.inputs, device, on_memory)
+            totals = CertifySummary.of(rows, resumed, time.perf_counter() - began, memory)
+            routes = {route.value: sum(route_of(row) is route for row in rows) for route in Route}
+            sampling = self.settings.sampling
+            summary = ReuseSummary(
+                totals=totals,
+                routes=routes,
+                mean_samples=sum(row.samples or 0 for row in rows) / len(rows) if rows else math.nan,
+                scratch_samples=sampling.n_selection + sampling.n_estimation,
+                guarantee=self.run.record["guarantee"]["reuse_rows"],
+            )
+            memory_record = (
+                memory.record(run.output.working)
+                if memory is not None
+                else {"enabled": False}
+            )
+            run.finish(
+                rows if self.memory else None,
+                memory=memory_record,
+                totals={
+                    **totals.record(),
+                    "routes": routes,
+                    "mean_samples_per_input": finite(summary.mean_samples),
+                    "samples_from_scratch_per_input": summary.scratch_samples,
+                },
+            )
+            return summary
+        finally:
+            run.close()
 
 
 def plan_reuse(request: ReuseRequest, session: Session) -> ReusePlan:
-    """Read the earlier run and load both models, its data and thetas, on every rank (a
-    collective: if one rank fails, all raise)."""
-    seed = run_seed(request.seed, request.out, request.resume, session.ranks)
-    request = replace(request, seed=seed)
-    return collective(session.ranks, lambda: _plan(request, session))
+    """Read the earlier run, load both base classifiers, its data and thetas, commit, and draw
+    this run's seed -- on every rank (a collective: if one rank fails, all raise)."""
+    run = Run(request.out, session.ranks, resume=request.resume, force=request.force)
+
+    def plan() -> ReusePlan:
+        run.open()
+        return _plan(request, session, run)
+
+    try:
+        return collective(session.ranks, plan)
+    except BaseException:
+        run.close()
+        raise
 
 
-def _plan(request: ReuseRequest, session: Session) -> ReusePlan:
-    check_new_output(request.out, force=request.force, resume=request.resume)
+def _plan(request: ReuseRequest, session: Session, run: Run) -> ReusePlan:
     earlier = read_earlier(request.results)
     args = earlier.arguments
-    inputs = resolve_inputs(_original_inputs(earlier, request.data_root, request.arch), session)
-    if inputs.arguments["model_sha256"] != args["model_sha256"]:
-        raise ModelError(
-            f"the earlier run's model {args['model']} has changed since {request.results} was "
-            f"certified (sha256 {inputs.arguments['model_sha256'][:12]}..., recorded "
-            f"{args['model_sha256'][:12]}...); reuse needs the original model"
+    spec = inputs_spec(args, f"sidecar {request.results}.json")
+    spec = replace(spec, data_root=request.data_root or spec.data_root, arch=request.arch, seed=None)
+    if spec.model is None or not spec.model.is_file():
+        raise AncerError(
+            f"the earlier run's model {args['model']} is missing: reuse counts where it and the "
+            "changed model disagree; restore it"
+        )
+    if args.get("max") is not None or args.get("skip", 1) != 1:
+        spec = replace(spec, skip=int(args.get("skip") or 1), max_index=args.get("max"))
+    inputs = resolve_inputs(spec, session)
+    indices = [row.idx for row in earlier.rows]
+    missing = sorted(set(indices) - set(inputs.indices))
+    if missing:
+        raise AncerError(
+            f"{request.results} has a row for input {missing[0]}, which its arguments do not "
+            "select; the file was edited"
+        )
+    inputs = replace(inputs, indices=indices)
+    current = inputs.commitment()
+    changed_parts = earlier.commitment.differences(current, indices)
+    if changed_parts:
+        raise AncerError(
+            f"{', '.join(changed_parts)} changed since {request.results} was certified; reuse "
+            "needs the same original model, denoiser, thetas and inputs"
         )
     changed = load_model(request.model, session.device, arch=request.arch)
     data = inputs.data
@@ -390,57 +422,39 @@ def _plan(request: ReuseRequest, session: Session) -> ReusePlan:
             f"model {request.model} returns {logits} logits, the earlier run's model "
             f"{inputs.logits}; reuse needs the same classes"
         )
-    certificates: dict[int, EarlierCertificate] = {}
-    available = set(inputs.indices)
-    for idx, predict, radius in zip(
-        earlier.rows["idx"], earlier.rows["predict"], earlier.rows["radius"], strict=True
-    ):
-        idx, predict = int(idx), int(predict)
-        if idx not in available:
-            raise AncerError(f"{request.results} has a row for input {idx}, which its "
-                             "arguments do not select; the file was edited")  # fmt: skip
-        p = (
-            0.0
-            if predict == ABSTAIN
-            else recovered_p_a_lower(radius, inputs.thetas(idx), inputs.norm)
-        )
-        certificates[idx] = EarlierCertificate(predict, p, float(radius))
+    changed_base = prepare_model(
+        inputs.compose(changed.module), request.precision, request.channels_last
+    )
     alpha = float(args["alpha"])
     alpha_zeta = request.alpha_zeta if request.alpha_zeta is not None else ZETA_SHARE * alpha
-    config = CertifyConfig(
-        norm=inputs.norm, n_selection=int(args["N0"]), n_estimation=int(args["N"]),
-        alpha=alpha, batch_size=int(args["batch_size"]), seed=int(request.seed or 0),
-        sound=inputs.grid_levels,
-    )  # fmt: skip
+    sampling = Sampling(int(args["N0"]), int(args["N"]), alpha, int(args["batch_size"]))
     rule = ReuseRule(alpha_zeta, request.tolerance, inputs.norm, request.radii)
-    settings = ReuseSettings(config, int(args["seed"]), rule)
     memory = bool(args.get("memory", False))
-    changed_module = prepare_model(changed.module, request.precision, request.channels_last)
+    run.layout(REUSE_COLUMNS, memory)
     arguments = {
         **inputs.arguments,
-        "model": str(request.model),
+        "model": str(request.model.resolve()),
         "model_sha256": changed.sha256,
-        "seed": request.seed,
+        "arch": request.arch,
         **speed_options_record(request.precision, request.channels_last),
-        "N0": config.n_selection,
-        "N": config.n_estimation,
+        "N0": sampling.n_selection,
+        "N": sampling.n_estimation,
         "alpha": alpha,
-        "batch_size": config.batch_size,
+        "batch_size": sampling.batch_size,
         "memory": memory,
         "reuse": {
-            "results": str(request.results),
+            "results": str(request.results.resolve()),
             "alpha_zeta": alpha_zeta,
             "tolerance": request.tolerance,
             "radii": list(rule.radii),
             "original_model": args["model"],
             "original_model_sha256": args["model_sha256"],
-            "original_seed": int(args["seed"]),
         },
     }
     record = {
         "format": "ancer-results/1",
         "arguments": arguments,
-        "guarantee": _guarantee(alpha, alpha_zeta),
+        "guarantee": _guarantee(earlier.level, alpha, alpha_zeta),
         "reuse": {
             "earlier": earlier.key_fields(),
             "models": {
@@ -453,114 +467,27 @@ def _plan(request: ReuseRequest, session: Session) -> ReusePlan:
         "world_size": session.ranks.world_size,
         **provenance(session.device),
     }
-    if request.resume:
-        check_resume(request.out, arguments, memory)
+    commitment = replace(current, model_sha256=changed.sha256)
+    segments = run.commit(record, commitment, indices, request.seed)
     return ReusePlan(
         request=request, earlier=earlier,
-        pair=PairClassifier(inputs.model, changed_module, inputs.logits), data=data,
-        thetas=inputs.thetas, theta_description=inputs.description,
-        indices=list(certificates), certificates=certificates, settings=settings,
-        memory=memory, record=record,
+        pair=PairClassifier(inputs.model, changed_base, inputs.logits), inputs=inputs,
+        certificates={row.idx: row for row in earlier.rows},
+        settings=ReuseSettings(sampling, rule), memory=memory, seeds=segments.seeds(), run=run,
     )  # fmt: skip
 
 
-def _guarantee(alpha: float, alpha_zeta: float) -> dict[str, Any]:
-    """What the sidecar says each row's certificate is worth."""
+def _guarantee(earlier: float, alpha: float, alpha_zeta: float) -> dict[str, Any]:
+    """What the sidecar says each row's certificate is worth. ``earlier``: the level the earlier
+    run's rows hold at (its ``alpha``; for a reuse run, its own ``any_row``)."""
     return {
-        "alpha": alpha + alpha_zeta,
-        "reuse_rows": alpha + alpha_zeta,
+        "alpha": earlier + alpha_zeta,
+        "reuse_rows": earlier + alpha_zeta,
         "scratch_rows": alpha,
-        "any_row": 2 * alpha + alpha_zeta,
-        "rule": "a reused row is wrong only if the earlier pA_lower (level alpha) or zeta (level "
-        "alpha_zeta) is: P(wrong and reused) <= alpha + alpha_zeta; a row certified afresh is a "
-        "new certificate at level alpha; as the route depends on the earlier certificate and the "
-        "regenerated draws, a union bound over all three gives 2 alpha + alpha_zeta for a row "
-        "whose route is not known in advance",
+        "any_row": earlier + alpha_zeta + alpha,
+        "rule": "a reused row is wrong only if the earlier row's pA_lower (level earlier) or "
+        "zeta (level alpha_zeta, on fresh draws) is: P(wrong and reused) <= earlier + "
+        "alpha_zeta; a row certified afresh is a new certificate at level alpha; as the route "
+        "depends on the earlier certificate and the draws, a union bound over all three gives "
+        "earlier + alpha_zeta + alpha for a row whose route is not known in advance",
     }
-
-
-def run_reuse(
-    plan: ReusePlan,
-    device: torch.device,
-    ranks: Ranks = SINGLE,
-    on_row: Callable[[ReuseRow], None] | None = None,
-    on_memory: Callable[[int, int], None] | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-) -> ReuseSummary | None:
-    """The rows of ``plan`` into its results file (through ``.pre-memory`` and the memory pass
-    when the earlier run had one), then the sidecar; see :func:`ancer_cli.certify.run_certify`."""
-    out = plan.request.out
-    working = pre_memory_path(out) if plan.memory else out
-    began, started = time.perf_counter(), utc_now()
-    resumed = write_rows(
-        lambda share: reuse_dataset(
-            plan.pair, plan.data, share, plan.thetas, plan.certificates, plan.settings, device
-        ),
-        plan.indices, out, working, plan.record, columns=REUSE_COLUMNS,
-        resume=plan.request.resume, on_row=on_row, on_start=on_start, ranks=ranks,
-    )  # fmt: skip
-    if resumed is None:
-        return None
-    memory_summary: MemorySummary | None = None
-    if plan.memory:
-        lines = working.read_text().splitlines(keepends=True)[1:]
-        lines, memory_summary = apply_memory(
-            read_results(working), lines, plan.data, plan.thetas, plan.config.norm, device,
-            on_memory,
-        )  # fmt: skip
-        with atomic_writer(out) as handle:
-            handle.write("\t".join(REUSE_COLUMNS) + "\n")
-            handle.writelines(lines)
-    frame = read_results(out)
-    scored = frame[frame["label"] != UNLABELED]
-    mean_radius = float((scored["radius"] * scored["correct"]).mean()) if len(scored) else math.nan
-    totals = CertifySummary(
-        certified=len(frame), resumed=resumed, correct=int(frame["correct"].sum()),
-        abstained=int((frame["predict"] == ABSTAIN).sum()), mean_radius=mean_radius,
-        seconds=time.perf_counter() - began, memory=memory_summary, labeled=len(scored),
-    )  # fmt: skip
-    routes = {route.value: int((frame["path"] == route.value).sum()) for route in Route}
-    config = plan.config
-    summary = ReuseSummary(
-        totals=totals,
-        routes=routes,
-        mean_samples=float(frame["samples"].mean()) if len(frame) else math.nan,
-        scratch_samples=config.n_selection + config.n_estimation,
-        guarantee=plan.record["guarantee"]["alpha"],
-    )
-    memory_record: dict[str, Any] = {"enabled": plan.memory}
-    if memory_summary is not None:
-        memory_record.update(
-            before_pass=str(working),
-            reassigned=len(memory_summary.reassigned),
-            shrunk=len(memory_summary.shrunk),
-            changed_predictions=len(memory_summary.changed_predictions),
-        )
-    write_json(
-        results_sidecar_path(out),
-        {
-            **plan.record,
-            "complete": True,
-            "started": started,
-            "finished": utc_now(),
-            "memory": memory_record,
-            "totals": {
-                "inputs": totals.certified,
-                "resumed_rows": resumed,
-                "correct": totals.correct,
-                "abstained": totals.abstained,
-                "labeled": totals.labeled,
-                "certified_accuracy_at_0": _finite(totals.accuracy),
-                "average_certified_radius": _finite(mean_radius),
-                "seconds_this_run": totals.seconds,
-                "routes": routes,
-                "mean_samples_per_input": _finite(summary.mean_samples),
-                "samples_from_scratch_per_input": summary.scratch_samples,
-            },
-        },
-    )
-    return summary
-
-
-def _finite(value: float) -> float | None:
-    return None if math.isnan(value) else value

@@ -11,7 +11,6 @@ exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,35 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ancer_cli.core.noise import Norm, Stream, draw_base_noise_, input_seed, theta_from_sigma
+from ancer_cli.core.choices import Norm, theta_from_sigma
+from ancer_cli.core.noise import Stream, draw_base_noise_, input_seed
 from ancer_cli.data import LoadedData, check_same_classes
 from ancer_cli.errors import ModelError
 from ancer_cli.models import build_model, read_checkpoint, save_checkpoint
-
-
-class Training(str, enum.Enum):
-    noise = "noise"
-    stability = "stability"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of ``ancer train``; the defaults here are the command's defaults."""
-
-    arch: str
-    norm: Norm = Norm.l2
-    sigma: float = 0.25
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_step: int = 10
-    lr_gamma: float = 0.3
-    training: Training = Training.noise
-    stability_weight: float = 6.0
-    noisy_samples: int = 1
-    seed: int = 0
+from ancer_cli.settings import TrainConfig, Training
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from matplotlib.image import imread
 
 from ancer_cli import analysis
 from ancer_cli.analysis import Metric
+from ancer_cli.analysis.pictures import InputTheta
 from ancer_cli.errors import OutputError, ResultsError
-from ancer_cli.thetas import InputTheta
 from tests.analysis.frames import frame_of
 
 # ---------------------------------------------------------------------------------------------

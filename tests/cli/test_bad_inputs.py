@@ -302,7 +302,7 @@ def test_resume_foreign_file(model_path: Path, tmp_path: Path) -> None:
     assert first.exit_code == 0, describe(first)
     shutil.copy(tmp_path / "good.csv.json", str(out) + ".json")
     result = fixed(model_path, out, "--resume", "--max", 1)
-    assert_domain_error(result, str(out), "header")
+    assert_domain_error(result, str(out), "is not the file its run wrote")
     assert out.read_text() == "a,b,c\n1,2,3\n"
 
 
@@ -769,7 +769,7 @@ def test_predict_resume_refuses_other_arguments_and_foreign_files(
     assert fixed(model_path, certified, "--max", 2).exit_code == 0
     Path(f"{certified}.json").write_text(Path(f"{out}.json").read_text())
     result = predict_run(model_path, certified, "--max", 2, "--resume")
-    assert_domain_error(result, str(certified), "header")
+    assert_domain_error(result, str(certified), "is not the file its run wrote")
 
 
 def test_predict_with_thetas_of_another_model(

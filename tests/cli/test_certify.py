@@ -380,17 +380,25 @@ def test_isotropic_values_file(model_path: Path, tmp_path: Path) -> None:
 
 
 def test_resume_after_a_crash_with_thetas(ancer_run, thetas_copy: Path, tmp_path: Path) -> None:
-    """A run that dies at input 3 (its theta file unreadable), resumed once the file is back,
-    ends with exactly the rows of an uninterrupted run: nothing lost, nothing duplicated."""
+    """An unreadable theta file is refused before anything is written (the run hashes every
+    theta it certifies first); a run that dies after input 2 (its rows cut, its sidecar not
+    finished, as a kill leaves them), resumed, ends with exactly the rows of an uninterrupted
+    run: nothing lost, nothing duplicated."""
     full, _ = ancer_run
     good = (thetas_copy / "theta_test_3.pt").read_bytes()
     (thetas_copy / "theta_test_3.pt").write_bytes(b"not a tensor")
     out = tmp_path / "crash.csv"
     crashed = invoke("certify", "--thetas", thetas_copy, *CERTIFY_FAST, "--out", out)
     assert_domain_error(crashed, "theta_test_3.pt")
-    assert json.loads(Path(str(out) + ".json").read_text())["complete"] is False
+    assert not out.exists() and not Path(f"{out}.pre-memory").exists()
 
     (thetas_copy / "theta_test_3.pt").write_bytes(good)
+    certify("--thetas", thetas_copy, "--out", out)
+    working = Path(f"{out}.pre-memory")
+    working.write_text("".join(working.read_text().splitlines(keepends=True)[:4]))
+    out.unlink()
+    record = json.loads(Path(f"{out}.json").read_text())
+    Path(f"{out}.json").write_text(json.dumps({**record, "complete": False}))
     result = certify("--thetas", thetas_copy, "--out", out, "--resume")
     assert "3 rows kept" in result.stdout
     assert without_time(out) == without_time(full)

@@ -34,11 +34,14 @@ def _clean_end(result) -> None:
 
 
 def _fresh(tmp_path: Path, name: str) -> Path:
+    """``tmp_path / name`` with nothing of an earlier example left: the file or folder, its
+    sidecar and working files."""
     path = tmp_path / name
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+    for left in tmp_path.glob(f"{name}*"):
+        if left.is_dir():
+            shutil.rmtree(left)
+        else:
+            left.unlink()
     return path
 
 
@@ -260,7 +263,7 @@ def test_arbitrary_certify_options(model_path, tmp_path, n0, n, alpha, sigma, ba
 def test_full_disk_while_writing_rows_is_a_clean_error(model_path, tmp_path, monkeypatch):
     import builtins
 
-    from ancer_cli import results
+    from ancer_cli.run import rows
 
     out = tmp_path / "full.csv"
 
@@ -283,7 +286,7 @@ def test_full_disk_while_writing_rows_is_a_clean_error(model_path, tmp_path, mon
         handle = builtins.open(path, *args, **kwargs)
         return FillingUp(handle) if Path(path) == out else handle
 
-    monkeypatch.setattr(results, "open", fake_open, raising=False)
+    monkeypatch.setattr(rows, "open", fake_open, raising=False)
     result = invoke(
         "certify",
         "--model",

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.law import Noise
 from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.smoothing import predict
 from ancer_cli.data import load_dataset
@@ -50,7 +52,8 @@ def test_fixed_sigma_rows_are_predict_of_each_input(fixed, model_path: Path) -> 
     for idx, label, prediction, correct, seconds in found:
         x, truth = data.dataset[int(idx)]
         generator = input_generator(0, int(idx), "cpu", Stream.predict)
-        expected = predict(model, x, 0.25, "l2", 300, 0.001, 1000, generator)
+        law = Noise(Norm.l2, 16).law(0.25, x.shape)  # sound noise on the digits' 1/16 grid
+        expected = predict(model, x, law, 300, 0.001, 1000, generator)
         assert (int(label), int(prediction)) == (int(truth), expected)
         assert int(correct) == int(expected == int(truth) and expected != -1)
         assert float(seconds) >= 0 and ":" not in seconds

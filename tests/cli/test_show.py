@@ -16,8 +16,9 @@ import torch
 from matplotlib.image import imread
 from PIL import Image
 
+from ancer_cli.analysis.pictures import read_input_thetas
 from ancer_cli.errors import ThetaError
-from ancer_cli.thetas import read_input_thetas, save_theta, theta_path
+from ancer_cli.thetas import save_theta, theta_path
 from tests.helpers import assert_domain_error, assert_usage_error, invoke, ok
 
 DPI = 150

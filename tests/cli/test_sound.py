@@ -20,11 +20,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ancer_cli.core.noise import theta_from_sigma
+from ancer_cli.core.choices import Norm, theta_from_sigma
+from ancer_cli.core.law import Noise
 from ancer_cli.core.sound import sound_theta
 from ancer_cli.errors import AncerError
 from ancer_cli.inputs import input_groups
-from ancer_cli.thetas import fixed_theta
+from ancer_cli.theta_sources import fixed_theta
 from tests.helpers import assert_domain_error, invoke, ok, read_rows, without_time
 
 SIDE = 28
@@ -140,8 +141,13 @@ def test_inputs_off_the_grid_are_refused_with_their_index() -> None:
     on = torch.full((1, 8, 8), 3 / 16)
     off = on.clone()
     off[0, 2, 5] += 1e-3
-    data = SimpleNamespace(dataset=[(on, 0), (off, 1), (on, 2)])
-    groups = input_groups(data, [0, 1, 2], fixed_theta(0.25), 3, torch.device("cpu"), 16)
+    inputs = SimpleNamespace(
+        data=SimpleNamespace(dataset=[(on, 0), (off, 1), (on, 2)]),
+        thetas=fixed_theta(0.25),
+        grid_levels=16,
+        noise=Noise(Norm.l2, 16),
+    )
+    groups = input_groups(inputs, [0, 1, 2], 3, torch.device("cpu"))  # type: ignore[arg-type]
     first = next(groups)  # the input before the bad one is certified first
     assert first.indices == [0]
     with pytest.raises(AncerError, match=r"^input 1: input is not on the 1/16 grid"):

@@ -2,15 +2,8 @@ import math
 
 import torch
 
-from ancer_cli.core.noise import (
-    Norm,
-    Stream,
-    input_generator,
-    input_seed,
-    perturb_,
-    sigma_from_theta,
-    theta_from_sigma,
-)
+from ancer_cli.core.choices import Norm, sigma_from_theta, theta_from_sigma
+from ancer_cli.core.noise import Stream, input_generator, input_seed, perturb_
 
 
 def test_sigma_convention():

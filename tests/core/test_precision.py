@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from ancer_cli.core.choices import Norm, Precision, Sampling
+from ancer_cli.core.law import NoiseLaw
 from ancer_cli.core.noise import input_generator
 from ancer_cli.core.precision import (
     AutocastClassifier,
-    Precision,
     precision_dtype,
     prepare_model,
     speed_options_record,
@@ -67,9 +68,10 @@ def test_bf16_logits_are_close_and_certificates_are_exact_counts():
     low = prepare_model(_digits_cnn(), Precision.bf16)
     x = torch.rand(64, 1, 8, 8)
     assert torch.allclose(low(x), model(x), atol=0.05, rtol=0.05)
-    cert = certify(low, x[0], 0.25, "l2", 50, 500, 0.001, 128, input_generator(0, 0, "cpu"))
+    law, sampling = NoiseLaw(Norm.l2, 0.25), Sampling(50, 500, 0.001, 128)
+    cert = certify(low, x[0], law, sampling, input_generator(0, 0, "cpu"))
     assert 0 <= cert.n_a <= 500 and cert.n_estimation == 500
-    reference = certify(model, x[0], 0.25, "l2", 50, 500, 0.001, 128, input_generator(0, 0, "cpu"))
+    reference = certify(model, x[0], law, sampling, input_generator(0, 0, "cpu"))
     # same noise, a slightly different base classifier: nearly the same votes
     assert abs(cert.n_a - reference.n_a) <= 25
 
@@ -102,7 +104,8 @@ def test_records_and_choices():
 
 _FAULTS = """
 import resource, sys, torch
-from ancer_cli.core.precision import retain_freed_memory
+from ancer_cli.runtime import retain_freed_memory
+import ancer_cli.core.smoothing  # the kernel, as a run loads it (its libraries start threads)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 if sys.argv[1] == "retain":

@@ -24,7 +24,9 @@ from torch import nn
 
 import ancer_cli
 from ancer_cli.core import noise as noise_module
-from ancer_cli.core.noise import Stream, input_generator
+from ancer_cli.core.choices import Norm, Sampling
+from ancer_cli.core.law import Noise, NoiseLaw
+from ancer_cli.core.noise import Stream, Theta, input_generator
 from ancer_cli.core.sequential import SequentialPlan, cs_lower
 from ancer_cli.core.smoothing import (
     ABSTAIN,
@@ -56,6 +58,14 @@ def _problem(count: int, seed: int = 0):
     return Linear2(w, b), w, xs, margins
 
 
+def _law(
+    theta: Theta, norm_name: str = "l2", sound: int | None = None, shape: tuple[int, ...] = SHAPE
+) -> NoiseLaw:
+    """The noise law of an input of ``shape`` with ``theta``: float noise, or on the
+    ``1 / sound`` grid."""
+    return Noise(Norm(norm_name), sound).law(theta, shape)
+
+
 def _anisotropic_theta(seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return 0.1 + 0.4 * torch.rand(SHAPE, generator=g)
@@ -75,7 +85,11 @@ def test_linear_oracle_certificates_are_sound(norm_name, anisotropic):
     unsound = certified = 0
     for i in range(count):
         cert = certify(
-            model, xs[i], theta, norm_name, 100, 2000, alpha, 1000, input_generator(0, i, "cpu")
+            model,
+            xs[i],
+            _law(theta, norm_name),
+            Sampling(100, 2000, alpha, 1000),
+            input_generator(0, i, "cpu"),
         )
         if cert.prediction == ABSTAIN:
             continue
@@ -100,7 +114,11 @@ def test_linear_oracle_bound_is_tight_for_large_n(anisotropic):
         if not 0.6 < p_true < 0.99:
             continue
         cert = certify(
-            model, xs[i], theta, "l2", 100, 100_000, 0.001, 10_000, input_generator(0, i, "cpu")
+            model,
+            xs[i],
+            _law(theta),
+            Sampling(100, 100_000, 0.001, 10_000),
+            input_generator(0, i, "cpu"),
         )
         checked += 1
         assert cert.p_a_lower <= p_true + 1e-9
@@ -111,7 +129,9 @@ def test_linear_oracle_bound_is_tight_for_large_n(anisotropic):
 
 def test_radius_is_cohens_formula_for_fixed_sigma():
     model, _, xs, _ = _problem(3)
-    cert = certify(model, xs[0], 0.5, "l2", 100, 1000, 0.001, 256, input_generator(0, 0, "cpu"))
+    cert = certify(
+        model, xs[0], _law(0.5), Sampling(100, 1000, 0.001, 256), input_generator(0, 0, "cpu")
+    )
     assert cert.radius == pytest.approx(0.5 * norm.ppf(cert.p_a_lower), rel=1e-12)
     assert cert.radius == cert.radius_proxy
     assert cert.min_theta == 0.5
@@ -121,18 +141,13 @@ def test_tensor_theta_of_ones_equals_scalar_theta():
     model, _, xs, _ = _problem(5)
     for i in range(5):
         for norm_name in ("l2", "l1"):
-            a = certify(
-                model, xs[i], 0.3, norm_name, 100, 3000, 0.001, 700, input_generator(7, i, "cpu")
-            )
+            sampling = Sampling(100, 3000, 0.001, 700)
+            a = certify(model, xs[i], _law(0.3, norm_name), sampling, input_generator(7, i, "cpu"))
             b = certify(
                 model,
                 xs[i],
-                torch.full(SHAPE, 0.3),
-                norm_name,
-                100,
-                3000,
-                0.001,
-                700,
+                _law(torch.full(SHAPE, 0.3), norm_name),
+                sampling,
                 input_generator(7, i, "cpu"),
             )
             # identical votes, bound and gap; theta differs only by its float32 rounding
@@ -148,7 +163,9 @@ def test_tensor_theta_of_ones_equals_scalar_theta():
 def test_anisotropic_radii():
     model, _, xs, _ = _problem(3)
     theta = _anisotropic_theta()
-    cert = certify(model, xs[1], theta, "l2", 100, 1000, 0.001, 500, input_generator(0, 1, "cpu"))
+    cert = certify(
+        model, xs[1], _law(theta), Sampling(100, 1000, 0.001, 500), input_generator(0, 1, "cpu")
+    )
     geomean = float(torch.exp(torch.log(theta.double()).mean()))
     assert cert.radius == pytest.approx(float(theta.min()) * cert.gap)
     assert cert.radius_proxy == pytest.approx(geomean * cert.gap)
@@ -158,21 +175,29 @@ def test_anisotropic_radii():
 def test_certify_certain_and_coin_flip_classifiers():
     model = Linear2(torch.zeros(SHAPE), -1.0)  # always class 0, whatever the noise
     cert = certify(
-        model, torch.zeros(SHAPE), 0.5, "l2", 10, 100, 0.001, 50, input_generator(0, 0, "cpu")
+        model,
+        torch.zeros(SHAPE),
+        _law(0.5),
+        Sampling(10, 100, 0.001, 50),
+        input_generator(0, 0, "cpu"),
     )
     assert cert.prediction == 0 and cert.n_a == 100  # a constant classifier is certain
     w = torch.zeros(SHAPE)
     w[0, 0, 0] = 1.0
     coin = Linear2(w, 0.0)  # at x = 0 the noise decides: pA = 1/2 exactly
     cert = certify(
-        coin, torch.zeros(SHAPE), 0.5, "l2", 100, 10_000, 0.001, 1000, input_generator(0, 0, "cpu")
+        coin,
+        torch.zeros(SHAPE),
+        _law(0.5),
+        Sampling(100, 10_000, 0.001, 1000),
+        input_generator(0, 0, "cpu"),
     )
     assert cert.prediction == ABSTAIN and cert.radius == 0.0 and cert.gap == 0.0
 
 
 def test_sample_counts_are_int64_and_sum_to_n():
     model, _, xs, _ = _problem(1)
-    counts = sample_counts(model, xs[0], 0.25, "l2", 1234, 100, input_generator(0, 0, "cpu"))
+    counts = sample_counts(model, xs[0], _law(0.25), 1234, 100, input_generator(0, 0, "cpu"))
     assert counts.dtype == torch.int64
     assert int(counts.sum()) == 1234 and counts.shape == (2,)
 
@@ -182,8 +207,7 @@ def test_predict():
         predict(
             Constant([0.0, 3.0, 1.0]),
             torch.zeros(SHAPE),
-            0.25,
-            "l2",
+            _law(0.25),
             100,
             0.001,
             64,
@@ -197,8 +221,7 @@ def test_predict():
         predict(
             Linear2(w, 0.0),
             torch.zeros(SHAPE),
-            0.5,
-            "l2",
+            _law(0.5),
             1000,
             0.001,
             256,
@@ -222,8 +245,7 @@ def test_predict_far_from_the_boundary_never_abstains_and_is_right(anisotropic):
     predictions = predict_many(
         model,
         xs[far],
-        [theta] * len(far),
-        "l2",
+        [_law(theta)] * len(far),
         1000,
         0.001,
         2000,
@@ -250,7 +272,7 @@ def test_predict_on_the_boundary_answers_at_the_binomial_tests_level(alpha):
     xs = torch.zeros((repetitions, *SHAPE))
     generators = [input_generator(11, i, "cpu", Stream.predict) for i in range(repetitions)]
     predictions = np.array(
-        predict_many(model, xs, [0.3] * repetitions, "l2", n, alpha, 10_000, generators)
+        predict_many(model, xs, [_law(0.3)] * repetitions, n, alpha, 10_000, generators)
     )
     level = _exact_level(n, alpha)
     assert 0.6 * alpha < level <= alpha  # the discrete test is a little conservative
@@ -267,12 +289,13 @@ def test_predict_on_the_boundary_answers_at_the_binomial_tests_level(alpha):
 def test_predict_many_equals_one_at_a_time():
     model, _, xs, _ = _problem(5, seed=7)
     thetas = [0.3, _anisotropic_theta(2), 0.9, _anisotropic_theta(3), 2.0]
+    laws = [_law(theta, "l1") for theta in thetas]
     one_by_one = [
-        predict(model, xs[i], thetas[i], "l1", 300, 0.01, 128, input_generator(3, i, "cpu"))
+        predict(model, xs[i], laws[i], 300, 0.01, 128, input_generator(3, i, "cpu"))
         for i in range(5)
     ]
     together = predict_many(
-        model, xs, thetas, "l1", 300, 0.01, 128, [input_generator(3, i, "cpu") for i in range(5)]
+        model, xs, laws, 300, 0.01, 128, [input_generator(3, i, "cpu") for i in range(5)]
     )
     assert together == one_by_one
     assert ABSTAIN in one_by_one or len(set(one_by_one)) > 1  # not a trivial answer
@@ -287,12 +310,8 @@ def test_certify_on_cuda_matches_cpu_statistics():
         cert = certify(
             model_cuda,
             xs[i].to(device),
-            torch.full(SHAPE, 0.25, device=device),
-            "l2",
-            100,
-            20_000,
-            0.001,
-            5000,
+            _law(torch.full(SHAPE, 0.25, device=device)),
+            Sampling(100, 20_000, 0.001, 5000),
             input_generator(0, i, device),
         )
         scale = float(torch.linalg.vector_norm(0.25 * w))
@@ -322,42 +341,24 @@ class BatchSizes(nn.Module):
 def test_certify_many_equals_one_at_a_time(norm_name, batch_size):
     model, _, xs, _ = _problem(5, seed=4)
     thetas = [0.3, _anisotropic_theta(2), 0.5, _anisotropic_theta(3), 0.2]
+    laws = [_law(theta, norm_name) for theta in thetas]
+    sampling = Sampling(100, 1234, 0.001, batch_size)
     one_by_one = [
-        certify(
-            model,
-            xs[i],
-            thetas[i],
-            norm_name,
-            100,
-            1234,
-            0.001,
-            batch_size,
-            input_generator(9, i, "cpu"),
-        )
-        for i in range(5)
+        certify(model, xs[i], laws[i], sampling, input_generator(9, i, "cpu")) for i in range(5)
     ]
     together = certify_many(
-        model,
-        xs,
-        thetas,
-        norm_name,
-        100,
-        1234,
-        0.001,
-        batch_size,
-        [input_generator(9, i, "cpu") for i in range(5)],
+        model, xs, laws, sampling, [input_generator(9, i, "cpu") for i in range(5)]
     )
     assert together == one_by_one
 
 
 def test_sample_counts_many_equals_sample_counts_stage_by_stage():
     model, _, xs, _ = _problem(3, seed=5)
-    theta = _anisotropic_theta()
+    law = _law(_anisotropic_theta())
     counts = sample_counts_many(
         model,
         xs,
-        [theta] * 3,
-        "l2",
+        [law] * 3,
         (37, 501),
         128,
         [input_generator(1, i, "cpu") for i in range(3)],
@@ -365,29 +366,22 @@ def test_sample_counts_many_equals_sample_counts_stage_by_stage():
     assert counts.shape == (3, 2, 2) and counts.dtype == torch.int64
     for i in range(3):
         stream = input_generator(1, i, "cpu")
-        first = sample_counts(model, xs[i], theta, "l2", 37, 128, stream)
-        second = sample_counts(model, xs[i], theta, "l2", 501, 128, stream, 2)
+        first = sample_counts(model, xs[i], law, 37, 128, stream)
+        second = sample_counts(model, xs[i], law, 501, 128, stream, 2)
         assert torch.equal(counts[i, 0], first) and torch.equal(counts[i, 1], second)
 
 
 def test_short_chunks_of_several_inputs_share_forward_passes():
     model, _, xs, _ = _problem(10, seed=6)
     recorder = BatchSizes(model)
+    sampling = Sampling(100, 1000, 0.001, 1000)
     certify_many(
-        recorder,
-        xs,
-        [0.25] * 10,
-        "l2",
-        100,
-        1000,
-        0.001,
-        1000,
-        [input_generator(0, i, "cpu") for i in range(10)],
+        recorder, xs, [_law(0.25)] * 10, sampling, [input_generator(0, i, "cpu") for i in range(10)]
     )
     # the ten selection stages fill one pass; each estimation stage is a full pass of its own
     assert recorder.sizes == [1000] * 11
     recorder.sizes.clear()
-    certify(recorder, xs[0], 0.25, "l2", 100, 1000, 0.001, 1000, input_generator(0, 0, "cpu"))
+    certify(recorder, xs[0], _law(0.25), sampling, input_generator(0, 0, "cpu"))
     assert recorder.sizes == [100, 1000]  # one input alone: as before
 
 
@@ -414,9 +408,10 @@ def test_chunk_sizes_and_group_size():
 
 def test_certify_many_of_no_inputs():
     model, _, _, _ = _problem(1)
-    assert certify_many(model, torch.empty((0, *SHAPE)), [], "l2", 10, 10, 0.001, 8, []) == []
-    with pytest.raises(ValueError, match="one theta and one generator per input"):
-        certify_many(model, torch.zeros((2, *SHAPE)), [0.25], "l2", 10, 10, 0.001, 8, [])
+    sampling = Sampling(10, 10, 0.001, 8)
+    assert certify_many(model, torch.empty((0, *SHAPE)), [], sampling, []) == []
+    with pytest.raises(ValueError, match="one law and one generator per input"):
+        certify_many(model, torch.zeros((2, *SHAPE)), [_law(0.25)], sampling, [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,8 +457,8 @@ def test_sequential_certificates_are_never_larger_than_exact_beyond_alpha(norm_n
             p = norm.cdf(r / theta) if norm_name == "l2" else (1 + r / theta) / 2
             needed = np.array([[0.5, p]])
         [cert] = certify_sequential_many(
-            model, xs[i : i + 1], [theta], norm_name, 50, plan, 1000,
-            [input_generator(0, i, "cpu")], needed,
+            model, xs[i : i + 1], [_law(theta, norm_name)], Sampling(n_selection=50, batch_size=1000),
+            plan, [input_generator(0, i, "cpu")], needed,
         )  # fmt: skip
         assert cert.stop is not None and cert.n_estimation <= 4000
         if cert.prediction == ABSTAIN:
@@ -478,21 +473,20 @@ def test_sequential_certificates_are_never_larger_than_exact_beyond_alpha(norm_n
 
 def test_sequential_group_equals_one_at_a_time_and_is_deterministic():
     model, _, xs, _ = _problem(12, seed=7)
-    thetas = [0.25] * 6 + [_anisotropic_theta(2)] * 6
+    laws = [_law(0.25)] * 6 + [_law(_anisotropic_theta(2))] * 6
     plan = _sequential_plan(20_000, 0.001, radius_mode=False)
+    sampling = Sampling(n_selection=100, batch_size=700)  # the cap and alpha come from the plan
 
     def generators():
         return [input_generator(3, i, "cpu") for i in range(12)]
 
-    group = certify_sequential_many(model, xs, thetas, "l2", 100, plan, 700, generators())
+    group = certify_sequential_many(model, xs, laws, sampling, plan, generators())
     alone = [
-        certify_sequential_many(
-            model, xs[i : i + 1], [thetas[i]], "l2", 100, plan, 700, [generators()[i]]
-        )[0]
-        for i in range(12)
+        certify_sequential_many(model, xs[i : i + 1], [law], sampling, plan, [generators()[i]])[0]
+        for i, law in enumerate(laws)
     ]
     assert group == alone
-    assert certify_sequential_many(model, xs, thetas, "l2", 100, plan, 700, generators()) == group
+    assert certify_sequential_many(model, xs, laws, sampling, plan, generators()) == group
 
 
 def test_sequential_radius_mode_stops_early_and_reports_its_bound():
@@ -503,8 +497,8 @@ def test_sequential_radius_mode_stops_early_and_reports_its_bound():
     plan = _sequential_plan(100_000, 0.001, radius_mode=True)
     needed = np.array([[0.5, norm.cdf(0.25 / 0.25)]])
     [cert] = certify_sequential_many(
-        model, xs[far : far + 1], [0.25], "l2", 100, plan, 1000, [input_generator(0, far, "cpu")],
-        needed,
+        model, xs[far : far + 1], [_law(0.25)], Sampling(n_selection=100, batch_size=1000), plan,
+        [input_generator(0, far, "cpu")], needed,
     )  # fmt: skip
     assert cert.stop == "certified" and cert.n_estimation < 1000
     assert cert.p_a_lower == pytest.approx(cs_lower(cert.n_a, cert.n_estimation, 0.001), abs=0)
@@ -568,24 +562,16 @@ def test_cuda_votes_equal_cpu_votes_with_the_same_noise(host_noise, norm_name, a
     def votes(device: torch.device) -> torch.Tensor:
         model = Linear64().to(device)
         streams = [input_generator(3, i, device) for i in range(4)]
-        counts = sample_counts_many(
-            model, xs.to(device), [_on(device, theta)] * 4, norm_name, (100, 2345), 500, streams
-        )
+        law = _law(_on(device, theta), norm_name)
+        counts = sample_counts_many(model, xs.to(device), [law] * 4, (100, 2345), 500, streams)
         return counts.cpu()
 
     def certificates(device: torch.device):
         model = Linear64().to(device)
         streams = [input_generator(3, i, device) for i in range(4)]
+        law = _law(_on(device, theta), norm_name)
         return certify_many(
-            model,
-            xs.to(device),
-            [_on(device, theta)] * 4,
-            norm_name,
-            100,
-            2345,
-            0.001,
-            500,
-            streams,
+            model, xs.to(device), [law] * 4, Sampling(100, 2345, 0.001, 500), streams
         )
 
     on_cpu = votes(torch.device("cpu"))
@@ -612,31 +598,13 @@ def test_certify_many_equals_one_at_a_time_on_cuda(norm_name, batch_size):
     model = Linear64().to(cuda)
     xs = torch.rand((5, *SHAPE), generator=torch.Generator().manual_seed(4)).to(cuda)
     thetas = [0.3, _anisotropic_theta(2), 0.5, _anisotropic_theta(3), 0.2]
-    thetas = [_on(cuda, theta) for theta in thetas]
+    laws = [_law(_on(cuda, theta), norm_name) for theta in thetas]
+    sampling = Sampling(100, 1234, 0.001, batch_size)
     one_by_one = [
-        certify(
-            model,
-            xs[i],
-            thetas[i],
-            norm_name,
-            100,
-            1234,
-            0.001,
-            batch_size,
-            input_generator(9, i, cuda),
-        )
-        for i in range(5)
+        certify(model, xs[i], laws[i], sampling, input_generator(9, i, cuda)) for i in range(5)
     ]
     together = certify_many(
-        model,
-        xs,
-        thetas,
-        norm_name,
-        100,
-        1234,
-        0.001,
-        batch_size,
-        [input_generator(9, i, cuda) for i in range(5)],
+        model, xs, laws, sampling, [input_generator(9, i, cuda) for i in range(5)]
     )
     assert together == one_by_one
     assert len({cert.n_a for cert in together}) > 1  # the inputs really differ
@@ -663,14 +631,15 @@ def test_sampling_loop_never_waits_for_the_device_and_certify_waits_once():
     model = Linear64().to(cuda)
     xs = torch.rand((8, *SHAPE), generator=torch.Generator().manual_seed(5)).to(cuda)
     theta_map = _anisotropic_theta().to(cuda)
-    certify(model, xs[0], 0.25, "l2", 100, 1000, 0.001, 100, input_generator(0, 0, cuda))  # warm-up
+    warm_up = Sampling(100, 1000, 0.001, 100)
+    certify(model, xs[0], _law(0.25), warm_up, input_generator(0, 0, cuda))
 
     # the loop itself: 2 x 101 forward passes, and any host synchronization raises
     streams = [input_generator(0, i, cuda) for i in range(2)]
     torch.cuda.set_sync_debug_mode("error")
     try:
         counts = sample_counts_many(
-            model, xs[:2], [0.25, theta_map], "l2", (100, 10_000), 100, streams
+            model, xs[:2], [_law(0.25), _law(theta_map)], (100, 10_000), 100, streams
         )
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -679,7 +648,8 @@ def test_sampling_loop_never_waits_for_the_device_and_certify_waits_once():
     def waits(n_estimation: int, batch_size: int, theta) -> int:
         stream = input_generator(0, 1, cuda)
         with synchronizations() as found:
-            certify(model, xs[1], theta, "l2", 100, n_estimation, 0.001, batch_size, stream)
+            sampling = Sampling(100, n_estimation, 0.001, batch_size)
+            certify(model, xs[1], _law(theta), sampling, stream)
         return len(found)
 
     # the count does not grow with the number of batches: 2 passes vs 201 passes
@@ -692,7 +662,7 @@ def test_sampling_loop_never_waits_for_the_device_and_certify_waits_once():
     # a group of inputs sharing forward passes: one wait for the whole group
     streams = [input_generator(0, i, cuda) for i in range(8)]
     with synchronizations() as found:
-        certify_many(model, xs, [0.25] * 8, "l2", 100, 1000, 0.001, 1000, streams)
+        certify_many(model, xs, [_law(0.25)] * 8, Sampling(100, 1000, 0.001, 1000), streams)
     assert len(found) == 1
 
 
@@ -746,13 +716,10 @@ def test_reference_and_package_give_identical_votes_with_the_same_noise(
     smooth = reference.CohenSmooth(model, 3, theta, norm_name, input_generator(0, 7, "cpu"))
     prediction, gap, selection, estimation = smooth.certify(x, 30, 777, 0.001, 100)
     stream = input_generator(0, 7, "cpu")
-    assert np.array_equal(
-        selection, sample_counts(model, x, theta, norm_name, 30, 100, stream).numpy()
-    )
-    assert np.array_equal(
-        estimation, sample_counts(model, x, theta, norm_name, 777, 100, stream).numpy()
-    )
-    cert = certify(model, x, theta, norm_name, 30, 777, 0.001, 100, input_generator(0, 7, "cpu"))
+    law = _law(theta, norm_name)
+    assert np.array_equal(selection, sample_counts(model, x, law, 30, 100, stream).numpy())
+    assert np.array_equal(estimation, sample_counts(model, x, law, 777, 100, stream).numpy())
+    cert = certify(model, x, law, Sampling(30, 777, 0.001, 100), input_generator(0, 7, "cpu"))
     assert (cert.prediction, cert.gap) == (prediction, pytest.approx(gap, rel=1e-12))
 
 
@@ -834,6 +801,7 @@ def test_votes_equal_the_reference_loop_on_the_benchmarked_nets(
         ("l1 per-pixel", theta_map, "l1"),
     ):
         expected = []
+        law = _law(theta, norm_name, shape=shape)
         for i, x in enumerate(xs):
             smooth = reference.CohenSmooth(
                 model, num_classes, theta, norm_name, input_generator(0, i, device)
@@ -841,20 +809,18 @@ def test_votes_equal_the_reference_loop_on_the_benchmarked_nets(
             prediction, gap, selection, estimation = smooth.certify(x, n0, n, 0.001, batch)
             expected.append((selection, estimation))
             stream = input_generator(0, i, device)
-            ours = sample_counts(model, x, theta, norm_name, n0, batch, stream, num_classes)
+            ours = sample_counts(model, x, law, n0, batch, stream, num_classes)
             assert np.array_equal(selection, ours.cpu().numpy()), label
-            ours = sample_counts(model, x, theta, norm_name, n, batch, stream, num_classes)
+            ours = sample_counts(model, x, law, n, batch, stream, num_classes)
             assert np.array_equal(estimation, ours.cpu().numpy()), label
-            cert = certify(
-                model, x, theta, norm_name, n0, n, 0.001, batch, input_generator(0, i, device)
-            )
+            sampling = Sampling(n0, n, 0.001, batch)
+            cert = certify(model, x, law, sampling, input_generator(0, i, device))
             assert cert.prediction == prediction, label
             assert cert.gap == pytest.approx(gap, rel=1e-12), label
         many = sample_counts_many(
             model,
             xs,
-            [theta] * len(xs),
-            norm_name,
+            [law] * len(xs),
             (n0, n),
             batch,
             [input_generator(0, i, device) for i in range(len(xs))],
@@ -880,12 +846,8 @@ def test_certified_accuracy_with_free_seeds_agrees_with_the_reference(reference,
     certificates = certify_many(
         model,
         xs,
-        [sigma] * inputs,
-        "l2",
-        100,
-        n,
-        0.001,
-        1000,
+        [_law(sigma)] * inputs,
+        Sampling(100, n, 0.001, 1000),
         [input_generator(0, i, device) for i in range(inputs)],
     )
     smooth = reference.CohenSmooth(model, 10, sigma, "l2")
@@ -926,7 +888,8 @@ def test_sound_certificates_pay_the_budget(norm_name, anisotropic):
     theta = _anisotropic_theta() if anisotropic else 0.25
     alpha, n = 0.001, 500
     generators = [input_generator(0, i, "cpu") for i in range(len(xs))]
-    group = certify_many(model, xs, [theta] * 4, norm_name, 50, n, alpha, 128, generators, 255)
+    law, sampling = _law(theta, norm_name, 255), Sampling(50, n, alpha, 128)
+    group = certify_many(model, xs, [law] * 4, sampling, generators)
     stated = sound_theta(theta, norm_name, 255)
     tau = total_variation_budget(stated, norm_name, 255, SHAPE)
     assert (tau > 0) == (norm_name == "l2")
@@ -938,13 +901,11 @@ def test_sound_certificates_pay_the_budget(norm_name, anisotropic):
         if not certificate.abstained:
             assert certificate.gap == gap_from_p_lower(plain - tau, norm_name)
         # one at a time: the same noise, the same certificate
-        alone = certify(
-            model, xs[i], theta, norm_name, 50, n, alpha, 128, input_generator(0, i, "cpu"), 255
-        )
+        alone = certify(model, xs[i], law, sampling, input_generator(0, i, "cpu"))
         assert alone == certificate
     off_grid = xs[0] + 0.1 / 255
     with pytest.raises(ValueError, match="grid"):
-        certify(model, off_grid, theta, norm_name, 10, 10, alpha, 8, generators[0], sound=255)
+        certify(model, off_grid, law, Sampling(10, 10, alpha, 8), generators[0])
 
 
 def test_sound_sequential_certificates_pay_the_budget():
@@ -956,9 +917,9 @@ def test_sound_sequential_certificates_pay_the_budget():
     runs = {}
     for sound in (None, 255):
         generators = [input_generator(0, i, "cpu") for i in range(len(xs))]
-        runs[sound] = certify_sequential_many(
-            model, xs, [0.25] * 3, "l2", 20, plan, 256, generators, sound=sound
-        )
+        laws = [_law(0.25, "l2", sound)] * 3
+        sampling = Sampling(n_selection=20, batch_size=256)
+        runs[sound] = certify_sequential_many(model, xs, laws, sampling, plan, generators)
     tau = total_variation_budget(0.25, "l2", 255, SHAPE)
     for plain, sound in zip(runs[None], runs[255], strict=True):
         assert sound.tau == tau and plain.tau == 0.0
@@ -973,7 +934,8 @@ def test_sound_sequential_certificates_pay_the_budget():
 def test_sound_predict_draws_on_the_grid():
     model, xs = _grid_problem(3)
     generators = [input_generator(0, i, "cpu", Stream.predict) for i in range(len(xs))]
-    grouped = predict_many(model, xs, [0.25] * 3, "l2", 200, 0.001, 64, generators, sound=255)
+    law = _law(0.25, "l2", 255)
+    grouped = predict_many(model, xs, [law] * 3, 200, 0.001, 64, generators)
     for i, prediction in enumerate(grouped):
         generator = input_generator(0, i, "cpu", Stream.predict)
-        assert predict(model, xs[i], 0.25, "l2", 200, 0.001, 64, generator, sound=255) == prediction
+        assert predict(model, xs[i], law, 200, 0.001, 64, generator) == prediction

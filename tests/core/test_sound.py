@@ -15,6 +15,8 @@ from scipy.stats import norm as normal
 from torch import nn
 
 from ancer_cli.core.bounds import gap_from_p_lower
+from ancer_cli.core.choices import Norm, Sampling
+from ancer_cli.core.law import Noise
 from ancer_cli.core.noise import perturb_
 from ancer_cli.core.regions import weighted_distance
 from ancer_cli.core.smoothing import certify, sample_counts
@@ -444,9 +446,8 @@ def _false_certificate(model, x0, x1, theta, norm, sound, device, n):
     """Certify x0; return (certificate, whether x1 lies in its region yet the smoothed class at
     x1 -- a 1,000-vote majority -- is another one)."""
     generator = torch.Generator(device=device).manual_seed(11)
-    certificate = certify(
-        model, x0.to(device), theta, norm, 100, n, ALPHA, 1000, generator, sound=sound
-    )
+    law = Noise(Norm(norm), sound).law(theta, x0.shape)
+    certificate = certify(model, x0.to(device), law, Sampling(100, n, ALPHA, 1000), generator)
     stated = theta if sound is None else sound_theta(theta, norm, sound)
     if isinstance(stated, torch.Tensor):
         stated = stated.cpu()
@@ -454,7 +455,7 @@ def _false_certificate(model, x0, x1, theta, norm, sound, device, n):
     distance = float(torch.linalg.vector_norm(delta, ord=2 if norm == "l2" else 1))
     if certificate.abstained or distance >= certificate.gap:
         return certificate, False
-    votes = sample_counts(model, x1.to(device), theta, norm, 1000, 1000, generator, sound=sound)
+    votes = sample_counts(model, x1.to(device), law, 1000, 1000, generator)
     return certificate, int(votes.argmax()) != certificate.prediction
 
 

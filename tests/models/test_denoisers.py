@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -10,14 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from ancer_cli.certify import CertifyConfig, certify_dataset
+from ancer_cli.certify import certify_dataset
+from ancer_cli.core.choices import Norm, Sampling
 from ancer_cli.core.conditioning import tell_thetas
-from ancer_cli.core.noise import Norm, Stream, input_generator
+from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.optimize.config import AncerConfig, IsotropicSearchConfig
 from ancer_cli.core.optimize.published import optimize_ancer
 from ancer_cli.core.optimize.search import search_isotropic
 from ancer_cli.data import load_dataset
 from ancer_cli.errors import ModelError
+from ancer_cli.inputs import in_memory_inputs
 from ancer_cli.models import load_model
 from ancer_cli.models.denoisers import (
     DenoisedClassifier,
@@ -28,9 +31,10 @@ from ancer_cli.models.denoisers import (
     read_denoiser,
     save_denoiser,
 )
-from ancer_cli.thetas import fixed_theta, open_thetas
+from ancer_cli.settings import CertifyConfig
+from ancer_cli.theta_sources import fixed_theta, open_thetas
 
-CONFIG = CertifyConfig(n_selection=20, n_estimation=200, batch_size=1000, seed=0)
+CONFIG = CertifyConfig(Sampling(20, 200, 0.001, 1000))
 
 
 class Identity(nn.Module):
@@ -101,9 +105,13 @@ def test_a_denoiser_of_another_shape_is_a_one_line_error(model_path: Path) -> No
     assert "(3, 1, 8, 4)" in message and "(3, 1, 8, 8)" in message
 
 
-def rows(model: nn.Module, thetas, indices: list[int]) -> list[tuple]:
+def rows(model: nn.Module, thetas, indices: list[int], classifier: nn.Module) -> list[tuple]:
+    """Certify rows of ``model`` (float noise, seed 0); ``classifier`` is checked on the data."""
     data = load_dataset("digits", "test")
-    found = certify_dataset(model, data, indices, thetas, CONFIG, torch.device("cpu"))
+    inputs = in_memory_inputs(classifier, data, thetas, indices=indices, sound=False)
+    inputs = dataclasses.replace(inputs, model=model)
+    seeds = dict.fromkeys(indices, 0)
+    found = certify_dataset(inputs, indices, CONFIG, seeds, torch.device("cpu"))
     return [(r.idx, r.predict, r.radius, r.radius_proxy, r.min_sigma) for r in found]
 
 
@@ -125,7 +133,9 @@ def test_identity_denoiser_gives_the_rows_of_no_denoiser(
         classifier, Identity(), Norm.l2, theta=None if per_input else 0.25, fixed=not per_input
     )
     assert inputs_per_theta(denoised, 8) == (1 if per_input else 8)
-    assert rows(denoised, thetas, indices) == rows(classifier, thetas, indices)
+    assert rows(denoised, thetas, indices, classifier) == rows(
+        classifier, thetas, indices, classifier
+    )
 
 
 class Recording(nn.Module):

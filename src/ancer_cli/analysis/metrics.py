@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +31,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ancer_cli.core.bounds import DEFAULT_ALPHA
+from ancer_cli.core.choices import DEFAULT_ALPHA
 from ancer_cli.core.smoothing import ABSTAIN
 from ancer_cli.data import UNLABELED
 from ancer_cli.errors import ResultsError
 from ancer_cli.results import is_prediction_frame
-
-DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
-
-
-DEFAULT_RHO = 0.001
-
-
-class Metric(str, Enum):
-    """Which radius column certified accuracy is measured with."""
-
-    radius = "radius"
-    proxy = "proxy"
-
-    @property
-    def column(self) -> str:
-        """The results-file column this metric reads."""
-        return "radius_proxy" if self is Metric.proxy else "radius"
+from ancer_cli.settings import DEFAULT_RADII, DEFAULT_RHO, Metric
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,14 @@ from ancer_cli.analysis.metrics import (
     metric_values,
     proxy_ratios,
 )
+from ancer_cli.analysis.pictures import InputTheta
 from ancer_cli.artifacts import atomic_writer
 from ancer_cli.errors import OutputError, ResultsError
-from ancer_cli.thetas import InputTheta
+from ancer_cli.settings import PLOT_SUFFIXES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-PLOT_SUFFIXES = (".png", ".pdf")
-
 
 _LINE_STYLES = ("-", "--", "-.", ":")
 

@@ -1,23 +1,39 @@
-"""The ``ancer`` command-line program: ``train``, ``optimize``, ``certify``, ``accuracy``,
-``predict`` and ``show``.
+"""The ``ancer`` command-line program: ``train``, ``optimize``, ``certify``, ``recertify``,
+``predict``, ``accuracy`` and ``show``.
 
-Only this package touches typer, rich, ``sys.argv`` and exit codes.
+Only this package touches typer, rich, ``sys.argv`` and exit codes. Its modules import no
+PyTorch, numpy or pandas at import time (a command imports the library when it runs), so
+``ancer --help``, ``ancer CMD --help``, ``ancer --version`` and usage errors answer at once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import inspect
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
+from rich.table import Table
+from typer import rich_utils
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from ancer_cli import __version__
 from ancer_cli.cli.accuracy import accuracy_command
 from ancer_cli.cli.certify import certify_command
 from ancer_cli.cli.optimize import optimize_command
 from ancer_cli.cli.predict import predict_command
+from ancer_cli.cli.recertify import recertify_command
 from ancer_cli.cli.show import show_command
 from ancer_cli.cli.train import train_command
 from ancer_cli.runtime import retain_host_memory
+
+
+def _reflow(command: Any) -> None:
+    """Join the lines of each paragraph of ``command``'s help, so that the terminal wraps them
+    (typer keeps the docstring's line breaks after the first paragraph)."""
+    text = inspect.cleandoc(command.help or "")
+    command.help = "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
 
 
 def _untype_flags(command: Any, ctx: Any) -> None:
@@ -29,12 +45,42 @@ def _untype_flags(command: Any, ctx: Any) -> None:
             param.metavar = ""
 
 
+class _NamesWhole(Table):
+    """The options (and commands) table of typer's help, with the columns that hold option
+    names and their metavars kept whole: only the help text wraps, so no option name is cut at
+    80 columns. (Typer builds one table per help panel with ``add_row``; the help text is the
+    last column.)"""
+
+    def add_row(self, *renderables: Any, **options: Any) -> None:
+        super().add_row(*renderables, **options)
+        for column in self.columns[:-1]:
+            column.no_wrap = True
+
+
+@contextlib.contextmanager
+def _names_whole() -> Iterator[None]:
+    """Typer's help rendered with :class:`_NamesWhole` tables (typer's own tables if its
+    layout module changed)."""
+    original = getattr(rich_utils, "Table", None)
+    if original is not Table:
+        yield
+        return
+    rich_utils.Table = _NamesWhole  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        rich_utils.Table = original  # type: ignore[misc]
+
+
 class _Command(TyperCommand):
-    """A typer command whose help shows no type beside its flags."""
+    """A typer command whose help shows no type beside its flags and never cuts an option
+    name."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _untype_flags(self, ctx)
-        super().format_help(ctx, formatter)
+        _reflow(self)
+        with _names_whole():
+            super().format_help(ctx, formatter)
 
 
 class _Group(TyperGroup):
@@ -42,7 +88,8 @@ class _Group(TyperGroup):
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _untype_flags(self, ctx)
-        super().format_help(ctx, formatter)
+        with _names_whole():
+            super().format_help(ctx, formatter)
 
 
 app = typer.Typer(
@@ -57,9 +104,31 @@ app = typer.Typer(
 app.command("train", cls=_Command)(train_command)
 app.command("optimize", cls=_Command)(optimize_command)
 app.command("certify", cls=_Command)(certify_command)
-app.command("accuracy", cls=_Command)(accuracy_command)
+app.command("recertify", cls=_Command)(recertify_command)
 app.command("predict", cls=_Command)(predict_command)
+app.command("accuracy", cls=_Command)(accuracy_command)
 app.command("show", cls=_Command)(show_command)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"ancer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Certify image classifiers with randomized smoothing (isotropic, data-dependent, ANCER)."""
 
 
 def main() -> None:

@@ -6,17 +6,24 @@ from __future__ import annotations
 import math
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from ancer_cli import analysis
-from ancer_cli.analysis import Metric
+from ancer_cli.analysis.labels import default_labels
 from ancer_cli.artifacts import check_new_output
 from ancer_cli.cli.common import ForceOption, console, handle_errors, out
+from ancer_cli.settings import DEFAULT_RADII, DEFAULT_RHO, PLOT_SUFFIXES, Metric
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+REPORT = "What to report"
+BOUNDS = "Bounds that hold with high probability"
+PLOTS = "Plots"
 
 
 class OutputFormat(str, Enum):
@@ -46,7 +53,7 @@ def _metrics(choice: PlotMetric | None, metric: Metric) -> list[Metric]:
 
 
 def _check_figure_suffix(path: Path | None, option: str) -> None:
-    if path is not None and path.suffix.lower() not in analysis.PLOT_SUFFIXES:
+    if path is not None and path.suffix.lower() not in PLOT_SUFFIXES:
         raise typer.BadParameter(f"{path} must end in .png or .pdf", param_hint=f"'{option}'")
 
 
@@ -65,31 +72,39 @@ def accuracy_command(
         typer.Option(
             "--radius",
             "-r",
+            metavar="R",
             help="Radius (input units, pixels in [0, 1]) at which to report certified accuracy; "
             "repeat for several (default: 0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3).",
             show_default=False,
+            rich_help_panel=REPORT,
         ),
     ] = None,
     metric: Annotated[
         Metric,
         typer.Option(
             help="Radius column to use: radius (largest ball in the region) or proxy "
-            "(radius_proxy, ball of equal volume)."
+            "(radius_proxy, ball of equal volume).",
+            rich_help_panel=REPORT,
         ),
     ] = Metric.radius,
     label: Annotated[
         list[str] | None,
         typer.Option(
             "--label",
+            metavar="NAME",
             help="Column name for each file, in file order; repeat once per file "
             "(default: the file names).",
             show_default=False,
+            rich_help_panel=REPORT,
         ),
     ] = None,
     output_format: Annotated[
         OutputFormat,
         typer.Option(
-            "--format", help="Output on stdout: table, markdown, csv, json or latex (booktabs)."
+            "--format",
+            metavar="FORMAT",
+            help="Output on stdout: table, markdown, csv, json or latex (booktabs).",
+            rich_help_panel=REPORT,
         ),
     ] = OutputFormat.table,
     high_probability: Annotated[
@@ -98,35 +113,42 @@ def accuracy_command(
             "--high-probability",
             help="Also report Cohen et al.'s lower bounds on certified accuracy that hold with "
             "probability 1 - rho over certify's sampling.",
+            rich_help_panel=BOUNDS,
         ),
     ] = False,
     rho: Annotated[
         float,
         typer.Option(
             help="Probability (in (0, 1)) that the --high-probability bounds fail.",
+            rich_help_panel=BOUNDS,
         ),
-    ] = analysis.DEFAULT_RHO,
+    ] = DEFAULT_RHO,
     alpha: Annotated[
         float | None,
         typer.Option(
             help="Probability (in (0, 1)) that one row's certificate is wrong, for "
             "--high-probability (default: each file's sidecar arguments.alpha, else 0.001).",
             show_default=False,
+            rich_help_panel=BOUNDS,
         ),
     ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="Also write certified accuracy against radius to this .png or .pdf file.",
             show_default=False,
+            rich_help_panel=PLOTS,
         ),
     ] = None,
     plot_metric: Annotated[
         PlotMetric | None,
         typer.Option(
+            metavar="WHICH",
             help="Radius column(s) the --plot draws: radius, proxy or both (solid and dashed) "
             "(default: --metric).",
             show_default=False,
+            rich_help_panel=PLOTS,
         ),
     ] = None,
     plot_max_radius: Annotated[
@@ -135,25 +157,30 @@ def accuracy_command(
             help="Right end of the --plot radius axis, input units (default: 5% past the "
             "largest certified radius).",
             show_default=False,
+            rich_help_panel=PLOTS,
         ),
     ] = None,
     hist: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="Also write the distribution of per-input certified radii (and, for files "
             "with radius_proxy, of radius_proxy/radius) to this .png or .pdf file.",
             show_default=False,
+            rich_help_panel=PLOTS,
         ),
     ] = None,
     cdf: Annotated[
         bool,
         typer.Option(
-            "--cdf", help="Draw the --hist distributions as cumulative distribution functions."
+            "--cdf",
+            help="Draw the --hist distributions as cumulative distribution functions.",
+            rich_help_panel=PLOTS,
         ),
     ] = False,
     force: ForceOption = False,
 ) -> None:
-    """Report certified accuracy, radius and abstention of results files.
+    """Report the certified accuracy and radius of results files.
 
     Certified accuracy at chosen radii, average certified radius, clean accuracy and abstention
     rate of one or more results files (this tool's, the original ANCER scripts' or Cohen et
@@ -161,12 +188,14 @@ def accuracy_command(
     predictions (ancer predict's, Cohen et al.'s predict.py's) get their accuracy and abstention
     rate.
     """
-    radii = list(analysis.DEFAULT_RADII) if not radius else radius
+    radii = list(DEFAULT_RADII) if not radius else radius
     labels = _check_options(files, radii, label, high_probability, rho, alpha, plot_max_radius)
     if plot is not None and hist is not None and plot.resolve() == hist.resolve():
         raise typer.BadParameter("--plot and --hist must name different files")
     _check_figure_suffix(plot, "--plot")
     _check_figure_suffix(hist, "--hist")
+
+    from ancer_cli import analysis
 
     with handle_errors():
         for figure in (plot, hist):
@@ -227,7 +256,7 @@ def _check_options(
             f"got {len(label)} label(s) for {len(files)} file(s); give one --label per file",
             param_hint="'--label'",
         )
-    labels = label if label is not None else analysis.default_labels(files)
+    labels = label if label is not None else default_labels(files)
     if len(set(labels)) != len(labels):
         raise typer.BadParameter("labels must differ from each other", param_hint="'--label'")
     if alpha is not None and not high_probability:
@@ -246,6 +275,8 @@ def _check_options(
 
 
 def _rich_table(table: pd.DataFrame, title: str) -> Table:
+    from ancer_cli import analysis
+
     """The summary as a rich table, best value of each row in bold (several files only)."""
     best = analysis.best_mask(table)
     rich_table = Table(title=Text(f"certified accuracy ({title})"), title_justify="left")

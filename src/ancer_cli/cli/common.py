@@ -1,11 +1,16 @@
-"""What every command shares: the console, option types, progress bars and error translation."""
+"""What every command shares: the console, option types and help panels, progress bars and error
+translation.
+
+Like every module of the command line, this one imports no PyTorch, numpy or pandas: ``--help``,
+``--version`` and usage errors answer at once, and a command imports the library when it runs.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,30 +24,45 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ancer_cli.core.noise import Norm
-from ancer_cli.core.precision import Precision
-from ancer_cli.data import LabelRule, LoadedData
+from ancer_cli.core.choices import Norm, Precision
 from ancer_cli.errors import AncerError
-from ancer_cli.thetas import CertifyMethod
+from ancer_cli.settings import CertifyMethod
+
+if TYPE_CHECKING:
+    from ancer_cli.data import LoadedData
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
+# help panels: the options of a command grouped as a user reads them
+WHAT = "What to smooth"
+SAMPLING = "Sampling and confidence"
+OUTPUT = "Output"
+RUN = "Where and how to run"
+
 DeviceOption = Annotated[
     str,
-    typer.Option(help="Where to run: auto (CUDA if available), cpu, cuda or cuda:K."),
+    typer.Option(
+        help="Where to run: auto (CUDA if available), cpu, cuda or cuda:K.", rich_help_panel=RUN
+    ),
 ]
 SeedOption = Annotated[
-    int, typer.Option(help="Random seed; the same seed gives the same output on the same device.")
+    int,
+    typer.Option(
+        help="Random seed; the same seed gives the same output on the same device.",
+        rich_help_panel=RUN,
+    ),
 ]
 NoiseSeedOption = Annotated[
     int | None,
     typer.Option(
         "--seed",
-        help="Random seed of the noise (default: fresh from OS entropy, printed and recorded in "
-        "the sidecar; --resume reuses the recorded one). The same seed gives the same output on "
-        "the same device.",
+        help="Random seed of the noise (default: fresh from OS entropy, drawn after the run "
+        "has recorded what it certifies, printed and recorded; --resume keeps each input's "
+        "recorded seed, inputs it adds get a fresh one). The same seed gives the same output "
+        "on the same device.",
         show_default=False,
+        rich_help_panel=RUN,
     ),
 ]
 SoundOption = Annotated[
@@ -53,18 +73,22 @@ SoundOption = Annotated[
         "integers, so no base classifier can forge a certificate through rounding (default: "
         "on wherever the data has a pixel grid; --no-sound: float noise).",
         show_default=False,
+        rich_help_panel=WHAT,
     ),
 ]
 PrecisionOption = Annotated[
     Precision,
     typer.Option(
-        help="Arithmetic of the base classifier: fp32, or bf16/fp16 autocast (noise stays fp32)."
+        help="Arithmetic of the base classifier: fp32, or bf16/fp16 autocast (noise stays fp32).",
+        rich_help_panel=RUN,
     ),
 ]
 ChannelsLastOption = Annotated[
     bool,
     typer.Option(
-        "--channels-last/--no-channels-last", help="Run the model in channels-last memory format."
+        "--channels-last",
+        help="Run the model in channels-last memory format.",
+        rich_help_panel=RUN,
     ),
 ]
 MaxIndexOption = Annotated[
@@ -73,6 +97,7 @@ MaxIndexOption = Annotated[
         "--max",
         "--max-index",
         help="Stop before this dataset index (default: all; under torchrun write --max-index).",
+        rich_help_panel=WHAT,
     ),
 ]
 # what certify and predict smooth: the model, the noise (fixed sigma or per-input thetas), the data
@@ -80,7 +105,8 @@ SmoothedModelOption = Annotated[
     Path | None,
     typer.Option(
         help="Model file: a checkpoint written by ancer train, a state dict (with --arch), a "
-        "TorchScript archive or a torch.export program."
+        "TorchScript archive or a torch.export program.",
+        rich_help_panel=WHAT,
     ),
 ]
 ThetasOption = Annotated[
@@ -88,7 +114,8 @@ ThetasOption = Annotated[
     typer.Option(
         help="Per-input thetas: a folder written by ancer optimize (or the original ANCER "
         "package), or an isotropic values file (one sigma per dataset index, or per input "
-        "--skip/--max select)."
+        "--skip/--max select).",
+        rich_help_panel=WHAT,
     ),
 ]
 DenoiserOption = Annotated[
@@ -98,36 +125,49 @@ DenoiserOption = Annotated[
         help="Denoiser: a file written by ancer train --denoiser, or a diffusers DDPM folder "
         "(fixed sigma or isotropic thetas); the base classifier becomes "
         "model(denoiser(noisy image, its noise level)).",
+        rich_help_panel=WHAT,
     ),
 ]
 MethodOption = Annotated[
     CertifyMethod | None,
-    typer.Option(help="fixed, isotropic or ancer; inferred from --sigma/--thetas."),
+    typer.Option(
+        metavar="METHOD",
+        help="fixed, isotropic or ancer; inferred from --sigma/--thetas.",
+        rich_help_panel=WHAT,
+    ),
 ]
 SigmaOption = Annotated[
     float | None,
     typer.Option(
-        help="Fixed noise standard deviation in [0,1] pixel units (l1: theta = sqrt(3)*sigma)."
+        help="Fixed noise standard deviation in [0,1] pixel units (l1: theta = sqrt(3)*sigma).",
+        rich_help_panel=WHAT,
     ),
 ]
 RunDatasetOption = Annotated[
-    str | None, typer.Option(help="Dataset (default: the one the model was trained on).")
+    str | None,
+    typer.Option(help="Dataset (default: the one the model was trained on).", rich_help_panel=WHAT),
 ]
-DataRootOption = Annotated[Path | None, typer.Option(help="Folder holding the dataset.")]
+DataRootOption = Annotated[
+    Path | None, typer.Option(help="Folder holding the dataset.", rich_help_panel=WHAT)
+]
 RunSplitOption = Annotated[
     str | None,
-    typer.Option(help="Dataset split: test or train (default: the thetas', else test)."),
+    typer.Option(
+        help="Dataset split: test or train (default: the thetas', else test).", rich_help_panel=WHAT
+    ),
 ]
 RunNormOption = Annotated[
     Norm | None,
     typer.Option(
-        help="Threat model / noise: l2 (Gaussian) or l1 (uniform); default from the model."
+        help="Threat model / noise: l2 (Gaussian) or l1 (uniform); default from the model.",
+        rich_help_panel=WHAT,
     ),
 ]
 RunArchOption = Annotated[
     str | None,
     typer.Option(
-        help="Architecture for a plain state-dict model file (or package.module:factory)."
+        help="Architecture for a plain state-dict model file (or package.module:factory).",
+        rich_help_panel=WHAT,
     ),
 ]
 ClassesOption = Annotated[
@@ -136,11 +176,17 @@ ClassesOption = Annotated[
         help="Class list of an image folder (imagenet, folder): one name per line, the first "
         "line class 0; sub-folders carry the class their name is on.",
         show_default=False,
+        rich_help_panel=WHAT,
     ),
 ]
-ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Overwrite an existing output.", rich_help_panel=OUTPUT)
+]
 ResumeOption = Annotated[
-    bool, typer.Option("--resume", help="Continue an interrupted run into the same output.")
+    bool,
+    typer.Option(
+        "--resume", help="Continue an interrupted run into the same output.", rich_help_panel=OUTPUT
+    ),
 ]
 GrowableResumeOption = Annotated[
     bool,
@@ -148,6 +194,7 @@ GrowableResumeOption = Annotated[
         "--resume",
         help="Continue an interrupted run into the same output, or extend a finished one to a "
         "larger --max (or none): only the inputs added are certified.",
+        rich_help_panel=OUTPUT,
     ),
 ]
 
@@ -170,6 +217,8 @@ def check_smoothing_options(
 def label_notes(data: LoadedData, logits: int) -> list[str]:
     """What to tell people about the labels of an image folder (nothing for built-in data): the
     mapping used and, where it may not be the model's, a caution."""
+    from ancer_cli.data import LabelRule
+
     mapping = data.classes
     if mapping is None:
         return []
@@ -243,7 +292,11 @@ def non_negative(name: str, value: int | None) -> None:
         raise typer.BadParameter(f"{name} must be >= 0, got {value}")
 
 
-def noise_description(seed: int, grid_levels: int | None) -> str:
-    """How a certify or predict run draws its noise, for the line that opens it."""
+def noise_description(segments: list[dict[str, Any]], grid_levels: int | None) -> str:
+    """How a run draws its noise, for the line that opens it: sound or float, and the seed of
+    each segment (the inputs a resume adds have their own)."""
     sound = f"sound noise on the 1/{grid_levels} grid" if grid_levels else "float noise"
-    return f"{sound}, seed {seed}"
+    if len(segments) == 1:
+        return f"{sound}, seed {segments[0]['seed']}"
+    seeds = ", ".join(f"{s['seed']} ({len(s['indices'])} inputs)" for s in segments)
+    return f"{sound}, seeds {seeds}"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ancer_cli.cli.common import (
+    OUTPUT,
+    RUN,
+    WHAT,
     ChannelsLastOption,
     ClassesOption,
     DenoiserOption,
@@ -26,74 +29,89 @@ from ancer_cli.cli.common import (
     progress_bar,
 )
 from ancer_cli.cli.common import out as stdout
-from ancer_cli.core.noise import Norm
-from ancer_cli.core.optimize import (
+from ancer_cli.core.choices import Norm, Precision
+from ancer_cli.core.optimize.config import (
     AncerConfig,
     GuardedAncerConfig,
     IsotropicConfig,
     IsotropicSearchConfig,
 )
-from ancer_cli.core.precision import Precision
-from ancer_cli.distributed import Session, session
-from ancer_cli.optimize import (
-    Method,
-    Objective,
-    OptimizeJob,
-    OptimizePlan,
-    OptimizeRequest,
-    plan_optimize,
-)
-from ancer_cli.runtime import describe_device
-from ancer_cli.thetas import MANIFEST_NAME
+from ancer_cli.settings import OptimizeJob, ThetaMethod, ThetaObjective
+
+if TYPE_CHECKING:
+    from ancer_cli.distributed import Session
+    from ancer_cli.optimize import OptimizePlan
 
 ISO = IsotropicConfig()
 ANC = AncerConfig()
 SEARCH = IsotropicSearchConfig()
 GUARDED = GuardedAncerConfig()
-JOB = OptimizeJob(method=Method.ancer, norm=Norm.l2, sigma=0.25)
+JOB = OptimizeJob()
+HOW = "How to optimize"
 
 
 def optimize_command(
     model: Annotated[
-        Path, typer.Option(help="Model file (ancer checkpoint, TorchScript or torch.export).")
+        Path,
+        typer.Option(
+            help="Model file (ancer checkpoint, TorchScript or torch.export).", rich_help_panel=WHAT
+        ),
     ],
     out: Annotated[
-        Path, typer.Option(help="Output folder for theta_{split}_{idx}.pt files and manifest.json.")
+        Path,
+        typer.Option(
+            help="Output folder for theta_{split}_{idx}.pt files and manifest.json.",
+            rich_help_panel=OUTPUT,
+        ),
     ],
     method: Annotated[
-        Method,
+        ThetaMethod,
         typer.Option(
-            help="ancer: anisotropic (runs the isotropic stage first); isotropic: one theta per input."
+            help="ancer: anisotropic (runs the isotropic stage first); isotropic: one theta per input.",
+            rich_help_panel=HOW,
         ),
     ] = JOB.method,
-    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the model's).")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Folder holding the dataset.")] = None,
-    split: Annotated[str, typer.Option(help="Dataset split: test or train.")] = "test",
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset (default: the model's).", rich_help_panel=WHAT)
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Folder holding the dataset.", rich_help_panel=WHAT)
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="Dataset split: test or train.", rich_help_panel=WHAT)
+    ] = "test",
     norm: Annotated[
-        Norm | None, typer.Option(help="l2 (Gaussian) or l1 (uniform); default from the model.")
+        Norm | None,
+        typer.Option(
+            help="l2 (Gaussian) or l1 (uniform); default from the model.", rich_help_panel=WHAT
+        ),
     ] = None,
     arch: Annotated[
-        str | None, typer.Option(help="Architecture for a plain state-dict model file.")
+        str | None,
+        typer.Option(help="Architecture for a plain state-dict model file.", rich_help_panel=WHAT),
     ] = None,
     classes: ClassesOption = None,
     sigma: Annotated[
         float | None,
         typer.Option(
-            help="Initial noise standard deviation in pixel units (default: the model's training sigma)."
+            help="Initial noise standard deviation in pixel units (default: the model's training sigma).",
+            rich_help_panel=HOW,
         ),
     ] = None,
     isotropic_thetas: Annotated[
         Path | None,
         typer.Option(
-            help="Reuse this isotropic thetas folder (or values file: one sigma per dataset index or per selected input) instead of the isotropic stage."
+            help="Reuse this isotropic thetas folder (or values file: one sigma per dataset index or per selected input) instead of the isotropic stage.",
+            rich_help_panel=HOW,
         ),
     ] = None,
     objective: Annotated[
-        Objective,
+        ThetaObjective,
         typer.Option(
             help="certified: isotropic search scored by the radius hard votes certify, then a "
             "few ANCER steps kept only if they beat it (never worse than the start); reference: "
-            "the published algorithms and schedules."
+            "the published algorithms and schedules.",
+            rich_help_panel=HOW,
         ),
     ] = JOB.objective,
     iso_iterations: Annotated[
@@ -102,6 +120,7 @@ def optimize_command(
             help=f"--objective reference: gradient-ascent steps of the isotropic stage "
             f"\\[default: {ISO.iterations}].",
             show_default=False,
+            rich_help_panel=HOW,
         ),
     ] = None,
     iso_lr: Annotated[
@@ -110,6 +129,7 @@ def optimize_command(
             help=f"--objective reference: step size of the isotropic stage (pixel units per "
             f"unit gradient) \\[default: {ISO.lr}].",
             show_default=False,
+            rich_help_panel=HOW,
         ),
     ] = None,
     iso_samples: Annotated[
@@ -118,6 +138,7 @@ def optimize_command(
             help=f"Noisy samples per input per isotropic step (reference) or per searched "
             f"theta (certified) \\[default: {ISO.samples} / {SEARCH.samples}].",
             show_default=False,
+            rich_help_panel=HOW,
         ),
     ] = None,
     iterations: Annotated[
@@ -126,6 +147,7 @@ def optimize_command(
             help=f"Adam steps of the ANCER stage, at most (certified stops early) "
             f"\\[default: {ANC.iterations} reference / {GUARDED.iterations} certified].",
             show_default=False,
+            rich_help_panel=HOW,
         ),
     ] = None,
     lr: Annotated[
@@ -134,6 +156,7 @@ def optimize_command(
             help=f"Adam learning rate of the ANCER stage, on theta (reference) or on "
             f"log(theta / theta_iso) (certified) \\[default: {ANC.lr} / {GUARDED.lr}].",
             show_default=False,
+            rich_help_panel=HOW,
         ),
     ] = None,
     samples: Annotated[
@@ -142,10 +165,14 @@ def optimize_command(
             help=f"Noisy samples per input per ANCER step "
             f"\\[default: {ANC.samples} / {GUARDED.samples}].",
             show_default=False,
+            rich_help_panel=HOW,
         ),
     ] = None,
     kappa: Annotated[
-        float, typer.Option(help="Weight of the min(theta) term in the ANCER objective.")
+        float,
+        typer.Option(
+            help="Weight of the min(theta) term in the ANCER objective.", rich_help_panel=HOW
+        ),
     ] = ANC.kappa,
     guard_samples: Annotated[
         int | None,
@@ -153,12 +180,19 @@ def optimize_command(
             help=f"--objective certified: fresh noisy samples on which the guard compares the "
             f"ANCER and isotropic thetas \\[default: {GUARDED.guard_samples}].",
             show_default=False,
+            rich_help_panel=HOW,
         ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(help="Inputs optimized together (x samples noisy copies per forward).")
+        int,
+        typer.Option(
+            help="Inputs optimized together (x samples noisy copies per forward).",
+            rich_help_panel=RUN,
+        ),
     ] = JOB.batch_size,
-    skip: Annotated[int, typer.Option(help="Optimize every SKIP-th input of the split.")] = 1,
+    skip: Annotated[
+        int, typer.Option(help="Optimize every SKIP-th input of the split.", rich_help_panel=WHAT)
+    ] = 1,
     max_index: MaxIndexOption = None,
     precision: PrecisionOption = Precision.fp32,
     channels_last: ChannelsLastOption = False,
@@ -190,25 +224,36 @@ def optimize_command(
     if sigma is not None:
         positive("--sigma", sigma)
     non_negative("--max", max_index)
-    if isotropic_thetas is not None and method is Method.isotropic:
+    if isotropic_thetas is not None and method is ThetaMethod.isotropic:
         raise typer.BadParameter("--isotropic-thetas goes with --method ancer")
     schedules = _schedules(
         objective, iso_iterations, iso_lr, iso_samples, iterations, lr, samples, kappa,
         guard_samples,
     )  # fmt: skip
+
+    from ancer_cli.distributed import session
+    from ancer_cli.optimize import OptimizeRequest, plan_optimize
+    from ancer_cli.run.spec import InputsSpec
+    from ancer_cli.thetas import MANIFEST_NAME
+
+    inputs = InputsSpec(
+        model=model, sigma=sigma, dataset=dataset, data_root=data_root, split=split, norm=norm,
+        arch=arch, classes=classes, skip=skip, max_index=max_index, precision=precision,
+        channels_last=channels_last, denoiser=denoiser,
+    )  # fmt: skip
+    job = OptimizeJob(
+        method=method, objective=objective, batch_size=batch_size, seed=seed, **schedules
+    )
     request = OptimizeRequest(
-        model=model, out=out, method=method, dataset=dataset, data_root=data_root, split=split,
-        norm=norm, arch=arch, classes=classes, sigma=sigma, isotropic_thetas=isotropic_thetas,
-        objective=objective, **schedules, batch_size=batch_size, skip=skip,
-        max_index=max_index, precision=precision, channels_last=channels_last, resume=resume,
-        force=force, seed=seed, denoiser=denoiser,
+        inputs=inputs, out=out, job=job, isotropic_thetas=isotropic_thetas, resume=resume,
+        force=force,
     )  # fmt: skip
     with handle_errors(), session(device) as where:
         plan = plan_optimize(request, where)
         job, main = plan.job, where.ranks.is_main
         if main:
             console.print(_describe(plan, where))
-            for note in label_notes(plan.data, plan.logits):
+            for note in label_notes(plan.inputs.data, plan.inputs.logits):
                 console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
             task = progress.add_task("optimize", total=None, status="")
@@ -223,7 +268,7 @@ def optimize_command(
             def start(kept: int, mine: int) -> None:
                 progress.update(task, total=mine, completed=0)
 
-            summary = plan.run(where, progress=report, on_start=start)
+            summary = plan.execute(where, progress=report, on_start=start)
         if summary is None:  # rank 0 reports
             return
         stdout.print(
@@ -236,19 +281,21 @@ def optimize_command(
 
 
 def _describe(plan: OptimizePlan, where: Session) -> str:
-    job = plan.job
+    from ancer_cli.runtime import describe_device
+
+    job, data, denoiser = plan.job, plan.inputs.data, plan.request.inputs.denoiser
     return (
         f"optimizing {job.method.value} thetas ({job.objective.value} objective) for "
-        f"{len(plan.indices)} {plan.data.info.name} {plan.data.split} inputs "
+        f"{len(plan.indices)} {data.info.name} {data.split} inputs "
         f"({job.norm.value}, start sigma={job.sigma}"
-        + (f", denoiser {plan.request.denoiser}" if plan.request.denoiser else "")
+        + (f", denoiser {denoiser}" if denoiser else "")
         + f") on {describe_device(where.device)}"
         + (f" and {where.ranks.world_size - 1} more ranks" if where.ranks.distributed else "")
     )
 
 
 def _schedules(
-    objective: Objective,
+    objective: ThetaObjective,
     iso_iterations: int | None,
     iso_lr: float | None,
     iso_samples: int | None,
@@ -260,7 +307,7 @@ def _schedules(
 ) -> dict[str, object]:
     """The configurations of both objectives from the options (``None``: the objective's
     default); options that mean nothing for the chosen objective are usage errors."""
-    if objective is Objective.certified:
+    if objective is ThetaObjective.certified:
         for name, value in (("--iso-iterations", iso_iterations), ("--iso-lr", iso_lr)):
             if value is not None:
                 raise typer.BadParameter(f"{name} goes with --objective reference")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ancer_cli.cli.common import (
+    OUTPUT,
+    RUN,
+    SAMPLING,
+    WHAT,
     ChannelsLastOption,
     ClassesOption,
     DataRootOption,
@@ -38,13 +42,11 @@ from ancer_cli.cli.common import (
     progress_bar,
 )
 from ancer_cli.cli.common import out as stdout
-from ancer_cli.core.precision import Precision
-from ancer_cli.core.smoothing import ABSTAIN
-from ancer_cli.data import UNLABELED
-from ancer_cli.distributed import session
-from ancer_cli.inputs import InputsSpec
-from ancer_cli.predict import PredictConfig, PredictionRow, PredictRequest, plan_predict
-from ancer_cli.runtime import describe_device
+from ancer_cli.core.choices import Precision
+from ancer_cli.settings import PredictConfig
+
+if TYPE_CHECKING:
+    from ancer_cli.predict import PredictionRow
 
 D = PredictConfig()
 
@@ -61,21 +63,32 @@ def predict_command(
     arch: RunArchOption = None,
     classes: ClassesOption = None,
     num: Annotated[
-        int, typer.Option("--N", help="Noisy samples whose votes decide the prediction.")
+        int,
+        typer.Option(
+            "--N", help="Noisy samples whose votes decide the prediction.", rich_help_panel=SAMPLING
+        ),
     ] = D.num,
     alpha: Annotated[
         float,
         typer.Option(
             help="Probability, in (0, 1), that a prediction (not an abstention) differs from "
-            "the smoothed classifier's."
+            "the smoothed classifier's.",
+            rich_help_panel=SAMPLING,
         ),
     ] = D.alpha,
-    batch_size: Annotated[int, typer.Option(help="Noisy samples per forward pass.")] = D.batch_size,
-    skip: Annotated[int, typer.Option(help="Predict every SKIP-th input of the split.")] = 1,
+    batch_size: Annotated[
+        int, typer.Option(help="Noisy samples per forward pass.", rich_help_panel=RUN)
+    ] = D.batch_size,
+    skip: Annotated[
+        int, typer.Option(help="Predict every SKIP-th input of the split.", rich_help_panel=WHAT)
+    ] = 1,
     max_index: MaxIndexOption = None,
-    out: Annotated[Path, typer.Option(help="Predictions file (tab-separated).")] = Path(
-        "predictions.csv"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Predictions file (tab-separated).", metavar="FILE", rich_help_panel=OUTPUT
+        ),
+    ] = Path("predictions.csv"),
     precision: PrecisionOption = Precision.fp32,
     channels_last: ChannelsLastOption = False,
     resume: GrowableResumeOption = False,
@@ -99,6 +112,13 @@ def predict_command(
     probability("--alpha", alpha)
     non_negative("--max", max_index)
     check_smoothing_options(thetas, sigma, method)
+
+    from ancer_cli.data import UNLABELED
+    from ancer_cli.distributed import session
+    from ancer_cli.predict import PredictRequest, plan_predict
+    from ancer_cli.run.spec import InputsSpec
+    from ancer_cli.runtime import describe_device
+
     inputs = InputsSpec(
         model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
         data_root=data_root, split=split, norm=norm, arch=arch, classes=classes, skip=skip,
@@ -106,18 +126,20 @@ def predict_command(
         sound=sound, denoiser=denoiser,
     )  # fmt: skip
     request = PredictRequest(
-        out=out, inputs=inputs, num=num, alpha=alpha, batch_size=batch_size, resume=resume,
+        out=out, inputs=inputs, config=PredictConfig(num, alpha, batch_size), resume=resume,
         force=force,
     )  # fmt: skip
     with handle_errors(), session(device) as where:
         plan = plan_predict(request, where)
         main = where.ranks.is_main
         if main:
-            data, config = plan.data, plan.config
+            smoothed, config = plan.inputs, plan.config
+            data = smoothed.data
             console.print(
                 f"predicting {len(plan.indices)} {data.info.name} {data.split} inputs "
-                f"({config.norm.value}) with {plan.theta_description} (N={config.num}, "
-                f"alpha={config.alpha}; {noise_description(config.seed, config.sound)}) "
+                f"({smoothed.norm.value}) with {smoothed.description} (N={config.num}, "
+                f"alpha={config.alpha}; "
+                f"{noise_description(plan.run.segments.record(), smoothed.grid_levels)}) "
                 f"on {describe_device(where.device)}"
                 + (
                     f" and {where.ranks.world_size - 1} more ranks"
@@ -125,7 +147,7 @@ def predict_command(
                     else ""
                 )
             )
-            for note in label_notes(plan.data, plan.logits):
+            for note in label_notes(data, smoothed.logits):
                 console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
             task = progress.add_task("predict", total=None, status="")
@@ -137,13 +159,13 @@ def predict_command(
             def advance(row: PredictionRow) -> None:
                 tally["labeled"] += row.label != UNLABELED
                 tally["correct"] += row.correct
-                tally["abstained"] += row.predict == ABSTAIN
+                tally["abstained"] += row.predict < 0
                 status = f"abstained {tally['abstained']}" + (
                     f", acc {tally['correct'] / tally['labeled']:.3f}" if tally["labeled"] else ""
                 )
                 progress.update(task, advance=1, status=status)
 
-            summary = plan.run(where, on_row=advance, on_start=start)
+            summary = plan.execute(where, on_row=advance, on_start=start)
             progress.update(task, completed=progress.tasks[task].total)
         if summary is None:  # rank 0 reports
             return

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ancer_cli import analysis
 from ancer_cli.artifacts import check_new_output
 from ancer_cli.cli.common import ForceOption, console, handle_errors
-from ancer_cli.thetas import DEFAULT_PICTURES, THETA_MEANING, read_input_thetas
+from ancer_cli.settings import DEFAULT_PICTURES, PLOT_SUFFIXES, THETA_MEANING
 
 
 def show_command(
@@ -71,11 +70,14 @@ def show_command(
     Each input gets one row: the image, then its theta per pixel with a colour bar in theta
     units (one map per colour channel with --each-channel).
     """
-    if out.suffix.lower() not in analysis.PLOT_SUFFIXES:
+    if out.suffix.lower() not in PLOT_SUFFIXES:
         raise typer.BadParameter(f"{out} must end in .png or .pdf", param_hint="'--out'")
     for value in index or []:
         if value < 0:
             raise typer.BadParameter(f"must be >= 0, got {value}", param_hint="'--index'")
+
+    from ancer_cli import analysis
+    from ancer_cli.analysis.pictures import read_input_thetas
 
     with handle_errors():
         check_new_output(out, force=force)

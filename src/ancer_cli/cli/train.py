@@ -21,15 +21,11 @@ from ancer_cli.cli.common import (
     positive,
     progress_bar,
 )
-from ancer_cli.core.noise import Norm
-from ancer_cli.data import DatasetInfo, LoadedData, dataset_info, load_dataset
-from ancer_cli.denoise import DenoiserConfig, Objective, train_denoiser
+from ancer_cli.core.choices import Norm
 from ancer_cli.errors import AncerError
-from ancer_cli.inputs import check_compatible
-from ancer_cli.models import check_architecture, load_model
-from ancer_cli.models.denoisers import denoiser_size
 from ancer_cli.runtime import describe_device, resolve_device
-from ancer_cli.train import TrainConfig, Training, train
+from ancer_cli.settings import DenoiserConfig, TrainConfig, Training
+from ancer_cli.settings import DenoiserObjective as Objective
 
 D = TrainConfig(arch="cnn")
 DD = DenoiserConfig(depth=0, width=0)
@@ -149,6 +145,11 @@ def train_command(
         )  # fmt: skip
         return
     sigma = D.sigma if sigma is None else sigma
+
+    from ancer_cli.data import dataset_info, load_dataset
+    from ancer_cli.models import check_architecture
+    from ancer_cli.train import train
+
     with handle_errors():
         check_new_output(out, force=force, resume=resume)
         torch_device = resolve_device(device)
@@ -226,11 +227,17 @@ def _train_denoiser(
     seed: int,
 ) -> None:
     """``ancer train --denoiser``: train a DnCNN denoiser, one checkpoint per epoch."""
+    from ancer_cli.data import dataset_info, load_dataset
+    from ancer_cli.denoise import train_denoiser
+    from ancer_cli.inputs import check_compatible
+    from ancer_cli.models import load_model
+    from ancer_cli.models.denoisers import denoiser_size
+
     with handle_errors():
         check_new_output(out, force=force, resume=resume)
         torch_device = resolve_device(device)
-        info: DatasetInfo = dataset_info(dataset, data_root, classes)
-        train_data: LoadedData = load_dataset(dataset, "train", data_root, download, classes)
+        info = dataset_info(dataset, data_root, classes)
+        train_data = load_dataset(dataset, "train", data_root, download, classes)
         test_data = load_dataset(dataset, "test", data_root, download, classes)
         frozen = None
         classifier_sha256 = None

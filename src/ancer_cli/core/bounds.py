@@ -5,10 +5,7 @@ from __future__ import annotations
 from scipy.stats import beta, binomtest
 from scipy.stats import norm as normal
 
-from ancer_cli.core.noise import Norm
-
-DEFAULT_ALPHA = 0.001
-"""Cohen et al.'s failure probability of one certificate, the default of every command."""
+from ancer_cli.core.choices import Norm
 
 
 def clopper_pearson_lower(n_a: int, n: int, alpha: float) -> float:

@@ -28,14 +28,10 @@ class ThetaConditioned(nn.Module):
         raise NotImplementedError
 
 
-def conditioned(model: nn.Module) -> ThetaConditioned | None:
-    """The :class:`ThetaConditioned` module inside ``model`` (speed wrappers may hold it)."""
-    return next((m for m in model.modules() if isinstance(m, ThetaConditioned)), None)
-
-
 def tell_thetas(model: nn.Module, thetas: InputThetas) -> None:
     """Tell a conditioned ``model`` the thetas of the inputs of its next forward passes (input-
-    major, equal samples per input); a no-op for any other model."""
-    module = conditioned(model)
-    if module is not None:
-        module.set_input_thetas(thetas)
+    major, equal samples per input); every conditioned module inside it hears them (a pair of
+    denoised classifiers, as reuse runs them, holds two); a no-op for any other model."""
+    for module in model.modules():
+        if isinstance(module, ThetaConditioned):
+            module.set_input_thetas(thetas)

@@ -10,22 +10,31 @@ So with ``pA_lower`` of the earlier certificate of ``f`` (wrong with probability
 an upper confidence bound ``zeta`` on ``q = P[f = cA, f' != cA]`` (wrong with probability
 ``<= alpha_zeta``), ``pA_lower - zeta`` is a lower bound on ``f'``'s ``pA`` that is wrong with
 probability at most ``alpha + alpha_zeta`` -- a union bound, valid whatever the dependence
-between the two events, so ``zeta`` may be estimated on the very draws the earlier run used.
-We bound ``q`` (the disagreements where ``f`` votes for ``cA``), which is never larger than the
-disagreement rate ``P[f != f']`` that the paper bounds, and only on estimation draws: ``cA`` was
-selected on the selection draws, which are independent of them, so ``cA`` is fixed for ``zeta``.
-With sound noise the earlier ``pA_lower`` already paid the sampler's budget ``tau`` (it bounds
-the ideal law) while ``zeta`` bounds ``q`` under the implemented law; ``P_ideal[f' = c] >=
-P_impl[f' = c] - tau >= P_impl[f = c] - q - tau``, so ``tau`` is paid once, as recorded.
+between the two events. We bound ``q`` (the disagreements where ``f`` votes for ``cA``), which is
+never larger than the disagreement rate ``P[f != f']`` that the paper bounds.
+
+``zeta`` is estimated on **fresh** draws, from a stream no one knew before this run, with both
+models on each draw: the bound on ``q`` holds for a changed model fixed before those draws are
+known. Draws that can be regenerated -- the earlier run's, whose seed its sidecar publishes --
+would not do: a model written after the seed was published can agree with ``f`` on exactly those
+draws and disagree elsewhere. With sound noise the earlier ``pA_lower`` already paid the
+sampler's budget ``tau`` (it bounds the ideal law) while ``zeta`` bounds ``q`` under the
+implemented law; ``P_ideal[f' = c] >= P_impl[f' = c] - tau >= P_impl[f = c] - q - tau``, so
+``tau`` is paid once.
 
 ``zeta`` is the running minimum of the anytime-valid upper confidence sequence of
 :mod:`ancer_cli.core.sequential` at level ``alpha_zeta``, so sampling may stop at any look: as soon
 as the reused radius is within a tolerance of the earlier one and keeps the radii a user reports
-(route ``reuse``) or clearly cannot get there (route ``scratch``: certify ``f'`` afresh). The
-votes of both models come from one :class:`PairClassifier` fed through
-:func:`~ancer_cli.core.smoothing.sample_counts_many`, so chunking, sound sampling and precision
-are exactly those of CERTIFY; looks fall on whole chunks (:func:`zeta_looks`), so the draws are
-exactly the earlier run's, in order.
+(route ``reuse``) or clearly cannot get there (route ``scratch``). The votes of both models come
+from one :class:`PairClassifier` fed through :func:`~ancer_cli.core.smoothing.sample_counts_many`,
+so chunking, sound sampling and precision are exactly those of CERTIFY.
+
+Cost. A look's draws are seen by both models. At most :func:`zeta_cap` draws (a quarter of ``N``)
+are looked at, and an input that goes to ``scratch`` after looking is certified for its earlier
+class ``cA`` -- fixed before this run's draws, so no selection stage is needed -- on as many fresh
+draws as the budget of CERTIFY afresh leaves: ``N0 + N - 2 n`` after ``n`` looked-at draws. So no
+input costs more model evaluations than certifying it afresh (``N0 + N``); an input that cannot be
+reused whatever the draws (``pA_lower`` near 1) is certified afresh without looking.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -41,18 +51,21 @@ import torch
 from scipy.stats import norm as normal
 from torch import nn
 
-from ancer_cli.core.noise import Norm, Theta
+from ancer_cli.core.bounds import clopper_pearson_lower
+from ancer_cli.core.choices import REUSE_TOLERANCE, Norm, Sampling
+from ancer_cli.core.law import NoiseLaw
+from ancer_cli.core.noise import Theta
 from ancer_cli.core.radii import min_theta
 from ancer_cli.core.sequential import FloatArray, cs_lower, cs_upper, gaps
-from ancer_cli.core.smoothing import ABSTAIN, chunk_sizes, sample_counts_many
+from ancer_cli.core.smoothing import (
+    ABSTAIN,
+    Certificate,
+    certify_many,
+    sample_counts_many,
+)
 
-ZETA_SHARE = 0.1
-"""The default ``alpha_zeta`` as a share of the earlier run's ``alpha``: ``alpha / 10``, so the
-reused certificates hold at ``1.1 alpha``."""
-DEFAULT_TOLERANCE = 0.05
-"""The largest relative loss of certified radius a reused certificate may have."""
 LOOK_GROWTH = 1.5
-"""Each look draws about half as many estimation samples again as all the looks before."""
+"""Each look draws about half as many samples again as all the looks before."""
 
 
 class Route(str, enum.Enum):
@@ -61,7 +74,8 @@ class Route(str, enum.Enum):
     reuse = "reuse"
     """the earlier ``pA_lower`` less ``zeta``"""
     scratch = "scratch"
-    """CERTIFY of the changed model afresh"""
+    """certified afresh: CERTIFY of the changed model, or (after looking) a bound on its
+    ``pA`` for the earlier class on the fresh draws CERTIFY's budget leaves"""
     abstain = "abstain"
     """the earlier run abstained: so does this one, without sampling"""
 
@@ -90,20 +104,16 @@ class PairClassifier(nn.Module):
 def pair_counts(
     pair: PairClassifier,
     xs: torch.Tensor | Sequence[torch.Tensor],
-    thetas: Sequence[Theta],
-    norm: Norm | str,
+    laws: Sequence[NoiseLaw],
     nums: Sequence[int],
     batch_size: int,
     generators: Sequence[torch.Generator],
-    sound: int | None = None,
 ) -> np.ndarray:
-    """Votes of ``pair`` on the noisy copies CERTIFY draws: int64 ``(n, len(nums), K, 2)`` on
-    the host -- ``[..., c, 0]`` draws where both say ``c``, ``[..., c, 1]`` where ``f`` says ``c``
-    and ``f'`` does not."""
-    counts = sample_counts_many(
-        pair, xs, thetas, norm, nums, batch_size, generators, 2 * pair.classes, sound
-    )
-    return counts.cpu().numpy().reshape(len(thetas), len(nums), pair.classes, 2)
+    """Votes of ``pair`` on noisy copies drawn as CERTIFY draws them: int64 ``(n, len(nums), K,
+    2)`` on the host -- ``[..., c, 0]`` draws where both say ``c``, ``[..., c, 1]`` where ``f``
+    says ``c`` and ``f'`` does not."""
+    counts = sample_counts_many(pair, xs, laws, nums, batch_size, generators, 2 * pair.classes)
+    return counts.cpu().numpy().reshape(len(laws), len(nums), pair.classes, 2)
 
 
 def recovered_p_a_lower(radius: float, theta: Theta, norm: Norm | str) -> float:
@@ -115,28 +125,27 @@ def recovered_p_a_lower(radius: float, theta: Theta, norm: Norm | str) -> float:
     return math.nextafter(min(p, 1.0), 0.0)
 
 
-def zeta_cap(n_estimation: int, batch_size: int) -> int:
-    """The most estimation draws reuse looks at: half of ``N`` in whole chunks of ``b =
-    min(batch_size, N)``, at least one chunk. Each draw is seen by both models, so up to there
-    reuse evaluates no more noisy inputs than CERTIFY afresh (``N0 + N``)."""
-    chunk = chunk_sizes(n_estimation, batch_size)[0]
-    return max(chunk, (n_estimation // 2) // chunk * chunk)
+def zeta_cap(n_estimation: int) -> int:
+    """The most draws reuse looks at: a quarter of ``N`` (at least one). Each draw is seen by
+    both models, so an input that goes afresh at the cap still has ``N0 + N / 2`` fresh draws of
+    CERTIFY's budget to be certified on."""
+    return max(1, n_estimation // 4)
 
 
 def zeta_looks(n_estimation: int, batch_size: int, growth: float = LOOK_GROWTH) -> list[int]:
-    """Cumulative estimation draws at which the disagreements are looked at: whole chunks of
-    ``b = min(batch_size, N)`` (:func:`~ancer_cli.core.smoothing.chunk_sizes`), growing by about
-    ``growth``, up to :func:`zeta_cap` -- so the draws are the earlier run's, in its chunks."""
+    """Cumulative draws at which the disagreements are looked at: the first look one forward
+    pass (``min(batch_size, cap)`` draws), then multiples of it growing by about ``growth``, up
+    to :func:`zeta_cap`."""
     if n_estimation < 1 or batch_size < 1 or growth <= 1.0:
         raise ValueError(
             f"need N >= 1, batch size >= 1, growth > 1; got {n_estimation}, {batch_size}, {growth}"
         )
-    chunk = chunk_sizes(n_estimation, batch_size)[0]
-    cap = zeta_cap(n_estimation, batch_size)
-    looks, chunks = [], 1
-    while chunks * chunk < cap:
-        looks.append(chunks * chunk)
-        chunks = max(chunks + 1, math.ceil(chunks * growth))
+    cap = zeta_cap(n_estimation)
+    first = min(batch_size, cap)
+    looks, steps = [], 1
+    while steps * first < cap:
+        looks.append(steps * first)
+        steps = max(steps + 1, math.ceil(steps * growth))
     return [*looks, cap]
 
 
@@ -157,7 +166,7 @@ class ReuseRule:
     (``pA_lower`` near 1, where every ``zeta`` costs much radius)."""
 
     alpha_zeta: float
-    tolerance: float = DEFAULT_TOLERANCE
+    tolerance: float = REUSE_TOLERANCE
     norm: Norm = Norm.l2
     radii: tuple[float, ...] = ()
     """Radii (input units) a reused certificate may not fall below where the earlier one reached
@@ -226,13 +235,22 @@ class ReuseRule:
         return codes, np.asarray(upper, dtype=np.float64), np.asarray(lower, dtype=np.float64)
 
 
+class Earlier(NamedTuple):
+    """One input's earlier certificate: its class (``ABSTAIN`` for an abstention), its
+    ``pA_lower`` and the smallest gap a reused certificate may have (:meth:`ReuseRule.floor_gaps`;
+    0 for none)."""
+
+    prediction: int
+    p_a_lower: float
+    floor: float = 0.0
+
+
 @dataclass(frozen=True)
 class Incremental:
     """The outcome for one input: its ``route``; for ``reuse`` the new ``p_a_lower`` (``pA_lower
-    - zeta``). ``n`` estimation draws were looked at (``disagreements`` of them with ``f = cA !=
-    f'``), ``samples`` draws evaluated by both models (selection included: the stream is
-    regenerated in order); ``selection_agrees`` whether the regenerated selection stage chose the
-    earlier class (``None`` without draws) -- a check that the draws are the earlier run's."""
+    - zeta``), for ``scratch`` the ``certificate`` of the changed model. ``n`` fresh draws were
+    looked at by both models (``disagreements`` of them with ``f = cA != f'``); ``samples``
+    counts every noisy input a model evaluated for this input."""
 
     route: Route
     p_a_lower: float = 0.0
@@ -240,89 +258,114 @@ class Incremental:
     n: int = 0
     disagreements: int = 0
     samples: int = 0
-    selection_agrees: bool | None = None
+    certificate: Certificate | None = None
+
+
+def _certify_class(
+    model: nn.Module,
+    x: torch.Tensor,
+    law: NoiseLaw,
+    prediction: int,
+    num: int,
+    sampling: Sampling,
+    generator: torch.Generator,
+) -> Certificate:
+    """A certificate of ``model`` for the class ``prediction``, fixed before the draws: its votes
+    on ``num`` fresh draws bounded at ``sampling.alpha`` (no selection stage: the class was not
+    chosen on these draws)."""
+    votes = sample_counts_many(
+        model, x.unsqueeze(0), [law], (num,), sampling.batch_size, [generator], None
+    )[0, 0].cpu()
+    n_a = int(votes[prediction]) if prediction < votes.numel() else 0
+    p_a_lower = max(0.0, clopper_pearson_lower(n_a, num, sampling.alpha) - law.tau)
+    low, mean = law.min_theta, law.geomean_theta
+    if p_a_lower < 0.5:
+        return Certificate(ABSTAIN, n_a, num, p_a_lower, 0.0, low, mean, tau=law.tau)
+    return Certificate(prediction, n_a, num, p_a_lower, law.gap(p_a_lower), low, mean, tau=law.tau)
 
 
 def certify_incremental_many(
     pair: PairClassifier,
     xs: torch.Tensor | Sequence[torch.Tensor],
-    thetas: Sequence[Theta],
-    norm: Norm | str,
-    n_selection: int,
-    n_estimation: int,
-    batch_size: int,
-    generators: Sequence[torch.Generator],
-    predictions: Sequence[int],
-    p_a_lowers: Sequence[float],
+    laws: Sequence[NoiseLaw],
+    sampling: Sampling,
+    earlier: Sequence[Earlier],
     rule: ReuseRule,
-    sound: int | None = None,
-    floors: Sequence[float] | None = None,
+    generators: Sequence[torch.Generator],
 ) -> list[Incremental]:
-    """Reuse the earlier certificates of a group of inputs for ``pair.changed``.
+    """Certify ``pair.changed`` on a group of inputs from their ``earlier`` certificates.
 
-    ``generators`` regenerate the earlier run's certify streams (same seed, index and stream);
-    ``predictions`` and ``p_a_lowers`` are the earlier certificates (``ABSTAIN`` for an
-    abstention); ``floors`` the smallest gap each reused certificate may have
-    (:meth:`ReuseRule.floor_gaps`; none by default). The selection stage is drawn and evaluated
-    first (so the estimation draws are the earlier run's), then estimation draws look by look
-    (:func:`zeta_looks`, at most :func:`zeta_cap`), the undecided inputs sharing forward passes,
-    until :class:`ReuseRule` decides. Inputs routed to ``scratch`` are left to the caller
-    (CERTIFY of the changed model with a fresh stream).
+    ``generators`` are fresh streams, one per input. Inputs that abstained before keep abstaining
+    (route ``abstain``, no draw). Inputs that could not be reused even with no disagreement at
+    the cap are certified afresh at once: CERTIFY of ``pair.changed`` with ``sampling`` (exactly
+    the certificate :func:`~ancer_cli.core.smoothing.certify_many` gives with the same
+    generator). The others draw look by look (:func:`zeta_looks`, at most :func:`zeta_cap`), both
+    models on every draw, the undecided inputs sharing forward passes, until :class:`ReuseRule`
+    decides; those sent afresh after ``n`` draws are certified for their earlier class on the
+    ``N0 + N - 2 n`` next draws of their stream. Every input's stream is its own, so an outcome
+    does not depend on the other inputs of the group.
     """
-    count = len(thetas)
+    count = len(laws)
     results: list[Incremental | None] = [None] * count
-    p = np.asarray(p_a_lowers, dtype=np.float64)
-    certified = np.asarray(predictions) != ABSTAIN
-    cap = zeta_cap(n_estimation, batch_size)
-    floor = np.zeros(count) if floors is None else np.asarray(floors, dtype=np.float64)
+    p = np.asarray([e.p_a_lower for e in earlier], dtype=np.float64)
+    certified = np.asarray([e.prediction for e in earlier]) != ABSTAIN
+    floor = np.asarray([e.floor for e in earlier], dtype=np.float64)
+    n_estimation, batch_size = sampling.n_estimation, sampling.batch_size
+    budget = sampling.n_selection + n_estimation
+    cap = zeta_cap(n_estimation)
     feasible = rule.feasible(np.where(certified, p, 0.0), cap, floor)
+    afresh = [i for i in range(count) if certified[i] and not feasible[i]]
+    if afresh:
+        certificates = certify_many(
+            pair.changed,
+            [xs[i] for i in afresh],
+            [laws[i] for i in afresh],
+            sampling,
+            [generators[i] for i in afresh],
+        )
+        for i, certificate in zip(afresh, certificates, strict=True):
+            results[i] = Incremental(Route.scratch, samples=budget, certificate=certificate)
     for i in range(count):
         if not certified[i]:
             results[i] = Incremental(Route.abstain)
-        elif not feasible[i]:
-            results[i] = Incremental(Route.scratch)
     active = np.flatnonzero(certified & feasible)
     zeta, low = np.ones(count), np.zeros(count)
     dis, n = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
-    agrees: dict[int, bool] = {}
     drawn = 0
     for size in zeta_looks(n_estimation, batch_size):
         if active.size == 0:
             break
-        step, first, drawn = size - drawn, drawn == 0, size
+        step, drawn = size - drawn, size
         members = active.tolist()
-        nums = (n_selection, step) if first else (step,)
         counts = pair_counts(
             pair,
             [xs[i] for i in members],
-            [thetas[i] for i in members],
-            norm,
-            nums,
+            [laws[i] for i in members],
+            (step,),
             batch_size,
             [generators[i] for i in members],
-            sound,
         )
-        chosen = np.asarray([predictions[i] for i in members])
-        if first:
-            votes = counts[:, 0].sum(axis=2)  # f's selection votes
-            for k, i in enumerate(members):
-                agrees[i] = int(np.argmax(votes[k])) == int(chosen[k])
-        dis[active] += counts[np.arange(len(members)), -1, chosen, 1]
+        chosen = np.asarray([earlier[i].prediction for i in members])
+        dis[active] += counts[np.arange(len(members)), 0, chosen, 1]
         n[active] = size
         codes, zeta[active], low[active] = rule.step(
             p[active], dis[active], n[active], cap, zeta[active], low[active], floor[active]
         )
         for k in np.flatnonzero(codes):
             i = int(active[k])
-            reused = codes[k] == 1
+            looked = {"zeta": float(zeta[i]), "n": int(n[i]), "disagreements": int(dis[i])}
+            if codes[k] == 1:
+                results[i] = Incremental(
+                    Route.reuse, p_a_lower=float(p[i] - zeta[i]), samples=2 * int(n[i]), **looked
+                )
+                continue
+            remaining = budget - 2 * int(n[i])
+            certificate = _certify_class(
+                pair.changed, xs[i], laws[i], earlier[i].prediction, remaining, sampling,
+                generators[i],
+            )  # fmt: skip
             results[i] = Incremental(
-                Route.reuse if reused else Route.scratch,
-                p_a_lower=float(p[i] - zeta[i]) if reused else 0.0,
-                zeta=float(zeta[i]),
-                n=int(n[i]),
-                disagreements=int(dis[i]),
-                samples=n_selection + int(n[i]),
-                selection_agrees=agrees[i],
+                Route.scratch, samples=budget, certificate=certificate, **looked
             )
         active = active[codes == 0]
     assert all(result is not None for result in results)  # the last look is at the cap

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ancer_cli.core.noise import Norm, Theta
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.noise import Theta
 from ancer_cli.core.regions import (
     MARGIN,
     largest_disjoint_gap,

@@ -12,18 +12,12 @@ The command line speaks of ``sigma``, the noise standard deviation, for both nor
 from __future__ import annotations
 
 import enum
-import math
 import secrets
 
 import numpy as np
 import torch
 
-
-class Norm(str, enum.Enum):
-    """The threat model: which norm the certified region is measured in."""
-
-    l2 = "l2"
-    l1 = "l1"
+from ancer_cli.core.choices import Norm
 
 
 class Stream(enum.IntEnum):
@@ -40,16 +34,6 @@ class Stream(enum.IntEnum):
 
 
 Theta = float | torch.Tensor
-
-
-def theta_from_sigma(sigma: float, norm: Norm | str) -> float:
-    """Natural noise parameter for a noise standard deviation ``sigma``."""
-    return sigma * math.sqrt(3.0) if Norm(norm) is Norm.l1 else sigma
-
-
-def sigma_from_theta(theta: float, norm: Norm | str) -> float:
-    """Inverse of :func:`theta_from_sigma`."""
-    return theta / math.sqrt(3.0) if Norm(norm) is Norm.l1 else theta
 
 
 def input_seed(seed: int, index: int, stream: Stream = Stream.certify) -> int:

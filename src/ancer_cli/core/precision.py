@@ -18,22 +18,12 @@ NCHW, so the random stream fills the same pixels as without the option.
 
 from __future__ import annotations
 
-import ctypes
-import enum
-import sys
 from typing import Any
 
 import torch
 from torch import nn
 
-
-class Precision(str, enum.Enum):
-    """The floating-point type the base classifier computes in."""
-
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
+from ancer_cli.core.choices import Precision
 
 _DTYPES = {
     Precision.fp32: torch.float32,
@@ -90,35 +80,3 @@ def speed_options_record(
 ) -> dict[str, Any]:
     """What a sidecar or manifest records about these options: ``{"precision", "channels_last"}``."""
     return {"precision": Precision(precision).value, "channels_last": bool(channels_last)}
-
-
-# ---------------------------------------------------------------------------------------------
-# CPU memory
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-
-
-def retain_freed_memory() -> bool:
-    """Keep the memory the process frees mapped, so the next forward pass reuses it.
-
-    By default glibc serves large blocks (a batch's activations) with fresh ``mmap`` pages and
-    returns them to the kernel when they are freed, and it trims the top of its heap; every
-    forward pass on the CPU then page-faults tens of megabytes of zeroed pages back in. Measured
-    with ``benchmarks/speed.py`` on a 2-core VM this is a third or more of a CPU forward pass.
-    ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, -1)`` make glibc keep freed blocks
-    for reuse. The setting is process-wide and the resident size stays at its peak, so only an
-    application (the CLI) should call this, once, at start-up. Returns whether it took effect:
-    ``False`` without glibc (macOS, Windows, musl), where nothing is changed.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
-        return False
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    libc.mallopt.restype = ctypes.c_int
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))

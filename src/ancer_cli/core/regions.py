@@ -27,7 +27,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ancer_cli.core.noise import Norm, Theta
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.noise import Theta
 
 MARGIN = 1e-9
 """Relative margin by which a quantity must pass its threshold before two regions are declared

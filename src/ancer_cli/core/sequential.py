@@ -39,7 +39,7 @@ import numpy.typing as npt
 from scipy.stats import beta
 from scipy.stats import norm as normal
 
-from ancer_cli.core.noise import Norm
+from ancer_cli.core.choices import Norm
 
 FloatArray = npt.NDArray[np.float64]
 

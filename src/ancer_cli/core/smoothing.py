@@ -11,11 +11,11 @@ Every input draws its noise from its own generator, in the chunks :func:`chunk_s
 the same order, whichever function samples it; so the noise of an input -- and with it its votes
 -- does not depend on which other inputs share its forward passes.
 
-``sound=s`` (the grid levels of the data, e.g. 255 for 8-bit images) switches every function
-here to the floating-point-sound sampler of :mod:`ancer_cli.core.sound`: each input is read once
-as integers on its grid, the noise is drawn exactly on that grid and the noisy input is assembled
-in integers; certificates use :func:`~ancer_cli.core.sound.sound_theta` and subtract the
-sampler's total-variation budget ``tau`` from the lower bound on ``pA``.
+Each input's noise is one value, its :class:`~ancer_cli.core.law.NoiseLaw`: norm, theta, and
+where it is drawn. On the data's pixel grid (a sound law) each input is read once as integers on
+the grid, the noise is drawn exactly on that grid and the noisy input is assembled in integers
+(:mod:`ancer_cli.core.sound`); certificates then subtract the sampler's total-variation budget
+``tau`` from the lower bound on ``pA``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ancer_cli.core.bounds import clopper_pearson_lower, gap_from_p_lower, top_two_p_value
-from ancer_cli.core.noise import Norm, Theta, perturb_
-from ancer_cli.core.radii import geometric_mean, min_theta
+from ancer_cli.core.bounds import clopper_pearson_lower, top_two_p_value
+from ancer_cli.core.choices import Sampling
+from ancer_cli.core.law import NoiseLaw
 from ancer_cli.core.sequential import (
     SequentialPlan,
     reported_lower,
@@ -37,7 +37,6 @@ from ancer_cli.core.sequential import (
     stop_reason,
     update_bounds,
 )
-from ancer_cli.core.sound import draw_sound_, sound_theta, to_grid, total_variation_budget
 
 ABSTAIN = -1
 
@@ -157,45 +156,41 @@ def _forward_passes(count: int, nums: Sequence[int], batch_size: int) -> list[li
 def sample_counts_many(
     model: nn.Module,
     xs: torch.Tensor | Sequence[torch.Tensor],
-    thetas: Sequence[Theta],
-    norm: Norm | str,
+    laws: Sequence[NoiseLaw],
     nums: Sequence[int],
     batch_size: int,
     generators: Sequence[torch.Generator],
     num_classes: int | None = None,
-    sound: int | None = None,
 ) -> torch.Tensor:
     """Votes of the base classifier on noisy copies of several inputs, several stages each.
 
-    Input ``i`` gets ``nums[0]``, then ``nums[1]``, ... noisy copies drawn from
+    Input ``i`` gets ``nums[0]``, then ``nums[1]``, ... noisy copies drawn from ``laws[i]`` with
     ``generators[i]`` exactly as :func:`sample_counts` would draw them one stage after the other,
     so its votes equal one-at-a-time sampling; chunks of different inputs share forward passes of
     at most ``batch_size`` samples when they are shorter than a batch.
 
     Args:
         model: maps a batch ``(b, C, H, W)`` in [0, 1] to logits ``(b, K)``.
-        xs: inputs ``(n, C, H, W)`` (or a sequence of ``(C, H, W)``) on the model's device.
-        thetas: per input, a positive number or a positive tensor of the input's shape.
+        xs: inputs ``(n, C, H, W)`` (or a sequence of ``(C, H, W)``) on the model's device; with
+            a sound law they must lie on its grid.
+        laws: one noise law per input (its theta on the inputs' device).
         nums: noisy samples per stage (CERTIFY: ``(n_selection, n_estimation)``).
         generators: one per input, on the inputs' device.
-        sound: the inputs' grid levels ``s``: draw the noise with
-            :func:`~ancer_cli.core.sound.draw_sound_` (inputs must lie on the ``1/s`` grid);
-            ``None`` for float noise (:func:`~ancer_cli.core.noise.perturb_`).
 
     Returns:
         int64 tensor ``(n, len(nums), K)`` of vote counts, on the inputs' device.
     """
     count = len(xs)
-    if not (len(thetas) == len(generators) == count):
+    if not (len(laws) == len(generators) == count):
         raise ValueError(
-            f"need one theta and one generator per input: got {count} inputs, "
-            f"{len(thetas)} thetas and {len(generators)} generators"
+            f"need one law and one generator per input: got {count} inputs, "
+            f"{len(laws)} laws and {len(generators)} generators"
         )
     if count == 0:
         device = xs.device if isinstance(xs, torch.Tensor) else None
         return torch.zeros((0, len(nums), num_classes or 0), dtype=torch.int64, device=device)
     first = xs[0]
-    grid = None if sound is None else [to_grid(xs[i], sound) for i in range(count)]
+    prepared = [law.prepare(xs[i]) for i, law in enumerate(laws)]
     passes = _forward_passes(count, nums, batch_size)
     largest = max((sum(c.size for c in chunks) for chunks in passes), default=0)
     buffer = torch.empty((largest, *first.shape), dtype=first.dtype, device=first.device)
@@ -209,18 +204,7 @@ def sample_counts_many(
         offset = 0
         for chunk in chunks:
             target = buffer[offset : offset + chunk.size]
-            if grid is None:
-                perturb_(target, xs[chunk.item], thetas[chunk.item], norm, generators[chunk.item])
-            else:
-                assert sound is not None
-                draw_sound_(
-                    target,
-                    grid[chunk.item],
-                    thetas[chunk.item],
-                    norm,
-                    sound,
-                    generators[chunk.item],
-                )
+            laws[chunk.item].draw_(target, prepared[chunk.item], generators[chunk.item])
             offset += chunk.size
         logits = model(buffer[:offset])
         if counts is None:
@@ -243,135 +227,95 @@ def sample_counts_many(
 def sample_counts(
     model: nn.Module,
     x: torch.Tensor,
-    theta: Theta,
-    norm: Norm | str,
+    law: NoiseLaw,
     num: int,
     batch_size: int,
     generator: torch.Generator,
     num_classes: int | None = None,
-    sound: int | None = None,
 ) -> torch.Tensor:
-    """Votes of the base classifier on ``num`` noisy copies of ``x``.
-
-    Args:
-        model: maps a batch ``(b, C, H, W)`` in [0, 1] to logits ``(b, K)``.
-        x: one input ``(C, H, W)`` on the model's device.
-        theta: a positive number, or a positive tensor of ``x``'s shape on the same device.
-        num: number of noisy samples; ``batch_size``: samples per forward pass.
-        generator: the input's random stream, on ``x``'s device.
-        sound: grid levels for sound sampling (see :func:`sample_counts_many`).
-
-    Returns:
-        int64 tensor ``(K,)`` of vote counts, on ``x``'s device.
-    """
+    """Votes of the base classifier on ``num`` noisy copies of ``x`` ``(C, H, W)`` drawn from
+    ``law`` with ``generator`` (on ``x``'s device), ``batch_size`` per forward pass: an int64
+    tensor ``(K,)`` on ``x``'s device."""
     counts = sample_counts_many(
-        model, x.unsqueeze(0), [theta], norm, (num,), batch_size, [generator], num_classes, sound
+        model, x.unsqueeze(0), [law], (num,), batch_size, [generator], num_classes
     )
     return counts[0, 0]
 
 
-def _certified_theta(
-    x: torch.Tensor, theta: Theta, norm: Norm | str, sound: int | None
-) -> tuple[Theta, float]:
-    """The theta a certificate states and the budget ``tau`` its lower bound pays."""
-    if sound is None:
-        return theta, 0.0
-    certified = sound_theta(theta, norm, sound)
-    return certified, total_variation_budget(certified, norm, sound, tuple(x.shape))
-
-
 def _certificate(
-    selection: np.ndarray,
-    estimation: np.ndarray,
-    theta: Theta,
-    norm: Norm | str,
-    n_estimation: int,
-    alpha: float,
-    tau: float = 0.0,
+    selection: np.ndarray, estimation: np.ndarray, law: NoiseLaw, n_estimation: int, alpha: float
 ) -> Certificate:
     c_a_hat = int(np.argmax(selection))
     n_a = int(estimation[c_a_hat])
     p_a_lower = clopper_pearson_lower(n_a, n_estimation, alpha)
-    if tau:
-        p_a_lower = max(0.0, p_a_lower - tau)
-    low, mean = min_theta(theta), geometric_mean(theta)
+    if law.tau:
+        p_a_lower = max(0.0, p_a_lower - law.tau)
+    low, mean, tau = law.min_theta, law.geomean_theta, law.tau
     if p_a_lower < 0.5:
         return Certificate(ABSTAIN, n_a, n_estimation, p_a_lower, 0.0, low, mean, tau=tau)
-    gap = gap_from_p_lower(p_a_lower, norm)
+    gap = law.gap(p_a_lower)
     return Certificate(c_a_hat, n_a, n_estimation, p_a_lower, gap, low, mean, tau=tau)
 
 
 def certify_many(
     model: nn.Module,
     xs: torch.Tensor | Sequence[torch.Tensor],
-    thetas: Sequence[Theta],
-    norm: Norm | str,
-    n_selection: int,
-    n_estimation: int,
-    alpha: float,
-    batch_size: int,
+    laws: Sequence[NoiseLaw],
+    sampling: Sampling,
     generators: Sequence[torch.Generator],
-    sound: int | None = None,
 ) -> list[Certificate]:
     """CERTIFY for a group of inputs, sharing forward passes between them.
 
-    Equal to ``[certify(model, xs[i], thetas[i], ..., generators[i]) for i ...]``: every input
+    Equal to ``[certify(model, xs[i], laws[i], sampling, generators[i]) for i ...]``: every input
     consumes its own generator exactly as :func:`certify` does. Only the short chunks (a
-    selection stage below ``batch_size``, the remainder of the estimation stage) of different
+    selection stage below the batch size, the remainder of the estimation stage) of different
     inputs are packed together, so groups pay off when those chunks are a large part of the work
     (small ``N``, small models, GPUs); :func:`inputs_per_group` sizes the group. The votes of the
-    whole group come to the host in one transfer. ``sound``: see :func:`sample_counts_many`; the
-    certificates then state :func:`~ancer_cli.core.sound.sound_theta` and ``pA_lower - tau``.
+    whole group come to the host in one transfer. A sound law's certificate states
+    ``pA_lower - tau``.
     """
-    counts = sample_counts_many(
-        model, xs, thetas, norm, (n_selection, n_estimation), batch_size, generators, sound=sound
-    )
+    nums = (sampling.n_selection, sampling.n_estimation)
+    counts = sample_counts_many(model, xs, laws, nums, sampling.batch_size, generators)
     both = counts.cpu().numpy()  # the one host transfer
-    certificates = []
-    for i in range(len(thetas)):
-        theta, tau = _certified_theta(xs[i], thetas[i], norm, sound)
-        certificates.append(
-            _certificate(both[i, 0], both[i, 1], theta, norm, n_estimation, alpha, tau)
-        )
-    return certificates
+    return [
+        _certificate(both[i, 0], both[i, 1], law, sampling.n_estimation, sampling.alpha)
+        for i, law in enumerate(laws)
+    ]
 
 
 def certify_sequential_many(
     model: nn.Module,
     xs: torch.Tensor | Sequence[torch.Tensor],
-    thetas: Sequence[Theta],
-    norm: Norm | str,
-    n_selection: int,
+    laws: Sequence[NoiseLaw],
+    sampling: Sampling,
     plan: SequentialPlan,
-    batch_size: int,
     generators: Sequence[torch.Generator],
     p_needed: np.ndarray | None = None,
-    sound: int | None = None,
 ) -> list[Certificate]:
     """Sequential CERTIFY for a group of inputs: stop each input's sampling as soon as
     :mod:`ancer_cli.core.sequential`'s rule decides (``plan``), at most ``plan.cap`` samples.
 
-    As in :func:`certify_many`, ``n_selection`` samples select the class; then estimation
-    samples are drawn look by look (``plan.looks()``: the same increments for every input), the
-    selected class's votes counted, the time-uniform bounds updated and the rule applied; inputs
-    still undecided go on to the next look, sharing its forward passes. Every input consumes its
-    own generator in the chunks :func:`chunk_sizes` gives for each increment, so its certificate
-    does not depend on the other inputs of the group. ``p_needed`` (radius mode): per input, the
-    sorted probabilities its radii need, shape ``(n, T)`` (``inf`` for a radius out of reach);
-    without it the plan's own thresholds (or adaptive mode). Votes come to the host once per look.
-    ``sound``: see :func:`sample_counts_many`; the stopping rule and the report then see the
-    bounds widened by each input's budget ``tau`` (lower ``- tau``, upper ``+ tau``).
+    As in :func:`certify_many`, ``sampling.n_selection`` samples select the class; then
+    estimation samples are drawn look by look (``plan.looks()``: the same increments for every
+    input), the selected class's votes counted, the time-uniform bounds updated and the rule
+    applied; inputs still undecided go on to the next look, sharing its forward passes. Every
+    input consumes its own generator in the chunks :func:`chunk_sizes` gives for each increment,
+    so its certificate does not depend on the other inputs of the group. ``p_needed`` (radius
+    mode): per input, the sorted probabilities its radii need, shape ``(n, T)`` (``inf`` for a
+    radius out of reach); without it the plan's own thresholds (or adaptive mode). Votes come to
+    the host once per look. With sound laws the stopping rule and the report see the bounds
+    widened by each input's budget ``tau`` (lower ``- tau``, upper ``+ tau``).
 
     Returns:
         One :class:`Certificate` per input; ``n_estimation`` is the number of estimation samples
         it used, ``p_a_lower`` the bound at its stopping time (``plan``'s reported bound) and
         ``stop`` the reason.
     """
-    count = len(thetas)
-    stated = [_certified_theta(xs[i], thetas[i], norm, sound) for i in range(count)]
-    tau = np.array([budget for _, budget in stated], dtype=np.float64)
+    count = len(laws)
+    batch_size = sampling.batch_size
+    tau = np.array([law.tau for law in laws], dtype=np.float64)
     selection = sample_counts_many(
-        model, xs, thetas, norm, (n_selection,), batch_size, generators, sound=sound
+        model, xs, laws, (sampling.n_selection,), batch_size, generators
     )[:, 0]
     chosen = selection.argmax(dim=1)
     classes = selection.shape[1]
@@ -387,13 +331,11 @@ def certify_sequential_many(
         counts = sample_counts_many(
             model,
             [xs[i] for i in members],
-            [thetas[i] for i in members],
-            norm,
+            [laws[i] for i in members],
             (step,),
             batch_size,
             [generators[i] for i in members],
             num_classes=classes,
-            sound=sound,
         )[:, 0]
         rows = torch.as_tensor(active, device=chosen.device)
         hits = counts.gather(1, chosen[rows].unsqueeze(1)).squeeze(1)
@@ -417,60 +359,39 @@ def certify_sequential_many(
     reported = np.maximum(reported_lower(plan, n_a, n, lower) - tau, 0.0)
     c_hat = chosen.cpu().numpy()
     certificates = []
-    for i in range(count):
+    for i, law in enumerate(laws):
         p_a_lower = float(reported[i])
-        theta, budget = stated[i]
-        low, mean = min_theta(theta), geometric_mean(theta)
+        low, mean = law.min_theta, law.geomean_theta
         stop = stop_reason(int(codes[i]))
         assert stop is not None  # the last look is at the cap
-        if p_a_lower < 0.5:
-            certificate = Certificate(
-                ABSTAIN, int(n_a[i]), int(n[i]), p_a_lower, 0.0, low, mean, stop.value, budget
-            )
-        else:
-            gap = gap_from_p_lower(p_a_lower, norm)
-            certificate = Certificate(
-                int(c_hat[i]),
+        abstained = p_a_lower < 0.5
+        certificates.append(
+            Certificate(
+                ABSTAIN if abstained else int(c_hat[i]),
                 int(n_a[i]),
                 int(n[i]),
                 p_a_lower,
-                gap,
+                0.0 if abstained else law.gap(p_a_lower),
                 low,
                 mean,
                 stop.value,
-                budget,
+                law.tau,
             )
-        certificates.append(certificate)
+        )
     return certificates
 
 
 def certify(
     model: nn.Module,
     x: torch.Tensor,
-    theta: Theta,
-    norm: Norm | str,
-    n_selection: int,
-    n_estimation: int,
-    alpha: float,
-    batch_size: int,
+    law: NoiseLaw,
+    sampling: Sampling,
     generator: torch.Generator,
-    sound: int | None = None,
 ) -> Certificate:
-    """CERTIFY: select the class on ``n_selection`` samples, bound its probability on
-    ``n_estimation`` fresh samples, and return the certificate (abstain if ``pA_low < 0.5``).
-    ``sound``: grid levels for sound sampling (see :func:`certify_many`)."""
-    return certify_many(
-        model,
-        x.unsqueeze(0),
-        [theta],
-        norm,
-        n_selection,
-        n_estimation,
-        alpha,
-        batch_size,
-        [generator],
-        sound=sound,
-    )[0]
+    """CERTIFY (Cohen et al. 2019): select the class on ``sampling.n_selection`` noisy copies of
+    ``x`` ``(C, H, W)``, bound its probability on ``sampling.n_estimation`` fresh ones at level
+    ``sampling.alpha``, and return the certificate (abstain if ``pA_lower < 1/2``)."""
+    return certify_many(model, x.unsqueeze(0), [law], sampling, [generator])[0]
 
 
 def _prediction(counts: np.ndarray, alpha: float) -> int:
@@ -487,46 +408,40 @@ def _prediction(counts: np.ndarray, alpha: float) -> int:
 def predict_many(
     model: nn.Module,
     xs: torch.Tensor | Sequence[torch.Tensor],
-    thetas: Sequence[Theta],
-    norm: Norm | str,
+    laws: Sequence[NoiseLaw],
     num: int,
     alpha: float,
     batch_size: int,
     generators: Sequence[torch.Generator],
-    sound: int | None = None,
 ) -> list[int]:
     """PREDICT for a group of inputs, sharing forward passes between them.
 
-    Equal to ``[predict(model, xs[i], thetas[i], ..., generators[i]) for i ...]``: each input
-    consumes its own generator as :func:`predict` does, and its votes come to the host with
-    the group's in one transfer (see :func:`certify_many` for when grouping pays off).
-    ``sound``: grid levels for sound sampling (:func:`sample_counts_many`). The level ``alpha``
-    then holds for the implemented noise law; against the ideal one, ``num`` votes are within
-    total variation ``num * tau`` of it, so the error probability is at most ``alpha + num * tau``.
+    Equal to ``[predict(model, xs[i], laws[i], ..., generators[i]) for i ...]``: each input
+    consumes its own generator as :func:`predict` does, and its votes come to the host with the
+    group's in one transfer (see :func:`certify_many` for when grouping pays off). With a sound
+    law the level ``alpha`` holds for the implemented noise law; against the ideal one, ``num``
+    votes are within total variation ``num * tau`` of it, so the error probability is at most
+    ``alpha + num * tau``.
     """
-    counts = sample_counts_many(
-        model, xs, thetas, norm, (num,), batch_size, generators, sound=sound
-    )
+    counts = sample_counts_many(model, xs, laws, (num,), batch_size, generators)
     votes = counts[:, 0].cpu().numpy()  # the one host transfer
-    return [_prediction(votes[i], alpha) for i in range(len(thetas))]
+    return [_prediction(votes[i], alpha) for i in range(len(laws))]
 
 
 def predict(
     model: nn.Module,
     x: torch.Tensor,
-    theta: Theta,
-    norm: Norm | str,
+    law: NoiseLaw,
     num: int,
     alpha: float,
     batch_size: int,
     generator: torch.Generator,
-    sound: int | None = None,
 ) -> int:
     """PREDICT (Cohen et al. 2019): the top class of ``num`` noisy votes, or ``ABSTAIN`` unless
     the binomial test of top class against runner-up rejects at level ``alpha``. The answer
-    differs from the smoothed classifier's with probability at most ``alpha`` (``sound``: see
-    :func:`predict_many`)."""
+    differs from the smoothed classifier's with probability at most ``alpha`` (for a sound law:
+    see :func:`predict_many`)."""
     (prediction,) = predict_many(
-        model, x.unsqueeze(0), [theta], norm, num, alpha, batch_size, [generator], sound=sound
+        model, x.unsqueeze(0), [law], num, alpha, batch_size, [generator]
     )
     return prediction

@@ -62,7 +62,8 @@ from fractions import Fraction
 import mpmath
 import torch
 
-from ancer_cli.core.noise import Norm, Theta
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.noise import Theta
 
 CLIP_UNITS = 64
 """``K``: noisy inputs are clipped to ``[-K, K + 1]`` (in data units) before the model sees them."""
@@ -207,11 +208,6 @@ def exact_gaussian_index(word: int, theta: float, levels: int, guess: int) -> in
     while not _u_below_phi(word, 2 * j + 1, theta, levels):
         j += 1
     return j
-
-
-def _lowest_index(levels: int) -> int:
-    """Where ``u = 0`` goes: clipped to ``-K`` from every ``x`` in ``[0, 1]``."""
-    return -(CLIP_UNITS + 1) * levels
 
 
 def _gaussian_index(

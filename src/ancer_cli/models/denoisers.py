@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ancer_cli.artifacts import atomic_writer, sha256_file
+from ancer_cli.core.choices import Norm
 from ancer_cli.core.conditioning import InputThetas, ThetaConditioned
-from ancer_cli.core.noise import Norm, Theta
+from ancer_cli.core.noise import Theta
 from ancer_cli.errors import ModelError
 from ancer_cli.models.checkpoints import _on_cpu as on_cpu
 from ancer_cli.models.diffusion import (

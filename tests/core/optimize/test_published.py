@@ -4,6 +4,8 @@ import pytest
 import torch
 from scipy.stats import binom
 
+from ancer_cli.core.choices import Norm, Sampling
+from ancer_cli.core.law import Noise
 from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.optimize.config import AncerConfig, IsotropicConfig
 from ancer_cli.core.optimize.published import (
@@ -138,9 +140,9 @@ def test_linear_oracle_with_optimized_anisotropic_thetas_is_sound(norm_name):
     )
     unsound = certified = 0
     for i in range(count):
-        cert = certify(
-            model, xs[i], thetas[i], norm_name, 100, 2000, alpha, 1000, input_generator(0, i, "cpu")
-        )
+        law = Noise(Norm(norm_name)).law(thetas[i], xs[i].shape)
+        sampling = Sampling(100, 2000, alpha, 1000)
+        cert = certify(model, xs[i], law, sampling, input_generator(0, i, "cpu"))
         if cert.prediction == ABSTAIN:
             continue
         certified += 1

@@ -5,12 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ancer_cli.certify import CertifyConfig, certify_dataset
-from ancer_cli.core.noise import Norm, Stream, input_generator
+from ancer_cli.certify import certify_dataset
+from ancer_cli.core.choices import Norm, Sampling
+from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.optimize.config import AncerConfig, IsotropicConfig
 from ancer_cli.core.optimize.published import optimize_ancer, optimize_isotropic
 from ancer_cli.data import load_dataset
+from ancer_cli.inputs import in_memory_inputs
 from ancer_cli.models import load_model
+from ancer_cli.settings import CertifyConfig
 from ancer_cli.train import TrainConfig, train
 
 
@@ -39,9 +42,15 @@ def test_ancer_proxy_radius_beats_isotropic_radius(digits_model):
     theta = optimize_ancer(
         model, x, theta_iso, Norm.l2, AncerConfig(iterations=30, samples=32), gens
     )
-    config = CertifyConfig(n_estimation=2000, batch_size=1000)
-    iso_rows = list(certify_dataset(model, data, indices, lambda i: theta_iso[i], config, device))
-    ancer_rows = list(certify_dataset(model, data, indices, lambda i: theta[i], config, device))
+    config = CertifyConfig(Sampling(n_estimation=2000, batch_size=1000))
+    seeds = dict.fromkeys(indices, 0)
+
+    def rows(thetas):  # float noise, as the published algorithms were measured
+        inputs = in_memory_inputs(model, data, thetas, indices=indices, sound=False)
+        return list(certify_dataset(inputs, indices, config, seeds, device))
+
+    iso_rows = rows(lambda i: theta_iso[i])
+    ancer_rows = rows(lambda i: theta[i])
     iso_radius = sum(r.radius * r.correct for r in iso_rows) / len(indices)
     ancer_proxy = sum(r.radius_proxy * r.correct for r in ancer_rows) / len(indices)
     iso_accuracy = sum(r.correct for r in iso_rows) / len(indices)

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.law import Noise
 from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.optimize.config import (
     AncerConfig,
@@ -55,7 +57,8 @@ class NoisePrior(nn.Module):
 
 def _conservative_radius(model, x, theta, n=4096, alpha=0.001, seed=99):
     """CERTIFY-style radius of one isotropic theta on fresh votes (not the search's)."""
-    counts = sample_counts(model, x, theta, "l2", n, 1024, torch.Generator().manual_seed(seed))
+    law = Noise(Norm.l2).law(theta, x.shape)
+    counts = sample_counts(model, x, law, n, 1024, torch.Generator().manual_seed(seed))
     return theta * certified_gap_lower(int(counts[0]), n, alpha, "l2")
 
 

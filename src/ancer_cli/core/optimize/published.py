@@ -21,8 +21,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ancer_cli.core.choices import Norm
 from ancer_cli.core.conditioning import tell_thetas
-from ancer_cli.core.noise import Norm, draw_base_noise_
+from ancer_cli.core.noise import draw_base_noise_
 from ancer_cli.core.optimize.config import AncerConfig, IsotropicConfig, Progress
 
 P_CLAMP = (1e-3, 1 - 1e-3)

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ancer_cli.core.bounds import clopper_pearson_lower, gap_from_p_lower
+from ancer_cli.core.choices import Norm
 from ancer_cli.core.conditioning import tell_thetas
-from ancer_cli.core.noise import Norm, Stream, Theta, input_generator, perturb_
+from ancer_cli.core.noise import Stream, Theta, input_generator, perturb_
 from ancer_cli.core.optimize.config import (
     STEP_COST,
     CertifiedSearchConfig,
