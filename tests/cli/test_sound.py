@@ -216,7 +216,7 @@ def test_16_bit_images_are_certified_on_their_own_grid(colour_model: Path, tmp_p
     out = tmp_path / "r.tsv"
     result = _certify_folder(colour_model, root, out)
     assert result.exit_code == 0, result.output
-    assert "sound noise on the 1/65535 grid" in result.output
+    assert "sound noise on the 1/65535 grid" in result.output and "caution" not in result.output
     assert [(row.predict, row.correct) for row in read_rows(out)] == [(3, 1)] * 2
     record = json.loads(out.with_name(out.name + ".json").read_text())
     assert record["arguments"]["sound"] is True
@@ -231,7 +231,9 @@ def test_float_images_get_float_noise_and_refuse_sound(colour_model: Path, tmp_p
     out = tmp_path / "r.tsv"
     result = _certify_folder(colour_model, root, out)
     assert result.exit_code == 0, result.output
-    assert "float noise" in result.output and "sound noise" not in result.output
+    assert "float noise, seed 0" in result.output and "sound noise on the" not in result.output
+    assert "caution: 2 of the 2 images under" in result.stderr
+    assert "lie on no pixel grid, so certify and predict draw float noise" in result.stderr
     assert [(row.predict, row.correct) for row in read_rows(out)] == [(3, 1)] * 2
     record = json.loads(out.with_name(out.name + ".json").read_text())
     assert record["arguments"]["sound"] is False and "sound" not in record

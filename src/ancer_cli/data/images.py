@@ -245,8 +245,8 @@ class PixelSurvey:
         total = sum(self.counts.values())
         return (
             f"{floats} of the {total} images under {directory} are float images (the first: "
-            f"{self.first[PixelKind.floating]}), which lie on no pixel grid: the noise is drawn "
-            "in float, not soundly on a grid (8- and 16-bit images have one)"
+            f"{self.first[PixelKind.floating]}), which lie on no pixel grid, so certify and "
+            "predict draw float noise, not sound noise on a grid (8- and 16-bit images have one)"
         )
 
 
