@@ -24,6 +24,7 @@ from ancer_cli.data import LoadedData, load_dataset
 from ancer_cli.distributed import Session
 from ancer_cli.errors import AncerError, ModelError, first_line
 from ancer_cli.models import LoadedModel, load_model
+from ancer_cli.models.checks import check_inputs, check_per_input
 from ancer_cli.models.denoisers import DenoisedClassifier, denoiser_record, load_denoiser
 from ancer_cli.run.commit import Commitment, commit_inputs, tensor_digest
 from ancer_cli.run.spec import InputsSpec, Resolved, inputs_arguments
@@ -68,6 +69,9 @@ def load_run_inputs(
         raise AncerError(f"model {model_path} does not record its dataset; pass --dataset")
     data = load_dataset(name, split, data_root, classes=classes)
     logits = check_compatible(loaded.module, data, device, str(model_path))
+    # the smoothed classifier is defined for a function of one input: refuse a model whose
+    # answers depend on what shares its forward pass (before any denoiser is put in front)
+    check_per_input(loaded.module, check_inputs(data).to(device), str(model_path))
     chosen = Norm(norm) if norm is not None else Norm(loaded.norm or Norm.l2.value)
     return RunInputs(loaded, data, chosen, logits)
 
@@ -327,7 +331,8 @@ def in_memory_inputs(
     """What a run smooths, from a model and data in memory (a library caller's own, or a test's):
     ``thetas`` a fixed theta (the natural parameter: l2 standard deviation, l1 half-width) or a
     map from dataset index to theta; ``sound`` as in :class:`~ancer_cli.run.spec.InputsSpec`.
-    The model is hashed by its state (:func:`module_digest`) and checked on one input."""
+    The model is hashed by its state (:func:`module_digest`), checked on one input and checked to
+    be a function of one input (:func:`~ancer_cli.models.checks.check_per_input`)."""
     device = device or torch.device("cpu")
     chosen = list(range(len(data.dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
     if callable(thetas):
@@ -348,6 +353,7 @@ def in_memory_inputs(
         source = sound_thetas(source, norm, noise.grid)
     digest = module_digest(model)
     logits = check_compatible(model, data, device, "in memory")
+    check_per_input(model, check_inputs(data).to(device), "in memory")
     spec = InputsSpec(method=method, split=data.split, norm=norm, sound=sound)
     resolved = Resolved(method, digest, data.info.name, data.split, Norm(norm), sound)
     return SmoothedInputs(

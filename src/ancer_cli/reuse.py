@@ -54,6 +54,7 @@ from ancer_cli.inputs import (
     sound_record,
 )
 from ancer_cli.models import load_model
+from ancer_cli.models.checks import check_inputs, check_per_input
 from ancer_cli.models.denoisers import inputs_per_theta
 from ancer_cli.results import RESULT_COLUMNS, read_results_record
 from ancer_cli.run.certificates import (
@@ -417,6 +418,7 @@ def _plan(request: ReuseRequest, session: Session, run: Run) -> ReusePlan:
             f"earlier run certified {data.info.name} inputs of shape {shape}"
         )
     logits = check_compatible(changed.module, data, session.device, str(request.model))
+    check_per_input(changed.module, check_inputs(data).to(session.device), str(request.model))
     if logits != inputs.logits:
         raise ModelError(
             f"model {request.model} returns {logits} logits, the earlier run's model "

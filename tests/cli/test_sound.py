@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -190,6 +191,60 @@ def test_sound_is_the_default_where_the_data_has_a_grid(model_path: Path, tmp_pa
         )  # fmt: skip
     assert without_time(default) == without_time(sound)
     assert json.loads((tmp_path / "default.tsv.json").read_text())["arguments"]["sound"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# image folders at their bit depth: 16-bit images on the 1/65535 grid, float images without one
+
+
+def _folder_of(root: Path, plane: np.ndarray, name: str, label: int) -> Path:
+    """Two copies of the gray ``plane`` (read as 3 equal channels) under ``root/label/``."""
+    for i in range(2):
+        path = root / str(label) / f"{i}.{name}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(plane).save(path)
+    return root
+
+
+def _certify_folder(model: Path, root: Path, out: Path, *extra: str):
+    return invoke(
+        "certify", "--model", model, "--dataset", "folder", "--data-root", root,
+        "--sigma", "0.25", "--N0", "20", "--N", "200", "--seed", "0", "--device", "cpu",
+        "--out", out, *extra,
+    )  # fmt: skip
+
+
+def test_16_bit_images_are_certified_on_their_own_grid(colour_model: Path, tmp_path: Path):
+    """Gray 21845 / 65535 = 1/3 is class 3 for the colour model (red = 3 / 9)."""
+    plane = np.full((8, 8), 21845, dtype=np.uint16)
+    plane[2, 3] = 21846  # a value no 8-bit image has
+    root = _folder_of(tmp_path / "sixteen", plane, "png", 3)
+    out = tmp_path / "r.tsv"
+    result = _certify_folder(colour_model, root, out)
+    assert result.exit_code == 0, result.output
+    assert "sound noise on the 1/65535 grid" in result.output and "caution" not in result.output
+    assert [(row.predict, row.correct) for row in read_rows(out)] == [(3, 1)] * 2
+    record = json.loads(out.with_name(out.name + ".json").read_text())
+    assert record["arguments"]["sound"] is True
+    assert record["sound"]["grid_levels"] == 65535 and record["sound"]["step"] == "1/65535"
+    per_pixel = (2 * math.ceil(9 * 65535 * 0.25) + 4) * 2.0**-53
+    assert record["sound"]["tau"] == pytest.approx(3 * 64 * per_pixel, rel=1e-6)
+
+
+def test_float_images_get_float_noise_and_refuse_sound(colour_model: Path, tmp_path: Path):
+    plane = np.full((8, 8), 1 / 3, dtype=np.float32)
+    root = _folder_of(tmp_path / "float", plane, "tif", 3)
+    out = tmp_path / "r.tsv"
+    result = _certify_folder(colour_model, root, out)
+    assert result.exit_code == 0, result.output
+    assert "float noise, seed 0" in result.output and "sound noise on the" not in result.output
+    assert "caution: 2 of the 2 images under" in result.stderr
+    assert "lie on no pixel grid, so certify and predict draw float noise" in result.stderr
+    assert [(row.predict, row.correct) for row in read_rows(out)] == [(3, 1)] * 2
+    record = json.loads(out.with_name(out.name + ".json").read_text())
+    assert record["arguments"]["sound"] is False and "sound" not in record
+    refused = _certify_folder(colour_model, root, tmp_path / "s.tsv", "--sound")
+    assert_domain_error(refused, "--sound needs data on a pixel grid", "--no-sound")
 
 
 # ---------------------------------------------------------------------------------------------

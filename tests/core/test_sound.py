@@ -56,6 +56,19 @@ def test_to_grid_reads_8_bit_and_digits_data_and_rejects_the_rest():
         to_grid(torch.tensor([1.0 + 1 / 255]), 255)
 
 
+def test_to_grid_reads_16_bit_data_and_8_bit_data_on_the_finer_grid():
+    """16-bit images (k / 65535, as the image folders read them); 8-bit values are 257 k / 65535."""
+    values = torch.arange(65536, dtype=torch.int32)
+    x = values.float().div(65535)
+    assert torch.equal(to_grid(x, 65535), values)
+    eight = torch.arange(256, dtype=torch.int32)
+    assert torch.equal(to_grid(eight.float().div(255), 65535), 257 * eight)
+    with pytest.raises(ValueError, match="grid steps off"):
+        to_grid(x[1:2] + 0.5 / 65535, 65535)
+    with pytest.raises(ValueError, match="grid"):
+        to_grid(x[1:2], 255)
+
+
 def test_sound_theta_is_idempotent_and_never_above_the_grid_half_width():
     for levels in (16, 255):
         for value in (0.001, 0.1, 0.25, 0.433, 0.866, 1.7320508):
@@ -95,6 +108,7 @@ LAWS = [
     (255, [0.25]),
     (255, [0.1234567]),
     (255, [0.5, 0.301]),  # per-coordinate thetas, drawn side by side
+    (65535, [0.0012]),  # 16-bit images (a small theta keeps the table of thresholds short)
 ]
 
 
@@ -208,7 +222,7 @@ def test_million_draws_follow_the_exact_pmfs():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("levels", [16, 255])
+@pytest.mark.parametrize("levels", [16, 255, 65535])
 def test_assembly_depends_on_the_integer_sum_only(device, levels):
     generator = torch.Generator().manual_seed(levels)
     shape, batch = (3, 8, 8), 512
@@ -230,12 +244,25 @@ def test_assembly_depends_on_the_integer_sum_only(device, levels):
         lambda t: t.to(torch.bfloat16).contiguous(memory_format=torch.channels_last),
     ):
         assert torch.equal(cast(first), cast(second))
-    # clipped in integers, to [-K, K + 1]
+    # clipped in integers, to [-K, K + 1], and S read back from what the model sees
     assert float(first.min()) >= -CLIP_UNITS and float(first.max()) <= CLIP_UNITS + 1
+    sums = (x_a.long() + noise_a).clamp(-CLIP_UNITS * levels, (CLIP_UNITS + 1) * levels)
+    assert torch.equal(torch.round(first.cpu().double() * levels).long(), sums)
     if device == "cpu":  # zero noise reproduces the data exactly
         x = x_a.float() / levels
         zero = assemble_(torch.empty((1, *shape)), x_a, torch.zeros((1, *shape)), levels)
         assert torch.equal(zero[0], x)
+
+
+@pytest.mark.parametrize("levels", [16, 255, 65535])
+def test_every_clipped_sum_converts_once_and_exactly(levels):
+    """Over the whole clip range ``[-K s, (K + 1) s]`` (``|S| < 2^24``, exact in float32) the
+    model sees ``S / s`` rounded once, distinct for distinct ``S`` -- 16-bit data included."""
+    sums = torch.arange(-CLIP_UNITS * levels, (CLIP_UNITS + 1) * levels + 1, dtype=torch.int32)
+    assert int(sums.abs().max()) < 2**24
+    out = assemble_(torch.empty(sums.shape), sums, torch.zeros_like(sums), levels)
+    assert torch.equal(out, (sums.double() / levels).float())
+    assert bool((out[1:] > out[:-1]).all())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -216,13 +216,15 @@ def check_smoothing_options(
 
 def label_notes(data: LoadedData, logits: int) -> list[str]:
     """What to tell people about the labels of an image folder (nothing for built-in data): the
-    mapping used and, where it may not be the model's, a caution."""
+    mapping used and, where it may not be the model's, a caution; and, for a folder of images
+    without a pixel grid (float images), a caution that its noise is float noise."""
     from ancer_cli.data import LabelRule
 
+    grid = [f"caution: {data.grid_note}"] if data.grid_note else []
     mapping = data.classes
     if mapping is None:
-        return []
-    notes = [mapping.describe()]
+        return grid
+    notes = [mapping.describe(), *grid]
     if mapping.rule is LabelRule.unlabeled:
         notes.append(
             "no labels: every row has label -1 and correct 0; ancer accuracy reports "

@@ -9,6 +9,8 @@ One family per module; imports go ``base`` <- families <- ``registry``:
 - :mod:`~ancer_cli.data.mnist`: MNIST from its idx-ubyte files;
 - :mod:`~ancer_cli.data.cifar`: CIFAR-10 from its python pickles, through a restricted
   unpickler;
+- :mod:`~ancer_cli.data.images`: one image file at its real bit depth (8-bit, 16-bit, float),
+  and the pixel grid of a folder of them;
 - :mod:`~ancer_cli.data.folders`: image folders (``imagenet``, ``folder``) and class lists;
 - :mod:`~ancer_cli.data.registry`: the dataset names and splits, ``dataset_info``,
   ``normalization`` and the ``load_dataset`` dispatch.

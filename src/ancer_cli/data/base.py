@@ -47,6 +47,8 @@ DEFAULT_ARCH = {
 
 EIGHT_BIT_LEVELS = 255
 """The pixel grid of 8-bit images: every value of ``x`` is ``k / 255`` for an integer ``k``."""
+SIXTEEN_BIT_LEVELS = 65535
+"""The pixel grid of 16-bit images, ``k / 65535``; 8-bit values lie on it too (65535 = 255 x 257)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,10 @@ class LoadedData:
     so theta files are named the same whichever alias the user typed). ``classes`` says how an
     image folder's images were labeled (``None`` for the built-in datasets). ``grid_levels`` is
     the pixel grid the values of ``x`` lie on: each is ``k / grid_levels`` for an integer ``k``
-    (255 for 8-bit images, 16 for digits); ``None`` for data without a grid.
+    (255 for 8-bit images, 65535 for image folders holding 16-bit images, 16 for digits); ``None``
+    for data without a grid (a folder holding float images). ``grid_note`` is then one line that
+    says why, for a command to show when its default, sound sampling where the data has a grid,
+    turns to float noise (the library never prints).
     """
 
     dataset: Dataset[tuple[torch.Tensor, int]]
@@ -140,6 +145,7 @@ class LoadedData:
     split: str
     classes: ClassMapping | None = None
     grid_levels: int | None = None
+    grid_note: str | None = None
 
     @property
     def labeled(self) -> bool:

@@ -3,29 +3,37 @@
 
 Sub-folders named by class index carry that index, sub-folders named in a class list
 (``--classes FILE``, line k = class k) carry its line, other names are sorted and numbered 0,
-1, ...; a folder of images without sub-folders is unlabeled (label -1). Every image is read as
-8-bit RGB, so ``x`` lies on the 255-level grid.
+1, ...; a folder of images without sub-folders is unlabeled (label -1). Every image is read at
+its own bit depth (:mod:`ancer_cli.data.images`) and the folder's grid is the finest its images
+need: 1/255 for 8-bit images, 1/65535 once one is 16-bit, none once one is float.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from ancer_cli.data.base import (
-    EIGHT_BIT_LEVELS,
     UNLABELED,
     ClassMapping,
     DatasetInfo,
     LabelRule,
     LoadedData,
     info_for,
+)
+from ancer_cli.data.images import (
+    Geometry,
+    PixelSurvey,
+    decode,
+    fits_grid,
+    open_image,
+    pixel_kind,
+    survey_images,
 )
 from ancer_cli.errors import DataError, first_line
 
@@ -37,9 +45,12 @@ _ANY_SPLIT_FOLDER = ("train", "test", "val")
 
 
 class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
-    """Images read lazily from ``samples`` (path, class index) and turned into ``(C, H, W)``.
+    """Images read lazily from ``samples`` (path, class index) and turned into ``(3, H, W)``.
 
-    ``transform`` maps an RGB PIL image to a float32 tensor in [0, 1]. If ``size`` (width,
+    Each image is decoded at its bit depth (:func:`~ancer_cli.data.images.decode`), after
+    ``geometry`` (a resize and crop of the PIL image) if given, and must lie on the grid the
+    dataset was declared with, ``grid_levels`` (``None``: any kind); an image that does not (the
+    folder changed since it was surveyed) is a DataError naming the file. If ``size`` (width,
     height) is given, every image must have it: a different size raises a DataError naming the
     file instead of being silently resized (a certificate is about the exact input given).
     """
@@ -47,46 +58,48 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
     def __init__(
         self,
         samples: Sequence[tuple[str, int]],
-        transform: Callable[[Any], torch.Tensor],
         classes: Sequence[str],
+        grid_levels: int | None,
         size: tuple[int, int] | None = None,
+        geometry: Geometry | None = None,
     ) -> None:
         self.samples = list(samples)
         self.targets = [label for _, label in self.samples]
-        self.transform = transform
         self.classes = list(classes)
+        self.grid_levels = grid_levels
         self.size = size
+        self.geometry = geometry
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        image = _open_rgb(Path(path))
-        if self.size is not None and image.size != self.size:
-            raise DataError(
-                f"image {path} is {image.size[0]}x{image.size[1]} (WxH) but the folder's first "
-                f"image is {self.size[0]}x{self.size[1]}; all images of a folder dataset must "
-                "share one size: resize them first"
-            )
-        return self.transform(image), label
-
-
-def _open_rgb(path: Path) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise DataError(
-            f"cannot read image {path} ({error}); remove or replace the file"
-        ) from error
+        with open_image(path) as image:
+            kind = pixel_kind(image, path)
+            if not fits_grid(kind, self.grid_levels):
+                raise DataError(
+                    f"image {path} is a {kind.value} image but the dataset was read as lying on "
+                    f"the 1/{self.grid_levels} grid (the folder changed since it was loaded); "
+                    "start the command again"
+                )
+            if self.size is not None and image.size != self.size:
+                raise DataError(
+                    f"image {path} is {image.size[0]}x{image.size[1]} (WxH) but the folder's "
+                    f"first image is {self.size[0]}x{self.size[1]}; all images of a folder "
+                    "dataset must share one size: resize them first"
+                )
+            return decode(image, kind, path, self.geometry), label
 
 
 def _image_hw(path: Path) -> tuple[int, int]:
-    width, height = _open_rgb(path).size
+    with open_image(path) as image:
+        width, height = image.size
     return height, width
+
+
+def _survey(samples: Sequence[tuple[str, int]]) -> PixelSurvey:
+    return survey_images(path for path, _ in samples)
 
 
 def _imagenet_split_dir(root: Path, split: str) -> Path:
@@ -265,7 +278,9 @@ def _scan(
 
 def load_imagenet(root: Path, split: str, classes: Path | None) -> LoadedData:
     """Split ``split`` (canonical) of ImageNet: ``root/train`` or ``root/val``, resized to
-    :data:`IMAGENET_RESIZE` and center-cropped to :data:`IMAGENET_CROP`."""
+    :data:`IMAGENET_RESIZE` (bilinear) and center-cropped to :data:`IMAGENET_CROP`. 8-bit
+    images are resized as 8-bit and 16-bit ones as integers, so both stay on their grid; float
+    images are resized in float."""
     from torchvision import transforms
 
     directory = _imagenet_split_dir(root, split)
@@ -275,21 +290,19 @@ def load_imagenet(root: Path, split: str, classes: Path | None) -> LoadedData:
             f"(ImageFolder layout under --data-root {root}, with train/ and val/)"
         )
     samples, mapping = _scan(directory, "imagenet", classes)
-    transform = transforms.Compose(
-        [
-            transforms.Resize(IMAGENET_RESIZE),
-            transforms.CenterCrop(IMAGENET_CROP),
-            transforms.ToTensor(),
-        ]
+    geometry = transforms.Compose(
+        [transforms.Resize(IMAGENET_RESIZE), transforms.CenterCrop(IMAGENET_CROP)]
     )
-    dataset = ImageFiles(samples, transform, sorted(mapping.labels))
+    survey = _survey(samples)
+    dataset = ImageFiles(samples, sorted(mapping.labels), survey.grid_levels, geometry=geometry)
     info = info_for("imagenet", (3, IMAGENET_CROP, IMAGENET_CROP), mapping.num_classes)
     return LoadedData(
         dataset=dataset,
         info=info,
         split=split,
         classes=mapping,
-        grid_levels=EIGHT_BIT_LEVELS,
+        grid_levels=survey.grid_levels,
+        grid_note=survey.note(directory),
     )
 
 
@@ -322,22 +335,21 @@ def _folder_split_dir(root: Path, split: str, typed: str | None = None) -> Path:
 
 def load_folder(root: Path, split: str, typed: str, classes: Path | None) -> LoadedData:
     """Split ``split`` (canonical; ``typed`` as the user wrote it) of a folder dataset: images
-    of one size, read as they are."""
-    from torchvision import transforms
-
+    of one size, read as they are, on the grid their headers say (see
+    :class:`~ancer_cli.data.images.PixelSurvey`)."""
     directory = _folder_split_dir(root, split, typed)
     samples, mapping = _scan(directory, "folder", classes)
     height, width = _image_hw(Path(samples[0][0]))
-    dataset = ImageFiles(
-        samples, transforms.ToTensor(), sorted(mapping.labels), size=(width, height)
-    )
+    survey = _survey(samples)
+    dataset = ImageFiles(samples, sorted(mapping.labels), survey.grid_levels, size=(width, height))
     info = info_for("folder", (3, height, width), mapping.num_classes)
     return LoadedData(
         dataset=dataset,
         info=info,
         split=split,
         classes=mapping,
-        grid_levels=EIGHT_BIT_LEVELS,
+        grid_levels=survey.grid_levels,
+        grid_note=survey.note(directory),
     )
 
 

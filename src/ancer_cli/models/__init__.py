@@ -8,7 +8,8 @@ never runs Python code from the file.
 - :mod:`.factory` -- user architectures given as ``package.module:factory``;
 - :mod:`.checkpoints` -- ancer's checkpoint format, Cohen et al.'s, plain state dicts;
 - :mod:`.files` -- what kind a model file is, and weights-only loading with one-line errors;
-- :mod:`.loading` -- :func:`load_model`, which takes any of them.
+- :mod:`.loading` -- :func:`load_model`, which takes any of them;
+- :mod:`.checks` -- :func:`check_per_input`: is the base classifier a function of one input?
 """
 
 from ancer_cli.models.architectures import (
@@ -25,11 +26,13 @@ from ancer_cli.models.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
+from ancer_cli.models.checks import BatchCheck, check_inputs, check_per_input
 from ancer_cli.models.files import MODEL_KINDS
 from ancer_cli.models.loading import ExportedModule, LoadedModel, load_model
 
 __all__ = [
     "ARCHITECTURES",
+    "BatchCheck",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_KEYS",
     "COHEN_ARCHITECTURES",
@@ -39,6 +42,8 @@ __all__ = [
     "Normalize",
     "build_model",
     "check_architecture",
+    "check_inputs",
+    "check_per_input",
     "is_factory_arch",
     "load_model",
     "read_checkpoint",
