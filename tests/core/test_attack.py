@@ -329,3 +329,28 @@ def test_inputs_and_arguments_are_checked():
     with pytest.raises(ValueError):
         smoothadv_attack(model, x[None], [1], [SIGMA], "l2", 0.1, "l3", generators(1))
     assert {t.value for t in Threat} == {"l2", "l1", "linf"}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("threat, eps", [("l2", 0.5), ("linf", 8 / 255), ("l1", 0.4)])
+def test_attack_on_cuda_finds_the_linear_optimum_on_the_grid(threat, eps):
+    model, w, x = linear_problem()
+    cuda = torch.device("cuda")
+    model = SteepLinear2(w.to(cuda), model.b)
+    x = ((x * 255).round() / 255).to(cuda)
+    streams = [input_generator(0, i, cuda, Stream.attack) for i in range(2)]
+    thetas = [SIGMA, torch.full(SHAPE, SIGMA, device=cuda)]
+    config = AttackConfig(restarts=2)
+    result = smoothadv_attack(
+        model, x.expand(2, *SHAPE), [1, 1], thetas, "l2", eps, threat, streams, config, 255
+    )
+    assert result.points.device.type == "cuda"
+    norms = {"l2": result.norm_l2, "l1": result.norm_l1, "linf": result.norm_linf}[threat]
+    assert (norms <= eps).all()
+    wf = w.double().flatten()
+    fall = eps * float({"l2": wf.norm(), "l1": wf.abs().max(), "linf": wf.abs().sum()}[threat])
+    best = normal.cdf(normal.ppf(0.9) - fall / (SIGMA * float(wf.norm())))
+    for b in range(2):
+        to_grid(result.points[b], 255)
+        # on the grid, within a level of the optimum per coordinate
+        assert hard_probability(model, w, result.points[b].cpu()) < best + 0.02

@@ -157,3 +157,26 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="one theta, gap, prediction and generator"):
         audit_regions(ThreeWay(), torch.zeros((1, *SHAPE)), [0.1], [1.0, 2.0], [0], "l2", [])
     assert AuditConfig().forward_equivalents(10) == 3 * 2 * 50 * 32 + (1 + 18) * 256
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_audit_on_cuda_finds_the_flip_of_an_oversized_region(norm):
+    model, w, x, theta, flip = linear_region(norm, anisotropic=True)
+    cuda = torch.device("cuda")
+    model = SteepLinear2(w.to(cuda), model.b)
+    streams = [input_generator(0, i, cuda, Stream.audit) for i in range(2)]
+    result = audit_regions(
+        model,
+        x.to(cuda).expand(2, *SHAPE),
+        [theta.to(cuda)] * 2,
+        [0.8 * flip, 3.0 * flip],
+        [1, 1],
+        norm,
+        streams,
+        FAST,
+        levels=LEVELS,
+    )
+    s = scores(model, w.to(cuda), result.points).cpu()
+    assert (s[0] > 0).all() and float(s[1].min()) < 0
+    assert (result.distance[0] <= 0.8 * flip).all() and (result.distance[1] <= 3 * flip).all()
