@@ -557,12 +557,14 @@ def projected_ascent(
                 u = torch.zeros_like(x)
             else:
                 u = uniform_in_ball(x.shape[1:], radius.tolist(), ball, generators, x.dtype)
+                u = ((x + scale * u).clamp(0.0, 1.0) - x) / scale
             for _ in range(config.steps):
                 point = (x + scale * u).clamp(0.0, 1.0)
                 gradient = torch.zeros_like(x)
                 for batch in range(config.eot):
-                    noise = fixed[batch] if fixed is not None else None
-                    if noise is None:
+                    if fixed is not None:
+                        noise = fixed[batch]
+                    else:
                         noise = draw_noise(noise_shape, norm, generators, x)
                     leaf = point.detach().requires_grad_(True)
                     value = objective(soft_log_probabilities(model, leaf, thetas, noise))
