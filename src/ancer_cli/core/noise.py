@@ -31,6 +31,10 @@ class Stream(enum.IntEnum):
     predict = 5
     guard = 6
     """fresh votes that decide between an input's ANCER and isotropic thetas (never certify's)"""
+    attack = 7
+    """the SmoothAdv attack's noise and restarts (the attacked point is judged on predict's)"""
+    audit = 8
+    """the search for flips inside certified regions (confirmed on fresh draws, not these)"""
 
 
 Theta = float | torch.Tensor
