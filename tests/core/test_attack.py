@@ -18,8 +18,9 @@ from torch import nn
 from ancer_cli.core.attack import (
     GRID_SNAP,
     AttackConfig,
+    AttackResult,
+    Ball,
     Threat,
-    attack_and_predict,
     ball_norms,
     fit_into_ball,
     project,
@@ -27,8 +28,10 @@ from ancer_cli.core.attack import (
     smoothadv_attack,
     uniform_in_ball,
 )
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.law import NoiseLaw
 from ancer_cli.core.noise import Stream, input_generator
-from ancer_cli.core.smoothing import ABSTAIN
+from ancer_cli.core.smoothing import ABSTAIN, predict_many
 from ancer_cli.core.sound import to_grid
 from tests.toys import SteepLinear2
 
@@ -39,6 +42,36 @@ THREATS = ["l2", "l1", "linf"]
 
 def generators(count: int, seed: int = 0, first: int = 0) -> list[torch.Generator]:
     return [input_generator(seed, first + i, "cpu", Stream.attack) for i in range(count)]
+
+
+def attack(
+    model, x, labels, thetas, norm, eps, threat, streams, config=AttackConfig(), levels=None
+):
+    """:func:`smoothadv_attack` with each input's noise law built from its theta (``levels``:
+    the pixel grid the attacked points are rounded to)."""
+    laws = [NoiseLaw(Norm(norm), theta, levels) for theta in thetas]
+    return smoothadv_attack(model, x, labels, laws, Ball(threat, eps), streams, config)
+
+
+def attack_and_predict(
+    model,
+    x,
+    labels,
+    thetas,
+    eps,
+    threat,
+    attack_streams,
+    predict_streams,
+    num,
+    alpha,
+    batch_size,
+    config,
+) -> tuple[AttackResult, list[int]]:
+    """The attack, then PREDICT of the attacked points on other streams (l2, float noise)."""
+    result = attack(model, x, labels, thetas, "l2", eps, threat, attack_streams, config)
+    laws = [NoiseLaw(Norm.l2, theta) for theta in thetas]
+    predictions = predict_many(model, result.points, laws, num, alpha, batch_size, predict_streams)
+    return result, predictions
 
 
 def linear_problem(p_clean: float = 0.9):
@@ -176,7 +209,7 @@ def test_float_points_are_shrunk_into_the_ball_toward_x(threat):
 @pytest.mark.parametrize("threat, eps", [("l2", 0.5), ("linf", 0.1), ("l1", 0.4)])
 def test_attack_finds_the_optimal_perturbation_of_a_linear_model(threat, eps):
     model, w, x = linear_problem()
-    result = smoothadv_attack(model, x[None], [1], [SIGMA], "l2", eps, threat, generators(1))
+    result = attack(model, x[None], [1], [SIGMA], "l2", eps, threat, generators(1))
     d = (result.points[0] - x).double().flatten()
     wf = w.double().flatten()
     if threat == "l2":
@@ -201,7 +234,7 @@ def test_attack_finds_the_optimal_perturbation_of_a_linear_model(threat, eps):
 @pytest.mark.parametrize("threat, eps", [("l2", 0.5), ("linf", 0.1), ("l1", 0.4)])
 def test_attack_beats_random_perturbations_of_the_same_norm(threat, eps):
     model, w, x = linear_problem()
-    result = smoothadv_attack(model, x[None], [1], [SIGMA], "l2", eps, threat, generators(1))
+    result = attack(model, x[None], [1], [SIGMA], "l2", eps, threat, generators(1))
     attacked = hard_probability(model, w, result.points[0])
     if threat == "linf":  # the corners of the box
         directions = uniform_in_ball(SHAPE, [eps] * 50, threat, generators(50, seed=9))
@@ -220,7 +253,7 @@ def test_attack_with_uniform_noise_and_anisotropic_theta_on_the_grid():
     theta = torch.linspace(0.2, 0.6, 16).view(SHAPE)  # l1: half-widths
     config = AttackConfig(steps=10, samples=16, restarts=2, evaluation_samples=64)
     for threat, eps in [("l2", 0.5), ("linf", 8 / 255), ("l1", 0.4)]:
-        result = smoothadv_attack(
+        result = attack(
             model, x[None], [1], [theta], "l1", eps, threat, generators(1), config, levels=255
         )
         to_grid(result.points[0], 255)
@@ -255,11 +288,9 @@ def test_results_do_not_depend_on_the_batch(fresh_noise, levels):
     thetas = [0.3, torch.linspace(0.1, 0.5, 16).view(SHAPE), 0.2]
     labels = [0, 1, 2]
     config = AttackConfig(steps=6, samples=8, restarts=2, eot=2, fresh_noise=fresh_noise)
-    together = smoothadv_attack(
-        model, x, labels, thetas, "l2", 0.3, "l2", generators(3), config, levels
-    )
+    together = attack(model, x, labels, thetas, "l2", 0.3, "l2", generators(3), config, levels)
     for i in range(3):
-        alone = smoothadv_attack(
+        alone = attack(
             model,
             x[i : i + 1],
             labels[i : i + 1],
@@ -283,9 +314,7 @@ def test_the_model_is_frozen_during_the_attack_and_restored_after():
     x = torch.rand((2, *SHAPE), generator=torch.Generator().manual_seed(4))
     config = AttackConfig(steps=3, samples=4, evaluation_samples=8)
     with torch.inference_mode():  # callers may hold inference mode
-        result = smoothadv_attack(
-            model, x, [0, 1], [0.25, 0.25], "l2", 0.2, "linf", generators(2), config
-        )
+        result = attack(model, x, [0, 1], [0.25, 0.25], "l2", 0.2, "linf", generators(2), config)
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
     assert (result.norm_linf <= 0.2).all()
     assert result.forward_equivalents.tolist() == [3 * 3 * 4 + 2 * 8] * 2
@@ -303,7 +332,6 @@ def test_attack_and_predict_judges_the_attacked_points_with_predict():
             x,
             [1, 1],
             [SIGMA, SIGMA],
-            "l2",
             eps,
             "l2",
             generators(2),
@@ -320,14 +348,12 @@ def test_attack_and_predict_judges_the_attacked_points_with_predict():
 
 def test_inputs_and_arguments_are_checked():
     model, _, x = linear_problem()
-    with pytest.raises(ValueError, match="one label, theta and generator"):
-        smoothadv_attack(model, x[None], [1, 0], [SIGMA], "l2", 0.1, "l2", generators(1))
+    with pytest.raises(ValueError, match="one label, law and generator"):
+        attack(model, x[None], [1, 0], [SIGMA], "l2", 0.1, "l2", generators(1))
     with pytest.raises(ValueError, match="grid"):
-        smoothadv_attack(
-            model, x[None] + 1e-3, [1], [SIGMA], "l2", 0.1, "l2", generators(1), levels=255
-        )
+        attack(model, x[None] + 1e-3, [1], [SIGMA], "l2", 0.1, "l2", generators(1), levels=255)
     with pytest.raises(ValueError):
-        smoothadv_attack(model, x[None], [1], [SIGMA], "l2", 0.1, "l3", generators(1))
+        attack(model, x[None], [1], [SIGMA], "l2", 0.1, "l3", generators(1))
     assert {t.value for t in Threat} == {"l2", "l1", "linf"}
 
 
@@ -341,7 +367,7 @@ def test_attack_on_cuda_finds_the_linear_optimum_on_the_grid(threat, eps):
     streams = [input_generator(0, i, cuda, Stream.attack) for i in range(2)]
     thetas = [SIGMA, torch.full(SHAPE, SIGMA, device=cuda)]
     config = AttackConfig(restarts=2)
-    result = smoothadv_attack(
+    result = attack(
         model, x.expand(2, *SHAPE), [1, 1], thetas, "l2", eps, threat, streams, config, 255
     )
     assert result.points.device.type == "cuda"

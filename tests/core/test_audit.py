@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from ancer_cli.core.attack import AttackConfig
-from ancer_cli.core.audit import BOUNDARY, AuditConfig, audit_regions
+from ancer_cli.core.audit import BOUNDARY, AuditConfig, CertifiedRegion, audit_regions
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.law import NoiseLaw
 from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.sound import to_grid
 from tests.toys import SteepLinear2
@@ -26,6 +28,18 @@ FAST = AuditConfig(AttackConfig(steps=20, samples=16, evaluation_samples=64), bo
 
 def generators(count: int, seed: int = 0, first: int = 0) -> list[torch.Generator]:
     return [input_generator(seed, first + i, "cpu", Stream.audit) for i in range(count)]
+
+
+def audit(
+    model, centers, thetas, gaps, predictions, norm, streams, config=AuditConfig(), levels=None
+):
+    """:func:`audit_regions` of the regions ``(theta, gap, prediction)`` around ``centers``
+    (``levels``: the pixel grid the candidates are rounded to)."""
+    regions = [
+        CertifiedRegion(NoiseLaw(Norm(norm), theta, levels), gap, prediction)
+        for theta, gap, prediction in zip(thetas, gaps, predictions, strict=True)
+    ]
+    return audit_regions(model, centers, regions, streams, config)
 
 
 def linear_region(norm: str, anisotropic: bool):
@@ -64,7 +78,7 @@ def exact_distance(x: torch.Tensor, point: torch.Tensor, theta: torch.Tensor, no
 def test_honest_regions_yield_no_flip_and_oversized_ones_do(norm, anisotropic):
     model, w, x, theta, flip = linear_region(norm, anisotropic)
     gaps = [0.8 * flip, 3.0 * flip]
-    result = audit_regions(
+    result = audit(
         model,
         x.expand(2, *SHAPE),
         [theta, theta],
@@ -105,7 +119,7 @@ def test_honest_regions_yield_no_flip_and_oversized_ones_do(norm, anisotropic):
 def test_boundary_points_lie_on_the_regions_sphere_without_a_grid(norm):
     model, _, x, theta, flip = linear_region(norm, anisotropic=True)
     config = AuditConfig(AttackConfig(steps=2, samples=4, evaluation_samples=8), targets=0)
-    result = audit_regions(model, x[None], [theta], [flip], [1], norm, generators(1), config)
+    result = audit(model, x[None], [theta], [flip], [1], norm, generators(1), config)
     assert (result.target == BOUNDARY).all()
     assert result.points.shape[1] == config.boundary_points
     # grey centre, small region: no clipping, so every point is on the sphere (inside it)
@@ -126,16 +140,14 @@ def test_targets_are_the_runner_ups_and_results_do_not_depend_on_the_batch():
     x[1].view(-1)[:3] = torch.tensor([77, 179, 26]) / LEVELS
     config = AuditConfig(AttackConfig(steps=3, samples=4, restarts=2, evaluation_samples=16))
     thetas = [0.1, torch.full(SHAPE, 0.2)]
-    together = audit_regions(
-        ThreeWay(), x, thetas, [0.5, 0.4], [0, 1], "l2", generators(2), config, LEVELS
-    )
+    together = audit(ThreeWay(), x, thetas, [0.5, 0.4], [0, 1], "l2", generators(2), config, LEVELS)
     # class 0's runner-ups: 2 then 1; class 1's: 0 then 2; two restarts each
     assert together.target[0, :4].tolist() == [2, 2, 1, 1]
     assert together.target[1, :4].tolist() == [0, 0, 2, 2]
     assert (together.target[:, 4:] == BOUNDARY).all()
     assert together.forward_equivalents.tolist() == [config.forward_equivalents(3)] * 2
     for i in range(2):
-        alone = audit_regions(
+        alone = audit(
             ThreeWay(),
             x[i : i + 1],
             thetas[i : i + 1],
@@ -154,8 +166,9 @@ def test_targets_are_the_runner_ups_and_results_do_not_depend_on_the_batch():
 
 
 def test_arguments_are_checked():
-    with pytest.raises(ValueError, match="one theta, gap, prediction and generator"):
-        audit_regions(ThreeWay(), torch.zeros((1, *SHAPE)), [0.1], [1.0, 2.0], [0], "l2", [])
+    region = CertifiedRegion(NoiseLaw(Norm.l2, 0.1), 1.0, 0)
+    with pytest.raises(ValueError, match="one region and generator per centre"):
+        audit_regions(ThreeWay(), torch.zeros((1, *SHAPE)), [region, region], [])
     assert AuditConfig().forward_equivalents(10) == 3 * 2 * 50 * 32 + (1 + 18) * 256
 
 
@@ -166,7 +179,7 @@ def test_audit_on_cuda_finds_the_flip_of_an_oversized_region(norm):
     cuda = torch.device("cuda")
     model = SteepLinear2(w.to(cuda), model.b)
     streams = [input_generator(0, i, cuda, Stream.audit) for i in range(2)]
-    result = audit_regions(
+    result = audit(
         model,
         x.to(cuda).expand(2, *SHAPE),
         [theta.to(cuda)] * 2,

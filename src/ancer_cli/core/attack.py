@@ -44,12 +44,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ancer_cli.core.choices import Norm
 from ancer_cli.core.conditioning import tell_thetas
-from ancer_cli.core.noise import Norm, Theta, draw_base_noise_
+from ancer_cli.core.law import NoiseLaw
+from ancer_cli.core.noise import Theta, draw_base_noise_
 from ancer_cli.core.optimize.config import STEP_COST
 from ancer_cli.core.optimize.search import common_noise_seeds
 from ancer_cli.core.regions import rounding_slack
-from ancer_cli.core.smoothing import chunk_sizes, predict_many
+from ancer_cli.core.smoothing import chunk_sizes
 from ancer_cli.core.sound import to_grid
 
 GRID_SNAP = 1e-4
@@ -69,7 +71,30 @@ class Threat(str, enum.Enum):
     linf = "linf"
 
 
-Objective = Callable[[torch.Tensor], torch.Tensor]
+@dataclass(frozen=True)
+class Ball:
+    """The attacker's ball ``||x' - x||_threat <= eps``."""
+
+    threat: Threat
+    eps: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threat", Threat(self.threat))
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
+
+
+@dataclass(frozen=True)
+class SearchRegion:
+    """Where :func:`projected_ascent` searches: ``x' = x + scale * u`` with ``||u||_ball <=
+    radius``; ``scale`` ``(B, 1, 1, 1)`` or ``(B, C, H, W)``, ``radius`` ``(B,)``."""
+
+    scale: torch.Tensor
+    radius: torch.Tensor
+    ball: Threat
+
+
+AscentObjective = Callable[[torch.Tensor], torch.Tensor]
 """Maps ``log G`` ``(B, K)`` (log soft smoothed probabilities) to ``(B,)`` values to maximise."""
 
 
@@ -512,17 +537,14 @@ def _ascent_direction(
 def projected_ascent(
     model: nn.Module,
     x: torch.Tensor,
-    scale: torch.Tensor,
-    radius: torch.Tensor,
-    ball: Threat | str,
-    objective: Objective,
-    thetas: torch.Tensor,
-    norm: Norm | str,
+    region: SearchRegion,
+    objective: AscentObjective,
+    laws: Sequence[NoiseLaw],
     config: AttackConfig,
     generators: Sequence[torch.Generator],
-    levels: int | None = None,
 ) -> list[torch.Tensor]:
-    """Projected gradient ascent of ``objective(log G(x + scale u))`` over ``||u|| <= radius``.
+    """Projected gradient ascent of ``objective(log G(x + scale u))`` over ``||u|| <= radius``
+    (``region``), the soft smoothed classifier ``G`` of each row smoothed with its noise law.
 
     One run per restart (the first from ``u = 0``, the others from :func:`uniform_in_ball`);
     each takes ``config.steps`` steps of size ``config.step_factor * radius / config.steps``
@@ -530,17 +552,18 @@ def projected_ascent(
     ``x``), each gradient the mean over ``config.eot`` batches of ``config.samples`` draws
     (fresh every step, or drawn once when ``config.fresh_noise`` is off), then clips the point to
     [0, 1] and projects ``u`` onto the ball. The final point of every restart goes through
-    :func:`fit_into_ball`.
+    :func:`fit_into_ball` (onto the laws' pixel grid, where they have one).
 
     Args:
-        x: centres ``(B, C, H, W)`` in [0, 1]; scale: ``(B, 1, 1, 1)`` or ``(B, C, H, W)``;
-        radius: ``(B,)``; thetas: the smoothing noise's parameters (:func:`theta_batch`);
-        generators: one per row.
+        x: centres ``(B, C, H, W)`` in [0, 1]; laws: one per row (the smoothing noise: norm,
+            theta, grid); generators: one per row.
 
     Returns:
         ``config.restarts`` tensors ``(B, C, H, W)``: each restart's final point.
     """
-    ball = Threat(ball)
+    scale, radius, ball = region.scale, region.radius, Threat(region.ball)
+    norm, levels = laws[0].norm, laws[0].grid
+    thetas = theta_batch([law.theta for law in laws], x)
     finals = []
     with torch.inference_mode(False), torch.enable_grad(), frozen(model):
         # plain tensors, even for inputs made in inference mode
@@ -587,55 +610,51 @@ def smoothadv_attack(
     model: nn.Module,
     x: torch.Tensor,
     labels: torch.Tensor | Sequence[int],
-    thetas: Sequence[Theta],
-    norm: Norm | str,
-    eps: float,
-    threat: Threat | str,
+    laws: Sequence[NoiseLaw],
+    ball: Ball,
     generators: Sequence[torch.Generator],
     config: AttackConfig = AttackConfig(),
-    levels: int | None = None,
 ) -> AttackResult:
     """The SmoothAdv PGD attack (Salman et al., NeurIPS 2019) on the smoothed classifier.
 
     Maximises ``-log G(x')_y`` over ``||x' - x||_threat <= eps`` and ``x'`` in [0, 1] with
-    :func:`projected_ascent`, smoothing each input with its own ``theta`` and noise law ``norm``
-    (the certificate's: per-input thetas for ANCER); of the restarts, keeps the one with the
-    smallest ``G(x')_y`` on ``config.evaluation_samples`` common draws. Given ``levels = s``
-    (the data's grid, e.g. 255), the inputs must lie on the ``1/s`` grid and so do the results
+    :func:`projected_ascent`, smoothing each input with its own noise law (the certificate's:
+    per-input thetas for ANCER); of the restarts, keeps the one with the smallest ``G(x')_y`` on
+    ``config.evaluation_samples`` common draws. Where the laws have a pixel grid (sound noise,
+    levels ``s``), the inputs must lie on the ``1/s`` grid and so do the results
     (:func:`fit_into_ball`). The model's weights are frozen during the attack.
 
     Args:
         model: maps a batch ``(b, C, H, W)`` in [0, 1] to logits ``(b, K)``.
         x: inputs ``(B, C, H, W)`` on the model's device; labels: ``(B,)`` true classes.
-        thetas: per input, a positive number or a positive tensor of the input's shape.
-        norm: the smoothing noise, l2 (Gaussian) or l1 (uniform).
-        eps: the ball's radius; threat: its norm (:class:`Threat`).
+        laws: per input, its noise law (norm, theta, grid).
+        ball: the attacker's ball.
         generators: one per input, on ``x``'s device (e.g. ``input_generator(seed, index,
             device, Stream.attack)``): results do not depend on the batch.
 
     Returns:
         :class:`AttackResult`. Judge ``points`` with
-        :func:`~ancer_cli.core.smoothing.predict_many` on a fresh seed (:func:`attack_and_predict`).
+        :func:`~ancer_cli.core.smoothing.predict_many` on fresh streams (the attacker must not
+        have seen the draws that judge it).
     """
     batch = x.shape[0]
-    if not (len(thetas) == len(generators) == len(labels) == batch):
+    if not (len(laws) == len(generators) == len(labels) == batch):
         raise ValueError(
-            f"need one label, theta and generator per input: got {batch} inputs, "
-            f"{len(labels)} labels, {len(thetas)} thetas and {len(generators)} generators"
+            f"need one label, law and generator per input: got {batch} inputs, "
+            f"{len(labels)} labels, {len(laws)} laws and {len(generators)} generators"
         )
-    threat = Threat(threat)
+    norm, levels = laws[0].norm, laws[0].grid
     y = plain(torch.as_tensor(labels, dtype=torch.int64, device=x.device).reshape(-1, 1))
-    noise_thetas = theta_batch(thetas, x)
+    noise_thetas = theta_batch([law.theta for law in laws], x)
     scale = torch.ones((batch, *(1,) * (x.dim() - 1)), dtype=x.dtype, device=x.device)
-    radius = torch.full((batch,), float(eps), dtype=torch.float64, device=x.device)
+    radius = torch.full((batch,), float(ball.eps), dtype=torch.float64, device=x.device)
     seeds = common_noise_seeds(generators)
 
     def loss(log_g: torch.Tensor) -> torch.Tensor:
         return -log_g.gather(1, y).squeeze(1)
 
-    finals = projected_ascent(
-        model, x, scale, radius, threat, loss, noise_thetas, norm, config, generators, levels
-    )
+    region = SearchRegion(scale, radius, ball.threat)
+    finals = projected_ascent(model, x, region, loss, laws, config, generators)
 
     def evaluate(points: torch.Tensor) -> torch.Tensor:
         log_g = common_noise_log_probabilities(
@@ -661,37 +680,3 @@ def smoothadv_attack(
             (batch,), config.forward_equivalents, dtype=torch.int64, device=x.device
         ),
     )
-
-
-def attack_and_predict(
-    model: nn.Module,
-    x: torch.Tensor,
-    labels: torch.Tensor | Sequence[int],
-    thetas: Sequence[Theta],
-    norm: Norm | str,
-    eps: float,
-    threat: Threat | str,
-    attack_generators: Sequence[torch.Generator],
-    predict_generators: Sequence[torch.Generator],
-    num: int,
-    alpha: float,
-    batch_size: int,
-    config: AttackConfig = AttackConfig(),
-    levels: int | None = None,
-    sound: int | None = None,
-) -> tuple[AttackResult, list[int]]:
-    """:func:`smoothadv_attack`, then PREDICT (:func:`~ancer_cli.core.smoothing.predict_many`,
-    ``num`` samples at level ``alpha``) on the attacked points with the same thetas.
-
-    ``predict_generators`` must be fresh streams, independent of the attack's (another seed or
-    stream): the attacker must not have seen the draws that judge it. An input counts as robust
-    iff its prediction equals its label; an abstention (-1) counts as an error. ``sound``: the
-    grid levels for PREDICT's sound sampler (points on the grid: pass ``levels``).
-    """
-    result = smoothadv_attack(
-        model, x, labels, thetas, norm, eps, threat, attack_generators, config, levels
-    )
-    predictions = predict_many(
-        model, result.points, thetas, norm, num, alpha, batch_size, predict_generators, sound=sound
-    )
-    return result, predictions

@@ -40,6 +40,7 @@ from torch import nn
 
 from ancer_cli.core.attack import (
     AttackConfig,
+    SearchRegion,
     Threat,
     ball_norms,
     common_noise_log_probabilities,
@@ -50,13 +51,25 @@ from ancer_cli.core.attack import (
     theta_batch,
     uniform_in_ball,
 )
-from ancer_cli.core.noise import Norm, Theta
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.law import NoiseLaw
 from ancer_cli.core.optimize.config import STEP_COST
 from ancer_cli.core.optimize.search import common_noise_seeds
 from ancer_cli.core.regions import MARGIN, rounding_slack
 
 BOUNDARY = -1
 """``AuditResult.target`` of a random point on the region's boundary."""
+
+
+@dataclass(frozen=True)
+class CertifiedRegion:
+    """One certificate's region around its input: ``{x + d : ||d / theta||_p <= gap}`` for class
+    ``prediction``, with the certificate's noise law (its theta, norm -- p = 2 or 1 -- and
+    grid)."""
+
+    law: NoiseLaw
+    gap: float
+    prediction: int
 
 
 @dataclass(frozen=True)
@@ -125,24 +138,18 @@ def region_distance(
 def audit_regions(
     model: nn.Module,
     centers: torch.Tensor,
-    thetas: Sequence[Theta],
-    gaps: Sequence[float] | torch.Tensor,
-    predictions: Sequence[int] | torch.Tensor,
-    norm: Norm | str,
+    regions: Sequence[CertifiedRegion],
     generators: Sequence[torch.Generator],
     config: AuditConfig = AuditConfig(),
-    levels: int | None = None,
 ) -> AuditResult:
-    """Search each certified region ``{x + d : ||d / theta||_p <= gap}`` (class ``c``) for points
-    the smoothed classifier gives another class (see the module's docstring).
+    """Search each certified region (one per centre) for points the smoothed classifier gives
+    another class (see the module's docstring).
 
     Args:
         model: maps a batch ``(b, C, H, W)`` in [0, 1] to logits ``(b, K)``.
-        centers: ``(B, C, H, W)``, the certified inputs, on the model's device (on the ``1/s``
-            grid when ``levels = s`` is given).
-        thetas: per region, the certificate's theta (a number or a tensor of the input's shape).
-        gaps: per region, the certified gap ``> 0``; predictions: the certified class ``c``.
-        norm: l2 (Gaussian noise, ellipsoid) or l1 (uniform noise, cross-polytope).
+        centers: ``(B, C, H, W)``, the certified inputs, on the model's device (on the laws'
+            grid where they have one).
+        regions: per centre, its certified region (gap ``> 0``).
         generators: one per region, on the centres' device, a stream of its own (e.g.
             ``input_generator(seed, index, device, Stream.audit)``, never the certificate's):
             results do not depend on the batch.
@@ -151,12 +158,16 @@ def audit_regions(
         :class:`AuditResult`.
     """
     batch = centers.shape[0]
-    if not (len(thetas) == len(gaps) == len(predictions) == len(generators) == batch):
+    if not (len(regions) == len(generators) == batch):
         raise ValueError(
-            f"need one theta, gap, prediction and generator per region: got {batch} regions, "
-            f"{len(thetas)} thetas, {len(gaps)} gaps, {len(predictions)} predictions and "
-            f"{len(generators)} generators"
+            f"need one region and generator per centre: got {batch} centres, {len(regions)} "
+            f"regions and {len(generators)} generators"
         )
+    laws = [region.law for region in regions]
+    norm, levels = laws[0].norm, laws[0].grid
+    thetas = [law.theta for law in laws]
+    gaps = [region.gap for region in regions]
+    predictions = [region.prediction for region in regions]
     ball = Threat(Norm(norm).value)
     search = config.search
     device, shape = centers.device, centers.shape[1:]
@@ -204,18 +215,10 @@ def audit_regions(
     searched: list[torch.Tensor] = []
     if targets > 0:
         row_x, row_theta = x.index_select(0, index), theta.index_select(0, index)
+        region = SearchRegion(row_theta, radius.index_select(0, index), ball)
+        row_laws = [laws[b] for b in rows]
         finals = projected_ascent(
-            model,
-            row_x,
-            row_theta,
-            radius.index_select(0, index),
-            ball,
-            towards_target,
-            row_theta,
-            norm,
-            search,
-            row_generators,
-            levels,
+            model, row_x, region, towards_target, row_laws, search, row_generators
         )
         # (rows, C, H, W) per restart -> (B, targets x restarts, C, H, W), target-major
         stacked = torch.stack(finals, dim=1).view(batch, targets * search.restarts, *shape)

@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from ancer_cli.core.noise import Norm, Theta
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.noise import Theta
 from ancer_cli.core.regions import rounding_slack
 
 
@@ -43,6 +44,11 @@ def _scalar_and_dim(theta: Theta, dim: int | None) -> tuple[float | None, int]:
     if dim is None or dim < 1:
         raise ValueError(f"an isotropic theta needs the input's dimension d >= 1, got {dim}")
     return float(theta), dim
+
+
+_SMALLEST = 2.0**-960
+"""Widths below this are reported as 0: the float64 arithmetic's relative error bound holds for
+normal numbers only, and no certificate is that small."""
 
 
 def linf_half_width(theta: Theta, gap: float, norm: Norm | str, dim: int | None = None) -> float:
@@ -80,6 +86,8 @@ def linf_half_width(theta: Theta, gap: float, norm: Norm | str, dim: int | None 
         inverse = 1.0 / theta.detach().to(dtype=torch.float64).flatten()
         weight = float(torch.sqrt((inverse * inverse).sum()) if p == 2 else inverse.sum())
         width = gap / weight
+    if not width >= _SMALLEST:  # near subnormal numbers the relative error bound fails
+        return 0.0
     return width * (1.0 - rounding_slack(dim))
 
 
