@@ -8,7 +8,9 @@ Nothing here imports PyTorch, numpy or pandas: the command line builds its optio
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
 from ancer_cli.core.choices import (
@@ -26,6 +28,7 @@ from ancer_cli.core.optimize.config import (
     IsotropicConfig,
     IsotropicSearchConfig,
 )
+from ancer_cli.errors import AncerError
 
 
 class CertifyMethod(str, enum.Enum):
@@ -158,26 +161,171 @@ class OptimizeJob:
 class Training(str, enum.Enum):
     noise = "noise"
     stability = "stability"
+    consistency = "consistency"
+    macer = "macer"
+    smoothadv = "smoothadv"
+
+
+NOISY_SAMPLES = {
+    Training.noise: 1,
+    Training.stability: 1,  # at least 2 copies are used
+    Training.consistency: 2,  # m, Jeong & Shin 2020 (all their experiments)
+    Training.macer: 16,  # k, Zhai et al.'s code default
+    Training.smoothadv: 4,  # m_train, Jeong & Shin's SmoothAdv baseline on MNIST
+}
+"""Noisy copies of each image per step, by method, when ``noisy_samples`` is not given."""
+
+LEARNING_RATES = {Training.macer: 0.01}  # Zhai et al.'s code default, at batch size 64
+"""The initial learning rate, by method, when ``lr`` is not given; :data:`DEFAULT_LR` for the
+others. MACER's robustness term diverges on digits at 0.05."""
+DEFAULT_LR = 0.05
+
+L2_ONLY = {
+    Training.macer: "its robustness term is the Gaussian-smoothing l2 radius "
+    "sigma/2 * (Phi^-1(p_y) - Phi^-1(p_c)), which has no l1 form in the paper (Zhai et al. 2020)",
+    Training.smoothadv: "its attack is an l2 PGD on the soft smoothed classifier "
+    "(Salman et al. 2019) and ancer has no l1 attack",
+}
+"""Methods defined for l2 (Gaussian) noise only, and why."""
+
+
+def _method(training: Training, default: float, positive: bool = False) -> Any:
+    """A setting of one training method: recorded and compared on resume only for that method;
+    a finite number >= 0 (> 0 when ``positive``)."""
+    return field(default=default, metadata={"training": training, "positive": positive})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of ``ancer train``; the defaults here are the command's defaults."""
+    """Hyperparameters of ``ancer train``; the defaults here are the command's defaults.
+
+    Each method's own settings carry it in their field metadata (:func:`method_settings`);
+    ``noisy_samples`` and ``lr`` left ``None`` become the method's (:data:`NOISY_SAMPLES`,
+    :data:`LEARNING_RATES`).
+    """
 
     arch: str
+    training: Training = Training.noise
     norm: Norm = Norm.l2
     sigma: float = 0.25
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float | None = None
+    """initial SGD learning rate; ``None``: :data:`LEARNING_RATES` or :data:`DEFAULT_LR`"""
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_step: int = 10
     lr_gamma: float = 0.3
-    training: Training = Training.noise
-    stability_weight: float = 6.0
-    noisy_samples: int = 1
+    stability_weight: float = _method(Training.stability, 6.0)
+    """weight of the KL term (RS4A's l1 recipe)"""
+    noisy_samples: int | None = None
+    """noisy copies of each image per step; ``None``: the method's :data:`NOISY_SAMPLES`"""
+    consistency_weight: float = _method(Training.consistency, 10.0)
+    """lambda, the KL term's weight: Jeong & Shin's code default (their CIFAR-10 runs use 10 at
+    every sigma and 20 at 0.25 and 0.5, their MNIST runs 20)"""
+    entropy_weight: float = _method(Training.consistency, 0.5)
+    """eta, the entropy term's weight (Jeong & Shin 2020, all experiments)"""
+    macer_weight: float = _method(Training.macer, 12.0)
+    """lambda, the robustness term's weight (Zhai et al.'s code default, their CIFAR-10 setting)"""
+    macer_beta: float = _method(Training.macer, 16.0, positive=True)
+    """beta, the inverse temperature of the soft smoothed classifier (Zhai et al.'s code)"""
+    macer_margin: float = _method(Training.macer, 8.0)
+    """gamma, the hinge on xi = Phi^-1(z_y) - Phi^-1(z_c) (Zhai et al.'s code)"""
+    macer_warmup: int = _method(Training.macer, 0)
+    """epochs trained with lambda 0 first (Zhai et al.'s code: none; Jeong & Shin's "deferred"
+    MACER: until the first learning-rate decay)"""
+    smoothadv_eps: float = _method(Training.smoothadv, 1.0, positive=True)
+    """l2 radius of the attack, pixel units (Salman et al.'s 255/256, as in Jeong & Shin's MNIST
+    baseline)"""
+    smoothadv_steps: int = _method(Training.smoothadv, 10, positive=True)
+    """PGD steps T (Salman et al.'s code default)"""
+    smoothadv_warmup: int = _method(Training.smoothadv, 10)
+    """epochs over which eps grows linearly to its value (Salman et al.'s experiments)"""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.noisy_samples is None:
+            object.__setattr__(self, "noisy_samples", NOISY_SAMPLES[self.training])
+        if self.lr is None:
+            object.__setattr__(self, "lr", LEARNING_RATES.get(self.training, DEFAULT_LR))
+        settings = {name: getattr(self, name) for name in method_settings(self.training)}
+        check_training(self.training, self.norm, self.sigma, self.copies, settings)
+
+    @property
+    def copies(self) -> int:
+        """Noisy copies of each image per step (``noisy_samples``, resolved)."""
+        return self.noisy_samples or NOISY_SAMPLES[self.training]
+
+    @property
+    def initial_lr(self) -> float:
+        """The initial learning rate (``lr``, resolved)."""
+        return self.lr or LEARNING_RATES.get(self.training, DEFAULT_LR)
+
+    def macer_weight_at(self, epoch: int) -> float:
+        """MACER's lambda in epoch ``epoch`` (0-based): 0 during the warm-up."""
+        return 0.0 if epoch < self.macer_warmup else self.macer_weight
+
+    def smoothadv_eps_at(self, epoch: int) -> float:
+        """SmoothAdv's eps in epoch ``epoch`` (0-based): ``eps * (epoch + 1) / warmup`` during the
+        warm-up, as in Salman et al.'s code, then ``eps``."""
+        if epoch + 1 >= self.smoothadv_warmup:
+            return self.smoothadv_eps
+        return self.smoothadv_eps * (epoch + 1) / self.smoothadv_warmup
+
+
+def method_settings(training: Training | None = None) -> list[str]:
+    """The names of the :class:`TrainConfig` fields that belong to ``training`` (all methods'
+    when ``None``), in declaration order."""
+    return [
+        item.name
+        for item in fields(TrainConfig)
+        if "training" in item.metadata and training in (None, item.metadata["training"])
+    ]
+
+
+def setting_method(name: str) -> Training:
+    """The training method a :func:`method_settings` field belongs to."""
+    return _field(name).metadata["training"]  # type: ignore[no-any-return]
+
+
+def _field(name: str) -> Field[Any]:
+    return next(item for item in fields(TrainConfig) if item.name == name)
+
+
+def option_name(name: str) -> str:
+    """The command-line option of a :class:`TrainConfig` field: ``--macer-beta``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_training(
+    training: Training,
+    norm: Norm,
+    sigma: float,
+    copies: int,
+    settings: Mapping[str, float],
+) -> None:
+    """Raise :class:`AncerError` (one line: what and why) when ``training`` is not defined for
+    ``norm``, ``sigma`` or ``copies`` noisy copies per image, or when one of its ``settings``
+    (:func:`method_settings` names) is out of range."""
+    if copies < 1:
+        raise AncerError(f"--noisy-samples must be >= 1, got {copies}")
+    if training in L2_ONLY and Norm(norm) is not Norm.l2:
+        raise AncerError(f"--training {training.value} is for l2 noise only: {L2_ONLY[training]}")
+    if training in (Training.consistency, Training.macer, Training.smoothadv) and sigma <= 0:
+        raise AncerError(
+            f"--training {training.value} trains under noise: give --sigma > 0 (--sigma 0 trains "
+            "a clean classifier with --training noise)"
+        )
+    if training is Training.consistency and copies < 2:
+        raise AncerError(
+            f"--training consistency compares noisy copies: --noisy-samples must be >= 2, "
+            f"got {copies}"
+        )
+    for name, value in settings.items():
+        positive = _field(name).metadata["positive"]
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            bound = "> 0" if positive else ">= 0"
+            raise AncerError(f"{option_name(name)} must be a finite number {bound}, got {value}")
 
 
 class DenoiserObjective(str, enum.Enum):

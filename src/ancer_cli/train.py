@@ -1,33 +1,46 @@
-"""Training a base classifier under noise (Cohen et al. 2019; stability training as in RS4A).
+"""Training a base classifier under noise: the training loop, its settings and its checkpoint.
 
-``noise``: cross-entropy on noisy copies ``x + theta * eps`` (averaged over ``noisy_samples``).
-``stability``: the same cross-entropy plus ``stability_weight`` times the KL divergence between the
-predictions on the first noisy copy and on each further copy.
+``--training`` picks the loss, each in :mod:`ancer_cli.core.training`: ``noise`` (cross-entropy on
+noisy copies ``x + theta * eps``, Cohen et al. 2019), ``stability`` (plus ``stability_weight``
+times a KL divergence between noisy copies, Li et al. 2019, RS4A's l1 recipe), ``consistency``
+(Jeong & Shin 2020), ``macer`` (Zhai et al. 2020) and ``smoothadv`` (Salman et al. 2019).
 ``sigma = 0`` trains a clean classifier (no noise), the off-the-shelf case of denoised smoothing.
 
 The random streams are seeded per epoch, so a run resumed from the checkpoint of epoch k continues
-exactly as the uninterrupted run would have.
+exactly as the uninterrupted run would have -- MACER's draws and SmoothAdv's attack noise included,
+and the epoch-dependent settings (MACER's warm-up, SmoothAdv's growing eps) are functions of the
+epoch alone.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import Field, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ancer_cli.core.choices import Norm, theta_from_sigma
-from ancer_cli.core.noise import Stream, draw_base_noise_, input_seed
+from ancer_cli.core.noise import Stream, input_seed
+from ancer_cli.core.training import (
+    consistency_loss,
+    macer_loss,
+    noise_loss,
+    noisy_copies,
+    smoothadv_loss,
+    stability_loss,
+)
 from ancer_cli.data import LoadedData, check_same_classes
 from ancer_cli.errors import ModelError
 from ancer_cli.models import build_model, read_checkpoint, save_checkpoint
-from ancer_cli.settings import TrainConfig, Training
+from ancer_cli.settings import (
+    TrainConfig,
+    Training,
+)
 
 
 @dataclass(frozen=True)
@@ -43,32 +56,36 @@ class EpochReport:
     seconds: float
 
 
-def _noisy(x: torch.Tensor, theta: float, norm: Norm, generator: torch.Generator) -> torch.Tensor:
-    eps = torch.empty_like(x)
-    draw_base_noise_(eps, norm, generator)
-    return x + theta * eps
-
-
 def _loss(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     config: TrainConfig,
+    epoch: int,
     theta: float,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss of one batch and the logits of its first noisy copy."""
-    copies = max(config.noisy_samples, 2 if config.training is Training.stability else 1)
-    batch = x.shape[0]
-    noisy = _noisy(x.repeat(copies, 1, 1, 1), theta, config.norm, generator)
-    logits = model(noisy)
-    loss = F.cross_entropy(logits, y.repeat(copies))
+    """Loss of one batch in epoch ``epoch`` and the logits of its first noisy copy."""
+    copies, norm = config.copies, config.norm
     if config.training is Training.stability:
-        log_p = F.log_softmax(logits, dim=1).view(copies, batch, -1)
-        first = log_p[0].unsqueeze(0).expand(copies - 1, -1, -1)
-        kl = F.kl_div(log_p[1:], first, log_target=True, reduction="sum") / (batch * (copies - 1))
-        loss = loss + config.stability_weight * kl
-    return loss, logits[:batch]
+        weight = config.stability_weight
+        return stability_loss(model, x, y, theta, norm, generator, weight, max(copies, 2))
+    if config.training is Training.consistency:
+        return consistency_loss(
+            model, x, y, theta, norm, generator, copies,
+            config.consistency_weight, config.entropy_weight,
+        )  # fmt: skip
+    if config.training is Training.macer:
+        return macer_loss(
+            model, x, y, theta, generator, copies,
+            config.macer_weight_at(epoch), config.macer_beta, config.macer_margin,
+        )  # fmt: skip
+    if config.training is Training.smoothadv:
+        return smoothadv_loss(
+            model, x, y, theta, norm, generator, copies,
+            config.smoothadv_eps_at(epoch), config.smoothadv_steps,
+        )  # fmt: skip
+    return noise_loss(model, x, y, theta, norm, generator, copies)
 
 
 @torch.no_grad()
@@ -89,7 +106,7 @@ def evaluate(
     for x, y in DataLoader(data.dataset, batch_size=batch_size, shuffle=False):
         x, y = x.to(device), y.to(device)
         clean += int((model(x).argmax(1) == y).sum())
-        noisy += int((model(_noisy(x, theta, norm, generator)).argmax(1) == y).sum())
+        noisy += int((model(noisy_copies(x, 1, theta, norm, generator)).argmax(1) == y).sum())
         total += y.numel()
     return clean / max(total, 1), noisy / max(total, 1)
 
@@ -115,7 +132,7 @@ def train(
     model = build_model(config.arch, info).to(device)
     optimizer = torch.optim.SGD(
         model.parameters(),
-        lr=config.lr,
+        lr=config.initial_lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
@@ -136,7 +153,7 @@ def train(
         total_loss = correct = seen = 0.0
         for step, (x, y) in enumerate(loader, start=1):
             x, y = x.to(device), y.to(device)
-            loss, logits = _loss(model, x, y, config, theta, generator)
+            loss, logits = _loss(model, x, y, config, epoch, theta, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -175,8 +192,20 @@ def train(
 
 
 def config_record(config: object) -> dict[str, object]:
-    """A training config's hyperparameters as plain values, as stored in the checkpoint."""
-    return {key: getattr(value, "value", value) for key, value in asdict(config).items()}  # type: ignore[call-overload]
+    """A training config's hyperparameters as plain values, as stored in the checkpoint; a
+    setting of one training method (field metadata ``training``) only when that method trains."""
+    applies = {item.name: _applies(item, config) for item in fields(config)}  # type: ignore[arg-type]
+    return {
+        key: getattr(value, "value", value)
+        for key, value in asdict(config).items()  # type: ignore[call-overload]
+        if applies[key]
+    }
+
+
+def _applies(item: Field[Any], config: object) -> bool:
+    return "training" not in item.metadata or item.metadata["training"] is getattr(
+        config, "training", None
+    )
 
 
 def check_same_config(

@@ -74,3 +74,15 @@ def test_results_table_as_model_says_what_it_is(tmp_path: Path, command: str) ->
         result, f"{results} is a text file (it looks like a results table", "not a model"
     )
     assert "checkpoint written by ancer train" in line and "run code" not in line
+
+
+def test_train_help_shows_every_option_name_whole_at_80_columns() -> None:
+    # train has many options, its methods' grouped in panels of their own: none may be cut.
+    text = wide_help("train", "--help", columns=80).stdout
+    command = get_command(app).commands["train"]  # type: ignore[attr-defined]
+    names = [name for param in command.params for name in param.opts if name.startswith("--")]
+    assert "--smoothadv-warmup" in names and "--consistency-weight" in names
+    tokens = {token for line in text.splitlines() for token in line.strip("│ ").split()}
+    assert [name for name in names if name not in tokens] == []
+    for panel in ("Consistency", "MACER", "SmoothAdv"):
+        assert any(line.startswith(f"╭─ {panel} (--training ") for line in text.splitlines())

@@ -13,7 +13,14 @@ import torch
 
 from ancer_cli.data import dataset_info, load_dataset
 from ancer_cli.models import build_model
-from tests.helpers import assert_domain_error, error_lines, invoke, train_model, write_class_images
+from tests.helpers import (
+    assert_domain_error,
+    assert_usage_error,
+    error_lines,
+    invoke,
+    train_model,
+    write_class_images,
+)
 
 SPEC_KEYS = {
     "format",
@@ -248,4 +255,131 @@ def test_train_refuses_splits_whose_sorted_names_differ(tmp_path: Path) -> None:
         "--epochs", 1, "--device", "cpu", "--out", out,
     )  # fmt: skip
     assert_domain_error(result, "different class sub-folders", "cat", "--classes FILE")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the training methods: consistency, MACER, SmoothAdv (their losses: tests/core/test_training.py)
+
+METHOD_RUNS = {  # --training: tiny settings of its own options, and what the record then holds
+    "consistency": (
+        ("--consistency-weight", 5, "--entropy-weight", 0.25),
+        {"noisy_samples": 2, "consistency_weight": 5.0, "entropy_weight": 0.25, "lr": 0.05},
+    ),
+    "macer": (
+        ("--noisy-samples", 4, "--macer-beta", 8, "--macer-margin", 4, "--macer-warmup", 1),
+        {
+            "noisy_samples": 4,
+            "macer_weight": 12.0,
+            "macer_beta": 8.0,
+            "macer_margin": 4.0,
+            "macer_warmup": 1,
+            "lr": 0.01,
+        },
+    ),  # fmt: skip
+    "smoothadv": (
+        (
+            "--noisy-samples",
+            2,
+            "--smoothadv-eps",
+            0.5,
+            "--smoothadv-steps",
+            2,
+            "--smoothadv-warmup",
+            2,
+        ),
+        {
+            "noisy_samples": 2,
+            "smoothadv_eps": 0.5,
+            "smoothadv_steps": 2,
+            "smoothadv_warmup": 2,
+            "lr": 0.05,
+        },
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("training", sorted(METHOD_RUNS))
+def test_method_training_records_its_settings(
+    tmp_path: Path, training: str, one_epoch_l2: dict
+) -> None:
+    options, recorded = METHOD_RUNS[training]
+    out = tmp_path / f"{training}.pt"
+    result = train_model(out, "--training", training, *options, epochs=1)
+    assert f"training {training} (--noisy-samples {recorded['noisy_samples']}" in result.stderr
+    assert len(EPOCH_LINE.findall(result.stderr)) == 1
+    checkpoint = load(out)
+    assert (checkpoint["norm"], checkpoint["sigma"], checkpoint["epoch"]) == ("l2", 0.25, 1)
+    config = checkpoint["optimizer_state"]["config"]
+    assert config["training"] == training
+    assert {key: config[key] for key in recorded} == recorded
+    # only this method's settings are recorded
+    others = {"stability_weight", "consistency_weight", "macer_beta", "smoothadv_eps"}
+    assert set(config) & others <= set(recorded)
+    first = next(iter(checkpoint["state_dict"]))
+    assert not torch.equal(checkpoint["state_dict"][first], one_epoch_l2["state_dict"][first])
+
+
+@pytest.mark.parametrize("training", ["macer", "smoothadv"])
+def test_method_resume_continues_to_the_same_state(tmp_path: Path, training: str) -> None:
+    # Epoch 2 is the first with MACER's robustness term (warm-up 1) and the first with
+    # SmoothAdv's full eps (warm-up 2): the resumed epoch must know its epoch, and draw the
+    # same noise for the copies and the attack.
+    tiny = {
+        "macer": ("--noisy-samples", 2, "--macer-warmup", 1),
+        "smoothadv": ("--noisy-samples", 2, "--smoothadv-steps", 1, "--smoothadv-warmup", 2),
+    }
+    options = ("--training", training, *tiny[training], "--batch-size", 128)
+    uninterrupted, resumed = tmp_path / "whole.pt", tmp_path / "resumed.pt"
+    train_model(uninterrupted, *options, epochs=2)
+    train_model(resumed, *options, epochs=1)
+    result = train_model(resumed, *options, "--resume", epochs=2)
+    assert [int(e) for e, _, _, _ in EPOCH_LINE.findall(result.stderr)] == [2], result.stderr
+    assert_same_state(load(resumed)["state_dict"], load(uninterrupted)["state_dict"])
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--consistency-weight", 20), ("--noisy-samples", 3)]
+)
+def test_resume_with_other_method_settings_is_refused(
+    tmp_path: Path, option: str, value: int
+) -> None:
+    out = tmp_path / "m.pt"
+    train_model(out, "--training", "consistency", "--batch-size", 256, epochs=1)
+    before = out.read_bytes()
+    result = invoke(
+        "train", "--epochs", 2, "--device", "cpu", "--out", out, "--resume",
+        "--training", "consistency", "--batch-size", 256, option, value,
+    )  # fmt: skip
+    assert_domain_error(result, str(out), option)
+    assert out.read_bytes() == before
+    result = invoke(
+        "train", "--epochs", 2, "--device", "cpu", "--out", out, "--resume",
+        "--training", "macer", "--batch-size", 256,
+    )  # fmt: skip
+    assert_domain_error(result, str(out), "--training 'consistency'")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("--macer-beta", 4), ("--macer-beta goes with --training macer, not noise",)),
+        (("--training", "macer", "--entropy-weight", 1),
+         ("--entropy-weight goes with --training consistency",)),
+        (("--stability-weight", 3), ("--stability-weight goes with --training stability",)),
+        (("--training", "macer", "--norm", "l1"), ("l2 noise only", "Phi^-1")),
+        (("--training", "smoothadv", "--norm", "l1"), ("l2 noise only", "no l1 attack")),
+        (("--training", "consistency", "--noisy-samples", 1), ("--noisy-samples must be >= 2",)),
+        (("--training", "consistency", "--sigma", 0), ("give --sigma > 0",)),
+        (("--training", "smoothadv", "--smoothadv-steps", 0), ("--smoothadv-steps must be",)),
+        (("--denoiser", "--training", "macer"), ("--training macer trains a classifier",)),
+        (("--denoiser", "--noisy-samples", 2), ("--noisy-samples trains a classifier",)),
+    ],
+)  # fmt: skip
+def test_method_options_that_do_not_apply_are_usage_errors(
+    tmp_path: Path, args: tuple, fragments: tuple[str, ...]
+) -> None:
+    out = tmp_path / "m.pt"
+    result = invoke("train", "--epochs", 1, "--device", "cpu", "--out", out, *args)
+    assert_usage_error(result, *fragments)
     assert not out.exists()

@@ -4,7 +4,7 @@ noise, ``--sigma 0``), or with ``--denoiser`` a denoiser for denoised smoothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,14 +24,30 @@ from ancer_cli.cli.common import (
 from ancer_cli.core.choices import Norm
 from ancer_cli.errors import AncerError
 from ancer_cli.runtime import describe_device, resolve_device
-from ancer_cli.settings import DenoiserConfig, TrainConfig, Training
+from ancer_cli.settings import (
+    DEFAULT_LR,
+    LEARNING_RATES,
+    NOISY_SAMPLES,
+    DenoiserConfig,
+    TrainConfig,
+    Training,
+    check_training,
+    method_settings,
+    option_name,
+    setting_method,
+)
 from ancer_cli.settings import DenoiserObjective as Objective
 
 D = TrainConfig(arch="cnn")
 DD = DenoiserConfig(depth=0, width=0)
+STABILITY = "Stability training (--training stability)"
+CONSISTENCY = "Consistency (--training consistency)"
+MACER = "MACER (--training macer, l2)"
+SMOOTHADV = "SmoothAdv (--training smoothadv, l2)"
 
 
 def train_command(
+    ctx: typer.Context,
     dataset: Annotated[
         str, typer.Option(help="Dataset: digits (embedded), mnist, cifar10, imagenet or folder.")
     ] = "digits",
@@ -66,7 +82,8 @@ def train_command(
     lr: Annotated[
         float | None,
         typer.Option(
-            help=f"Initial learning rate: SGD, default {D.lr}; with --denoiser Adam, "
+            help=f"Initial learning rate: SGD, default {DEFAULT_LR} (--training macer: "
+            f"{LEARNING_RATES[Training.macer]}, Zhai et al. 2020); with --denoiser Adam, "
             f"default {DD.lr}, decayed along a cosine.",
             show_default=False,
         ),
@@ -78,15 +95,111 @@ def train_command(
     training: Annotated[
         Training,
         typer.Option(
-            help="noise: cross-entropy on noisy inputs; stability: plus KL between two noisy copies."
+            metavar="<method>",
+            help="noise (Cohen et al. 2019), stability (Li et al. 2019), consistency (Jeong & "
+            "Shin 2020), macer (Zhai et al. 2020) or smoothadv (Salman et al. 2019): "
+            "docs/training.md. macer and smoothadv are for l2 only.",
         ),
     ] = D.training,
-    stability_weight: Annotated[
-        float, typer.Option(help="Weight of the KL term in stability training.")
-    ] = D.stability_weight,
     noisy_samples: Annotated[
-        int, typer.Option(help="Noisy copies of each image per step (stability uses at least 2).")
-    ] = D.noisy_samples,
+        int | None,
+        typer.Option(
+            help="Noisy copies of each image per step; default by --training: "
+            + ", ".join(f"{t.value} {n}" for t, n in NOISY_SAMPLES.items())
+            + " (stability uses at least 2).",
+            show_default=False,
+        ),
+    ] = None,
+    stability_weight: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Stability training (Li et al. 2019): weight of the KL term; "
+            f"default {D.stability_weight}.",
+            show_default=False,
+            rich_help_panel=STABILITY,
+        ),
+    ] = None,
+    consistency_weight: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Consistency (Jeong & Shin 2020): weight lambda of the KL term; "
+            f"default {D.consistency_weight}.",
+            show_default=False,
+            rich_help_panel=CONSISTENCY,
+        ),
+    ] = None,
+    entropy_weight: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Consistency (Jeong & Shin 2020): weight eta of the entropy term; "
+            f"default {D.entropy_weight}.",
+            show_default=False,
+            rich_help_panel=CONSISTENCY,
+        ),
+    ] = None,
+    macer_weight: Annotated[
+        float | None,
+        typer.Option(
+            help=f"MACER (Zhai et al. 2020): weight lambda of the robustness term; "
+            f"default {D.macer_weight}.",
+            show_default=False,
+            rich_help_panel=MACER,
+        ),
+    ] = None,
+    macer_beta: Annotated[
+        float | None,
+        typer.Option(
+            help=f"MACER (Zhai et al. 2020): inverse temperature beta of the soft smoothed "
+            f"classifier; default {D.macer_beta}.",
+            show_default=False,
+            rich_help_panel=MACER,
+        ),
+    ] = None,
+    macer_margin: Annotated[
+        float | None,
+        typer.Option(
+            help=f"MACER (Zhai et al. 2020): hinge gamma on Phi^-1(p_y) - Phi^-1(p_c); "
+            f"default {D.macer_margin}.",
+            show_default=False,
+            rich_help_panel=MACER,
+        ),
+    ] = None,
+    macer_warmup: Annotated[
+        int | None,
+        typer.Option(
+            help=f"MACER (Zhai et al. 2020): epochs trained without the robustness term "
+            f"first; default {D.macer_warmup}.",
+            show_default=False,
+            rich_help_panel=MACER,
+        ),
+    ] = None,
+    smoothadv_eps: Annotated[
+        float | None,
+        typer.Option(
+            help=f"SmoothAdv (Salman et al. 2019): l2 radius of the PGD attack, [0,1] pixel "
+            f"units; default {D.smoothadv_eps}.",
+            show_default=False,
+            rich_help_panel=SMOOTHADV,
+        ),
+    ] = None,
+    smoothadv_steps: Annotated[
+        int | None,
+        typer.Option(
+            help=f"SmoothAdv (Salman et al. 2019): PGD steps, each of size 2*eps/steps; "
+            f"default {D.smoothadv_steps}.",
+            show_default=False,
+            rich_help_panel=SMOOTHADV,
+        ),
+    ] = None,
+    smoothadv_warmup: Annotated[
+        int | None,
+        typer.Option(
+            help=f"SmoothAdv (Salman et al. 2019): epochs over which eps grows linearly to "
+            f"--smoothadv-eps; default {D.smoothadv_warmup}.",
+            show_default=False,
+            rich_help_panel=SMOOTHADV,
+        ),
+    ] = None,
     denoiser: Annotated[
         bool,
         typer.Option(
@@ -132,10 +245,12 @@ def train_command(
     positive("--batch-size", batch_size)
     if lr is not None:
         positive("--lr", lr)
-    positive("--noisy-samples", noisy_samples)
     positive("--lr-step", lr_step)
     if not denoiser and (classifier is not None or objective is not DD.objective):
         raise typer.BadParameter("--objective and --classifier need --denoiser")
+    settings = _method_settings(
+        ctx, training, denoiser, norm, D.sigma if sigma is None else sigma, noisy_samples
+    )
     if objective is Objective.classifier and classifier is None:
         raise typer.BadParameter("--objective classifier needs --classifier MODEL")
     if denoiser:
@@ -160,15 +275,15 @@ def train_command(
             sigma=sigma,
             epochs=epochs,
             batch_size=batch_size,
-            lr=D.lr if lr is None else lr,
+            lr=lr,
             momentum=momentum,
             weight_decay=weight_decay,
             lr_step=lr_step,
             lr_gamma=lr_gamma,
             training=training,
-            stability_weight=stability_weight,
             noisy_samples=noisy_samples,
             seed=seed,
+            **settings,
         )
         check_architecture(config.arch)
         train_data = load_dataset(dataset, "train", data_root, download, classes)
@@ -176,7 +291,7 @@ def train_command(
         console.print(
             f"training [bold]{config.arch}[/] on {dataset} ({len(train_data.dataset)} train, "  # type: ignore[arg-type]
             f"{len(test_data.dataset)} test) with {norm.value} noise sigma={sigma} "  # type: ignore[arg-type]
-            f"on {describe_device(torch_device)}"
+            f"on {describe_device(torch_device)}, {_describe_training(config)}"
         )
         for note in label_notes(train_data, train_data.info.num_classes):
             console.print(note, markup=False)
@@ -206,6 +321,45 @@ def train_command(
                     f"{noisy}  lr {report.lr:.4g}  {report.seconds:.1f}s"
                 )
         console.print(f"saved {out}")
+
+
+def _method_settings(
+    ctx: typer.Context,
+    training: Training,
+    denoiser: bool,
+    norm: Norm,
+    sigma: float,
+    noisy_samples: int | None,
+) -> dict[str, Any]:
+    """The method options given on the command line, by :class:`TrainConfig` field name; a usage
+    error for one that belongs to another --training (or any with --denoiser), or one that
+    --training, --norm and --sigma rule out."""
+    given = {name: ctx.params[name] for name in method_settings() if ctx.params[name] is not None}
+    if denoiser:
+        offending = [*given, *(["noisy_samples"] if noisy_samples is not None else [])]
+        if training is not Training.noise or offending:
+            option = option_name(offending[0]) if offending else f"--training {training.value}"
+            raise typer.BadParameter(f"{option} trains a classifier; --denoiser takes none")
+        return {}
+    for name in given:
+        if setting_method(name) is not training:
+            raise typer.BadParameter(
+                f"{option_name(name)} goes with --training {setting_method(name).value}, "
+                f"not {training.value}"
+            )
+    copies = NOISY_SAMPLES[training] if noisy_samples is None else noisy_samples
+    try:
+        check_training(training, norm, sigma, copies, given)
+    except AncerError as error:
+        raise typer.BadParameter(str(error)) from None
+    return given
+
+
+def _describe_training(config: TrainConfig) -> str:
+    """``training consistency (--noisy-samples 2 --consistency-weight 10.0 ...)``."""
+    names = ["noisy_samples", *method_settings(config.training)]
+    settings = " ".join(f"{option_name(name)} {getattr(config, name)}" for name in names)
+    return f"training {config.training.value} ({settings})"
 
 
 def _train_denoiser(
