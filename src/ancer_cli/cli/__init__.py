@@ -1,5 +1,5 @@
 """The ``ancer`` command-line program: ``train``, ``optimize``, ``certify``, ``recertify``,
-``predict``, ``accuracy`` and ``show``.
+``predict``, ``accuracy``, ``show`` and ``verify``.
 
 Only this package touches typer, rich, ``sys.argv`` and exit codes. Its modules import no
 PyTorch, numpy or pandas at import time (a command imports the library when it runs), so
@@ -26,6 +26,7 @@ from ancer_cli.cli.predict import predict_command
 from ancer_cli.cli.recertify import recertify_command
 from ancer_cli.cli.show import show_command
 from ancer_cli.cli.train import train_command
+from ancer_cli.cli.verify import verify_command
 from ancer_cli.runtime import retain_host_memory
 
 
@@ -108,6 +109,7 @@ app.command("recertify", cls=_Command)(recertify_command)
 app.command("predict", cls=_Command)(predict_command)
 app.command("accuracy", cls=_Command)(accuracy_command)
 app.command("show", cls=_Command)(show_command)
+app.command("verify", cls=_Command)(verify_command)
 
 
 def _print_version(value: bool) -> None:
