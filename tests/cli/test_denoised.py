@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,13 @@ import torch
 
 from ancer_cli.data import load_dataset
 from ancer_cli.denoise import DenoiserConfig, cosine_lr, train_denoiser
-from ancer_cli.models.denoisers import DnCNN, denoiser_size, save_denoiser
+from ancer_cli.distributed import SINGLE, Session
+from ancer_cli.models.denoisers import DnCNN, denoiser_size, find_denoised, save_denoiser
+from ancer_cli.reuse import ReuseRequest, plan_reuse
 from tests.helpers import CERTIFY_FAST, assert_domain_error, invoke, ok, read_rows, train_model
 
 DENOISER_FAST = ("--denoiser", "--device", "cpu", "--batch-size", "128")
+CPU = Session(SINGLE, torch.device("cpu"))
 
 
 def load(path: Path) -> dict:
@@ -284,3 +288,31 @@ def test_train_denoiser_resume_refuses_other_options(tmp_path: Path) -> None:
     assert_domain_error(result, "cannot resume", "--sigma 1.0", "0.5")
     result = invoke("train", *DENOISER_FAST, "--epochs", 2, "--lr", 0.01, "--out", out, "--resume")
     assert_domain_error(result, "cannot resume", "--lr 0.001")
+
+
+def test_recertify_of_a_denoised_run_keeps_the_denoiser(tmp_path: Path, model_path: Path) -> None:
+    """The earlier run's base classifier is model(denoiser(z)): reuse compares it with
+    changed(denoiser(z)) -- the denoiser carried over, never the bare classifiers -- and records
+    it. (An unchanged classifier then disagrees nowhere and every row is reused.)"""
+    denoiser = save_random_denoiser(tmp_path / "d.pt", seed=0)
+    earlier = tmp_path / "earlier.csv"
+    ok("certify", "--model", model_path, "--sigma", 0.25, "--denoiser", denoiser, "--max", 3,
+       "--N0", 20, "--N", 4000, "--batch-size", 400, "--seed", 0, "--device", "cpu",
+       "--out", earlier)  # fmt: skip
+    changed = tmp_path / "changed.pt"
+    shutil.copy(model_path, changed)
+    out = tmp_path / "reused.csv"
+    request = ReuseRequest(results=earlier, model=changed, out=out, tolerance=1.0, seed=1)
+    plan = plan_reuse(request, CPU)
+    original, again = (find_denoised(model) for model in (plan.pair.original, plan.pair.changed))
+    assert original is not None and again is not None
+    assert again.denoiser is original.denoiser and again.classifier is not original.classifier
+    plan.run.close()
+    ok("recertify", earlier, "--model", changed, "--out", out, "--reuse-tolerance", 1.0,
+       "--seed", 1, "--device", "cpu")  # fmt: skip
+    before = json.loads(Path(f"{earlier}.json").read_text())["arguments"]
+    after = json.loads(Path(f"{out}.json").read_text())["arguments"]
+    assert after["denoiser"] == before["denoiser"] == str(denoiser)
+    assert after["denoiser_sha256"] == before["denoiser_sha256"]
+    routes = [line.split("\t")[9] for line in out.read_text().splitlines()[1:]]
+    assert routes and set(routes) <= {"reuse", "abstain"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from scipy.stats import norm as normal
 
 from ancer_cli.core.incremental import recovered_p_a_lower
@@ -20,6 +21,7 @@ from tests.helpers import (
     rounded_down,
     save_colour_model,
     without_time,
+    write_class_images,
 )
 
 N0, N = 20, 1000
@@ -181,3 +183,25 @@ def test_usage_errors(earlier: Path, model_path: Path):
         invoke("certify", "--reuse", earlier, "--model", model_path, "--reuse-radius", 0),
         "--reuse-radius must be a finite number > 0",
     )
+
+
+def test_an_image_changed_on_disk_is_refused(tmp_path: Path):
+    """Every reused input must be the one the earlier run certified: an image changed on disk
+    afterwards (a few pixels) is named and refused, by recertify and by verify."""
+    images = tmp_path / "images"
+    for label in (0, 1):
+        write_class_images(images / str(label), label, classes=2, count=2)
+    model = save_colour_model(tmp_path / "colour.pt", 2)
+    earlier = tmp_path / "earlier.csv"
+    ok("certify", "--model", model, "--dataset", "folder", "--data-root", images, "--sigma", 0.1,
+       "--norm", "l2", "--N0", 20, "--N", 500, "--seed", 0, "--device", "cpu",
+       "--out", earlier)  # fmt: skip
+    first = sorted((images / "1").iterdir())[0]
+    picture = Image.open(first).convert("RGB")
+    picture.putpixel((0, 0), (255, 255, 255))
+    picture.save(first)
+    result = invoke("recertify", earlier, "--model", model, "--out", tmp_path / "r.csv",
+                    "--device", "cpu")  # fmt: skip
+    assert_domain_error(result, "input 2", "changed since", str(earlier))
+    result = invoke("verify", earlier, "--device", "cpu")
+    assert result.exit_code == 1 and "mismatch: input 2 differs from the record" in result.stdout
