@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ancer_cli.core.memory import Claim, Decision, memory_pass
+from ancer_cli.core.memory import Claim, MemoryDecision, memory_pass
 from ancer_cli.core.regions import (
     GAP_TOLERANCE,
     MARGIN,
@@ -26,7 +26,7 @@ CPU = torch.device("cpu")
 F64 = torch.float64
 
 
-def run(claims, centers, thetas, norm, progress=None) -> list[Decision]:
+def run(claims, centers, thetas, norm, progress=None) -> list[MemoryDecision]:
     def theta_of(idx):
         value = thetas[idx] if isinstance(thetas, dict) else thetas
         return value
@@ -62,13 +62,13 @@ def test_input_inside_an_earlier_region_is_reassigned(norm, shape, own_class):
     expected_gap = 2.0 - distance(centers[1], centers[0], theta_0, norm)
     assert expected_gap == pytest.approx(0.2)
     first, second, third, fourth = decisions
-    assert first == Decision(0, 1, 2.0, 0, False, False)
+    assert first == MemoryDecision(0, 1, 2.0, 0, False, False)
     assert second.predict == 1 and second.theta_idx == 0 and second.reassigned and not second.shrunk
     assert second.gap == pytest.approx(expected_gap, abs=1e-12) and second.gap <= expected_gap
     # input 1 stored nothing: input 3 lies in the region input 1 would have had (radius 0.3 or
     # more along axis 0), but outside region 0, so it keeps its own certificate
-    assert third == Decision(3, 3, 0.05, 3, False, False)
-    assert fourth == Decision(7, 2, 1.0, 7, False, False)
+    assert third == MemoryDecision(3, 3, 0.05, 3, False, False)
+    assert fourth == MemoryDecision(7, 2, 1.0, 7, False, False)
 
 
 def test_several_containing_regions_give_the_largest_remaining_gap():
@@ -76,7 +76,7 @@ def test_several_containing_regions_give_the_largest_remaining_gap():
     centers = {0: point(0.0, 0.0), 1: point(1.5, 0.0), 2: point(0.8, 0.0)}
     claims = [Claim(0, 1, 1.0), Claim(1, 1, 1.0), Claim(2, 4, 3.0)]
     decisions = run(claims, centers, 1.0, "l2")
-    assert decisions[1] == Decision(1, 1, 1.0, 1, False, False)
+    assert decisions[1] == MemoryDecision(1, 1, 1.0, 1, False, False)
     assert decisions[2].theta_idx == 1 and decisions[2].predict == 1 and decisions[2].reassigned
     assert decisions[2].gap == pytest.approx(0.3, abs=1e-12)
 
@@ -96,7 +96,7 @@ def test_overlapping_input_is_shrunk_to_the_touching_gap(norm, shape):
     assert shrunk.shrunk and not shrunk.reassigned and shrunk.predict == 2 and shrunk.theta_idx == 1
     assert touching - GAP_TOLERANCE * 10.0 <= shrunk.gap <= touching
     # same class overlaps are allowed: input 2 (class 1) overlaps region 0 and keeps its gap
-    assert decisions[2] == Decision(2, 1, 2.0, 2, False, False)
+    assert decisions[2] == MemoryDecision(2, 1, 2.0, 2, False, False)
     assert regions_intersect(
         centers[2],
         theta_1,
@@ -112,8 +112,8 @@ def test_abstentions_are_never_stored():
     centers = {0: point(0.0, 0.0), 1: point(0.1, 0.0), 2: point(0.15, 0.0)}
     claims = [Claim(0, -1, 0.0), Claim(1, 2, 1.0), Claim(2, 3, 0.5)]
     decisions = run(claims, centers, 1.0, "l2")
-    assert decisions[0] == Decision(0, -1, 0.0, 0, False, False)
-    assert decisions[1] == Decision(1, 2, 1.0, 1, False, False)
+    assert decisions[0] == MemoryDecision(0, -1, 0.0, 0, False, False)
+    assert decisions[1] == MemoryDecision(1, 2, 1.0, 1, False, False)
     # input 1 was stored: input 2 lies in its region
     assert decisions[2].reassigned and decisions[2].predict == 2
     assert decisions[2].gap == pytest.approx(0.95, abs=1e-12)
@@ -130,10 +130,10 @@ def test_no_collisions_change_nothing(norm):
         abstain = k % 7 == 0
         claims.append(Claim(idx, -1 if abstain else int(rng.integers(5)), 0.0 if abstain else 3.0))
     decisions = run(claims, centers, thetas, norm)
-    assert decisions == [Decision(c.idx, c.predict, c.gap, c.idx, False, False) for c in claims]
+    assert decisions == [MemoryDecision(c.idx, c.predict, c.gap, c.idx, False, False) for c in claims]
 
 
-def reference_pass(claims, centers, thetas, norm) -> list[Decision]:
+def reference_pass(claims, centers, thetas, norm) -> list[MemoryDecision]:
     """Steps 1-3 of the memory pass literally: every stored region tested, no screening, no blocks."""
     stored: list[tuple[torch.Tensor, torch.Tensor, float, int, int]] = []
     decisions = []
@@ -152,10 +152,10 @@ def reference_pass(claims, centers, thetas, norm) -> list[Decision]:
                 remaining[~inside] = -math.inf
                 j = int(remaining.argmax())
                 gap = max(float(remaining[j]), 0.0)
-                decisions.append(Decision(claim.idx, stored[j][3], gap, stored[j][4], True, False))
+                decisions.append(MemoryDecision(claim.idx, stored[j][3], gap, stored[j][4], True, False))
                 continue
         if claim.predict == -1:
-            decisions.append(Decision(claim.idx, -1, claim.gap, claim.idx, False, False))
+            decisions.append(MemoryDecision(claim.idx, -1, claim.gap, claim.idx, False, False))
             continue
         rivals = [k for k, s in enumerate(stored) if s[3] != claim.predict]
         gap = claim.gap
@@ -170,7 +170,7 @@ def reference_pass(claims, centers, thetas, norm) -> list[Decision]:
                 norm,
             )
         stored.append((x, theta, gap, claim.predict, claim.idx))
-        decisions.append(Decision(claim.idx, claim.predict, gap, claim.idx, False, gap < claim.gap))
+        decisions.append(MemoryDecision(claim.idx, claim.predict, gap, claim.idx, False, gap < claim.gap))
     return decisions
 
 
@@ -231,7 +231,7 @@ def test_stored_regions_of_different_classes_are_disjoint(norm, shape):
             reach = distance(centers[d.idx], centers[d.theta_idx], theta, norm) + d.gap
             assert reach <= home.gap * (1 + 1e-9)
         elif claim.predict == -1:
-            assert d == Decision(claim.idx, -1, claim.gap, claim.idx, False, False)
+            assert d == MemoryDecision(claim.idx, -1, claim.gap, claim.idx, False, False)
         else:
             assert d.theta_idx == d.idx and d.predict == claim.predict
             assert d.shrunk == (d.gap < claim.gap) and d.gap <= claim.gap

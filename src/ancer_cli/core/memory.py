@@ -62,7 +62,7 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class Decision:
+class MemoryDecision:
     """One input's certificate after the pass.
 
     The region certified for ``predict`` is ``{x + d : ||d / theta||_p <= gap}`` with ``x`` the
@@ -203,7 +203,7 @@ def memory_pass(
     norm: Norm | str,
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
-) -> list[Decision]:
+) -> list[MemoryDecision]:
     """Run the memory-based certification pass over ``claims`` (steps 1-3 above).
 
     Args:
@@ -215,7 +215,7 @@ def memory_pass(
         progress: called as ``progress(done, total)`` after each claim.
 
     Returns:
-        One :class:`Decision` per claim, in order. Membership (step 1) is "weighted distance
+        One :class:`MemoryDecision` per claim, in order. Membership (step 1) is "weighted distance
         ``<= g_j (1 + MARGIN)``" and, among several regions containing x, the one leaving the
         largest gap wins; that gap is ``max(g_j - dist (1 + slack), 0)``, with the distance
         rounded up by its rounding bound so that the sub-region stays inside region ``j``.
@@ -223,7 +223,7 @@ def memory_pass(
     _check_claims(claims)
     norm = Norm(norm)
     total = len(claims)
-    decisions: list[Decision] = []
+    decisions: list[MemoryDecision] = []
     if total == 0:
         return decisions
     dim = center(claims[0].idx).numel()
@@ -302,10 +302,10 @@ def _decide(
     memory: _Memory,
     norm: Norm,
     slack: float,
-) -> tuple[Decision, float | None]:
+) -> tuple[MemoryDecision, float | None]:
     """Steps 1-3 for one input against the stored regions ``ids`` (all others are provably
     far). Returns the decision and the gap to store (None: store nothing)."""
-    unchanged = Decision(claim.idx, claim.predict, claim.gap, claim.idx, False, False)
+    unchanged = MemoryDecision(claim.idx, claim.predict, claim.gap, claim.idx, False, False)
     abstained = claim.predict == ABSTAIN
     if not ids:
         return unchanged, None if abstained else claim.gap
@@ -320,7 +320,7 @@ def _decide(
         best = max((k for k, hit in enumerate(inside) if hit), key=remaining.__getitem__)
         slot = ids[best]
         gap = max(remaining[best], 0.0)
-        return Decision(
+        return MemoryDecision(
             claim.idx, memory.classes[slot], gap, memory.indices[slot], True, False
         ), None
     if abstained:
@@ -338,5 +338,5 @@ def _decide(
         gaps.index_select(0, keep),
         norm,
     )
-    decision = Decision(claim.idx, claim.predict, gap, claim.idx, False, gap < claim.gap)
+    decision = MemoryDecision(claim.idx, claim.predict, gap, claim.idx, False, gap < claim.gap)
     return decision, gap

@@ -26,6 +26,7 @@ from ancer_cli.models.checkpoints import (
     plain_state_dict,
     validate_checkpoint,
 )
+from ancer_cli.models.denoisers.files import DENOISER_FORMAT
 from ancer_cli.models.factory import build_factory
 from ancer_cli.models.files import (
     KIND_NAMES,
@@ -108,6 +109,11 @@ def load_model(
         )
 
     loaded = load_weights_only(path)
+    if isinstance(loaded, dict) and loaded.get("format") == DENOISER_FORMAT:
+        raise ModelError(
+            f"{path} is a denoiser (written by ancer train --denoiser), not a classifier: pass it "
+            "as --denoiser, with the classifier it serves as --model"
+        )
     if is_ancer_checkpoint(loaded):
         return _from_checkpoint(loaded, path, digest, device, arch, info)
     if is_cohen_checkpoint(loaded):
