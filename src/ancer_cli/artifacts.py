@@ -90,6 +90,10 @@ def check_new_output(
         if path.exists() and any(path.iterdir()) and not allowed:
             raise OutputError(f"{path} is not empty; {hint}")
         return
+    if path.is_dir():
+        raise OutputError(
+            f"--out {path} is a folder; give the file to write (e.g. {path / 'results.csv'})"
+        )
     if path.exists() and not allowed:
         raise OutputError(f"{path} already exists; {hint}")
     try:

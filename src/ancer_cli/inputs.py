@@ -25,7 +25,13 @@ from ancer_cli.distributed import Session
 from ancer_cli.errors import AncerError, ModelError, first_line
 from ancer_cli.models import LoadedModel, load_model
 from ancer_cli.models.checks import check_inputs, check_per_input
-from ancer_cli.models.denoisers import DenoisedClassifier, denoiser_record, load_denoiser
+from ancer_cli.models.denoisers import (
+    DenoisedClassifier,
+    LoadedDenoiser,
+    denoiser_record,
+    load_denoiser,
+    noise_level,
+)
 from ancer_cli.run.commit import Commitment, commit_inputs, tensor_digest
 from ancer_cli.run.spec import InputsSpec, Resolved, inputs_arguments
 from ancer_cli.settings import CertifyMethod
@@ -137,6 +143,21 @@ def check_compatible(model: nn.Module, data: LoadedData, device: torch.device, w
 # the inputs of a run: spec -> model, data, thetas, indices, noise; and their commitment
 
 
+def _denoiser_notes(denoiser: LoadedDenoiser, thetas: Sequence[Theta], norm: Norm) -> list[str]:
+    """A caution where a noise level exceeds the largest the denoiser was trained on: beyond it
+    a denoiser's output is untested (often every input abstains)."""
+    if denoiser.sigma_max is None or not thetas:
+        return []
+    largest = max(float(torch.as_tensor(noise_level(t, norm, ())).max()) for t in thetas)
+    if largest <= denoiser.sigma_max * (1 + 1e-9):
+        return []
+    return [
+        f"caution: noise level {largest:g} exceeds the largest the denoiser {denoiser.path} was "
+        f"trained on ({denoiser.sigma_max:g}); expect abstentions, or train it with --sigma "
+        f"{largest:g}"
+    ]
+
+
 def _bare(classifier: nn.Module) -> nn.Module:
     """The base classifier is the classifier itself (no denoiser)."""
     return classifier
@@ -159,6 +180,8 @@ class SmoothedInputs:
     model_sha256: str
     denoiser_sha256: str | None = None
     compose: Callable[[nn.Module], nn.Module] = field(default=_bare, repr=False)
+    notes: tuple[str, ...] = ()
+    """cautions for the person running it (a noise level the denoiser was not trained on)"""
     """wraps a classifier into the base classifier as this run composes its own (with the
     denoiser, if any; speed options not included): reuse puts a changed model in its place"""
 
@@ -265,6 +288,7 @@ def resolve_inputs(
     if noise.grid is not None:
         thetas = sound_thetas(thetas, run.norm, noise.grid)
     model = run.model.module
+    notes: list[str] = []
     denoiser_arguments: dict[str, Any] | None = None
     compose: Callable[[nn.Module], nn.Module] = _bare
     if denoiser is not None:
@@ -281,6 +305,7 @@ def resolve_inputs(
             DenoisedClassifier, denoiser=denoiser.module, norm=run.norm, theta=first, fixed=fixed
         )
         model = compose(model)
+        notes = _denoiser_notes(denoiser, [thetas(i) for i in chosen or indices[:1]], run.norm)
         if first is not None:  # the composed model must still give one logit per class
             check_compatible(model, run.data, session.device, f"{model_path} + {spec.denoiser}")
     resolved = Resolved(
@@ -308,6 +333,7 @@ def resolve_inputs(
         model_sha256=run.model.sha256,
         denoiser_sha256=denoiser.sha256 if denoiser is not None else None,
         compose=compose,
+        notes=tuple(notes),
     )
 
 

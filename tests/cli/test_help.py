@@ -87,3 +87,27 @@ def test_train_help_shows_every_option_name_whole_at_80_columns() -> None:
     assert [name for name in names if name not in tokens] == []
     for panel in ("Consistency", "MACER", "SmoothAdv"):
         assert any(line.startswith(f"╭─ {panel} (--training ") for line in text.splitlines())
+
+
+def test_first_mistakes_get_one_line_that_says_what_to_do(model_path: Path, tmp_path: Path):
+    """A denoiser given as --model, a folder as --out, --max 0, and a noise level above the
+    denoiser's trained range: each answered in one line that names the fix."""
+    from tests.cli.test_denoised import save_random_denoiser
+
+    denoiser = save_random_denoiser(tmp_path / "d.pt", seed=0)
+    result = invoke("certify", "--model", denoiser, "--sigma", 0.25, "--out", tmp_path / "r.csv")
+    assert_domain_error(result, "is a denoiser", "pass it as --denoiser")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    for extra in ((), ("--force",)):
+        result = invoke("certify", "--model", model_path, "--sigma", 0.25, "--max", 2,
+                        "--device", "cpu", "--out", folder, *extra)  # fmt: skip
+        assert_domain_error(result, "is a folder; give the file to write", "results.csv")
+    assert list(folder.iterdir()) == [] and not list(tmp_path.glob("results.*"))
+    result = invoke("certify", "--model", model_path, "--sigma", 0.25, "--max", 0)
+    assert result.exit_code == 2 and "--max must be >= 1" in result.stderr
+    result = invoke("certify", "--model", model_path, "--sigma", 1.5, "--denoiser", denoiser,
+                    "--max", 1, "--N0", 10, "--N", 20, "--device", "cpu",
+                    "--out", tmp_path / "high.csv")  # fmt: skip
+    assert result.exit_code == 0
+    assert "caution: noise level 1.5 exceeds the largest the denoiser" in result.stderr

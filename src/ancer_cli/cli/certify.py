@@ -36,12 +36,12 @@ from ancer_cli.cli.common import (
     SmoothedModelOption,
     SoundOption,
     ThetasOption,
+    at_least_one,
     check_smoothing_options,
     console,
     handle_errors,
     label_notes,
     noise_description,
-    non_negative,
     positive,
     probability,
     progress_bar,
@@ -196,7 +196,7 @@ def certify_command(
     ]:
         positive(name, value)
     probability("--alpha", alpha)
-    non_negative("--max", max_index)
+    at_least_one("--max", max_index)
     check_smoothing_options(thetas, sigma, method)
     chosen = _sequential(radius, metric, sequential, tolerance)
 
@@ -221,7 +221,7 @@ def certify_command(
         main = where.ranks.is_main
         if main:
             console.print(_describe(plan, where))
-            for note in label_notes(plan.inputs.data, plan.inputs.logits):
+            for note in [*label_notes(plan.inputs.data, plan.inputs.logits), *plan.inputs.notes]:
                 console.print(note, markup=False)
         tally = {"rows": 0, "correct": 0, "abstained": 0}
 

@@ -288,6 +288,12 @@ def probability(name: str, value: float | None) -> None:
         raise typer.BadParameter(f"{name} must lie in (0, 1), got {value}")
 
 
+def at_least_one(name: str, value: int | None) -> None:
+    """Usage error (exit 2) unless ``value`` (when given) is >= 1 (``--max 0`` selects nothing)."""
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"{name} must be >= 1, got {value} (it would select no input)")
+
+
 def non_negative(name: str, value: int | None) -> None:
     """Usage error (exit 2) unless ``value`` (when given) is >= 0."""
     if value is not None and value < 0:

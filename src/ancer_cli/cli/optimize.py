@@ -21,10 +21,10 @@ from ancer_cli.cli.common import (
     PrecisionOption,
     ResumeOption,
     SeedOption,
+    at_least_one,
     console,
     handle_errors,
     label_notes,
-    non_negative,
     positive,
     progress_bar,
 )
@@ -223,7 +223,7 @@ def optimize_command(
         raise typer.BadParameter(f"--kappa must be >= 0, got {kappa}")
     if sigma is not None:
         positive("--sigma", sigma)
-    non_negative("--max", max_index)
+    at_least_one("--max", max_index)
     if isotropic_thetas is not None and method is ThetaMethod.isotropic:
         raise typer.BadParameter("--isotropic-thetas goes with --method ancer")
     schedules = _schedules(
@@ -253,7 +253,7 @@ def optimize_command(
         job, main = plan.job, where.ranks.is_main
         if main:
             console.print(_describe(plan, where))
-            for note in label_notes(plan.inputs.data, plan.inputs.logits):
+            for note in [*label_notes(plan.inputs.data, plan.inputs.logits), *plan.inputs.notes]:
                 console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
             task = progress.add_task("optimize", total=None, status="")

@@ -31,12 +31,12 @@ from ancer_cli.cli.common import (
     SmoothedModelOption,
     SoundOption,
     ThetasOption,
+    at_least_one,
     check_smoothing_options,
     console,
     handle_errors,
     label_notes,
     noise_description,
-    non_negative,
     positive,
     probability,
     progress_bar,
@@ -110,7 +110,7 @@ def predict_command(
     for name, value in [("--N", num), ("--batch-size", batch_size), ("--skip", skip)]:
         positive(name, value)
     probability("--alpha", alpha)
-    non_negative("--max", max_index)
+    at_least_one("--max", max_index)
     check_smoothing_options(thetas, sigma, method)
 
     from ancer_cli.data import UNLABELED
@@ -147,7 +147,7 @@ def predict_command(
                     else ""
                 )
             )
-            for note in label_notes(data, smoothed.logits):
+            for note in [*label_notes(data, smoothed.logits), *smoothed.notes]:
                 console.print(note, markup=False)
         with progress_bar(enabled=main) as progress:
             task = progress.add_task("predict", total=None, status="")
