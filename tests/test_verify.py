@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ancer_cli.distributed import SINGLE, Session
-from ancer_cli.run.skeleton import rows_digest
+from ancer_cli.results import rows_digest
 from ancer_cli.verify import Overrides, verify
 from tests.helpers import invoke, ok
 
@@ -102,3 +102,16 @@ def test_cli_exit_codes(runs: Path, tmp_path: Path) -> None:
     shutil.copy(runs / "fixed.csv", bare)
     result = invoke("verify", bare, "--device", "cpu")
     assert result.exit_code == 1 and "has no sidecar" in result.stderr
+
+
+def test_accuracy_warns_of_an_edited_file_and_refuses_its_bounds(runs: Path, tmp_path: Path):
+    """``ancer accuracy`` still reads a hand-edited results file, with a warning; its
+    high-probability bounds, which rest on the run's own rows, refuse it in one line."""
+    out = _copy(runs, "fixed.csv", tmp_path)
+    out.write_text(out.read_text().replace("\t0.25\t", "\t0.26\t", 1))
+    result = ok("accuracy", out, "--radius", 0.25)
+    assert "warning: fixed.csv is not the file its run wrote" in result.stderr
+    result = invoke("accuracy", out, "--radius", 0.25, "--high-probability")
+    assert result.exit_code == 1 and "is not the finished file its run wrote" in result.stderr
+    clean = ok("accuracy", runs / "fixed.csv", "--radius", 0.25, "--high-probability")
+    assert "warning" not in clean.stderr

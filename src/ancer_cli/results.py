@@ -5,6 +5,8 @@ across processes, merged in index order at the end."""
 from __future__ import annotations
 
 import decimal
+import enum
+import hashlib
 import math
 import re
 import warnings
@@ -218,3 +220,49 @@ def read_results_record(results: Path) -> dict[str, Any] | None:
     if not sidecar.is_file():
         return None
     return read_json(sidecar, "run record")
+
+
+# ---------------------------------------------------------------------------------------------
+# the digest of a finished run's rows
+
+RESULTS, PRE_MEMORY = "results", "pre_memory"
+"""The keys of a sidecar's ``rows_sha256``: the results file, and the rows before the memory
+pass (``results.csv.pre-memory``) where a memory pass ran."""
+
+
+def rows_digest(path: Path) -> str:
+    """SHA-256 of a results file's bytes (header and rows): the values of ``rows_sha256``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RowsState(str, enum.Enum):
+    """Whether a results file holds the rows its run wrote."""
+
+    verified = "verified"
+    """its sidecar's digest matches its bytes"""
+    edited = "edited"
+    """a digest is recorded and does not match: edited, truncated or another run's file"""
+    unfinished = "unfinished"
+    """its run has not finished: no digest yet"""
+    undigested = "undigested"
+    """its sidecar records no digest (an older ancer wrote it)"""
+    foreign = "foreign"
+    """no sidecar: another tool's file (Cohen et al.'s, the original scripts')"""
+
+
+def rows_state(path: Path, record: dict[str, Any] | None, role: str = RESULTS) -> RowsState:
+    """The :class:`RowsState` of ``path`` (the file of ``role`` in ``record``'s digests)."""
+    if record is None:
+        return RowsState.foreign
+    if record.get("complete", True) is not True:
+        return RowsState.unfinished
+    digests = record.get("rows_sha256")
+    if not isinstance(digests, dict) or role not in digests:
+        return RowsState.undigested
+    if not Path(path).is_file() or rows_digest(Path(path)) != digests[role]:
+        return RowsState.edited
+    return RowsState.verified

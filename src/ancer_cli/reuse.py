@@ -56,7 +56,7 @@ from ancer_cli.inputs import (
 from ancer_cli.models import load_model
 from ancer_cli.models.checks import check_inputs, check_per_input
 from ancer_cli.models.denoisers import inputs_per_theta
-from ancer_cli.results import RESULT_COLUMNS, read_results_record
+from ancer_cli.results import PRE_MEMORY, RESULT_COLUMNS, RESULTS, read_results_record, rows_digest
 from ancer_cli.run.certificates import (
     CertificateRow,
     CertifySummary,
@@ -66,7 +66,7 @@ from ancer_cli.run.certificates import (
 )
 from ancer_cli.run.commit import Commitment, Segments
 from ancer_cli.run.rows import complete_rows, pre_memory_path
-from ancer_cli.run.skeleton import PRE_MEMORY, RESULTS, Run, rows_digest
+from ancer_cli.run.skeleton import Run
 from ancer_cli.run.spec import inputs_spec
 from ancer_cli.runtime import provenance
 

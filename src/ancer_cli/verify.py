@@ -26,11 +26,16 @@ from ancer_cli.core.smoothing import ABSTAIN, sample_counts_many
 from ancer_cli.distributed import Session
 from ancer_cli.errors import AncerError
 from ancer_cli.inputs import input_groups, resolve_inputs
-from ancer_cli.results import read_results_record, results_sidecar_path
+from ancer_cli.results import (
+    PRE_MEMORY,
+    RESULTS,
+    read_results_record,
+    results_sidecar_path,
+    rows_digest,
+)
 from ancer_cli.run.certificates import CertificateRow
 from ancer_cli.run.commit import Commitment
 from ancer_cli.run.rows import complete_rows, pre_memory_path
-from ancer_cli.run.skeleton import PRE_MEMORY, RESULTS, rows_digest
 from ancer_cli.run.spec import inputs_spec
 
 FORMATS = ("ancer-results/1", "ancer-predictions/1")

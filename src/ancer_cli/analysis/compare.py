@@ -18,7 +18,7 @@ from ancer_cli.analysis.metrics import (
     summarize,
 )
 from ancer_cli.errors import ResultsError
-from ancer_cli.results import read_results, read_results_record
+from ancer_cli.results import RowsState, read_results, read_results_record, rows_state
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,22 @@ class Comparison:
     frames: dict[str, pd.DataFrame]
     summaries: dict[str, AccuracySummary]
     paths: dict[str, Path] = field(default_factory=dict)
+    states: dict[str, RowsState] = field(default_factory=dict)
+    """whether each file holds the rows its run wrote (:func:`~ancer_cli.results.rows_state`)"""
 
     def notes(self) -> list[str]:
         """One line per file whose numbers need a word: predictions (no radius), rows without
         labels."""
         notes = []
+        for name, state in self.states.items():
+            if state is RowsState.edited:
+                notes.append(
+                    f"warning: {name} is not the file its run wrote (its rows differ from the "
+                    "digest its sidecar recorded: edited, truncated or another run's): its "
+                    "numbers are not that run's certificates"
+                )
+            elif state is RowsState.unfinished:
+                notes.append(f"warning: {name} is an unfinished run: its rows are not all there")
         for name, summary in self.summaries.items():
             if not summary.has_radius:
                 notes.append(
@@ -83,18 +94,26 @@ def compare(
     (alpha from ``alpha``, else each file's sidecar, else the default)."""
     frames: dict[str, pd.DataFrame] = {}
     confidences: dict[str, Confidence | None] = {}
+    states: dict[str, RowsState] = {}
     for label, path in zip(labels, paths, strict=True):
         frame = read_results(path)
         for needed in (metric, *also):
             check_results(frame, needed, path)
         frames[label] = frame
+        record = read_results_record(path)
+        states[label] = rows_state(path, record)
+        if rho is not None and states[label] in (RowsState.edited, RowsState.unfinished):
+            raise ResultsError(
+                f"{path} is not the finished file its run wrote ({states[label].value}): bounds "
+                "that hold with high probability over certify's sampling need that run's rows"
+            )
         confidences[label] = (
-            confidence_from_record(read_results_record(path), rho, alpha)
-            if rho is not None
-            else None
+            confidence_from_record(record, rho, alpha) if rho is not None else None
         )
     summaries = {
         label: summarize(frame, radii, metric, confidences[label])
         for label, frame in frames.items()
     }
-    return Comparison(frames, summaries, dict(zip(labels, map(Path, paths), strict=True)))
+    return Comparison(
+        frames, summaries, dict(zip(labels, map(Path, paths), strict=True)), states
+    )

@@ -15,7 +15,6 @@ last sidecar write, the lock released.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from ancer_cli.artifacts import (
 )
 from ancer_cli.distributed import Ranks, broadcast_int, collective
 from ancer_cli.errors import OutputError
-from ancer_cli.results import results_sidecar_path
+from ancer_cli.results import PRE_MEMORY, RESULTS, results_sidecar_path, rows_digest
 from ancer_cli.run.commit import Commitment, Segment, Segments
 from ancer_cli.run.lock import OutputLock, lock_path
 from ancer_cli.run.rows import (
@@ -51,20 +50,6 @@ GROWABLE = ("max",)
 """Arguments a resumed run may raise (or lift): it then extends a finished run."""
 NOT_COMPARED = ("seed",)
 """Arguments a resume does not compare: the seeds are the segments'."""
-
-
-RESULTS, PRE_MEMORY = "results", "pre_memory"
-"""The keys of the sidecar's ``rows_sha256``: the results file, and the rows before the memory
-pass (``results.csv.pre-memory``) where a memory pass ran."""
-
-
-def rows_digest(path: Path) -> str:
-    """SHA-256 of a results file's bytes (header and rows): the values of ``rows_sha256``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -321,4 +306,4 @@ class Run:
             self.lock = None
 
 
-__all__ = ["GROWABLE", "PRE_MEMORY", "RESULTS", "Output", "Run", "lock_path", "rows_digest"]
+__all__ = ["GROWABLE", "Output", "Run", "lock_path"]
