@@ -172,7 +172,9 @@ def check_same_arguments(
         )
 
 
-def _grown(recorded: dict[str, Any], wanted: dict[str, Any], keys: tuple[str, ...]) -> dict:
+def _grown(
+    recorded: dict[str, Any], wanted: dict[str, Any], keys: tuple[str, ...]
+) -> dict[str, Any]:
     """The keys of ``keys`` whose bound ``wanted`` raises (or lifts) above ``recorded``."""
     grown = {}
     for key in keys:

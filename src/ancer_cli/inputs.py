@@ -233,7 +233,7 @@ def resolve_inputs(
         arch=spec.arch,
         classes=classes,
     )
-    indices = select_indices(len(run.data.dataset), spec.skip, spec.max_index)  # type: ignore[arg-type]
+    indices = select_indices(run.data.size, spec.skip, spec.max_index)
     denoiser = load_denoiser(spec.denoiser, session.device) if spec.denoiser else None
     if denoiser is not None:
         denoiser.check_inputs(run.data.info.input_shape, run.data.info.name)
@@ -360,7 +360,7 @@ def in_memory_inputs(
     The model is hashed by its state (:func:`module_digest`), checked on one input and checked to
     be a function of one input (:func:`~ancer_cli.models.checks.check_per_input`)."""
     device = device or torch.device("cpu")
-    chosen = list(range(len(data.dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
+    chosen = list(range(data.size)) if indices is None else list(indices)
     if callable(thetas):
         first = thetas(chosen[0]) if chosen else 0.0
         per_pixel = isinstance(first, torch.Tensor) and first.ndim > 0

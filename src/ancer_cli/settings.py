@@ -285,7 +285,7 @@ def method_settings(training: Training | None = None) -> list[str]:
 
 def setting_method(name: str) -> Training:
     """The training method a :func:`method_settings` field belongs to."""
-    return _field(name).metadata["training"]  # type: ignore[no-any-return]
+    return _field(name).metadata["training"]
 
 
 def _field(name: str) -> Field[Any]:

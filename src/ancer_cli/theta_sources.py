@@ -163,7 +163,7 @@ def open_thetas(
         raise ThetaError(f"thetas {path} do not exist; run ancer optimize --out {path} first")
     if path.is_file():
         values = read_isotropic_values(path)
-        size = len(data.dataset)  # type: ignore[arg-type]
+        size = data.size
         if values.numel() == size:
             layout = ValueLayout.per_index
             indices, positions = list(range(size)), None
@@ -242,10 +242,14 @@ def open_thetas(
             )
             fix = f"certify with the denoiser they were optimized with, {named}"
         raise ThetaError(f"{where} were optimized {problem}; {fix}")
-    method = manifest.get("method")
-    if method not in ("isotropic", "ancer"):
-        raise ThetaError(f"{where} name method {method!r}, expected isotropic or ancer")
-    indices = manifest.get("indices")
-    if not isinstance(indices, list) or not all(isinstance(i, int) for i in indices):
+    recorded_method = manifest.get("method")
+    if recorded_method not in ("isotropic", "ancer"):
+        raise ThetaError(
+            f"{where} name method {recorded_method!r}, expected isotropic or ancer"
+        )
+    listed = manifest.get("indices")
+    if not isinstance(listed, list) or not all(isinstance(i, int) for i in listed):
         raise ThetaError(f"{where} lack the list of optimized indices")
-    return ThetaSet(path, method, indices, shape, device, manifest=manifest, split=data.split)
+    return ThetaSet(
+        path, str(recorded_method), listed, shape, device, manifest=manifest, split=data.split
+    )

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import Field, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -37,6 +37,10 @@ from ancer_cli.core.training import (
 from ancer_cli.data import LoadedData, check_same_classes
 from ancer_cli.errors import ModelError
 from ancer_cli.models import build_model, read_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 from ancer_cli.settings import (
     TrainConfig,
     Training,
@@ -191,25 +195,25 @@ def train(
         )
 
 
-def config_record(config: object) -> dict[str, object]:
+def config_record(config: DataclassInstance) -> dict[str, object]:
     """A training config's hyperparameters as plain values, as stored in the checkpoint; a
     setting of one training method (field metadata ``training``) only when that method trains."""
-    applies = {item.name: _applies(item, config) for item in fields(config)}  # type: ignore[arg-type]
+    applies = {item.name: _applies(item, config) for item in fields(config)}
     return {
         key: getattr(value, "value", value)
-        for key, value in asdict(config).items()  # type: ignore[call-overload]
+        for key, value in asdict(config).items()
         if applies[key]
     }
 
 
-def _applies(item: Field[Any], config: object) -> bool:
+def _applies(item: Field[Any], config: DataclassInstance) -> bool:
     return "training" not in item.metadata or item.metadata["training"] is getattr(
         config, "training", None
     )
 
 
 def check_same_config(
-    out: Path, checkpoint: dict[str, Any], config: object, options: dict[str, str] | None = None
+    out: Path, checkpoint: dict[str, Any], config: DataclassInstance, options: dict[str, str] | None = None
 ) -> None:
     """Refuse to resume ``out`` when its stored hyperparameters (all but ``epochs``) differ from
     ``config``'s; ``options`` names the command-line option of a field where it is not

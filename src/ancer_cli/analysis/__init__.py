@@ -22,12 +22,9 @@ if TYPE_CHECKING:
         default_labels,
     )
     from ancer_cli.analysis.metrics import (
-        DEFAULT_RADII,
-        DEFAULT_RHO,
         AccuracySummary,
         Confidence,
         HighProbabilityAccuracy,
-        Metric,
         abstention_rate,
         average_certified_radius,
         certified_accuracy,
@@ -44,7 +41,6 @@ if TYPE_CHECKING:
         summarize,
     )
     from ancer_cli.analysis.plots import (
-        PLOT_SUFFIXES,
         plot_certified_accuracy,
         plot_radius_distribution,
         plot_theta_maps,
@@ -75,17 +71,18 @@ if TYPE_CHECKING:
         summary_table,
         table_from_summaries,
     )
+    from ancer_cli.settings import DEFAULT_RADII, DEFAULT_RHO, PLOT_SUFFIXES, Metric
 
 _EXPORTS = {
     "Comparison": ("ancer_cli.analysis.compare", "Comparison"),
     "compare": ("ancer_cli.analysis.compare", "compare"),
     "default_labels": ("ancer_cli.analysis.labels", "default_labels"),
-    "DEFAULT_RADII": ("ancer_cli.analysis.metrics", "DEFAULT_RADII"),
-    "DEFAULT_RHO": ("ancer_cli.analysis.metrics", "DEFAULT_RHO"),
+    "DEFAULT_RADII": ("ancer_cli.settings", "DEFAULT_RADII"),
+    "DEFAULT_RHO": ("ancer_cli.settings", "DEFAULT_RHO"),
     "AccuracySummary": ("ancer_cli.analysis.metrics", "AccuracySummary"),
     "Confidence": ("ancer_cli.analysis.metrics", "Confidence"),
     "HighProbabilityAccuracy": ("ancer_cli.analysis.metrics", "HighProbabilityAccuracy"),
-    "Metric": ("ancer_cli.analysis.metrics", "Metric"),
+    "Metric": ("ancer_cli.settings", "Metric"),
     "abstention_rate": ("ancer_cli.analysis.metrics", "abstention_rate"),
     "average_certified_radius": ("ancer_cli.analysis.metrics", "average_certified_radius"),
     "certified_accuracy": ("ancer_cli.analysis.metrics", "certified_accuracy"),
@@ -100,7 +97,7 @@ _EXPORTS = {
     "median_time": ("ancer_cli.analysis.metrics", "median_time"),
     "proxy_ratios": ("ancer_cli.analysis.metrics", "proxy_ratios"),
     "summarize": ("ancer_cli.analysis.metrics", "summarize"),
-    "PLOT_SUFFIXES": ("ancer_cli.analysis.plots", "PLOT_SUFFIXES"),
+    "PLOT_SUFFIXES": ("ancer_cli.settings", "PLOT_SUFFIXES"),
     "plot_certified_accuracy": ("ancer_cli.analysis.plots", "plot_certified_accuracy"),
     "plot_radius_distribution": ("ancer_cli.analysis.plots", "plot_radius_distribution"),
     "plot_theta_maps": ("ancer_cli.analysis.plots", "plot_theta_maps"),

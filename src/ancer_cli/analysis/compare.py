@@ -12,13 +12,13 @@ import pandas as pd
 from ancer_cli.analysis.metrics import (
     AccuracySummary,
     Confidence,
-    Metric,
     check_results,
     confidence_from_record,
     summarize,
 )
 from ancer_cli.errors import ResultsError
 from ancer_cli.results import RowsState, read_results, read_results_record, rows_state
+from ancer_cli.settings import Metric
 
 
 @dataclass(frozen=True)

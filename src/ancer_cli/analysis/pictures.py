@@ -67,7 +67,7 @@ def read_input_thetas(
     )
     available = set(thetas.indices)
     chosen = list(indices) if indices else thetas.indices[:DEFAULT_PICTURES]
-    size = len(data.dataset)  # type: ignore[arg-type]
+    size = data.size
     inputs = []
     for idx in chosen:
         if idx not in available or not 0 <= idx < size:

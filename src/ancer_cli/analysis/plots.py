@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 
 from ancer_cli.analysis.metrics import (
-    Metric,
     certified_accuracy_curve,
     certified_radii,
     labeled_rows,
@@ -26,7 +25,7 @@ from ancer_cli.analysis.metrics import (
 from ancer_cli.analysis.pictures import InputTheta
 from ancer_cli.artifacts import atomic_writer
 from ancer_cli.errors import OutputError, ResultsError
-from ancer_cli.settings import PLOT_SUFFIXES
+from ancer_cli.settings import PLOT_SUFFIXES, Metric
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -164,10 +163,10 @@ def _distribution(axes: Axes, samples: Mapping[str, tuple[int, np.ndarray]], cdf
                 label=f"{label} (n={len(v)})",
             )
         else:
-            axes.hist(v, bins=bins, histtype="stepfilled", color=_colour(index), alpha=0.15)
+            axes.hist(v, bins=list(bins), histtype="stepfilled", color=_colour(index), alpha=0.15)
             axes.hist(
                 v,
-                bins=bins,
+                bins=list(bins),
                 histtype="step",
                 linewidth=1.8,
                 color=_colour(index),

@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from ancer_cli.analysis.metrics import DEFAULT_RADII, AccuracySummary, Metric, summarize
+from ancer_cli.analysis.metrics import AccuracySummary, summarize
+from ancer_cli.settings import DEFAULT_RADII, Metric
 
 ACR_ROW = "average certified radius"
 

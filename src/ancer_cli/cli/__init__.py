@@ -66,11 +66,11 @@ def _names_whole() -> Iterator[None]:
     if original is not Table:
         yield
         return
-    rich_utils.Table = _NamesWhole  # type: ignore[misc]
+    setattr(rich_utils, "Table", _NamesWhole)  # noqa: B010 - typer does not export it
     try:
         yield
     finally:
-        rich_utils.Table = original  # type: ignore[misc]
+        setattr(rich_utils, "Table", original)  # noqa: B010
 
 
 class _Command(TyperCommand):

@@ -264,9 +264,9 @@ def _check_options(
             "--alpha only sets the --high-probability bounds; add --high-probability",
             param_hint="'--alpha'",
         )
-    for name, value in (("--rho", rho), ("--alpha", alpha)):
-        if value is not None and not 0.0 < value < 1.0:
-            raise typer.BadParameter(f"must lie in (0, 1), got {value}", param_hint=f"'{name}'")
+    for name, level in (("--rho", rho), ("--alpha", alpha)):
+        if level is not None and not 0.0 < level < 1.0:
+            raise typer.BadParameter(f"must lie in (0, 1), got {level}", param_hint=f"'{name}'")
     if plot_max_radius is not None and not (math.isfinite(plot_max_radius) and plot_max_radius > 0):
         raise typer.BadParameter(
             f"must be a finite number > 0, got {plot_max_radius}", param_hint="'--plot-max-radius'"

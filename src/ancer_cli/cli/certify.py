@@ -260,7 +260,7 @@ def _as_recertify(ctx: typer.Context, results: Path | None) -> None:
             "sampling; leave these out (see ancer recertify --help)"
         )
     defaults = {param.name: param.default for param in ctx.command.params}
-    chosen = {name: ctx.params.get(name, defaults.get(name)) for name in accepted}
+    chosen: dict[str, Any] = {name: ctx.params.get(name, defaults.get(name)) for name in accepted}
     chosen["results"] = results
     recertify_command(**chosen)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -304,7 +304,7 @@ def _schedules(
     samples: int | None,
     kappa: float,
     guard_samples: int | None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The configurations of both objectives from the options (``None``: the objective's
     default); options that mean nothing for the chosen objective are usage errors."""
     if objective is ThetaObjective.certified:
@@ -314,7 +314,7 @@ def _schedules(
     elif guard_samples is not None:
         raise typer.BadParameter("--guard-samples goes with --objective certified")
 
-    def given(**values: object) -> dict[str, object]:
+    def given(**values: Any) -> dict[str, Any]:
         return {key: value for key, value in values.items() if value is not None}
 
     return {

@@ -289,8 +289,8 @@ def train_command(
         train_data = load_dataset(dataset, "train", data_root, download, classes)
         test_data = load_dataset(dataset, "test", data_root, download, classes)
         console.print(
-            f"training [bold]{config.arch}[/] on {dataset} ({len(train_data.dataset)} train, "  # type: ignore[arg-type]
-            f"{len(test_data.dataset)} test) with {norm.value} noise sigma={sigma} "  # type: ignore[arg-type]
+            f"training [bold]{config.arch}[/] on {dataset} ({train_data.size} train, "
+            f"{test_data.size} test) with {norm.value} noise sigma={sigma} "
             f"on {describe_device(torch_device)}, {_describe_training(config)}"
         )
         for note in label_notes(train_data, train_data.info.num_classes):
@@ -417,7 +417,7 @@ def _train_denoiser(
             raise AncerError("--sigma must be > 0 for a denoiser")
         console.print(
             f"training a denoiser (dncnn, {depth} layers of {width}) on {dataset} "
-            f"({len(train_data.dataset)} train, {len(test_data.dataset)} test) with "  # type: ignore[arg-type]
+            f"({train_data.size} train, {test_data.size} test) with "
             f"{norm.value} noise up to sigma={config.sigma_max}, objective {objective.value} "
             f"on {describe_device(torch_device)}"
         )

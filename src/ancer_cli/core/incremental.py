@@ -353,19 +353,20 @@ def certify_incremental_many(
         )
         for k in np.flatnonzero(codes):
             i = int(active[k])
-            looked = {"zeta": float(zeta[i]), "n": int(n[i]), "disagreements": int(dis[i])}
+            looked, disagreements = int(n[i]), int(dis[i])
             if codes[k] == 1:
                 results[i] = Incremental(
-                    Route.reuse, p_a_lower=float(p[i] - zeta[i]), samples=2 * int(n[i]), **looked
+                    Route.reuse, float(p[i] - zeta[i]), float(zeta[i]), looked, disagreements,
+                    samples=2 * looked,
                 )
                 continue
-            remaining = budget - 2 * int(n[i])
+            remaining = budget - 2 * looked
             certificate = _certify_class(
                 pair.changed, xs[i], laws[i], earlier[i].prediction, remaining, sampling,
                 generators[i],
             )  # fmt: skip
             results[i] = Incremental(
-                Route.scratch, samples=budget, certificate=certificate, **looked
+                Route.scratch, 0.0, float(zeta[i]), looked, disagreements, budget, certificate
             )
         active = active[codes == 0]
     assert all(result is not None for result in results)  # the last look is at the cap

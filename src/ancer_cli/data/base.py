@@ -74,7 +74,7 @@ UNLABELED = -1
 class LabelRule(str, enum.Enum):
     """How the images of an image folder got their labels."""
 
-    index = "index"  # sub-folders named by the model's class index: 0/, 7/, ...
+    index = "index"  # type: ignore[assignment]  # sub-folders named by class index: 0/, 7/, ...
     classes_file = "classes-file"  # sub-folders named in --classes FILE: line k is class k
     sorted = "sorted"  # any other names: sorted and numbered 0, 1, ...
     unlabeled = "unlabeled"  # images without sub-folders: label -1
@@ -146,6 +146,11 @@ class LoadedData:
     classes: ClassMapping | None = None
     grid_levels: int | None = None
     grid_note: str | None = None
+
+    @property
+    def size(self) -> int:
+        """How many inputs the split holds (every dataset here has a length)."""
+        return len(self.dataset)  # type: ignore[arg-type]
 
     @property
     def labeled(self) -> bool:

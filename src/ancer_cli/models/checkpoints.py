@@ -192,7 +192,7 @@ def plain_state_dict(loaded: object, path: Path) -> Mapping[str, torch.Tensor]:
     if is_state_dict(loaded):
         return loaded  # type: ignore[return-value]
     if isinstance(loaded, Mapping) and is_state_dict(loaded.get("state_dict")):
-        return loaded["state_dict"]  # type: ignore[no-any-return]
+        return loaded["state_dict"]
     found = type(loaded).__name__
     if isinstance(loaded, Mapping):
         keys = ", ".join(str(key) for key in list(loaded)[:5])

@@ -84,7 +84,7 @@ class BatchCheck:
 def check_inputs(data: LoadedData, count: int = 2) -> torch.Tensor:
     """The first ``count`` inputs of ``data`` (fewer if it has fewer), ``(m, C, H, W)`` float32:
     real inputs for :func:`check_per_input`."""
-    size = len(data.dataset)  # type: ignore[arg-type]
+    size = data.size
     chosen = [data.dataset[i][0] for i in range(min(count, size))]
     if not chosen:
         raise ModelError(f"the {data.info.name} {data.split} split is empty: nothing to check")

@@ -59,6 +59,7 @@ class DiffusionDenoiser(nn.Module):
             )
         self.unet = unet
         self.prediction_type = prediction_type
+        self.alphas_cumprod: torch.Tensor
         self.register_buffer("alphas_cumprod", alphas_cumprod.double().clone())
 
     def timesteps(self, std: torch.Tensor) -> torch.Tensor:

@@ -293,7 +293,7 @@ class ExportedModule(nn.Module):
         self.program = program_module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.program(x)  # type: ignore[no-any-return]
+        return self.program(x)
 
     def train(self, mode: bool = True) -> ExportedModule:
         self.training = mode

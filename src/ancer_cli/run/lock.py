@@ -63,8 +63,8 @@ class OutputLock:
                 continue
             handle.seek(0)
             handle.truncate()
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
-            handle.write(json.dumps(holder) + "\n")
+            record = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+            handle.write(json.dumps(record) + "\n")
             handle.flush()
             self._handle = handle
             return

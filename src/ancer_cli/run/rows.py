@@ -118,7 +118,8 @@ class Row(Protocol):
     """A line of a results file for one dataset index (:class:`~ancer_cli.certify.ResultRow`,
     :class:`~ancer_cli.predict.PredictionRow`)."""
 
-    idx: int
+    @property
+    def idx(self) -> int: ...
 
     def line(self) -> str: ...
 

@@ -89,7 +89,7 @@ class DenoisedClassifier(ThetaConditioned):
                 f"the denoiser returns shape {tuple(denoised.shape)} for noisy images of shape "
                 f"{tuple(z.shape)}; expected the image's shape"
             )
-        return self.classifier(denoised)  # type: ignore[no-any-return]
+        return self.classifier(denoised)
 
 
 def find_denoised(model: nn.Module) -> DenoisedClassifier | None:
