@@ -29,9 +29,15 @@ RESULT_COLUMNS = (
     "min_sigma",
     "time",
 )
+LINF_COLUMN = "radius_linf"
+"""The half-width of the largest l-infinity box inside a certified region
+(:func:`~ancer_cli.core.radii.linf_half_width`): the ninth column certify writes."""
+CERTIFICATE_COLUMNS = (*RESULT_COLUMNS, LINF_COLUMN)
+"""The columns of ``ancer certify``'s results: the eight, then ``radius_linf``; the columns of a
+kind of run (sequential: ``samples stop``; reuse: ``samples path``) follow these nine."""
 REQUIRED_RESULT_COLUMNS = ("idx", "label", "predict", "radius", "correct")
 SEQUENTIAL_COLUMNS = ("samples", "stop")
-"""Columns after the eight in sequential certification: samples used (selection and estimation)
+"""Columns after the nine in sequential certification: samples used (selection and estimation)
 and why sampling stopped."""
 PREDICTION_COLUMNS = ("idx", "label", "predict", "correct", "time")
 """The columns of ``ancer predict``'s output, and of Cohen et al.'s ``predict.py``."""
@@ -67,9 +73,12 @@ def format_result_row(
     min_sigma: float,
     seconds: float,
     extra: Sequence[str] = (),
+    *,
+    radius_linf: float | None = None,
 ) -> str:
-    """One line of the results TSV (with trailing newline), radii rounded toward zero;
-    ``extra`` fields (e.g. :data:`SEQUENTIAL_COLUMNS`) follow the eight columns."""
+    """One line of the results TSV (with trailing newline), radii rounded toward zero; then
+    ``radius_linf`` (rounded toward zero; left out when ``None``, as in files without the
+    column) and ``extra`` fields (e.g. :data:`SEQUENTIAL_COLUMNS`)."""
     fields = [
         str(idx),
         str(label),
@@ -79,6 +88,7 @@ def format_result_row(
         str(correct),
         format_nearest(min_sigma),
         f"{seconds:.4f}",
+        *([format_down(radius_linf)] if radius_linf is not None else []),
         *extra,
     ]
     return "\t".join(fields) + "\n"
@@ -112,10 +122,10 @@ def is_prediction_frame(frame: pd.DataFrame) -> bool:
 def read_results(path: Path) -> pd.DataFrame:
     """Read a results file: this tool's, the original ANCER scripts' or Cohen et al.'s.
 
-    Requires the columns ``idx label predict radius correct``; ``radius_proxy``, ``min_sigma``
-    and ``time`` are optional. A predictions file (``ancer predict``'s or Cohen et al.'s
-    ``predict.py``'s: ``idx label predict correct time``, no radius) is read too, without radius
-    columns (:func:`is_prediction_frame`). ``time`` becomes seconds (float). A header-only file
+    Requires the columns ``idx label predict radius correct``; ``radius_proxy``, ``min_sigma``,
+    ``radius_linf`` and ``time`` are optional. A predictions file (``ancer predict``'s or Cohen
+    et al.'s ``predict.py``'s: ``idx label predict correct time``, no radius) is read too,
+    without radius columns (:func:`is_prediction_frame`). ``time`` becomes seconds (float). A header-only file
     gives an empty frame. Raises :class:`ResultsError` with the file name and the problem for
     anything malformed (line numbers count the header as line 1).
     """
@@ -138,7 +148,9 @@ def read_results(path: Path) -> pd.DataFrame:
     integer = ("idx", "label", "predict", "correct") + (
         ("samples",) if "samples" in frame.columns else ()
     )
-    real = tuple(c for c in ("radius", "radius_proxy", "min_sigma") if c in frame.columns)
+    real = tuple(
+        c for c in ("radius", "radius_proxy", "min_sigma", LINF_COLUMN) if c in frame.columns
+    )
     for column in integer + real:
         values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
         # "inf" parses as a number; no column of a results file may hold one.

@@ -56,13 +56,14 @@ from ancer_cli.inputs import (
 from ancer_cli.models import load_model
 from ancer_cli.models.checks import check_inputs, check_per_input
 from ancer_cli.models.denoisers import inputs_per_theta
-from ancer_cli.results import RESULT_COLUMNS, read_results_record
+from ancer_cli.results import CERTIFICATE_COLUMNS, read_results_record
 from ancer_cli.run.certificates import (
     CertificateRow,
     CertifySummary,
     MemorySummary,
     apply_memory,
     finite,
+    row_linf_half_width,
 )
 from ancer_cli.run.commit import Commitment, Segments
 from ancer_cli.run.rows import complete_rows, pre_memory_path
@@ -70,8 +71,9 @@ from ancer_cli.run.skeleton import PRE_MEMORY, RESULTS, Run, rows_digest
 from ancer_cli.run.spec import inputs_spec
 from ancer_cli.runtime import provenance
 
-REUSE_COLUMNS = (*RESULT_COLUMNS, "samples", "path")
-"""The results file of a reuse run: the eight columns, samples and the route (``path``)."""
+REUSE_COLUMNS = (*CERTIFICATE_COLUMNS, "samples", "path")
+"""The results file of a reuse run: the eight columns and radius_linf, samples and the route
+(``path``)."""
 REQUIRED_ARGUMENTS = {"N0": int, "N": int, "alpha": float, "batch_size": int, "model": str,
                       "model_sha256": str, "method": str, "norm": str, "dataset": str}  # fmt: skip
 """What an earlier run's sidecar must record for its certificates to be reused."""
@@ -159,7 +161,7 @@ def read_earlier(results: Path) -> EarlierRun:
         )
     with open(rows_file) as handle:
         columns = tuple(handle.readline().rstrip("\n").split("\t"))
-    rows = [CertificateRow.parse(line) for _, line in complete_rows(rows_file, columns)]
+    rows = [CertificateRow.parse(line, columns) for _, line in complete_rows(rows_file, columns)]
     commitment = Commitment.from_record(record, f"sidecar {sidecar}")
     committed = Segments.from_record(record, f"sidecar {sidecar}").committed
     if sorted(committed) != [row.idx for row in rows]:
@@ -234,6 +236,7 @@ def reuse_dataset(
         )
         elapsed = time.perf_counter() - began
         spent = sum(outcome.samples for outcome in outcomes)
+        dim = chosen.xs[0].numel()
         for idx, label, law, outcome in zip(
             chosen.indices, chosen.labels, chosen.laws, outcomes, strict=True
         ):
@@ -248,6 +251,7 @@ def reuse_dataset(
                 radius_proxy=law.geomean_theta * gap,
                 correct=int(predict == label and predict != ABSTAIN), min_sigma=law.min_theta,
                 seconds=elapsed * (outcome.samples / spent if spent else 1.0 / len(outcomes)),
+                radius_linf=row_linf_half_width(law.theta, law.min_theta * gap, law.norm, dim),
                 extra=(str(outcome.samples), outcome.route.value),
             )  # fmt: skip
 
