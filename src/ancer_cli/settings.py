@@ -41,16 +41,26 @@ class CertifyMethod(str, enum.Enum):
 
 class Metric(str, enum.Enum):
     """Which radius column a result is read by: ``radius`` (``min(theta) * gap``, the largest
-    ball inside the region) or ``proxy`` (``geomean(theta) * gap``, the ball of the region's
-    volume)."""
+    ball inside the region), ``proxy`` (``geomean(theta) * gap``, the ball of the region's
+    volume) or ``linf`` (``radius_linf``, the half-width of the largest l-infinity box inside
+    the region)."""
 
     radius = "radius"
     proxy = "proxy"
+    linf = "linf"
 
     @property
     def column(self) -> str:
         """The results-file column this metric reads."""
-        return "radius_proxy" if self is Metric.proxy else "radius"
+        return {"radius": "radius", "proxy": "radius_proxy", "linf": "radius_linf"}[self.value]
+
+
+class SequentialMetric(str, enum.Enum):
+    """The unit of sequential certification's ``--radius``: a :class:`Metric` whose threshold
+    on ``pA`` a radius gives (``radius`` or ``proxy``)."""
+
+    radius = "radius"
+    proxy = "proxy"
 
 
 @dataclass(frozen=True)
@@ -364,6 +374,8 @@ THETA_MEANING = {"l2": "noise std per pixel", "l1": "uniform half-width per pixe
 
 DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 """The radii ``ancer accuracy`` reports by default."""
+DEFAULT_LINF_RADII: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
+"""The l-infinity half-widths ``ancer accuracy --metric linf`` reports by default."""
 DEFAULT_RHO = 0.001
 """``ancer accuracy --high-probability``: the probability its bounds may fail."""
 PLOT_SUFFIXES = (".png", ".pdf")

@@ -17,7 +17,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner, Result
 
 from ancer_cli.cli import app
-from tests.helpers import CERTIFY_FAST, ok
+from tests.helpers import CERTIFY_FAST, assert_usage_error, ok
 
 COHEN = Path("/work/shared/reference/cohen2019")
 CIFAR_025 = COHEN / "cifar10_resnet110_noise_0.25_sigma_0.25.tsv"
@@ -525,3 +525,41 @@ def test_fresh_runs_markdown_and_plots(fresh_results: tuple[Path, Path], tmp_pat
         cell = row.strip("|").split("|")[column].strip().strip("*")
         assert cell == f"{expected['certified_accuracy']['0.25']:.3f}"
     assert curve.stat().st_size > 10_000 and hist.read_bytes()[:5] == b"%PDF-"
+
+
+# ---------------------------------------------------------------------------------------------
+# l-infinity boxes
+
+LINF_FILE = (
+    "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\tradius_linf\n"
+    "0\t3\t3\t0.412\t0.412\t1\t0.25\t1.0\t0.0515\n"
+    "1\t8\t8\t0.81\t0.81\t1\t0.25\t1.0\t0.10125\n"
+    "2\t8\t1\t0.6\t0.6\t0\t0.25\t1.0\t0.075\n"
+    "3\t0\t-1\t0.0\t0.0\t0\t0.25\t1.0\t0.0\n"
+)
+
+
+def test_linf_metric_reads_radius_linf_at_fractions_of_the_grid(tmp_path: Path) -> None:
+    path = tmp_path / "linf.tsv"
+    path.write_text(LINF_FILE)
+    payload = json.loads(run(path, "--metric", "linf", "--format", "json").stdout)
+    assert payload["metric"] == "linf" and payload["column"] == "radius_linf"
+    assert payload["radii"] == [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]  # the default
+    (entry,) = payload["files"].values()
+    assert entry["certified_accuracy"] == {
+        repr(r): a
+        for r, a in zip(payload["radii"], [0.5, 0.5, 0.5, 0.5, 0.5, 0.25], strict=True)
+    }
+    assert entry["average_certified_radius"] == pytest.approx((0.0515 + 0.10125) / 4)
+    payload = json.loads(
+        run(path, "--metric", "linf", "-r", "13/255", "-r", "0.06", "--format", "json").stdout
+    )
+    (entry,) = payload["files"].values()
+    assert entry["certified_accuracy"] == {repr(0.06): 0.25, repr(13 / 255): 0.5}
+    assert_usage_error(run(path, "-r", "1/0"), "fraction such as 8/255")
+
+
+def test_linf_metric_names_the_column_a_file_lacks(ancer_file: Path) -> None:
+    assert_one_error_line(
+        run(ancer_file, "--metric", "linf"), str(ancer_file), "no radius_linf column"
+    )

@@ -38,6 +38,7 @@ _LINE_STYLES = ("-", "--", "-.", ":")
 _METRIC_AXIS = {
     Metric.radius: "radius",
     Metric.proxy: "proxy radius (radius_proxy)",
+    Metric.linf: "l-infinity half-width (radius_linf)",
 }
 
 

@@ -14,8 +14,8 @@ from rich.text import Text
 
 from ancer_cli.analysis.labels import default_labels
 from ancer_cli.artifacts import check_new_output
-from ancer_cli.cli.common import ForceOption, console, handle_errors, out
-from ancer_cli.settings import DEFAULT_RADII, DEFAULT_RHO, PLOT_SUFFIXES, Metric
+from ancer_cli.cli.common import ForceOption, console, handle_errors, number, out
+from ancer_cli.settings import DEFAULT_LINF_RADII, DEFAULT_RADII, DEFAULT_RHO, PLOT_SUFFIXES, Metric
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,8 +73,10 @@ def accuracy_command(
             "--radius",
             "-r",
             metavar="R",
-            help="Radius (input units, pixels in [0, 1]) at which to report certified accuracy; "
-            "repeat for several (default: 0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3).",
+            parser=number,
+            help="Radius (input units, pixels in [0, 1]; a fraction such as 8/255 too) at which "
+            "to report certified accuracy; repeat for several (default: 0, 0.25, 0.5, 0.75, 1, "
+            "1.25, 1.5, 2, 2.5, 3; linf: 0, 1/255, 2/255, 4/255, 8/255, 16/255).",
             show_default=False,
             rich_help_panel=REPORT,
         ),
@@ -82,8 +84,9 @@ def accuracy_command(
     metric: Annotated[
         Metric,
         typer.Option(
-            help="Radius column to use: radius (largest ball in the region) or proxy "
-            "(radius_proxy, ball of equal volume).",
+            help="Radius column to use: radius (largest ball in the region), proxy "
+            "(radius_proxy, ball of equal volume) or linf (radius_linf, half-width of the largest "
+            "l-infinity box in the region).",
             rich_help_panel=REPORT,
         ),
     ] = Metric.radius,
@@ -188,7 +191,8 @@ def accuracy_command(
     predictions (ancer predict's, Cohen et al.'s predict.py's) get their accuracy and abstention
     rate.
     """
-    radii = list(DEFAULT_RADII) if not radius else radius
+    defaults = DEFAULT_LINF_RADII if metric is Metric.linf else DEFAULT_RADII
+    radii = list(defaults) if not radius else radius
     labels = _check_options(files, radii, label, high_probability, rho, alpha, plot_max_radius)
     if plot is not None and hist is not None and plot.resolve() == hist.resolve():
         raise typer.BadParameter("--plot and --hist must name different files")

@@ -276,6 +276,23 @@ def progress_bar(transient: bool = False, enabled: bool = True) -> Progress:
     )
 
 
+def number(text: str | float) -> float:
+    """A number option's value: a decimal number or a fraction such as ``8/255`` (an l-infinity
+    eps in grid steps reads best as one); a usage error (exit 2) for anything else."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    value = str(text).strip()
+    try:
+        if "/" in value:
+            numerator, denominator = value.split("/", 1)
+            return float(numerator) / float(denominator)
+        return float(value)
+    except (ValueError, ZeroDivisionError):
+        raise typer.BadParameter(
+            f"{text!r} is not a number or a fraction such as 8/255"
+        ) from None
+
+
 def positive(name: str, value: float) -> None:
     """Usage error (exit 2) unless ``value`` is a finite number > 0."""
     if not value > 0 or value != value or value == float("inf"):
