@@ -41,6 +41,10 @@ SEQUENTIAL_COLUMNS = ("samples", "stop")
 and why sampling stopped."""
 PREDICTION_COLUMNS = ("idx", "label", "predict", "correct", "time")
 """The columns of ``ancer predict``'s output, and of Cohen et al.'s ``predict.py``."""
+ATTACK_COLUMNS = (
+    "idx", "label", "eps", "predict", "correct", "norm_l2", "norm_l1", "norm_linf", "time",
+)  # fmt: skip
+"""The columns of ``ancer attack``'s output: one row per input and eps, in index then eps order."""
 RADIUS_DIGITS = 7
 
 
@@ -99,6 +103,22 @@ def format_prediction_row(idx: int, label: int, predict: int, correct: int, seco
     return f"{idx}\t{label}\t{predict}\t{correct}\t{seconds:.4f}\n"
 
 
+def format_attack_row(
+    idx: int,
+    label: int,
+    eps: float,
+    predict: int,
+    correct: int,
+    norms: Sequence[float],
+    seconds: float,
+) -> str:
+    """One line of an attack TSV (:data:`ATTACK_COLUMNS`, with trailing newline): ``eps`` exactly
+    (``repr``: it is part of the row's key), the perturbation's l2, l1 and l-infinity ``norms``
+    rounded toward zero (never above the eps they are within)."""
+    fields = [str(idx), str(label), repr(float(eps)), str(predict), str(correct)]
+    return "\t".join([*fields, *map(format_down, norms), f"{seconds:.4f}"]) + "\n"
+
+
 _CLOCK = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
 
 
@@ -136,6 +156,12 @@ def read_results(path: Path) -> pd.DataFrame:
         raise ResultsError(f"results file {path} is a directory; give the .csv/.tsv file")
     frame = _read_tab_separated(path)
     frame.columns = [str(column).strip() for column in frame.columns]
+    if is_attack_frame(frame):
+        raise ResultsError(
+            f"{path} is the output of ancer attack (its rows are per input and eps), not "
+            "certificates: compare it with the results it attacked, ancer accuracy RESULTS "
+            f"--attack {path}"
+        )
     predictions = "radius" not in frame.columns and set(PREDICTION_COLUMNS) <= set(frame.columns)
     required = PREDICTION_COLUMNS if predictions else REQUIRED_RESULT_COLUMNS
     missing = [column for column in required if column not in frame.columns]
@@ -187,6 +213,46 @@ def read_results(path: Path) -> pd.DataFrame:
                     f"or H:MM:SS.ffffff, got {text!r}"
                 ) from None
         frame["time"] = pd.Series(seconds, index=frame.index, dtype=float)
+    return frame
+
+
+def is_attack_frame(frame: pd.DataFrame) -> bool:
+    """Whether a tab-separated file's columns are those of ``ancer attack``'s output."""
+    return tuple(frame.columns) == ATTACK_COLUMNS
+
+
+def read_attack_results(path: Path) -> pd.DataFrame:
+    """Read an ``ancer attack`` output (:data:`ATTACK_COLUMNS`): integer ``idx label predict
+    correct``, float ``eps``, norms and ``time``. Raises :class:`ResultsError` naming the file,
+    line and column for anything malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"attack file {path} does not exist (or is not a file)")
+    frame = _read_tab_separated(path)
+    frame.columns = [str(column).strip() for column in frame.columns]
+    if tuple(frame.columns) != ATTACK_COLUMNS:
+        raise ResultsError(
+            f"{path} is not an ancer attack file: expected the columns "
+            f"{' '.join(ATTACK_COLUMNS)}, got {' '.join(frame.columns)}"
+        )
+    for column in ATTACK_COLUMNS:
+        values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
+        bad = values.isna() | values.isin([math.inf, -math.inf])
+        if column in ("idx", "label", "predict", "correct"):
+            bad |= values != values.round()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ResultsError(
+                f"attack file {path}, line {row + 2}, column {column}: expected a finite "
+                f"{'integer' if column in ('idx', 'label', 'predict', 'correct') else 'number'}, "
+                f"got {frame[column].iloc[row]!r}"
+            )
+        if column in ("idx", "label", "predict", "correct"):
+            values = values.astype("int64")
+        frame[column] = values
+    if not frame["correct"].isin([0, 1]).all():
+        row = int((~frame["correct"].isin([0, 1])).to_numpy().nonzero()[0][0])
+        raise ResultsError(f"attack file {path}, line {row + 2}, column correct: expected 0 or 1")
     return frame
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
+from ancer_cli.core.attack_settings import AttackConfig, AuditConfig, Threat
 from ancer_cli.core.choices import (
     DEFAULT_ALPHA,
     SEQUENTIAL_CAP_SHARE,
@@ -107,6 +108,43 @@ class PredictConfig:
     num: int = 100_000
     alpha: float = DEFAULT_ALPHA
     batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    """What ``ancer attack`` does for each input: the SmoothAdv ``attack`` in the ``threat`` ball
+    (``None``: the noise's norm) of each radius in ``eps``, then PREDICT of the attacked point
+    with ``num`` samples at level ``alpha`` (``None``: the results file's ``N`` and ``alpha``,
+    else :class:`PredictConfig`'s), ``batch_size`` noisy samples per forward pass. ``random``:
+    a random point on the ball's boundary instead of the attack (the baseline it must beat)."""
+
+    eps: tuple[float, ...] = ()
+    threat: Threat | None = None
+    attack: AttackConfig = AttackConfig()
+    num: int | None = None
+    alpha: float | None = None
+    batch_size: int = PredictConfig.batch_size
+    random: bool = False
+
+
+AUDIT_SAMPLES = 10_000
+"""PREDICT's samples when ``ancer audit`` confirms a candidate flip."""
+AUDIT_CONFIRMATIONS = 4
+"""Candidates per certificate ``ancer audit`` confirms at most (the most adverse first)."""
+
+
+@dataclass(frozen=True)
+class AuditJob:
+    """What ``ancer audit`` does for each certified row: the ``search`` inside its region, then
+    PREDICT with ``num`` samples at level ``alpha`` at the ``confirmations`` candidates the soft
+    smoothed classifier gives another class, the most adverse first, until one is confirmed;
+    ``batch_size`` noisy samples per forward pass."""
+
+    search: AuditConfig = AuditConfig()
+    num: int = AUDIT_SAMPLES
+    alpha: float = DEFAULT_ALPHA
+    confirmations: int = AUDIT_CONFIRMATIONS
+    batch_size: int = PredictConfig.batch_size
 
 
 class ThetaMethod(str, enum.Enum):

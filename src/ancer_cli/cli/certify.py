@@ -45,6 +45,7 @@ from ancer_cli.cli.common import (
     positive,
     probability,
     progress_bar,
+    smoothing_spec,
 )
 from ancer_cli.cli.common import out as stdout
 from ancer_cli.cli.recertify import (
@@ -203,9 +204,8 @@ def certify_command(
     from ancer_cli.certify import CertifyRequest, plan_certify
     from ancer_cli.data import UNLABELED
     from ancer_cli.distributed import session
-    from ancer_cli.run.spec import InputsSpec
 
-    inputs = InputsSpec(
+    inputs = smoothing_spec(
         model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
         data_root=data_root, split=split, norm=norm, arch=arch, classes=classes, skip=skip,
         max_index=max_index, precision=precision, channels_last=channels_last, seed=seed,

@@ -30,6 +30,7 @@ from ancer_cli.settings import CertifyMethod
 
 if TYPE_CHECKING:
     from ancer_cli.data import LoadedData
+    from ancer_cli.run.spec import InputsSpec
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -90,6 +91,10 @@ ChannelsLastOption = Annotated[
         help="Run the model in channels-last memory format.",
         rich_help_panel=RUN,
     ),
+]
+SkipOption = Annotated[
+    int,
+    typer.Option(help="Take every SKIP-th input of the split.", rich_help_panel=WHAT),
 ]
 MaxIndexOption = Annotated[
     int | None,
@@ -197,6 +202,14 @@ GrowableResumeOption = Annotated[
         rich_help_panel=OUTPUT,
     ),
 ]
+
+
+def smoothing_spec(**options: Any) -> InputsSpec:
+    """The :class:`~ancer_cli.run.spec.InputsSpec` of the smoothing options a command was given
+    (``model``, ``thetas``, ``sigma``, ...: its fields, by name)."""
+    from ancer_cli.run.spec import InputsSpec
+
+    return InputsSpec(**options)
 
 
 def check_smoothing_options(

@@ -634,3 +634,37 @@ def smoothadv_attack(
             (batch,), config.forward_equivalents, dtype=torch.int64, device=x.device
         ),
     )
+
+
+def random_perturbation(
+    x: torch.Tensor,
+    ball: Ball,
+    generators: Sequence[torch.Generator],
+    levels: int | None = None,
+) -> torch.Tensor:
+    """A random point on the boundary of the ball around each input: uniform on the l2 or l1
+    sphere of radius ``eps`` (:func:`uniform_in_ball`), or a uniformly random corner of the
+    l-infinity cube; then in [0, 1] and, given ``levels``, on the grid (:func:`fit_into_ball`,
+    which only moves coordinates toward ``x``). The baseline an attack must beat: a perturbation
+    of the same size in no chosen direction.
+
+    Args:
+        x: inputs ``(B, C, H, W)`` (on the ``1/levels`` grid, given one); generators: one per
+            input, on ``x``'s device.
+
+    Returns:
+        points ``(B, C, H, W)`` in ``x``'s dtype.
+    """
+    batch, shape = x.shape[0], x.shape[1:]
+    radius = [float(ball.eps)] * batch
+    if ball.threat is Threat.linf:
+        signs = [
+            torch.randint(0, 2, shape, generator=g, device=g.device).to(x.dtype) * 2 - 1
+            for g in generators
+        ]
+        u = torch.stack(signs) * float(ball.eps)
+    else:
+        u = uniform_in_ball(shape, radius, ball.threat, generators, x.dtype, surface=True)
+    scale = torch.ones((batch, *(1,) * (x.dim() - 1)), dtype=x.dtype, device=x.device)
+    bound = torch.full((batch,), float(ball.eps), dtype=torch.float64, device=x.device)
+    return fit_into_ball(x, x + u.to(x.device), scale, bound, ball.threat, levels)
