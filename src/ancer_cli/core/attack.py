@@ -545,8 +545,11 @@ def projected_ascent(
                         noise = draw_noise(noise_shape, norm, generators, x)
                     leaf = point.detach().requires_grad_(True)
                     value = objective(soft_log_probabilities(model, leaf, thetas, noise))
-                    (part,) = torch.autograd.grad(value.sum(), leaf)
-                    gradient += part
+                    if value.requires_grad:
+                        (part,) = torch.autograd.grad(value.sum(), leaf)
+                        gradient += part
+                    # else a base classifier with no gradient path to its input (a step
+                    # function, a hard quantizer): no direction, the iterate stays
                 gradient = gradient * scale
                 blocked = ((point <= 0) & (gradient < 0)) | ((point >= 1) & (gradient > 0))
                 u = u + step * _ascent_direction(gradient, ball, config.l1_sparsity, blocked)
