@@ -5,8 +5,8 @@ sigma or thetas), one row per input and eps.
 Each input is attacked with its own noise law -- its own theta for per-input thetas, the
 classifier its certificate speaks of -- at every radius ``eps`` of the attacker's ball, and the
 attacked point is judged by PREDICT (Cohen et al.) on fresh draws: the attack draws from
-:attr:`~ancer_cli.core.noise.Stream.attack`, PREDICT from :attr:`~ancer_cli.core.noise.Stream.predict`
-(the draws ``ancer predict`` with the same seed makes), so the attack never sees the draws that
+``Stream.attack``, PREDICT from ``Stream.predict`` (:class:`~ancer_cli.core.noise.Stream`: the
+draws ``ancer predict`` with the same seed makes), so the attack never sees the draws that
 judge it. A row is ``correct`` iff PREDICT returns the label; an abstention counts as an error.
 Every (input, eps) has its own attack stream (:func:`~ancer_cli.core.noise.part_generator`), so
 a row does not depend on the other rows, their order, a resume or the number of processes.
@@ -428,8 +428,7 @@ def _results_inputs(results: Path, spec: InputsSpec, session: Session) -> Smooth
     if missing:
         raise AncerError(
             f"{results} has a row for input {missing[0]}, which its data (and thetas) do not "
-            f"hold ({len(inputs.data.dataset)} inputs in {inputs.data.info.name} "  # type: ignore[arg-type]
-            f"{inputs.data.split}); is it the run's file?"
+            f"hold ({inputs.data.info.name} {inputs.data.split}); is it the run's file?"
         )
     selected = set(select_indices(max(rows, default=-1) + 1, spec.skip, spec.max_index))
     indices = [idx for idx in rows if idx in selected]

@@ -45,6 +45,8 @@ ATTACK_COLUMNS = (
     "idx", "label", "eps", "predict", "correct", "norm_l2", "norm_l1", "norm_linf", "time",
 )  # fmt: skip
 """The columns of ``ancer attack``'s output: one row per input and eps, in index then eps order."""
+AUDIT_COLUMNS = ("idx", "radius", "violated", "distance", "votes")
+"""The columns of ``ancer audit``'s output: one row per row of the results file audited."""
 RADIUS_DIGITS = 7
 
 
@@ -145,9 +147,10 @@ def read_results(path: Path) -> pd.DataFrame:
     Requires the columns ``idx label predict radius correct``; ``radius_proxy``, ``min_sigma``,
     ``radius_linf`` and ``time`` are optional. A predictions file (``ancer predict``'s or Cohen
     et al.'s ``predict.py``'s: ``idx label predict correct time``, no radius) is read too,
-    without radius columns (:func:`is_prediction_frame`). ``time`` becomes seconds (float). A header-only file
-    gives an empty frame. Raises :class:`ResultsError` with the file name and the problem for
-    anything malformed (line numbers count the header as line 1).
+    without radius columns (:func:`is_prediction_frame`). ``time`` becomes seconds (float). A
+    header-only file gives an empty frame. Raises :class:`ResultsError` with the file name and
+    the problem for anything malformed (line numbers count the header as line 1); an attack
+    file (:func:`is_attack_frame`) is refused, pointing at ``ancer accuracy --attack``.
     """
     path = Path(path)
     if not path.exists():

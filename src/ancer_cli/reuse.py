@@ -67,7 +67,7 @@ from ancer_cli.run.certificates import (
 )
 from ancer_cli.run.commit import Commitment, Segments
 from ancer_cli.run.rows import complete_rows, pre_memory_path
-from ancer_cli.run.skeleton import PRE_MEMORY, RESULTS, Run, rows_digest
+from ancer_cli.run.skeleton import PRE_MEMORY, RESULTS, RowsState, Run, rows_state
 from ancer_cli.run.spec import inputs_spec
 from ancer_cli.runtime import provenance
 
@@ -143,8 +143,8 @@ def read_earlier(results: Path) -> EarlierRun:
     memory = bool(arguments.get("memory"))
     rows_file = pre_memory_path(results) if memory else Path(results)
     role = PRE_MEMORY if memory else RESULTS
-    digests = record.get("rows_sha256")
-    if not isinstance(digests, dict) or role not in digests:
+    state = rows_state(rows_file, record, role)
+    if state is RowsState.no_digest:
         raise AncerError(
             f"sidecar {sidecar} holds no digest of {rows_file.name} (an older ancer wrote it, or "
             "it was edited); certify the original model again"
@@ -154,7 +154,7 @@ def read_earlier(results: Path) -> EarlierRun:
             f"{rows_file} is missing: reuse needs the certificates before the memory pass "
             f"of {results}"
         )
-    if rows_digest(rows_file) != digests[role]:
+    if state is not RowsState.verified:
         raise AncerError(
             f"{rows_file} is not the file its run wrote (edited, truncated or replaced: its "
             f"digest differs from {sidecar}); reuse refuses it"

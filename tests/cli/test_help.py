@@ -13,7 +13,9 @@ from typer.testing import CliRunner, Result
 from ancer_cli.cli import app
 from tests.helpers import RESULT_HEADER, assert_domain_error, invoke
 
-COMMANDS = ["train", "optimize", "certify", "recertify", "predict", "attack", "accuracy", "show"]
+COMMANDS = [
+    "train", "optimize", "certify", "recertify", "predict", "attack", "audit", "accuracy", "show",
+]  # fmt: skip
 
 
 def wide_help(*args: str, columns: int = 200) -> Result:

@@ -16,8 +16,9 @@ last sidecar write, the lock released.
 
 from __future__ import annotations
 
+import enum
 import hashlib
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,6 +69,33 @@ def rows_digest(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+class RowsState(str, enum.Enum):
+    """Whether a results file holds the rows its run recorded (:func:`rows_state`)."""
+
+    verified = "verified"
+    """its sidecar records the digest of its rows, and the file has it"""
+    edited = "edited"
+    """its sidecar records a digest the file does not have (edited, truncated or replaced)"""
+    no_digest = "no digest"
+    """its sidecar records no digest of it (an unfinished run, or an older ancer's)"""
+    no_sidecar = "no sidecar"
+    """no sidecar at all (another tool's file)"""
+
+
+def rows_state(path: Path, record: Mapping[str, Any] | None, role: str = RESULTS) -> RowsState:
+    """Whether ``path`` holds the rows its run's ``record`` (its sidecar, ``None`` without one)
+    says it wrote: the digest ``rows_sha256[role]`` (``role``: :data:`RESULTS` or
+    :data:`PRE_MEMORY`) against the file's bytes (:func:`rows_digest`)."""
+    if record is None:
+        return RowsState.no_sidecar
+    digests = record.get("rows_sha256")
+    if not isinstance(digests, Mapping) or not isinstance(digests.get(role), str):
+        return RowsState.no_digest
+    if not Path(path).is_file() or rows_digest(path) != digests[role]:
+        return RowsState.edited
+    return RowsState.verified
 
 
 @dataclass(frozen=True)
@@ -154,9 +182,9 @@ class Run:
                 f"cannot resume {path}: its record holds no digest of its rows (an older ancer "
                 "wrote it, or it was edited); use --force to start over"
             )
-        for role, digest in digests.items():
+        for role in digests:
             file = pre_memory_path(path) if role == PRE_MEMORY else path
-            if not file.is_file() or rows_digest(file) != digest:
+            if rows_state(file, self.earlier, role) is not RowsState.verified:
                 raise OutputError(
                     f"cannot resume {path}: {file} is not the file its run wrote (edited, "
                     "truncated or replaced); use --force to start over"
@@ -310,7 +338,8 @@ class Run:
     def rows(self, parse: Callable[[str], R]) -> list[R]:
         """Rank 0: the rows written, in index order, read back once as row objects."""
         output = self.output
-        return [parse(line) for _, line in complete_rows(output.working, output.columns, output.key)]
+        lines = complete_rows(output.working, output.columns, output.key)
+        return [parse(line) for _, line in lines]
 
     def finish(self, rows: Sequence[Row] | None = None, **extra: Any) -> None:
         """Rank 0: write the final file from ``rows`` (with a memory pass; otherwise the merged
@@ -339,4 +368,7 @@ def _key_text(key: Any) -> str:
     return f"index {key}" if isinstance(key, int) else str(key)
 
 
-__all__ = ["GROWABLE", "PRE_MEMORY", "RESULTS", "Output", "Run", "lock_path", "rows_digest"]
+__all__ = [
+    "GROWABLE", "PRE_MEMORY", "RESULTS", "Output", "Run", "RowsState", "lock_path", "rows_digest",
+    "rows_state",
+]  # fmt: skip
