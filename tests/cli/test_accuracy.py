@@ -593,7 +593,7 @@ def linf_results(tmp_path: Path) -> Path:
 def test_attack_comparison_at_the_attack_eps(linf_results: Path, tmp_path: Path) -> None:
     # radii 0.412, 0.81 correct, 0.6 wrong, one abstention; the attack keeps 2 at 0.25, 1 at 0.5
     rows = [(i, y, e, c) for e, correct in ((0.25, (1, 1, 0, 0)), (0.5, (0, 1, 0, 0)))
-            for (i, y), c in zip([(0, 3), (1, 8), (2, 8), (3, 0)], correct)]  # fmt: skip
+            for (i, y), c in zip([(0, 3), (1, 8), (2, 8), (3, 0)], correct, strict=True)]  # fmt: skip
     attack = attack_file(tmp_path, "l2", rows)
     payload = json.loads(run(linf_results, "--attack", attack, "--format", "json").stdout)
     assert payload["threat"] == "l2" and payload["column"] == "radius"
