@@ -66,11 +66,14 @@ def test_rows_are_the_known_smoothed_classifier_at_the_most_adverse_point(tmp_pa
     assert record["totals"]["per_eps"][1]["empirical_accuracy"] == 0.0
 
 
-def test_eps_zero_is_predict_on_the_same_seed(tmp_path: Path):
+@pytest.mark.parametrize("per_input", [False, True], ids=["fixed", "per-input thetas"])
+def test_eps_zero_is_predict_on_the_same_seed(tmp_path: Path, per_input: bool):
     """At eps 0 the point is the input: the row is the one ``ancer predict`` writes with the same
-    seed (inputs near the boundary, where PREDICT abstains on some)."""
+    seed (inputs near the boundary, where PREDICT abstains on some), each input smoothed with its
+    own theta."""
     data = points([(x, 0.5) for x in (0.2, 0.24, 0.26, 0.3, 0.4, 0.1)], [1, 1, 1, 1, 1, 0])
-    inputs = toy_inputs(first_pixel_model(), data, THETA)
+    thetas = (lambda i: (0.05, 0.5)[i % 2]) if per_input else THETA
+    inputs = toy_inputs(first_pixel_model(), data, thetas)
     attack_toy(inputs, tmp_path / "attack.csv", job(0.0, 0.1), seed=7)
     predict_toy(inputs, tmp_path / "predict.csv", config=JUDGE, seed=7)
     lines = (tmp_path / "predict.csv").read_text().splitlines()[1:]

@@ -452,6 +452,10 @@ def plan_audit_inputs(
         frame = read_results(results)
         if "radius" not in frame.columns:
             raise AncerError(f"{results} holds predictions, not certificates: nothing to audit")
+        negative = frame["idx"][frame["radius"] < 0]
+        if len(negative):
+            first = int(negative.iloc[0])
+            raise AncerError(f"{results} states a negative radius for input {first}")
         duplicated = frame["idx"][frame["idx"].duplicated()]
         if len(duplicated):
             raise AncerError(f"{results} has two rows for input {int(duplicated.iloc[0])}")
