@@ -18,6 +18,7 @@ from scipy.stats import norm as normal
 
 from ancer_cli.attack import AttackRow
 from ancer_cli.core.attack_settings import AttackConfig, Threat
+from ancer_cli.distributed import SINGLE, Session
 from ancer_cli.errors import AncerError
 from ancer_cli.settings import AttackJob, PredictConfig
 from tests.runs import attack_toy, points, predict_toy, toy_inputs
@@ -36,16 +37,21 @@ def rows(path: Path) -> list[AttackRow]:
     return [AttackRow.parse(line) for line in path.read_text().splitlines(keepends=True)[1:]]
 
 
-def first_pixel_model() -> SteepLinear2:
+def first_pixel_model(device: str = "cpu") -> SteepLinear2:
     """Class 1 iff ``x_0 > 1/4``: the smoothed classifier says 1 with ``Phi((x_0 - 1/4) /
     theta)``."""
-    return SteepLinear2(torch.tensor([1.0, 0.0]), -0.25)
+    return SteepLinear2(torch.tensor([1.0, 0.0], device=device), -0.25)
 
 
-def test_rows_are_the_known_smoothed_classifier_at_the_most_adverse_point(tmp_path: Path):
+@pytest.mark.parametrize("device_name", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_rows_are_the_known_smoothed_classifier_at_the_most_adverse_point(
+    tmp_path: Path, device_name: str
+):
     data = points([(0.75, 0.5), (0.9, 0.5)], [1, 1])
     out = tmp_path / "attack.csv"
-    summary = attack_toy(toy_inputs(first_pixel_model(), data, THETA), out, job(0.75, 0.25))
+    device = torch.device(device_name)
+    inputs = toy_inputs(first_pixel_model(device_name), data, THETA, device=device)
+    summary = attack_toy(inputs, out, job(0.75, 0.25), session=Session(SINGLE, device))
     header = out.read_text().splitlines()[0]
     assert header == "idx\tlabel\teps\tpredict\tcorrect\tnorm_l2\tnorm_l1\tnorm_linf\ttime"
     written = rows(out)

@@ -18,6 +18,7 @@ import torch
 from ancer_cli.audit import AuditRow, clopper_pearson
 from ancer_cli.core.attack_settings import AttackConfig, AuditConfig
 from ancer_cli.core.choices import Sampling
+from ancer_cli.distributed import SINGLE, Session
 from ancer_cli.settings import AuditJob
 from tests.runs import audit_toy, certify_toy, points, toy_inputs
 from tests.toys import Linear2, Stripe
@@ -33,20 +34,28 @@ def rows(path: Path) -> list[AuditRow]:
     return [AuditRow.parse(line) for line in path.read_text().splitlines(keepends=True)[1:]]
 
 
-@pytest.fixture
-def certified(tmp_path: Path):
+def certify_linear(tmp_path: Path, device: torch.device = torch.device("cpu")):
     xs = [0.6, 0.8, 1.0, 0.1, 0.0, 0.26]
     data = points([(x, 0.5) for x in xs], [int(x > 0.25) for x in xs])
-    inputs = toy_inputs(Linear2(torch.tensor([1.0, 0.0]), -0.25), data, THETA)
+    model = Linear2(torch.tensor([1.0, 0.0], device=device), -0.25)
+    inputs = toy_inputs(model, data, THETA, device=device)
     results = tmp_path / "results.csv"
-    certify_toy(inputs, results, sampling=Sampling(100, 2000, 0.001, 2000))
+    session = Session(SINGLE, device)
+    certify_toy(inputs, results, sampling=Sampling(100, 2000, 0.001, 2000), session=session)
     return inputs, results
 
 
-def test_honest_certificates_are_not_flagged(certified, tmp_path: Path):
-    inputs, results = certified
+@pytest.fixture
+def certified(tmp_path: Path):
+    return certify_linear(tmp_path)
+
+
+@pytest.mark.parametrize("device_name", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_honest_certificates_are_not_flagged(tmp_path: Path, device_name: str):
+    device = torch.device(device_name)
+    inputs, results = certify_linear(tmp_path, device)
     out = tmp_path / "audit.csv"
-    summary = audit_toy(inputs, results, out, JOB)
+    summary = audit_toy(inputs, results, out, JOB, session=Session(SINGLE, device))
     assert summary is not None
     assert out.read_text().splitlines()[0] == "idx\tradius\tviolated\tdistance\tvotes"
     written = rows(out)

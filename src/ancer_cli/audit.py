@@ -246,7 +246,8 @@ def _confirm(
     ``j``-th row, parts 1, 2, ...) confirmed the most adverse first."""
     idx, c = region.idx, region.predict
     center = found.probabilities_center[j]
-    center_margin = float(center.clone().index_fill_(0, torch.tensor([c]), -1.0).max() - center[c])
+    others = center.clone().index_fill_(0, torch.tensor([c], device=center.device), -1.0)
+    center_margin = float(others.max() - center[c])
     margins = [center_margin, *found.margin[j].tolist()]
     distances = [0.0, *found.distance[j].tolist()]
     points = [x, *found.points[j]]
