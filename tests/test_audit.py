@@ -119,3 +119,12 @@ def test_clopper_pearson_interval():
     assert clopper_pearson(10, 10) == (pytest.approx(0.6915029, rel=1e-6), 1.0)
     low, high = clopper_pearson(3, 48)
     assert low == pytest.approx(0.01307, abs=1e-4) and high == pytest.approx(0.17196, abs=1e-4)
+
+
+def test_a_file_without_a_sidecar_is_audited_at_the_default_level(certified, tmp_path: Path):
+    inputs, results = certified
+    Path(f"{results}.json").unlink()
+    summary = audit_toy(inputs, results, tmp_path / "audit.csv", JOB)
+    assert summary is not None and summary.state.value == "no sidecar"
+    assert summary.alpha == 0.001 and summary.alpha_source == "assumed (no record)"
+    assert summary.violated == 0 and summary.certified == 5
