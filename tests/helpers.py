@@ -22,7 +22,10 @@ from typer.testing import CliRunner, Result
 from ancer_cli.cli import app
 from tests.toys import ColourClassifier
 
-RESULT_HEADER = "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime"
+EIGHT_HEADER = "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime"
+"""The eight columns of a results file (the original ANCER scripts' whole header)."""
+RESULT_HEADER = EIGHT_HEADER + "\tradius_linf"
+"""The header of ``ancer certify``'s results: the eight columns, then radius_linf."""
 
 # Tiny settings shared by the tests: fast on two CPU cores, still meaningful.
 TRAIN_EPOCHS = 3
@@ -147,16 +150,17 @@ class Row:
     correct: int
     min_sigma: str
     time: str
+    radius_linf: str
 
 
 def read_rows(path: Path) -> list[Row]:
-    """Parse a results TSV, asserting ancer's exact header."""
+    """Parse a results TSV of ``ancer certify`` (fixed N), asserting its exact header."""
     text = path.read_text()
     lines = text.splitlines()
     assert lines[0] == RESULT_HEADER
     rows = []
     for fields in csv.reader(lines[1:], delimiter="\t"):
-        assert len(fields) == 8, fields
+        assert len(fields) == 9, fields
         rows.append(
             Row(
                 int(fields[0]),
@@ -167,15 +171,17 @@ def read_rows(path: Path) -> list[Row]:
                 int(fields[5]),
                 fields[6],
                 fields[7],
+                fields[8],
             )
         )
     return rows
 
 
 def without_time(path: Path) -> list[list[str]]:
-    """The results file as fields, the (wall-clock) time column dropped."""
+    """The results file as fields: its nine columns but the (wall-clock) time, the 8th (the
+    columns a kind of run adds after the nine are left out)."""
     lines = path.read_text().splitlines()
-    return [line.split("\t")[:7] for line in lines]
+    return [fields[:7] + fields[8:9] for fields in (line.split("\t") for line in lines)]
 
 
 def rounded_down(exact: float, printed: str, digits: int = 6) -> bool:

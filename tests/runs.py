@@ -1,6 +1,6 @@
-"""Runs of the library on in-memory toys: certify and predict on a model and data held in memory
-(:func:`ancer_cli.inputs.in_memory_inputs`), through the same run skeleton the commands use, with
-no file but the outputs. Imported as ``from tests.runs import certify_toy, ...``."""
+"""Runs of the library on in-memory toys: certify, predict, attack and audit on a model and data
+held in memory (:func:`ancer_cli.inputs.in_memory_inputs`), through the same run skeleton the
+commands use, with no file but the outputs. Imported as ``from tests.runs import certify_toy, ...``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from ancer_cli.attack import AttackRequest, AttackSummary, plan_attack_inputs
+from ancer_cli.audit import AuditRequest, AuditSummary, plan_audit_inputs
 from ancer_cli.certify import CertifyOutcome, CertifyRequest, plan_certify_inputs
 from ancer_cli.core.choices import Norm, Sampling
 from ancer_cli.core.noise import Theta
@@ -20,7 +22,7 @@ from ancer_cli.distributed import SINGLE, Session
 from ancer_cli.inputs import SmoothedInputs, in_memory_inputs
 from ancer_cli.predict import PredictRequest, PredictSummary, plan_predict_inputs
 from ancer_cli.run.spec import InputsSpec
-from ancer_cli.settings import CertifyConfig, PredictConfig, Sequential
+from ancer_cli.settings import AttackJob, AuditJob, CertifyConfig, PredictConfig, Sequential
 
 CPU = Session(SINGLE, torch.device("cpu"))
 POINTS_INFO = DatasetInfo("points", (1, 1, 2), 2, (0.0,), (1.0,), "cnn")
@@ -77,3 +79,34 @@ def predict_toy(
     """``ancer predict`` of ``inputs`` into ``out``."""
     request = PredictRequest(out=out, inputs=InputsSpec(seed=seed), config=config, resume=resume)
     return plan_predict_inputs(inputs, request, session).execute(session, **callbacks)
+
+
+def attack_toy(
+    inputs: SmoothedInputs,
+    out: Path,
+    job: AttackJob,
+    *,
+    seed: int | None = 0,
+    resume: bool = False,
+    session: Session = CPU,
+    **callbacks: Any,
+) -> AttackSummary | None:
+    """``ancer attack`` of ``inputs`` into ``out``."""
+    request = AttackRequest(job=job, out=out, inputs=InputsSpec(seed=seed), resume=resume)
+    return plan_attack_inputs(inputs, request, session).execute(session, **callbacks)
+
+
+def audit_toy(
+    inputs: SmoothedInputs,
+    results: Path,
+    out: Path,
+    job: AuditJob,
+    *,
+    seed: int | None = 0,
+    resume: bool = False,
+    session: Session = CPU,
+    **callbacks: Any,
+) -> AuditSummary | None:
+    """``ancer audit results`` of a run of ``inputs`` into ``out``."""
+    request = AuditRequest(results, out, job, InputsSpec(seed=seed), resume=resume)
+    return plan_audit_inputs(inputs, request, session).execute(session, **callbacks)

@@ -16,9 +16,10 @@ import torch
 
 from ancer_cli.certify import certify_dataset
 from ancer_cli.core.choices import Sampling
+from ancer_cli.core.radii import linf_half_width_of_radius
 from ancer_cli.core.regions import regions_intersect
 from ancer_cli.distributed import SINGLE, Session
-from ancer_cli.results import read_results
+from ancer_cli.results import format_down, read_results
 from ancer_cli.settings import CertifyConfig, Sequential
 from tests.runs import certify_toy, points, toy_inputs
 from tests.toys import Stripe
@@ -109,3 +110,31 @@ def test_no_collision_changes_nothing(tmp_path):
     assert not (summary.memory.reassigned or summary.memory.shrunk)
     assert out.read_text() == (tmp_path / "r.csv.pre-memory").read_text()
     assert math.isclose(summary.correct, 3)
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+@pytest.mark.parametrize("method", ["fixed", "isotropic", "ancer"])
+def test_radius_linf_is_the_box_of_the_region_each_row_states(method, norm, tmp_path):
+    """``radius_linf`` is the l-infinity box of the row's written radius and theta: the input's
+    own, or, for the input the memory pass reassigns (B, inside A's region), A's."""
+    data = _data([(0, 0), (0, 0.5), (-60.0, 0)], [1, 1, 0])
+    per_pixel = {0: [10.0, 12.0], 1: [0.3, 0.4], 2: [0.5, 0.25]}
+    thetas = {
+        "fixed": 0.3,
+        "isotropic": THETA.get,
+        "ancer": lambda i: torch.tensor(per_pixel[i]).view(1, 1, 2),
+    }[method]
+    out = tmp_path / "r.csv"
+    certify_toy(toy_inputs(Stripe(), data, thetas, norm), out, sampling=Sampling(100, 20_000))
+    lines = out.read_text().splitlines()
+    assert lines[0].split("\t")[7:] == ["time", "radius_linf"]
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [r[2] for r in rows] == (["1", "1", "0"] if method == "fixed" else ["0", "0", "0"])
+    for row in rows:
+        idx = int(row[0])
+        own = 0 if method != "fixed" and idx == 1 else idx  # B took A's region and theta
+        theta = thetas if method == "fixed" else thetas(own)
+        assert float(row[6]) == pytest.approx(float(torch.as_tensor(theta).min()))
+        expected = linf_half_width_of_radius(theta, float(row[3]), norm, 2)
+        assert row[8] == format_down(expected)
+        assert (float(row[8]) > 0) == (float(row[3]) > 0)

@@ -199,6 +199,29 @@ def test_torchrun_predict_matches_single_process(model_path: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_torchrun_attack_and_audit_match_single_process(model_path: Path, tmp_path: Path):
+    """``ancer attack`` shards its (idx, eps) rows and ``ancer audit`` its rows across two
+    processes: the files of one process, every column but the time."""
+    results = tmp_path / "results.csv"
+    _run([*ANCER, "certify", "--model", model_path, "--sigma", 0.25, "--N0", 20, "--N", 500,
+          "--seed", 0, "--device", "cpu", "--max", 5, "--out", results])  # fmt: skip
+    attack = ["attack", results, "--eps", 0, "--eps", 0.5, "--steps", 3, "--samples", 4,
+              "--N", 200, "--seed", 1, "--device", "cpu"]  # fmt: skip
+    _run([*ANCER, *attack, "--out", tmp_path / "single.csv"])
+    _run([*_torchrun(2), *attack, "--out", tmp_path / "ranks.csv"])
+    single = [line.split("\t")[:-1] for line in (tmp_path / "single.csv").read_text().split("\n")]
+    ranks = [line.split("\t")[:-1] for line in (tmp_path / "ranks.csv").read_text().split("\n")]
+    assert ranks == single and len(single) == 1 + 10 + 1  # header, rows, the final newline
+    audit = ["audit", results, "--steps", 3, "--samples", 4, "--boundary-points", 2,
+             "--N", 200, "--seed", 1, "--device", "cpu"]  # fmt: skip
+    _run([*ANCER, *audit, "--out", tmp_path / "audit1.csv"])
+    _run([*_torchrun(2), *audit, "--out", tmp_path / "audit2.csv"])
+    assert (tmp_path / "audit2.csv").read_text() == (tmp_path / "audit1.csv").read_text()
+    sidecar = json.loads((tmp_path / "audit2.csv.json").read_text())
+    assert sidecar["complete"] is True and sidecar["world_size"] == 2
+
+
+@pytest.mark.slow
 def test_torchrun_reuse_matches_single_process_and_resumes(model_path: Path, tmp_path: Path):
     """``certify --reuse`` on two processes: the rows (route and samples included) of one
     process; a run cut short resumes on one process to the same rows."""

@@ -39,8 +39,13 @@ from ancer_cli.inputs import (
     sound_record,
 )
 from ancer_cli.models.denoisers import inputs_per_theta
-from ancer_cli.results import RESULT_COLUMNS, SEQUENTIAL_COLUMNS
-from ancer_cli.run.certificates import CertificateRow, CertifySummary, apply_memory
+from ancer_cli.results import CERTIFICATE_COLUMNS, SEQUENTIAL_COLUMNS
+from ancer_cli.run.certificates import (
+    CertificateRow,
+    CertifySummary,
+    apply_memory,
+    row_linf_half_width,
+)
 from ancer_cli.run.skeleton import Run
 from ancer_cli.run.spec import InputsSpec
 from ancer_cli.runtime import provenance
@@ -51,9 +56,10 @@ from ancer_cli.settings import CertifyConfig, CertifyMethod, Sequential
 
 
 def certify_columns(config: CertifyConfig) -> tuple[str, ...]:
-    """The results file's columns: the eight, plus samples and stop when sequential."""
+    """The results file's columns: the eight and radius_linf, plus samples and stop when
+    sequential."""
     extra = SEQUENTIAL_COLUMNS if config.sequential is not None else ()
-    return (*RESULT_COLUMNS, *extra)
+    return (*CERTIFICATE_COLUMNS, *extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,8 +140,9 @@ def certify_dataset(
                 model, chosen.xs, chosen.laws, sampling, plan, generators, needed
             )
         seconds = (time.perf_counter() - began) / len(chosen.indices)
-        for idx, label, certificate in zip(
-            chosen.indices, chosen.labels, certificates, strict=True
+        dim = chosen.xs[0].numel()
+        for idx, label, law, certificate in zip(
+            chosen.indices, chosen.labels, chosen.laws, certificates, strict=True
         ):
             extra = (
                 ()
@@ -151,6 +158,7 @@ def certify_dataset(
                 correct=int(certificate.prediction == label and certificate.prediction != ABSTAIN),
                 min_sigma=certificate.min_theta,
                 seconds=seconds,
+                radius_linf=row_linf_half_width(law.theta, certificate.radius, law.norm, dim),
                 extra=extra,
             )
 

@@ -31,12 +31,24 @@ RESULT_COLUMNS = (
     "min_sigma",
     "time",
 )
+LINF_COLUMN = "radius_linf"
+"""The half-width of the largest l-infinity box inside a certified region
+(:func:`~ancer_cli.core.radii.linf_half_width`): the ninth column certify writes."""
+CERTIFICATE_COLUMNS = (*RESULT_COLUMNS, LINF_COLUMN)
+"""The columns of ``ancer certify``'s results: the eight, then ``radius_linf``; the columns of a
+kind of run (sequential: ``samples stop``; reuse: ``samples path``) follow these nine."""
 REQUIRED_RESULT_COLUMNS = ("idx", "label", "predict", "radius", "correct")
 SEQUENTIAL_COLUMNS = ("samples", "stop")
-"""Columns after the eight in sequential certification: samples used (selection and estimation)
+"""Columns after the nine in sequential certification: samples used (selection and estimation)
 and why sampling stopped."""
 PREDICTION_COLUMNS = ("idx", "label", "predict", "correct", "time")
 """The columns of ``ancer predict``'s output, and of Cohen et al.'s ``predict.py``."""
+ATTACK_COLUMNS = (
+    "idx", "label", "eps", "predict", "correct", "norm_l2", "norm_l1", "norm_linf", "time",
+)  # fmt: skip
+"""The columns of ``ancer attack``'s output: one row per input and eps, in index then eps order."""
+AUDIT_COLUMNS = ("idx", "radius", "violated", "distance", "votes")
+"""The columns of ``ancer audit``'s output: one row per row of the results file audited."""
 RADIUS_DIGITS = 7
 
 
@@ -69,9 +81,12 @@ def format_result_row(
     min_sigma: float,
     seconds: float,
     extra: Sequence[str] = (),
+    *,
+    radius_linf: float | None = None,
 ) -> str:
-    """One line of the results TSV (with trailing newline), radii rounded toward zero;
-    ``extra`` fields (e.g. :data:`SEQUENTIAL_COLUMNS`) follow the eight columns."""
+    """One line of the results TSV (with trailing newline), radii rounded toward zero; then
+    ``radius_linf`` (rounded toward zero; left out when ``None``, as in files without the
+    column) and ``extra`` fields (e.g. :data:`SEQUENTIAL_COLUMNS`)."""
     fields = [
         str(idx),
         str(label),
@@ -81,6 +96,7 @@ def format_result_row(
         str(correct),
         format_nearest(min_sigma),
         f"{seconds:.4f}",
+        *([format_down(radius_linf)] if radius_linf is not None else []),
         *extra,
     ]
     return "\t".join(fields) + "\n"
@@ -89,6 +105,22 @@ def format_result_row(
 def format_prediction_row(idx: int, label: int, predict: int, correct: int, seconds: float) -> str:
     """One line of a predictions TSV (``PREDICTION_COLUMNS``), with trailing newline."""
     return f"{idx}\t{label}\t{predict}\t{correct}\t{seconds:.4f}\n"
+
+
+def format_attack_row(
+    idx: int,
+    label: int,
+    eps: float,
+    predict: int,
+    correct: int,
+    norms: Sequence[float],
+    seconds: float,
+) -> str:
+    """One line of an attack TSV (:data:`ATTACK_COLUMNS`, with trailing newline): ``eps`` exactly
+    (``repr``: it is part of the row's key), the perturbation's l2, l1 and l-infinity ``norms``
+    rounded toward zero (never above the eps they are within)."""
+    fields = [str(idx), str(label), repr(float(eps)), str(predict), str(correct)]
+    return "\t".join([*fields, *map(format_down, norms), f"{seconds:.4f}"]) + "\n"
 
 
 _CLOCK = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
@@ -114,12 +146,13 @@ def is_prediction_frame(frame: pd.DataFrame) -> bool:
 def read_results(path: Path) -> pd.DataFrame:
     """Read a results file: this tool's, the original ANCER scripts' or Cohen et al.'s.
 
-    Requires the columns ``idx label predict radius correct``; ``radius_proxy``, ``min_sigma``
-    and ``time`` are optional. A predictions file (``ancer predict``'s or Cohen et al.'s
-    ``predict.py``'s: ``idx label predict correct time``, no radius) is read too, without radius
-    columns (:func:`is_prediction_frame`). ``time`` becomes seconds (float). A header-only file
-    gives an empty frame. Raises :class:`ResultsError` with the file name and the problem for
-    anything malformed (line numbers count the header as line 1).
+    Requires the columns ``idx label predict radius correct``; ``radius_proxy``, ``min_sigma``,
+    ``radius_linf`` and ``time`` are optional. A predictions file (``ancer predict``'s or Cohen
+    et al.'s ``predict.py``'s: ``idx label predict correct time``, no radius) is read too,
+    without radius columns (:func:`is_prediction_frame`). ``time`` becomes seconds (float). A
+    header-only file gives an empty frame. Raises :class:`ResultsError` with the file name and
+    the problem for anything malformed (line numbers count the header as line 1); an attack
+    file (:func:`is_attack_frame`) is refused, pointing at ``ancer accuracy --attack``.
     """
     path = Path(path)
     if not path.exists():
@@ -128,6 +161,12 @@ def read_results(path: Path) -> pd.DataFrame:
         raise ResultsError(f"results file {path} is a directory; give the .csv/.tsv file")
     frame = _read_tab_separated(path)
     frame.columns = [str(column).strip() for column in frame.columns]
+    if is_attack_frame(frame):
+        raise ResultsError(
+            f"{path} is the output of ancer attack (its rows are per input and eps), not "
+            "certificates: compare it with the results it attacked, ancer accuracy RESULTS "
+            f"--attack {path}"
+        )
     predictions = "radius" not in frame.columns and set(PREDICTION_COLUMNS) <= set(frame.columns)
     required = PREDICTION_COLUMNS if predictions else REQUIRED_RESULT_COLUMNS
     missing = [column for column in required if column not in frame.columns]
@@ -140,7 +179,9 @@ def read_results(path: Path) -> pd.DataFrame:
     integer = ("idx", "label", "predict", "correct") + (
         ("samples",) if "samples" in frame.columns else ()
     )
-    real = tuple(c for c in ("radius", "radius_proxy", "min_sigma") if c in frame.columns)
+    real = tuple(
+        c for c in ("radius", "radius_proxy", "min_sigma", LINF_COLUMN) if c in frame.columns
+    )
     for column in integer + real:
         values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
         # "inf" parses as a number; no column of a results file may hold one.
@@ -177,6 +218,46 @@ def read_results(path: Path) -> pd.DataFrame:
                     f"or H:MM:SS.ffffff, got {text!r}"
                 ) from None
         frame["time"] = pd.Series(seconds, index=frame.index, dtype=float)
+    return frame
+
+
+def is_attack_frame(frame: pd.DataFrame) -> bool:
+    """Whether a tab-separated file's columns are those of ``ancer attack``'s output."""
+    return tuple(frame.columns) == ATTACK_COLUMNS
+
+
+def read_attack_results(path: Path) -> pd.DataFrame:
+    """Read an ``ancer attack`` output (:data:`ATTACK_COLUMNS`): integer ``idx label predict
+    correct``, float ``eps``, norms and ``time``. Raises :class:`ResultsError` naming the file,
+    line and column for anything malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"attack file {path} does not exist (or is not a file)")
+    frame = _read_tab_separated(path)
+    frame.columns = [str(column).strip() for column in frame.columns]
+    if tuple(frame.columns) != ATTACK_COLUMNS:
+        raise ResultsError(
+            f"{path} is not an ancer attack file: expected the columns "
+            f"{' '.join(ATTACK_COLUMNS)}, got {' '.join(frame.columns)}"
+        )
+    for column in ATTACK_COLUMNS:
+        values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
+        bad = values.isna() | values.isin([math.inf, -math.inf])
+        if column in ("idx", "label", "predict", "correct"):
+            bad |= values != values.round()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ResultsError(
+                f"attack file {path}, line {row + 2}, column {column}: expected a finite "
+                f"{'integer' if column in ('idx', 'label', 'predict', 'correct') else 'number'}, "
+                f"got {frame[column].iloc[row]!r}"
+            )
+        if column in ("idx", "label", "predict", "correct"):
+            values = values.astype("int64")
+        frame[column] = values
+    if not frame["correct"].isin([0, 1]).all():
+        row = int((~frame["correct"].isin([0, 1])).to_numpy().nonzero()[0][0])
+        raise ResultsError(f"attack file {path}, line {row + 2}, column correct: expected 0 or 1")
     return frame
 
 

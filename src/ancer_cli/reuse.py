@@ -56,13 +56,21 @@ from ancer_cli.inputs import (
 from ancer_cli.models import load_model
 from ancer_cli.models.checks import check_inputs, check_per_input
 from ancer_cli.models.denoisers import inputs_per_theta
-from ancer_cli.results import PRE_MEMORY, RESULT_COLUMNS, RESULTS, read_results_record, rows_digest
+from ancer_cli.results import (
+    CERTIFICATE_COLUMNS,
+    PRE_MEMORY,
+    RESULTS,
+    RowsState,
+    read_results_record,
+    rows_state,
+)
 from ancer_cli.run.certificates import (
     CertificateRow,
     CertifySummary,
     MemorySummary,
     apply_memory,
     finite,
+    row_linf_half_width,
 )
 from ancer_cli.run.commit import Commitment, Segments
 from ancer_cli.run.rows import complete_rows, pre_memory_path
@@ -70,8 +78,9 @@ from ancer_cli.run.skeleton import Run
 from ancer_cli.run.spec import inputs_spec
 from ancer_cli.runtime import provenance
 
-REUSE_COLUMNS = (*RESULT_COLUMNS, "samples", "path")
-"""The results file of a reuse run: the eight columns, samples and the route (``path``)."""
+REUSE_COLUMNS = (*CERTIFICATE_COLUMNS, "samples", "path")
+"""The results file of a reuse run: the eight columns and radius_linf, samples and the route
+(``path``)."""
 REQUIRED_ARGUMENTS = {"N0": int, "N": int, "alpha": float, "batch_size": int, "model": str,
                       "model_sha256": str, "method": str, "norm": str, "dataset": str}  # fmt: skip
 """What an earlier run's sidecar must record for its certificates to be reused."""
@@ -141,8 +150,8 @@ def read_earlier(results: Path) -> EarlierRun:
     memory = bool(arguments.get("memory"))
     rows_file = pre_memory_path(results) if memory else Path(results)
     role = PRE_MEMORY if memory else RESULTS
-    digests = record.get("rows_sha256")
-    if not isinstance(digests, dict) or role not in digests:
+    state = rows_state(rows_file, record, role)
+    if state is RowsState.undigested:
         raise AncerError(
             f"sidecar {sidecar} holds no digest of {rows_file.name} (an older ancer wrote it, or "
             "it was edited); certify the original model again"
@@ -152,14 +161,14 @@ def read_earlier(results: Path) -> EarlierRun:
             f"{rows_file} is missing: reuse needs the certificates before the memory pass "
             f"of {results}"
         )
-    if rows_digest(rows_file) != digests[role]:
+    if state is not RowsState.verified:
         raise AncerError(
             f"{rows_file} is not the file its run wrote (edited, truncated or replaced: its "
             f"digest differs from {sidecar}); reuse refuses it"
         )
     with open(rows_file) as handle:
         columns = tuple(handle.readline().rstrip("\n").split("\t"))
-    rows = [CertificateRow.parse(line) for _, line in complete_rows(rows_file, columns)]
+    rows = [CertificateRow.parse(line, columns) for _, line in complete_rows(rows_file, columns)]
     commitment = Commitment.from_record(record, f"sidecar {sidecar}")
     committed = Segments.from_record(record, f"sidecar {sidecar}").committed
     if sorted(committed) != [row.idx for row in rows]:
@@ -234,6 +243,7 @@ def reuse_dataset(
         )
         elapsed = time.perf_counter() - began
         spent = sum(outcome.samples for outcome in outcomes)
+        dim = chosen.xs[0].numel()
         for idx, label, law, outcome in zip(
             chosen.indices, chosen.labels, chosen.laws, outcomes, strict=True
         ):
@@ -248,6 +258,7 @@ def reuse_dataset(
                 radius_proxy=law.geomean_theta * gap,
                 correct=int(predict == label and predict != ABSTAIN), min_sigma=law.min_theta,
                 seconds=elapsed * (outcome.samples / spent if spent else 1.0 / len(outcomes)),
+                radius_linf=row_linf_half_width(law.theta, law.min_theta * gap, law.norm, dim),
                 extra=(str(outcome.samples), outcome.route.value),
             )  # fmt: skip
 

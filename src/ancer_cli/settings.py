@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
+from ancer_cli.core.attack_settings import AttackConfig, AuditConfig, Threat
 from ancer_cli.core.choices import (
     DEFAULT_ALPHA,
     SEQUENTIAL_CAP_SHARE,
@@ -41,16 +42,26 @@ class CertifyMethod(str, enum.Enum):
 
 class Metric(str, enum.Enum):
     """Which radius column a result is read by: ``radius`` (``min(theta) * gap``, the largest
-    ball inside the region) or ``proxy`` (``geomean(theta) * gap``, the ball of the region's
-    volume)."""
+    ball inside the region), ``proxy`` (``geomean(theta) * gap``, the ball of the region's
+    volume) or ``linf`` (``radius_linf``, the half-width of the largest l-infinity box inside
+    the region)."""
 
     radius = "radius"
     proxy = "proxy"
+    linf = "linf"
 
     @property
     def column(self) -> str:
         """The results-file column this metric reads."""
-        return "radius_proxy" if self is Metric.proxy else "radius"
+        return {"radius": "radius", "proxy": "radius_proxy", "linf": "radius_linf"}[self.value]
+
+
+class SequentialMetric(str, enum.Enum):
+    """The unit of sequential certification's ``--radius``: a :class:`Metric` whose threshold
+    on ``pA`` a radius gives (``radius`` or ``proxy``)."""
+
+    radius = "radius"
+    proxy = "proxy"
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,43 @@ class PredictConfig:
     num: int = 100_000
     alpha: float = DEFAULT_ALPHA
     batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    """What ``ancer attack`` does for each input: the SmoothAdv ``attack`` in the ``threat`` ball
+    (``None``: the noise's norm) of each radius in ``eps``, then PREDICT of the attacked point
+    with ``num`` samples at level ``alpha`` (``None``: the results file's ``N`` and ``alpha``,
+    else :class:`PredictConfig`'s), ``batch_size`` noisy samples per forward pass. ``random``:
+    a random point on the ball's boundary instead of the attack (the baseline it must beat)."""
+
+    eps: tuple[float, ...] = ()
+    threat: Threat | None = None
+    attack: AttackConfig = AttackConfig()
+    num: int | None = None
+    alpha: float | None = None
+    batch_size: int = PredictConfig.batch_size
+    random: bool = False
+
+
+AUDIT_SAMPLES = 10_000
+"""PREDICT's samples when ``ancer audit`` confirms a candidate flip."""
+AUDIT_CONFIRMATIONS = 4
+"""Candidates per certificate ``ancer audit`` confirms at most (the most adverse first)."""
+
+
+@dataclass(frozen=True)
+class AuditJob:
+    """What ``ancer audit`` does for each certified row: the ``search`` inside its region, then
+    PREDICT with ``num`` samples at level ``alpha`` at the ``confirmations`` candidates the soft
+    smoothed classifier gives another class, the most adverse first, until one is confirmed;
+    ``batch_size`` noisy samples per forward pass."""
+
+    search: AuditConfig = AuditConfig()
+    num: int = AUDIT_SAMPLES
+    alpha: float = DEFAULT_ALPHA
+    confirmations: int = AUDIT_CONFIRMATIONS
+    batch_size: int = PredictConfig.batch_size
 
 
 class ThetaMethod(str, enum.Enum):
@@ -364,6 +412,8 @@ THETA_MEANING = {"l2": "noise std per pixel", "l1": "uniform half-width per pixe
 
 DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 """The radii ``ancer accuracy`` reports by default."""
+DEFAULT_LINF_RADII: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
+"""The l-infinity half-widths ``ancer accuracy --metric linf`` reports by default."""
 DEFAULT_RHO = 0.001
 """``ancer accuracy --high-probability``: the probability its bounds may fail."""
 PLOT_SUFFIXES = (".png", ".pdf")

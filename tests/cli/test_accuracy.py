@@ -17,7 +17,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner, Result
 
 from ancer_cli.cli import app
-from tests.helpers import CERTIFY_FAST, ok
+from tests.helpers import CERTIFY_FAST, assert_usage_error, ok
 
 COHEN = Path("/work/shared/reference/cohen2019")
 CIFAR_025 = COHEN / "cifar10_resnet110_noise_0.25_sigma_0.25.tsv"
@@ -525,3 +525,112 @@ def test_fresh_runs_markdown_and_plots(fresh_results: tuple[Path, Path], tmp_pat
         cell = row.strip("|").split("|")[column].strip().strip("*")
         assert cell == f"{expected['certified_accuracy']['0.25']:.3f}"
     assert curve.stat().st_size > 10_000 and hist.read_bytes()[:5] == b"%PDF-"
+
+
+# ---------------------------------------------------------------------------------------------
+# l-infinity boxes
+
+LINF_FILE = (
+    "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\tradius_linf\n"
+    "0\t3\t3\t0.412\t0.412\t1\t0.25\t1.0\t0.0515\n"
+    "1\t8\t8\t0.81\t0.81\t1\t0.25\t1.0\t0.10125\n"
+    "2\t8\t1\t0.6\t0.6\t0\t0.25\t1.0\t0.075\n"
+    "3\t0\t-1\t0.0\t0.0\t0\t0.25\t1.0\t0.0\n"
+)
+
+
+def test_linf_metric_reads_radius_linf_at_fractions_of_the_grid(tmp_path: Path) -> None:
+    path = tmp_path / "linf.tsv"
+    path.write_text(LINF_FILE)
+    payload = json.loads(run(path, "--metric", "linf", "--format", "json").stdout)
+    assert payload["metric"] == "linf" and payload["column"] == "radius_linf"
+    assert payload["radii"] == [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]  # the default
+    (entry,) = payload["files"].values()
+    assert entry["certified_accuracy"] == {
+        repr(r): a
+        for r, a in zip(payload["radii"], [0.5, 0.5, 0.5, 0.5, 0.5, 0.25], strict=True)
+    }
+    assert entry["average_certified_radius"] == pytest.approx((0.0515 + 0.10125) / 4)
+    payload = json.loads(
+        run(path, "--metric", "linf", "-r", "13/255", "-r", "0.06", "--format", "json").stdout
+    )
+    (entry,) = payload["files"].values()
+    assert entry["certified_accuracy"] == {repr(0.06): 0.25, repr(13 / 255): 0.5}
+    assert_usage_error(run(path, "-r", "1/0"), "fraction such as 8/255")
+
+
+def test_linf_metric_names_the_column_a_file_lacks(ancer_file: Path) -> None:
+    assert_one_error_line(
+        run(ancer_file, "--metric", "linf"), str(ancer_file), "no radius_linf column"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# certified against empirical accuracy (--attack)
+
+ATTACK_HEADER = "idx\tlabel\teps\tpredict\tcorrect\tnorm_l2\tnorm_l1\tnorm_linf\ttime\n"
+
+
+def attack_file(tmp_path: Path, threat: str, rows: list[tuple[int, int, float, int]]) -> Path:
+    """An attack file of (idx, label, eps, correct) rows and its sidecar naming ``threat``."""
+    path = tmp_path / f"attack-{threat}.tsv"
+    lines = [
+        f"{i}\t{y}\t{e!r}\t{y if c else -1}\t{c}\t{e}\t{e}\t{e}\t0.1\n" for i, y, e, c in rows
+    ]
+    path.write_text(ATTACK_HEADER + "".join(lines))
+    Path(f"{path}.json").write_text(json.dumps({"arguments": {"threat": threat, "N": 1000}}))
+    return path
+
+
+@pytest.fixture
+def linf_results(tmp_path: Path) -> Path:
+    path = tmp_path / "linf.tsv"
+    path.write_text(LINF_FILE)
+    Path(f"{path}.json").write_text(json.dumps({"arguments": {"norm": "l2"}}))
+    return path
+
+
+def test_attack_comparison_at_the_attack_eps(linf_results: Path, tmp_path: Path) -> None:
+    # radii 0.412, 0.81 correct, 0.6 wrong, one abstention; the attack keeps 2 at 0.25, 1 at 0.5
+    rows = [(i, y, e, c) for e, correct in ((0.25, (1, 1, 0, 0)), (0.5, (0, 1, 0, 0)))
+            for (i, y), c in zip([(0, 3), (1, 8), (2, 8), (3, 0)], correct, strict=True)]  # fmt: skip
+    attack = attack_file(tmp_path, "l2", rows)
+    payload = json.loads(run(linf_results, "--attack", attack, "--format", "json").stdout)
+    assert payload["threat"] == "l2" and payload["column"] == "radius"
+    assert payload["eps"] == [0.25, 0.5] and payload["inputs"] == 4
+    assert payload["certified_accuracy"] == {"0.25": 0.5, "0.5": 0.25}
+    assert payload["empirical_accuracy"] == {"0.25": 0.5, "0.5": 0.25}
+    assert payload["gap"] == {"0.25": 0.0, "0.5": 0.0}
+    table = run(linf_results, "--attack", attack, "--format", "csv").stdout.splitlines()
+    assert table[0] == "quantity,certified (lower),empirical (upper),gap"
+    assert table[1:] == ["eps 0.25,0.5,0.5,0.0", "eps 0.5,0.25,0.25,0.0"]
+    plot = tmp_path / "gap.png"
+    assert run(linf_results, "--attack", attack, "--plot", plot).exit_code == 0
+    assert imread(plot).shape[2] in (3, 4)
+
+
+def test_linf_attack_is_compared_with_radius_linf(linf_results: Path, tmp_path: Path) -> None:
+    eps = 8 / 255  # 0.0314: radius_linf 0.0515 and 0.10125 are certified there
+    rows = [(0, 3, eps, 1), (1, 8, eps, 1), (2, 8, eps, 0), (3, 0, eps, 0)]
+    payload = json.loads(
+        run(linf_results, "--attack", attack_file(tmp_path, "linf", rows), "--format", "json")
+        .stdout
+    )
+    assert payload["column"] == "radius_linf" and payload["metric"] == "linf"
+    assert payload["certified_accuracy"] == {repr(eps): 0.5}
+    assert payload["empirical_accuracy"] == {repr(eps): 0.5}
+
+
+def test_attack_comparison_refusals(linf_results: Path, ancer_file: Path, tmp_path: Path) -> None:
+    rows = [(0, 3, 0.5, 1), (1, 8, 0.5, 1), (2, 8, 0.5, 0), (3, 0, 0.5, 0)]
+    l1 = attack_file(tmp_path, "l1", rows)
+    assert_one_error_line(run(linf_results, "--attack", l1), "attacked l1 balls", "certifies l2")
+    fewer = attack_file(tmp_path, "l2", rows[:3])
+    assert_one_error_line(run(linf_results, "--attack", fewer), "different inputs")
+    Path(f"{fewer}.json").unlink()
+    assert_one_error_line(run(linf_results, "--attack", fewer), "no sidecar recording its threat")
+    linf = attack_file(tmp_path, "linf", rows)
+    assert_one_error_line(run(ancer_file, "--attack", linf), "no radius_linf column")
+    assert_one_error_line(run(linf), "ancer accuracy RESULTS --attack")
+    assert_usage_error(run(linf_results, ancer_file, "--attack", linf), "one results file")
+    assert_usage_error(run(linf_results, "--attack", linf, "-r", "0.5"), "--radius")

@@ -19,7 +19,9 @@ import torch
 from scipy.stats import beta
 from scipy.stats import norm as normal
 
+from ancer_cli.core.radii import linf_half_width_of_radius
 from ancer_cli.data import load_dataset
+from ancer_cli.results import format_down
 from tests.helpers import (
     CERTIFY_FAST,
     OPTIMIZE_FAST,
@@ -90,7 +92,7 @@ def test_fixed_header_and_rows_in_index_order(fixed_run) -> None:
     out, result = fixed_run
     text = out.read_text()
     assert text.splitlines()[0] == (
-        "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime"
+        "idx\tlabel\tpredict\tradius\tradius_proxy\tcorrect\tmin_sigma\ttime\tradius_linf"
     )
     assert text.endswith("\n")
     rows = read_rows(out)
@@ -111,6 +113,10 @@ def test_fixed_radius_is_cohens_radius_rounded_down(fixed_run) -> None:
     for row in rows:
         assert rounded_near(SIGMA, row.min_sigma)
         assert row.radius == row.radius_proxy  # isotropic: min(theta) == geomean(theta)
+        # the l-infinity box of an 8x8 ball: radius / sqrt(64), rounded down
+        box = linf_half_width_of_radius(SIGMA, float(row.radius), "l2", 64)
+        assert row.radius_linf == format_down(box)
+        assert float(row.radius_linf) <= float(row.radius) / 8
         if row.predict == -1:
             assert float(row.radius) == 0.0 and row.correct == 0
         else:
@@ -524,15 +530,15 @@ def test_radius_mode_decides_each_radius_and_records_samples(model_path: Path, t
         "--radius", 0.5, "--radius", 0.25, "--out", out, "--device", "cpu",
     )  # fmt: skip
     lines = out.read_text().splitlines()
-    # the seed's eight columns in their order, the sequential ones after them
+    # the seed's eight columns in their order, radius_linf, the sequential ones after them
     assert lines[0] == RESULT_HEADER.rstrip("\n") + "\tsamples\tstop"
     rows = [line.split("\t") for line in lines[1:]]
     assert [int(r[0]) for r in rows] == list(range(12))
-    samples = [int(r[8]) for r in rows]
+    samples = [int(r[9]) for r in rows]
     assert all(100 < s <= 100 + cap for s in samples)
     assert sum(samples) / len(samples) < (100 + cap) / 4  # most inputs decided early
     for r in rows:
-        radius, stop = float(r[3]), r[9]
+        radius, stop = float(r[3]), r[10]
         assert stop in {"certified", "cannot", "abstain", "cap"}
         if stop == "certified":
             assert radius >= 0.5  # certified at every requested radius
@@ -555,13 +561,13 @@ def test_adaptive_mode_and_proxy_radius_with_thetas(thetas_copy: Path, tmp_path:
     ok("certify", "--thetas", thetas_copy, "--N", 5000, "--sequential", "--out", out,
        "--device", "cpu")  # fmt: skip
     rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
-    assert {r[9] for r in rows} <= {"converged", "abstain", "cap"}
-    assert all(int(r[8]) <= 5100 for r in rows)
+    assert {r[10] for r in rows} <= {"converged", "abstain", "cap"}
+    assert all(int(r[9]) <= 5100 for r in rows)
     proxy = tmp_path / "proxy.csv"
     ok("certify", "--thetas", thetas_copy, "--N", 5000, "--radius", 0.3, "--metric", "proxy",
        "--out", proxy, "--device", "cpu")  # fmt: skip
     for r in (line.split("\t") for line in proxy.read_text().splitlines()[1:]):
-        if r[9] == "certified":
+        if r[10] == "certified":
             assert float(r[4]) >= 0.3  # radius_proxy, the unit asked for
 
 

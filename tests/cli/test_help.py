@@ -13,7 +13,10 @@ from typer.testing import CliRunner, Result
 from ancer_cli.cli import app
 from tests.helpers import RESULT_HEADER, assert_domain_error, invoke
 
-COMMANDS = ["train", "optimize", "certify", "recertify", "predict", "accuracy", "show", "verify"]
+COMMANDS = [
+    "train", "optimize", "certify", "recertify", "predict", "attack", "audit", "accuracy", "show",
+    "verify",
+]  # fmt: skip
 
 
 def wide_help(*args: str, columns: int = 200) -> Result:
@@ -67,7 +70,7 @@ def test_help_shows_no_type_beside_flags(args: list[str]) -> None:
 @pytest.mark.parametrize("command", ["certify", "predict", "optimize"])
 def test_results_table_as_model_says_what_it_is(tmp_path: Path, command: str) -> None:
     results = tmp_path / "results.tsv"
-    results.write_text(RESULT_HEADER + "\n0\t7\t7\t0.5\t0.5\t1\t0.25\t0.01\n")
+    results.write_text(RESULT_HEADER + "\n0\t7\t7\t0.5\t0.5\t1\t0.25\t0.01\t0.0625\n")
     out = tmp_path / "out"
     noise = ("--sigma", 0.25) if command != "optimize" else ()
     result = invoke(command, "--model", results, *noise, "--dataset", "digits", "--out", out)

@@ -52,10 +52,10 @@ def test_unchanged_model_reuses_with_exactly_the_zero_disagreement_bound(
     routes = set()
     for row in _rows(out):
         old = before[int(row[0])]
-        routes.add(row[9])
-        if row[9] != "reuse":
+        routes.add(row[10])
+        if row[10] != "reuse":
             continue
-        draws = int(row[8]) // 2  # both models saw each fresh draw
+        draws = int(row[9]) // 2  # both models saw each fresh draw
         p = recovered_p_a_lower(float(old[3]), 0.25, "l2") - cs_upper(0, draws, 0.01)
         assert row[2] == old[2]
         assert rounded_down(0.25 * normal.ppf(p), row[3])
@@ -65,7 +65,7 @@ def test_unchanged_model_reuses_with_exactly_the_zero_disagreement_bound(
     models = record["reuse"]["models"]
     assert models["original"]["sha256"] == models["changed"]["sha256"]
     assert record["reuse"]["earlier"]["seed"] == 0 and record["arguments"]["seed"] == 1
-    assert record["totals"]["routes"]["reuse"] == sum(r[9] == "reuse" for r in _rows(out))
+    assert record["totals"]["routes"]["reuse"] == sum(r[10] == "reuse" for r in _rows(out))
 
 
 def test_reported_radii_are_kept_and_recorded(earlier: Path, model_path: Path, tmp_path: Path):
@@ -78,7 +78,7 @@ def test_reported_radii_are_kept_and_recorded(earlier: Path, model_path: Path, t
                 "--reuse-radius", radius, "--reuse-radius", 10, "--alpha-zeta", 0.01,
                 "--seed", 1, "--device", "cpu")  # fmt: skip
     assert f"keeping radii {radius:g}, 10;" in result.stderr and "tolerance" not in result.stderr
-    kept = [row for row in _rows(out) if row[9] == "reuse" and before[int(row[0])] >= radius]
+    kept = [row for row in _rows(out) if row[10] == "reuse" and before[int(row[0])] >= radius]
     assert kept and all(float(row[3]) >= radius for row in kept)
     reuse = json.loads(Path(str(out) + ".json").read_text())["arguments"]["reuse"]
     assert reuse["radii"] == [radius, 10.0] and reuse["tolerance"] == 1.0
@@ -95,7 +95,7 @@ def test_rows_certified_afresh_are_certifys_rows(earlier: Path, model_path: Path
        "--reuse-tolerance", 0, "--seed", 1, "--device", "cpu")  # fmt: skip
     ok("certify", "--model", model_path, "--sigma", 0.25, "--no-sound", "--out", plain,
        *EARLIER[:-6], "--seed", 1, "--device", "cpu", "--max", 6)  # fmt: skip
-    assert all(row[9] == "scratch" and int(row[8]) == N0 + N for row in _rows(out))
+    assert all(row[10] == "scratch" and int(row[9]) == N0 + N for row in _rows(out))
     assert without_time(out)[1:] == without_time(plain)[1:]
 
 
@@ -109,7 +109,7 @@ def test_bf16_thetas_l1_memory_pass_and_resume(model_path: Path, thetas_dir: Pat
     ok(*args)
     assert Path(str(out) + ".pre-memory").is_file()  # the memory pass ran on the new rows
     full = without_time(out)
-    assert len(full) == 1 + 6 and all(len(row) == 7 for row in full)
+    assert len(full) == 1 + 6 and all(len(row) == 8 for row in full)
     record = json.loads(Path(str(out) + ".json").read_text())
     assert record["arguments"]["precision"] == "bf16" and record["memory"]["enabled"]
     # resume: cut the rows before the memory pass to two, as a crash would (its sidecar not
@@ -131,7 +131,7 @@ def test_l1_fixed_sigma(model_path: Path, tmp_path: Path):
     out = tmp_path / "l1.csv"
     ok("certify", "--reuse", earlier, "--model", model_path, "--out", out, *REUSE)
     assert json.loads(Path(str(out) + ".json").read_text())["arguments"]["norm"] == "l1"
-    assert {row[9] for row in _rows(out)} <= {"reuse", "scratch", "abstain"}
+    assert {row[10] for row in _rows(out)} <= {"reuse", "scratch", "abstain"}
 
 
 def test_refusals(earlier: Path, model_path: Path, tmp_path: Path):

@@ -33,7 +33,7 @@ from ancer_cli.core.law import NoiseLaw
 from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.smoothing import ABSTAIN, predict_many
 from ancer_cli.core.sound import to_grid
-from tests.toys import SteepLinear2
+from tests.toys import SteepLinear2, Stripe
 
 SIGMA = 0.25
 SHAPE = (1, 4, 4)
@@ -380,3 +380,12 @@ def test_attack_on_cuda_finds_the_linear_optimum_on_the_grid(threat, eps):
         to_grid(result.points[b], 255)
         # on the grid, within a level of the optimum per coordinate
         assert hard_probability(model, w, result.points[b].cpu()) < best + 0.02
+
+
+def test_a_model_without_a_gradient_path_leaves_the_points_where_they_start():
+    """A step function (tests/toys.py Stripe: logits of ``|x_0| < 1``) gives autograd nothing
+    to differentiate: the attack stays at the input instead of failing."""
+    x = torch.full((2, *SHAPE), 0.5)
+    config = AttackConfig(steps=3, samples=4, evaluation_samples=8)
+    result = attack(Stripe(), x, [1, 1], [SIGMA, SIGMA], "l2", 0.3, "l2", generators(2), config)
+    assert torch.equal(result.points, x) and (result.norm_l2 == 0).all()

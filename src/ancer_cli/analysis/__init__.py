@@ -3,7 +3,8 @@
 - :mod:`.metrics` -- certified accuracy, ACR, abstention, high-probability bounds of one frame;
 - :mod:`.tables` -- several frames side by side, rendered as markdown, LaTeX, CSV or JSON;
 - :mod:`.plots` -- certified-accuracy curves, radius distributions and theta maps;
-- :mod:`.compare` -- several results files read, checked and summarised side by side.
+- :mod:`.compare` -- several results files read, checked and summarised side by side;
+- :mod:`.attacks` -- certified against empirical accuracy (a results file and an attack file).
 
 The names are loaded on first use, so that :mod:`.labels` is read without pandas.
 """
@@ -14,6 +15,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ancer_cli.analysis.attacks import AttackComparison, compare_attack
     from ancer_cli.analysis.compare import (
         Comparison,
         compare,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
         summarize,
     )
     from ancer_cli.analysis.plots import (
+        plot_attack_comparison,
         plot_certified_accuracy,
         plot_radius_distribution,
         plot_theta_maps,
@@ -74,6 +77,8 @@ if TYPE_CHECKING:
     from ancer_cli.settings import DEFAULT_RADII, DEFAULT_RHO, PLOT_SUFFIXES, Metric
 
 _EXPORTS = {
+    "AttackComparison": ("ancer_cli.analysis.attacks", "AttackComparison"),
+    "compare_attack": ("ancer_cli.analysis.attacks", "compare_attack"),
     "Comparison": ("ancer_cli.analysis.compare", "Comparison"),
     "compare": ("ancer_cli.analysis.compare", "compare"),
     "default_labels": ("ancer_cli.analysis.labels", "default_labels"),
@@ -98,6 +103,7 @@ _EXPORTS = {
     "proxy_ratios": ("ancer_cli.analysis.metrics", "proxy_ratios"),
     "summarize": ("ancer_cli.analysis.metrics", "summarize"),
     "PLOT_SUFFIXES": ("ancer_cli.settings", "PLOT_SUFFIXES"),
+    "plot_attack_comparison": ("ancer_cli.analysis.plots", "plot_attack_comparison"),
     "plot_certified_accuracy": ("ancer_cli.analysis.plots", "plot_certified_accuracy"),
     "plot_radius_distribution": ("ancer_cli.analysis.plots", "plot_radius_distribution"),
     "plot_theta_maps": ("ancer_cli.analysis.plots", "plot_theta_maps"),
@@ -155,6 +161,7 @@ __all__ = [
     "PLOT_SUFFIXES",
     "TIME_ROW",
     "AccuracySummary",
+    "AttackComparison",
     "Comparison",
     "Confidence",
     "HighProbabilityAccuracy",
@@ -169,6 +176,7 @@ __all__ = [
     "check_results",
     "clean_accuracy",
     "compare",
+    "compare_attack",
     "confidence_from_record",
     "default_labels",
     "false_certificate_bound",
@@ -178,6 +186,7 @@ __all__ = [
     "labeled_rows",
     "latex_escape",
     "median_time",
+    "plot_attack_comparison",
     "plot_certified_accuracy",
     "plot_radius_distribution",
     "plot_theta_maps",

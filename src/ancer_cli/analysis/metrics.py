@@ -4,8 +4,9 @@ bounds of one results frame.
 Certified accuracy at radius R (Cohen et al. 2019, Sec. 4) is the fraction of *all* certified
 inputs that are classified correctly with a certified radius of at least R; abstentions count as
 wrong. The average certified radius (ACR) is the mean over all inputs of ``radius * correct``.
-``metric`` chooses the radius column: ``radius`` (largest isotropic ball in the certified region)
-or ``proxy`` (``radius_proxy``, the isotropic ball of the same volume; ANCER's comparison metric).
+``metric`` chooses the radius column: ``radius`` (largest isotropic ball in the certified region),
+``proxy`` (``radius_proxy``, the isotropic ball of the same volume; ANCER's comparison metric) or
+``linf`` (``radius_linf``, the half-width of the largest l-infinity box in the region).
 
 Certified accuracy computed this way is Cohen et al.'s *approximate* certified accuracy: each
 row's certificate is wrong with probability up to ``alpha``. :func:`false_certificate_bound` and
@@ -99,9 +100,15 @@ def check_results(frame: pd.DataFrame, metric: Metric, source: str | Path) -> No
     ``metric``: no rows, or no column for the metric (Cohen et al.'s files have no proxy). A
     file of predictions has no radius at all and needs none."""
     if metric.column not in frame.columns and not is_prediction_frame(frame):
+        why = (
+            " (ancer certify writes it after the eight columns; files of earlier versions "
+            "and of other tools have none)"
+            if metric is Metric.linf
+            else ""
+        )
         raise ResultsError(
             f"results file {source} has no {metric.column} column, which metric "
-            f"'{metric.value}' reads (columns: {' '.join(map(str, frame.columns))}); "
+            f"'{metric.value}' reads{why} (columns: {' '.join(map(str, frame.columns))}); "
             f"use metric 'radius' for this file"
         )
     if len(frame) == 0:

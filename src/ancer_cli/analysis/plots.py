@@ -31,12 +31,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from ancer_cli.analysis.attacks import AttackComparison
+
 _LINE_STYLES = ("-", "--", "-.", ":")
 
 
 _METRIC_AXIS = {
     Metric.radius: "radius",
     Metric.proxy: "proxy radius (radius_proxy)",
+    Metric.linf: "l-infinity half-width (radius_linf)",
 }
 
 
@@ -134,6 +137,54 @@ def plot_certified_accuracy(
         axes.legend(loc="upper right", fontsize="small")
     else:
         axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
+    _save(figure, path, image_format)
+
+
+def plot_attack_comparison(
+    comparison: AttackComparison, path: Path, points: int = 1001, max_radius: float | None = None
+) -> None:
+    """Write certified (lower) and empirical (upper) accuracy against eps to ``path``: the
+    certified-accuracy curve of the results file on the compared column, the attack's accuracy
+    at each of its eps (markers joined by a dashed line), and the gap at each eps as a bar. The
+    eps axis runs from 0 to ``max_radius``, by default 5 % past the largest eps or certified
+    radius."""
+    image_format = _check_plot_path(path)
+    metric, eps = comparison.metric, np.asarray(comparison.eps, dtype=float)
+    largest = max(
+        float(eps.max(initial=0.0)),
+        float(certified_radii(comparison.frame, metric).max(initial=0.0)),
+    )
+    upper = float(max_radius) if max_radius is not None else (1.05 * largest or 1.0)
+    radii = np.linspace(0.0, upper, points)
+    figure = _new_figure(6.4, 4.4)
+    axes = figure.add_subplot()
+    axes.plot(
+        radii,
+        certified_accuracy_curve(comparison.frame, radii, metric),
+        color=_colour(0),
+        linewidth=1.8,
+        label=f"certified (lower bound, {metric.column})",
+    )
+    certified = np.array([comparison.certified[e] for e in comparison.eps])
+    empirical = np.array([comparison.empirical[e] for e in comparison.eps])
+    axes.plot(
+        eps,
+        empirical,
+        color=_colour(1),
+        linewidth=1.2,
+        linestyle="--",
+        marker="o",
+        label=f"empirical ({comparison.threat} attack, upper bound)",
+    )
+    # the gap is known at the attack's eps only: a bar at each, not an area between them
+    axes.vlines(eps, certified, empirical, color=_colour(1), alpha=0.3, linewidth=6, label="gap")
+    axes.set_xlim(0.0, upper)
+    axes.set_ylim(0.0, 1.0)
+    axes.set_xlabel(f"eps = {_METRIC_AXIS[metric]}, input units (pixels in [0, 1])")
+    axes.set_ylabel("accuracy")
+    axes.set_title("Certified and empirical robust accuracy")
+    axes.grid(True, alpha=0.4)
+    axes.legend(loc="upper right", fontsize="small")
     _save(figure, path, image_format)
 
 

@@ -1,5 +1,5 @@
 """The ``ancer`` command-line program: ``train``, ``optimize``, ``certify``, ``recertify``,
-``predict``, ``accuracy``, ``show`` and ``verify``.
+``predict``, ``attack``, ``audit``, ``accuracy``, ``show`` and ``verify``.
 
 Only this package touches typer, rich, ``sys.argv`` and exit codes. Its modules import no
 PyTorch, numpy or pandas at import time (a command imports the library when it runs), so
@@ -20,6 +20,8 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from ancer_cli import __version__
 from ancer_cli.cli.accuracy import accuracy_command
+from ancer_cli.cli.attack import attack_command
+from ancer_cli.cli.audit import audit_command
 from ancer_cli.cli.certify import certify_command
 from ancer_cli.cli.optimize import optimize_command
 from ancer_cli.cli.predict import predict_command
@@ -107,6 +109,8 @@ app.command("optimize", cls=_Command)(optimize_command)
 app.command("certify", cls=_Command)(certify_command)
 app.command("recertify", cls=_Command)(recertify_command)
 app.command("predict", cls=_Command)(predict_command)
+app.command("attack", cls=_Command)(attack_command)
+app.command("audit", cls=_Command)(audit_command)
 app.command("accuracy", cls=_Command)(accuracy_command)
 app.command("show", cls=_Command)(show_command)
 app.command("verify", cls=_Command)(verify_command)

@@ -3,6 +3,7 @@ their curves and radius distributions as plots."""
 
 from __future__ import annotations
 
+import json
 import math
 from enum import Enum
 from pathlib import Path
@@ -14,8 +15,8 @@ from rich.text import Text
 
 from ancer_cli.analysis.labels import default_labels
 from ancer_cli.artifacts import check_new_output
-from ancer_cli.cli.common import ForceOption, console, handle_errors, out
-from ancer_cli.settings import DEFAULT_RADII, DEFAULT_RHO, PLOT_SUFFIXES, Metric
+from ancer_cli.cli.common import ForceOption, console, handle_errors, number, out
+from ancer_cli.settings import DEFAULT_LINF_RADII, DEFAULT_RADII, DEFAULT_RHO, PLOT_SUFFIXES, Metric
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,20 +74,35 @@ def accuracy_command(
             "--radius",
             "-r",
             metavar="R",
-            help="Radius (input units, pixels in [0, 1]) at which to report certified accuracy; "
-            "repeat for several (default: 0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3).",
+            parser=number,
+            help="Radius (input units, pixels in [0, 1]; a fraction such as 8/255 too) at which "
+            "to report certified accuracy; repeat for several (default: 0, 0.25, 0.5, 0.75, 1, "
+            "1.25, 1.5, 2, 2.5, 3; linf: 0, 1/255, 2/255, 4/255, 8/255, 16/255).",
             show_default=False,
             rich_help_panel=REPORT,
         ),
     ] = None,
     metric: Annotated[
-        Metric,
+        Metric | None,
         typer.Option(
-            help="Radius column to use: radius (largest ball in the region) or proxy "
-            "(radius_proxy, ball of equal volume).",
+            help="Radius column to use: radius (largest ball in the region; the default), proxy "
+            "(radius_proxy, ball of equal volume) or linf (radius_linf, half-width of the largest "
+            "l-infinity box in the region).",
+            show_default=False,
             rich_help_panel=REPORT,
         ),
-    ] = Metric.radius,
+    ] = None,
+    attack: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="ATTACK",
+            help="An ancer attack file of the same inputs: certified (lower) and empirical "
+            "(upper) accuracy at each of its eps, and the gap (one results FILE; the column is "
+            "the attack's norm: radius, or radius_linf for linf).",
+            show_default=False,
+            rich_help_panel=REPORT,
+        ),
+    ] = None,
     label: Annotated[
         list[str] | None,
         typer.Option(
@@ -186,9 +202,20 @@ def accuracy_command(
     rate of one or more results files (this tool's, the original ANCER scripts' or Cohen et
     al.'s), optionally with high-probability bounds, curves and radius histograms. Files of
     predictions (ancer predict's, Cohen et al.'s predict.py's) get their accuracy and abstention
-    rate.
+    rate. With --attack ATTACK (ancer attack's file of the same inputs): certified (lower) and
+    empirical (upper) accuracy at the attack's eps, and the gap between them.
     """
-    radii = list(DEFAULT_RADII) if not radius else radius
+    if attack is not None:
+        _check_attack_options(
+            files, radius, label, high_probability, hist, plot_metric, plot_max_radius
+        )
+        _check_figure_suffix(plot, "--plot")
+        with handle_errors():
+            _attack_report(files[0], attack, metric, output_format, plot, plot_max_radius, force)
+        return
+    metric = metric or Metric.radius
+    defaults = DEFAULT_LINF_RADII if metric is Metric.linf else DEFAULT_RADII
+    radii = list(defaults) if not radius else radius
     labels = _check_options(files, radii, label, high_probability, rho, alpha, plot_max_radius)
     if plot is not None and hist is not None and plot.resolve() == hist.resolve():
         raise typer.BadParameter("--plot and --hist must name different files")
@@ -236,6 +263,83 @@ def accuracy_command(
             console.print(f"wrote {hist}", markup=False)
 
 
+def _check_attack_options(
+    files: list[Path],
+    radius: list[float] | None,
+    label: list[str] | None,
+    high_probability: bool,
+    hist: Path | None,
+    plot_metric: PlotMetric | None,
+    plot_max_radius: float | None,
+) -> None:
+    """Usage errors (exit 2) of ``--attack``: one results file, and no option of the summary
+    of several files."""
+    if len(files) != 1:
+        raise typer.BadParameter(
+            f"compares one results file with its attack, got {len(files)} files",
+            param_hint="'--attack'",
+        )
+    given = [
+        name
+        for name, value in (
+            ("--radius", radius),
+            ("--label", label),
+            ("--high-probability", high_probability),
+            ("--hist", hist),
+            ("--plot-metric", plot_metric),
+        )
+        if value
+    ]
+    if given:
+        raise typer.BadParameter(
+            f"{', '.join(given)}: not with --attack (the attack's eps are the radii compared)",
+            param_hint="'--attack'",
+        )
+    if plot_max_radius is not None and not (math.isfinite(plot_max_radius) and plot_max_radius > 0):
+        raise typer.BadParameter(
+            f"must be a finite number > 0, got {plot_max_radius}", param_hint="'--plot-max-radius'"
+        )
+
+
+def _attack_report(
+    results: Path,
+    attack: Path,
+    metric: Metric | None,
+    output_format: OutputFormat,
+    plot: Path | None,
+    plot_max_radius: float | None,
+    force: bool,
+) -> None:
+    """``ancer accuracy RESULTS --attack ATTACK``: the comparison's table (or JSON) and plot."""
+    from ancer_cli import analysis
+    from ancer_cli.errors import ResultsError
+
+    if plot is not None:
+        check_new_output(plot, force=force)
+    comparison = analysis.compare_attack(results, attack)
+    if metric is not None and metric is not comparison.metric:
+        raise ResultsError(
+            f"--metric {metric.value}: the {comparison.threat} attack is compared with the "
+            f"{comparison.metric.column} column (--metric {comparison.metric.value}, or leave "
+            "--metric out)"
+        )
+    if output_format is OutputFormat.json:
+        out.out(json.dumps(comparison.record(), indent=2) + "\n", end="", highlight=False)
+    else:
+        table = comparison.table()
+        title = (
+            f"{comparison.threat} attack vs {comparison.metric.column}, "
+            f"{comparison.inputs} inputs"
+        )
+        if output_format is OutputFormat.table:
+            out.print(_rich_table(table, title, heading="accuracy"))
+        else:
+            out.out(analysis.render(table, output_format.value, title=title), end="")
+    if plot is not None:
+        analysis.plot_attack_comparison(comparison, plot, max_radius=plot_max_radius)
+        console.print(f"wrote {plot}", markup=False)
+
+
 def _check_options(
     files: list[Path],
     radii: list[float],
@@ -274,12 +378,12 @@ def _check_options(
     return labels
 
 
-def _rich_table(table: pd.DataFrame, title: str) -> Table:
+def _rich_table(table: pd.DataFrame, title: str, heading: str = "certified accuracy") -> Table:
+    """The summary as a rich table, best value of each row in bold (several files only)."""
     from ancer_cli import analysis
 
-    """The summary as a rich table, best value of each row in bold (several files only)."""
     best = analysis.best_mask(table)
-    rich_table = Table(title=Text(f"certified accuracy ({title})"), title_justify="left")
+    rich_table = Table(title=Text(f"{heading} ({title})"), title_justify="left")
     rich_table.add_column("", no_wrap=True)
     for name in table.columns:
         # Text, not str: labels and file names are not rich markup

@@ -45,6 +45,7 @@ from ancer_cli.cli.common import (
     positive,
     probability,
     progress_bar,
+    smoothing_spec,
 )
 from ancer_cli.cli.common import out as stdout
 from ancer_cli.cli.recertify import (
@@ -55,7 +56,7 @@ from ancer_cli.cli.recertify import (
     recertify_command,
 )
 from ancer_cli.core.choices import Precision, Sampling
-from ancer_cli.settings import CertifyConfig, Metric, Sequential
+from ancer_cli.settings import CertifyConfig, Sequential, SequentialMetric
 
 if TYPE_CHECKING:
     from ancer_cli.certify import CertifyOutcome, CertifyPlan
@@ -132,12 +133,12 @@ def certify_command(
         ),
     ] = None,
     metric: Annotated[
-        Metric,
+        SequentialMetric,
         typer.Option(
             help="Unit of --radius: radius (min(theta) x gap) or proxy (geomean(theta) x gap).",
             rich_help_panel=SEQUENTIAL,
         ),
-    ] = Metric.radius,
+    ] = SequentialMetric.radius,
     sequential: Annotated[
         bool,
         typer.Option(
@@ -203,9 +204,8 @@ def certify_command(
     from ancer_cli.certify import CertifyRequest, plan_certify
     from ancer_cli.data import UNLABELED
     from ancer_cli.distributed import session
-    from ancer_cli.run.spec import InputsSpec
 
-    inputs = InputsSpec(
+    inputs = smoothing_spec(
         model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
         data_root=data_root, split=split, norm=norm, arch=arch, classes=classes, skip=skip,
         max_index=max_index, precision=precision, channels_last=channels_last, seed=seed,
@@ -306,7 +306,7 @@ def run_under_progress(
 
 
 def _sequential(
-    radius: list[float] | None, metric: Metric, sequential: bool, tolerance: float
+    radius: list[float] | None, metric: SequentialMetric, sequential: bool, tolerance: float
 ) -> Sequential | None:
     """The sequential settings the options ask for (``None``: Cohen et al.'s fixed N)."""
     for value in radius or []:
@@ -316,7 +316,7 @@ def _sequential(
         raise typer.BadParameter(f"--tolerance must be a finite number >= 0, got {tolerance}")
     if radius:
         return Sequential(radii=tuple(sorted(set(radius))), metric=metric.value)
-    if metric is not Metric.radius:
+    if metric is not SequentialMetric.radius:
         raise typer.BadParameter("--metric sets the unit of --radius; give --radius")
     if tolerance != Sequential.tolerance and not sequential:
         raise typer.BadParameter("--tolerance goes with --sequential")

@@ -30,6 +30,7 @@ from ancer_cli.settings import CertifyMethod
 
 if TYPE_CHECKING:
     from ancer_cli.data import LoadedData
+    from ancer_cli.run.spec import InputsSpec
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -90,6 +91,10 @@ ChannelsLastOption = Annotated[
         help="Run the model in channels-last memory format.",
         rich_help_panel=RUN,
     ),
+]
+SkipOption = Annotated[
+    int,
+    typer.Option(help="Take every SKIP-th input of the split.", rich_help_panel=WHAT),
 ]
 MaxIndexOption = Annotated[
     int | None,
@@ -199,6 +204,14 @@ GrowableResumeOption = Annotated[
 ]
 
 
+def smoothing_spec(**options: Any) -> InputsSpec:
+    """The :class:`~ancer_cli.run.spec.InputsSpec` of the smoothing options a command was given
+    (``model``, ``thetas``, ``sigma``, ...: its fields, by name)."""
+    from ancer_cli.run.spec import InputsSpec
+
+    return InputsSpec(**options)
+
+
 def check_smoothing_options(
     thetas: Path | None, sigma: float | None, method: CertifyMethod | None
 ) -> None:
@@ -274,6 +287,23 @@ def progress_bar(transient: bool = False, enabled: bool = True) -> Progress:
         transient=transient,
         disable=not enabled,
     )
+
+
+def number(text: str | float) -> float:
+    """A number option's value: a decimal number or a fraction such as ``8/255`` (an l-infinity
+    eps in grid steps reads best as one); a usage error (exit 2) for anything else."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    value = str(text).strip()
+    try:
+        if "/" in value:
+            numerator, denominator = value.split("/", 1)
+            return float(numerator) / float(denominator)
+        return float(value)
+    except (ValueError, ZeroDivisionError):
+        raise typer.BadParameter(
+            f"{text!r} is not a number or a fraction such as 8/255"
+        ) from None
 
 
 def positive(name: str, value: float) -> None:

@@ -40,6 +40,7 @@ from ancer_cli.cli.common import (
     positive,
     probability,
     progress_bar,
+    smoothing_spec,
 )
 from ancer_cli.cli.common import out as stdout
 from ancer_cli.core.choices import Precision
@@ -116,10 +117,9 @@ def predict_command(
     from ancer_cli.data import UNLABELED
     from ancer_cli.distributed import session
     from ancer_cli.predict import PredictRequest, plan_predict
-    from ancer_cli.run.spec import InputsSpec
     from ancer_cli.runtime import describe_device
 
-    inputs = InputsSpec(
+    inputs = smoothing_spec(
         model=model, thetas=thetas, sigma=sigma, method=method, dataset=dataset,
         data_root=data_root, split=split, norm=norm, arch=arch, classes=classes, skip=skip,
         max_index=max_index, precision=precision, channels_last=channels_last, seed=seed,

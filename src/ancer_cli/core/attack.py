@@ -36,7 +36,6 @@ attack, ``scale = theta`` for the audit of a certified region (:mod:`ancer_cli.c
 from __future__ import annotations
 
 import contextlib
-import enum
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,11 +43,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ancer_cli.core.attack_settings import AttackConfig, Threat
 from ancer_cli.core.choices import Norm
 from ancer_cli.core.conditioning import tell_thetas
 from ancer_cli.core.law import NoiseLaw
 from ancer_cli.core.noise import Theta, draw_base_noise_
-from ancer_cli.core.optimize.config import STEP_COST
 from ancer_cli.core.optimize.search import common_noise_seeds
 from ancer_cli.core.regions import rounding_slack
 from ancer_cli.core.smoothing import chunk_sizes
@@ -61,14 +60,6 @@ rounding toward the clean input: float32 represents ``k / s`` only to about ``1e
 
 _MAX_FIT_ROUNDS = 64
 """Rounds of :func:`fit_into_ball`'s check and shrink before it gives up (two are typical)."""
-
-
-class Threat(str, enum.Enum):
-    """The norm of the attacker's ball ``||x' - x|| <= eps``."""
-
-    l2 = "l2"
-    l1 = "l1"
-    linf = "linf"
 
 
 @dataclass(frozen=True)
@@ -96,43 +87,6 @@ class SearchRegion:
 
 AscentObjective = Callable[[torch.Tensor], torch.Tensor]
 """Maps ``log G`` ``(B, K)`` (log soft smoothed probabilities) to ``(B,)`` values to maximise."""
-
-
-@dataclass(frozen=True)
-class AttackConfig:
-    """Settings of the SmoothAdv attack; the defaults follow Salman et al. (2019).
-
-    Their evaluation attack (``predict.py --attack PGD`` in Hadisalman/smoothing-adversarial)
-    takes ``T = 20`` steps of size ``2 eps / T`` from the clean input with ``m_test = 32`` noise
-    draws, drawn once and kept for every step (their training attack used 1 to 8 draws). Here
-    the draws are fresh at every step by default (``fresh_noise``: a new estimate every step, the
-    expectation over transformation of Athalye et al., ICML 2018, where a fixed set of draws lets
-    the attack overfit those draws); ``fresh_noise=False`` is their setting.
-    """
-
-    steps: int = 20
-    samples: int = 32
-    """noise draws ``m`` per gradient estimate (and per forward pass)"""
-    step_factor: float = 2.0
-    """the step is ``step_factor * eps / steps`` in the ball's norm"""
-    restarts: int = 1
-    """the first from the clean input, the others from uniform random points of the ball; the
-    restart with the largest final loss is kept"""
-    eot: int = 1
-    """batches of ``samples`` draws whose gradients are averaged in each step"""
-    fresh_noise: bool = True
-    l1_sparsity: float = 0.99
-    """l1 steps move the coordinates of ``|g|`` above this quantile (SLIDE's 99th percentile)"""
-    evaluation_samples: int = 256
-    """draws of the common noise on which the restarts' final points are compared and
-    ``G(x')_y`` is reported (the same draws for every point of an input)"""
-
-    @property
-    def forward_equivalents(self) -> int:
-        """What one input costs: the gradient steps (a backward pass counts as two forwards),
-        the final evaluation of every restart and of the clean input."""
-        gradients = STEP_COST * self.restarts * self.steps * self.eot * self.samples
-        return gradients + (self.restarts + 1) * self.evaluation_samples
 
 
 @dataclass(frozen=True)
@@ -591,8 +545,11 @@ def projected_ascent(
                         noise = draw_noise(noise_shape, norm, generators, x)
                     leaf = point.detach().requires_grad_(True)
                     value = objective(soft_log_probabilities(model, leaf, thetas, noise))
-                    (part,) = torch.autograd.grad(value.sum(), leaf)
-                    gradient += part
+                    if value.requires_grad:
+                        (part,) = torch.autograd.grad(value.sum(), leaf)
+                        gradient += part
+                    # else a base classifier with no gradient path to its input (a step
+                    # function, a hard quantizer): no direction, the iterate stays
                 gradient = gradient * scale
                 blocked = ((point <= 0) & (gradient < 0)) | ((point >= 1) & (gradient > 0))
                 u = u + step * _ascent_direction(gradient, ball, config.l1_sparsity, blocked)
@@ -680,3 +637,37 @@ def smoothadv_attack(
             (batch,), config.forward_equivalents, dtype=torch.int64, device=x.device
         ),
     )
+
+
+def random_perturbation(
+    x: torch.Tensor,
+    ball: Ball,
+    generators: Sequence[torch.Generator],
+    levels: int | None = None,
+) -> torch.Tensor:
+    """A random point on the boundary of the ball around each input: uniform on the l2 or l1
+    sphere of radius ``eps`` (:func:`uniform_in_ball`), or a uniformly random corner of the
+    l-infinity cube; then in [0, 1] and, given ``levels``, on the grid (:func:`fit_into_ball`,
+    which only moves coordinates toward ``x``). The baseline an attack must beat: a perturbation
+    of the same size in no chosen direction.
+
+    Args:
+        x: inputs ``(B, C, H, W)`` (on the ``1/levels`` grid, given one); generators: one per
+            input, on ``x``'s device.
+
+    Returns:
+        points ``(B, C, H, W)`` in ``x``'s dtype.
+    """
+    batch, shape = x.shape[0], x.shape[1:]
+    radius = [float(ball.eps)] * batch
+    if ball.threat is Threat.linf:
+        signs = [
+            torch.randint(0, 2, shape, generator=g, device=g.device).to(x.dtype) * 2 - 1
+            for g in generators
+        ]
+        u = torch.stack(signs) * float(ball.eps)
+    else:
+        u = uniform_in_ball(shape, radius, ball.threat, generators, x.dtype, surface=True)
+    scale = torch.ones((batch, *(1,) * (x.dim() - 1)), dtype=x.dtype, device=x.device)
+    bound = torch.full((batch,), float(ball.eps), dtype=torch.float64, device=x.device)
+    return fit_into_ball(x, x + u.to(x.device), scale, bound, ball.threat, levels)

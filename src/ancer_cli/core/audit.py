@@ -39,9 +39,7 @@ import torch
 from torch import nn
 
 from ancer_cli.core.attack import (
-    AttackConfig,
     SearchRegion,
-    Threat,
     ball_norms,
     common_noise_log_probabilities,
     fit_into_ball,
@@ -51,9 +49,9 @@ from ancer_cli.core.attack import (
     theta_batch,
     uniform_in_ball,
 )
+from ancer_cli.core.attack_settings import AuditConfig, Threat
 from ancer_cli.core.choices import Norm
 from ancer_cli.core.law import NoiseLaw
-from ancer_cli.core.optimize.config import STEP_COST
 from ancer_cli.core.optimize.search import common_noise_seeds
 from ancer_cli.core.regions import MARGIN, rounding_slack
 
@@ -70,36 +68,6 @@ class CertifiedRegion:
     law: NoiseLaw
     gap: float
     prediction: int
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    """Settings of the audit search; the defaults are the audit's defaults.
-
-    ``search`` holds the gradient search's settings (:class:`~ancer_cli.core.attack.AttackConfig`;
-    each restart of each target gives one candidate). 50 steps rather than the attack's 20: a
-    certified region can be wide (``g`` of 2 to 4 in ``u``) and the audit is a check, not a
-    benchmark. At the defaults a certificate costs ``2 x 50 x 32 x 3 = 9,600`` forward-
-    equivalents of gradient steps and ``19 x 256`` of evaluations, about 14,500: a seventh of
-    certifying at ``N = 100,000``.
-    """
-
-    search: AttackConfig = AttackConfig(steps=50)
-    targets: int = 2
-    """runner-up classes searched towards, the most likely first"""
-    boundary_points: int = 16
-
-    def candidates(self, classes: int) -> int:
-        """Candidates per certificate for a model of ``classes`` classes."""
-        return min(self.targets, classes - 1) * self.search.restarts + self.boundary_points
-
-    def forward_equivalents(self, classes: int) -> int:
-        """What one certificate costs: the gradient steps (a backward pass counts as two
-        forwards) and the evaluation of the centre and of every candidate."""
-        search = self.search
-        targets = min(self.targets, classes - 1)
-        steps = STEP_COST * targets * search.restarts * search.steps * search.eot * search.samples
-        return steps + (1 + self.candidates(classes)) * search.evaluation_samples
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+import struct
 
 import numpy as np
 import torch
@@ -67,6 +68,24 @@ def input_generator(
     generator = torch.Generator(device=torch.device(device))
     generator.manual_seed(input_seed(seed, index, stream))
     return generator
+
+
+def part_generator(
+    seed: int, index: int, part: int, device: torch.device | str, stream: Stream
+) -> torch.Generator:
+    """A ``torch.Generator`` for one part of an input's work on ``stream`` -- one eps of its
+    attack, one candidate its audit confirms: seeded from the input's seed (:func:`input_seed`)
+    and ``part`` (an integer >= 0), so that parts draw independent streams and none depends on
+    which other parts ran, or in which order."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(input_seed(input_seed(seed, index, stream), part, stream))
+    return generator
+
+
+def float_part(value: float) -> int:
+    """The :func:`part_generator` part of a number >= 0: its float64 bit pattern (distinct
+    numbers, distinct parts)."""
+    return int(struct.unpack("<q", struct.pack("<d", abs(float(value)) + 0.0))[0])
 
 
 def draw_base_noise_(

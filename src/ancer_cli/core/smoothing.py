@@ -423,9 +423,23 @@ def predict_many(
     votes are within total variation ``num * tau`` of it, so the error probability is at most
     ``alpha + num * tau``.
     """
+    return predict_votes_many(model, xs, laws, num, alpha, batch_size, generators)[0]
+
+
+def predict_votes_many(
+    model: nn.Module,
+    xs: torch.Tensor | Sequence[torch.Tensor],
+    laws: Sequence[NoiseLaw],
+    num: int,
+    alpha: float,
+    batch_size: int,
+    generators: Sequence[torch.Generator],
+) -> tuple[list[int], np.ndarray]:
+    """:func:`predict_many` with the votes it decided on: the answers, and the int64 counts
+    ``(n, K)`` of the ``num`` noisy samples of each input."""
     counts = sample_counts_many(model, xs, laws, (num,), batch_size, generators)
     votes = counts[:, 0].cpu().numpy()  # the one host transfer
-    return [_prediction(votes[i], alpha) for i in range(len(laws))]
+    return [_prediction(votes[i], alpha) for i in range(len(laws))], votes
 
 
 def predict(

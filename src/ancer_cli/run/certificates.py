@@ -1,6 +1,6 @@
-"""Rows that state certificates -- the eight columns of the results file, then the fields a kind
-of run adds (samples and stop for sequential certify, samples and route for reuse) -- the memory
-pass over them, and their totals. certify and reuse share these."""
+"""Rows that state certificates -- the eight columns of the results file and ``radius_linf``, then
+the fields a kind of run adds (samples and stop for sequential certify, samples and route for
+reuse) -- the memory pass over them, and their totals. certify and reuse share these."""
 
 from __future__ import annotations
 
@@ -13,18 +13,37 @@ from typing import Any
 import numpy as np
 import torch
 
-from ancer_cli.core.memory import Claim, memory_pass
-from ancer_cli.core.radii import geometric_mean, min_theta
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.memory import Claim, MemoryDecision, memory_pass
+from ancer_cli.core.noise import Theta
+from ancer_cli.core.radii import geometric_mean, linf_half_width_of_radius, min_theta
 from ancer_cli.core.smoothing import ABSTAIN
 from ancer_cli.data import UNLABELED
 from ancer_cli.inputs import SmoothedInputs
-from ancer_cli.results import RESULT_COLUMNS, format_result_row, parse_time
+from ancer_cli.results import (
+    CERTIFICATE_COLUMNS,
+    LINF_COLUMN,
+    RESULT_COLUMNS,
+    format_down,
+    format_result_row,
+    parse_time,
+)
+
+
+def row_linf_half_width(theta: Theta, radius: float, norm: Norm | str, dim: int) -> float:
+    """The ``radius_linf`` of a row stating ``radius`` for a region of ``theta``: the half-width
+    of the largest l-infinity box inside the region of gap ``radius / min(theta)``, computed from
+    the radius *as the row writes it* (rounded toward zero), so that anyone can recompute the
+    column from the file and the thetas (:func:`~ancer_cli.core.radii.linf_half_width_of_radius`,
+    which rounds down; written rounded toward zero again)."""
+    return linf_half_width_of_radius(theta, float(format_down(radius)), norm, dim)
 
 
 @dataclass(frozen=True)
 class CertificateRow:
-    """One line of a results file: the eight columns, then ``extra`` fields (as text). ``text``
-    is the line as read back from a file, written verbatim again unless the row changes."""
+    """One line of a results file: the eight columns, ``radius_linf`` (``None`` in a file
+    written without it), then ``extra`` fields (as text). ``text`` is the line as read back from
+    a file, written verbatim again unless the row changes."""
 
     idx: int
     label: int
@@ -34,6 +53,7 @@ class CertificateRow:
     correct: int
     min_sigma: float
     seconds: float
+    radius_linf: float | None = None
     extra: tuple[str, ...] = ()
     text: str | None = field(default=None, compare=False, repr=False)
 
@@ -42,18 +62,23 @@ class CertificateRow:
             return self.text
         return format_result_row(
             self.idx, self.label, self.predict, self.radius, self.radius_proxy, self.correct,
-            self.min_sigma, self.seconds, self.extra,
+            self.min_sigma, self.seconds, self.extra, radius_linf=self.radius_linf,
         )  # fmt: skip
 
     @staticmethod
-    def parse(line: str) -> CertificateRow:
-        """A row from a line this module wrote."""
+    def parse(line: str, columns: Sequence[str] = CERTIFICATE_COLUMNS) -> CertificateRow:
+        """A row from a line of a results file with header ``columns``: certify's (this module
+        wrote it), or the eight columns without ``radius_linf`` and what followed them (a file
+        of an earlier ancer)."""
         fields = line.rstrip("\n").split("\t")
+        linf = LINF_COLUMN in columns
         return CertificateRow(
             idx=int(fields[0]), label=int(fields[1]), predict=int(fields[2]),
             radius=float(fields[3]), radius_proxy=float(fields[4]), correct=int(fields[5]),
             min_sigma=float(fields[6]), seconds=parse_time(fields[7]),
-            extra=tuple(fields[len(RESULT_COLUMNS) :]), text=line,
+            radius_linf=float(fields[len(RESULT_COLUMNS)]) if linf else None,
+            extra=tuple(fields[len(CERTIFICATE_COLUMNS if linf else RESULT_COLUMNS) :]),
+            text=line,
         )  # fmt: skip
 
     @property
@@ -84,15 +109,17 @@ class MemorySummary:
         }
 
 
-def apply_memory(
+def memory_decisions(
     rows: Sequence[CertificateRow],
     inputs: SmoothedInputs,
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[CertificateRow], MemorySummary]:
-    """Run the memory pass over certified rows (index order) and return the final rows.
+) -> list[MemoryDecision]:
+    """The memory pass's decision for each row of certificates before the pass (index order):
+    the region each row ends with, and whose theta it has (:class:`~ancer_cli.core.memory.
+    MemoryDecision`). Deterministic: the same rows and thetas give the same decisions, so a
+    reader of a finished run recovers the theta a reassigned row was given from its ``.pre-memory`` rows.
 
-    A row the pass does not change is kept verbatim; a changed one keeps its ``extra`` fields.
     Each row's gap is the one its written radius certifies, ``radius / min(theta)`` (the radius
     was rounded toward zero, so this never exceeds the certified gap), as it is for rows a
     resumed run reads back from the file: an uninterrupted and a resumed run end with the same
@@ -107,9 +134,25 @@ def apply_memory(
         )
         for row in rows
     ]
-    decisions = memory_pass(
+    return memory_pass(
         claims, lambda i: inputs.data.dataset[i][0], thetas, inputs.norm, device, progress=progress
     )
+
+
+def apply_memory(
+    rows: Sequence[CertificateRow],
+    inputs: SmoothedInputs,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[CertificateRow], MemorySummary]:
+    """Run the memory pass over certified rows (index order) and return the final rows.
+
+    A row the pass does not change is kept verbatim; a changed one keeps its ``extra`` fields,
+    and its ``radius_linf`` is the box of the region the pass left it (for a reassigned row,
+    with the theta of the region it was reassigned to). See :func:`memory_decisions`.
+    """
+    thetas = inputs.thetas
+    decisions = memory_decisions(rows, inputs, device, progress)
     final = []
     for decision, row in zip(decisions, rows, strict=True):
         if not (decision.reassigned or decision.shrunk):
@@ -118,14 +161,20 @@ def apply_memory(
         theta = thetas(decision.theta_idx)
         abstained = decision.predict == ABSTAIN
         gap = 0.0 if abstained else decision.gap
+        radius = min_theta(theta) * gap
+        linf = None
+        if row.radius_linf is not None:
+            dim = inputs.data.dataset[row.idx][0].numel()
+            linf = row_linf_half_width(theta, radius, inputs.norm, dim)
         final.append(
             replace(
                 row,
                 predict=decision.predict,
-                radius=min_theta(theta) * gap,
+                radius=radius,
                 radius_proxy=geometric_mean(theta) * gap,
                 correct=int(not abstained and decision.predict == row.label),
                 min_sigma=min_theta(theta),
+                radius_linf=linf,
                 text=None,
             )
         )

@@ -6,7 +6,8 @@ Start (:meth:`Run.open`, :meth:`Run.commit`): lock the output, check it may be w
 model, denoiser, thetas and every input it committed), record the commitment, and only then draw
 the seed of the inputs not yet committed (:class:`~ancer_cli.run.commit.Segments`).
 
-Rows (:meth:`Run.write`): the sharded, resumable loop of :mod:`ancer_cli.run.rows`.
+Rows (:meth:`Run.write`): the sharded, resumable loop of :mod:`ancer_cli.run.rows`, over the
+keys of the rows the run writes (dataset indices, or ``(idx, eps)`` for attack).
 
 End (:meth:`Run.rows`, :meth:`Run.finish`): the rows read back once as row objects (for a memory
 pass or totals), the final file written, the digest of its rows and the totals recorded in one
@@ -15,8 +16,8 @@ last sidecar write, the lock released.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,13 +32,22 @@ from ancer_cli.artifacts import (
 )
 from ancer_cli.distributed import Ranks, broadcast_int, collective
 from ancer_cli.errors import OutputError
-from ancer_cli.results import PRE_MEMORY, RESULTS, results_sidecar_path, rows_digest
+from ancer_cli.results import (
+    PRE_MEMORY,
+    RESULTS,
+    RowsState,
+    results_sidecar_path,
+    rows_digest,
+    rows_state,
+)
 from ancer_cli.run.commit import Commitment, Segment, Segments
 from ancer_cli.run.lock import OutputLock, lock_path
 from ancer_cli.run.rows import (
     ResultsFile,
     Row,
+    RowKey,
     complete_rows,
+    index_key,
     leftover_shards,
     merge_rows,
     pre_memory_path,
@@ -56,11 +66,12 @@ NOT_COMPARED = ("seed",)
 class Output:
     """The files of one run: the results ``path``, its sidecar, the file rows are appended to
     (``path`` itself, or ``path.pre-memory`` when a memory pass writes ``path`` at the end) and
-    the lock."""
+    the lock; ``key`` reads a row's key from its fields (its dataset index by default)."""
 
     path: Path
     columns: tuple[str, ...]
     memory: bool = False
+    key: RowKey = field(default=index_key, compare=False)
 
     @property
     def sidecar(self) -> Path:
@@ -135,17 +146,20 @@ class Run:
                 f"cannot resume {path}: its record holds no digest of its rows (an older ancer "
                 "wrote it, or it was edited); use --force to start over"
             )
-        for role, digest in digests.items():
+        for role in digests:
             file = pre_memory_path(path) if role == PRE_MEMORY else path
-            if not file.is_file() or rows_digest(file) != digest:
+            if rows_state(file, self.earlier, role) is not RowsState.verified:
                 raise OutputError(
                     f"cannot resume {path}: {file} is not the file its run wrote (edited, "
                     "truncated or replaced); use --force to start over"
                 )
 
-    def layout(self, columns: tuple[str, ...], memory: bool = False) -> Output:
-        """Set the output's columns and whether a memory pass writes it at the end."""
-        self.output = Output(self.output.path, tuple(columns), memory)
+    def layout(
+        self, columns: tuple[str, ...], memory: bool = False, key: RowKey = index_key
+    ) -> Output:
+        """Set the output's columns, whether a memory pass writes it at the end and how a row's
+        key is read (:mod:`ancer_cli.run.rows`; one row per dataset index by default)."""
+        self.output = Output(self.output.path, tuple(columns), memory, key)
         return self.output
 
     def commit(
@@ -220,28 +234,30 @@ class Run:
 
     def write(
         self,
-        rows_of: Callable[[list[int]], Iterable[Row]],
-        indices: list[int],
+        rows_of: Callable[[list[Any]], Iterable[Row]],
+        keys: Sequence[Hashable],
         on_row: Callable[[Any], None] | None = None,
         on_start: Callable[[int, int], None] | None = None,
     ) -> int | None:
-        """The rows of ``indices`` into the working file, in index order, resumable and sharded
+        """The rows of ``keys`` into the working file, in key order, resumable and sharded
         (:mod:`ancer_cli.run.rows`); returns the number of rows kept from an earlier run
         (``None`` on ranks other than 0).
 
-        ``rows_of(share)`` yields the rows of a list of indices, in order. Resuming, rank 0 first
+        ``keys`` are the keys of every row the run writes, in file order: its dataset indices
+        (one row per input) or, with the layout's ``key``, e.g. ``(idx, eps)`` pairs.
+        ``rows_of(share)`` yields the rows of a list of keys, in order. Resuming, rank 0 first
         gathers the complete rows left by the interrupted run -- in the working file and in the
-        shards of any number of processes -- and every rank then takes its share of the indices
-        still without a row. ``on_start(kept, mine)`` is called with the rows kept and the number
-        this rank writes, ``on_row`` after each row it writes."""
-        output, ranks, columns = self.output, self.ranks, self.output.columns
+        shards of any number of processes -- and every rank then takes its share of the keys
+        still without a row. ``on_start(kept, mine)`` is called with the rows kept and the
+        number this rank writes, ``on_row`` after each row it writes."""
+        output, ranks, columns, key = self.output, self.ranks, self.output.columns, self.output.key
         working = output.working
 
         def begin() -> None:
             if ranks.is_main:  # nobody writes before every rank has passed this point
                 remove_stale_temporaries(output.path.parent, output.path.name)
                 if self.earlier is not None:
-                    merge_rows(working, columns)
+                    merge_rows(working, columns, key=key)
                 else:  # nothing of an earlier run may pass for this one's rows
                     for path in [working, *leftover_shards(working)]:
                         if path.is_file():
@@ -252,19 +268,22 @@ class Run:
         def write_share() -> int:
             # rank 0 gathered every earlier row into working, and in a distributed run nobody
             # writes working until the end: every rank sees the same rows
-            kept = complete_rows(working, columns) if self.earlier and working.exists() else []
-            done = {idx for idx, _ in kept}
-            unexpected = done.difference(indices)
+            kept = (
+                complete_rows(working, columns, key) if self.earlier and working.exists() else []
+            )
+            done = {row for row, _ in kept}
+            unexpected = done.difference(keys)
             if unexpected:
                 raise OutputError(
-                    f"cannot resume {working}: it holds index {min(unexpected)}, which this run "
-                    "would not cover; use the same --skip/--max or --force to start over"
+                    f"cannot resume {working}: it holds the row of {_key_text(min(unexpected))}, "
+                    "which this run would not write; use the same --skip/--max (and --eps) or "
+                    "--force to start over"
                 )
-            share = ranks.share([i for i in indices if i not in done])
+            share = ranks.share([k for k in keys if k not in done])
             if on_start is not None:
                 on_start(len(done), len(share))
             mine = shard_path(working, ranks) if ranks.distributed else working
-            with ResultsFile(mine, resume=mine.exists(), columns=columns) as results:
+            with ResultsFile(mine, resume=mine.exists(), columns=columns, key=key) as results:
                 for row in rows_of(share):
                     results.append(row.line())
                     if on_row is not None:
@@ -274,7 +293,7 @@ class Run:
         kept = collective(ranks, write_share)
         if not ranks.is_main:
             return None
-        merge_rows(working, columns, indices)
+        merge_rows(working, columns, keys, key)
         return kept
 
     # -----------------------------------------------------------------------------------------
@@ -282,7 +301,9 @@ class Run:
 
     def rows(self, parse: Callable[[str], R]) -> list[R]:
         """Rank 0: the rows written, in index order, read back once as row objects."""
-        return [parse(line) for _, line in complete_rows(self.output.working, self.output.columns)]
+        output = self.output
+        lines = complete_rows(output.working, output.columns, output.key)
+        return [parse(line) for _, line in lines]
 
     def finish(self, rows: Sequence[Row] | None = None, **extra: Any) -> None:
         """Rank 0: write the final file from ``rows`` (with a memory pass; otherwise the merged
@@ -304,6 +325,11 @@ class Run:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+def _key_text(key: Any) -> str:
+    """A row's key in words: ``index 3``, or ``(3, 0.5)``."""
+    return f"index {key}" if isinstance(key, int) else str(key)
 
 
 __all__ = ["GROWABLE", "Output", "Run", "lock_path"]

@@ -10,7 +10,7 @@ with it. Nothing here imports PyTorch.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,52 @@ def inputs_spec(arguments: Mapping[str, Any], where: str) -> InputsSpec:
         )
     except ValueError as error:  # an enum given a value it does not know
         raise AncerError(f"{where}: {error}") from None
+
+
+SMOOTHING_FIELDS = (
+    "model", "thetas", "sigma", "method", "dataset", "split", "norm", "arch", "classes", "sound",
+    "denoiser",
+)  # fmt: skip
+"""The fields of :class:`InputsSpec` that say what is smoothed (given as options: not ``None``)."""
+
+
+def results_spec(results: Path, record: Mapping[str, Any] | None, given: InputsSpec) -> InputsSpec:
+    """What a run that smooths the classifier of results file ``results`` smooths (attack,
+    audit): the spec its sidecar ``record``'s arguments were written from (:func:`inputs_spec`:
+    model, denoiser, thetas or sigma, data, noise, precision), with ``given``'s seed, ``skip``
+    and ``max`` (which select among the file's rows) and, where given, data root. A file without
+    a sidecar (another tool's) is described by ``given``, which must then name the model and
+    the noise; a file with one by its record alone: naming them too is an :class:`AncerError`.
+    """
+    sidecar = f"{results}.json"
+    if record is None:
+        if given.model is None or (given.sigma is None and given.thetas is None):
+            raise AncerError(
+                f"{results} has no sidecar {sidecar} saying what it certified: give --model "
+                "with --sigma or --thetas (and --dataset, --norm if the model does not record "
+                "them)"
+            )
+        return given
+    named = [name for name in SMOOTHING_FIELDS if getattr(given, name) is not None]
+    if named:
+        options = ", ".join("--" + name.replace("_", "-") for name in named)
+        raise AncerError(
+            f"{results} records what it certified in {sidecar} (model, noise, data); leave out "
+            f"{options}"
+        )
+    arguments = record.get("arguments")
+    if not isinstance(arguments, Mapping):
+        raise AncerError(f"sidecar {sidecar} holds no arguments; it is not an ancer run record")
+    spec = inputs_spec(arguments, f"sidecar {sidecar}")
+    if spec.model is None:
+        raise AncerError(f"sidecar {sidecar} names no model (arguments.model)")
+    return replace(
+        spec,
+        data_root=given.data_root or spec.data_root,
+        skip=given.skip,
+        max_index=given.max_index,
+        seed=given.seed,
+    )
 
 
 def _path_text(path: Path | None) -> str | None:
