@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import enum
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -67,6 +69,21 @@ def input_generator(
     generator = torch.Generator(device=torch.device(device))
     generator.manual_seed(input_seed(seed, index, stream))
     return generator
+
+
+@dataclass(frozen=True)
+class InputStreams:
+    """The random streams of a batch of inputs: :meth:`generators` gives one fresh generator per
+    input of ``indices`` for a stream, seeded from ``(seed, index, stream)``
+    (:func:`input_generator`), so a stage asks for its own stream by name."""
+
+    seed: int
+    indices: Sequence[int]
+    device: torch.device | str = "cpu"
+
+    def generators(self, stream: Stream) -> list[torch.Generator]:
+        """One generator per input, on ``device``, for ``stream``."""
+        return [input_generator(self.seed, i, self.device, stream) for i in self.indices]
 
 
 def draw_base_noise_(
