@@ -135,6 +135,9 @@ class OptimizeJob:
     objective: ThetaObjective = ThetaObjective.certified
     search: IsotropicSearchConfig = IsotropicSearchConfig()
     guarded: GuardedAncerConfig = GuardedAncerConfig()
+    grid: int | None = None
+    """the data's pixel grid ``s`` when the noise is sound (certify's default wherever the data
+    has one), ``None`` for float noise: the law the certified objective scores thetas under"""
 
     def hyperparameters(self, method: ThetaMethod) -> dict[str, Any]:
         """What the manifest of a ``method`` folder records about the optimization."""
