@@ -8,7 +8,8 @@ For each norm, on the embedded digits data: a model trained with ``ancer train``
   100 steps x 100 samples), exactly as ``ancer optimize`` runs them (batches of 50, per-input
   streams ``Stream.isotropic`` and ``Stream.ancer``);
 * **new** -- ``search_isotropic`` (``IsotropicSearchConfig()``) then ``optimize_ancer_guarded``
-  (``GuardedAncerConfig()``), streams ``Stream.isotropic``, ``Stream.ancer``, ``Stream.guard``;
+  (``GuardedAncerConfig()``), streams ``Stream.isotropic``, ``Stream.ancer``, ``Stream.guard``,
+  scored under float noise (``Noise(norm)``), the law the certification below draws;
 
 then fixed sigma, both isotropic and both ANCER thetas certified with CERTIFY (``--N``,
 ``--N0``, ``--alpha``) and the memory pass (a certify run of the in-memory model; off for fixed
