@@ -123,7 +123,7 @@ class ThetaObjective(str, enum.Enum):
 @dataclass(frozen=True)
 class OptimizeJob:
     """Everything that decides the thetas an optimize run writes; ``norm`` and ``sigma`` (the
-    start) come from the model unless given."""
+    start) come from the model unless given, ``grid`` from the data and ``--sound``."""
 
     method: ThetaMethod = ThetaMethod.ancer
     norm: Norm = Norm.l2
