@@ -8,7 +8,8 @@ For each norm, on the embedded digits data: a model trained with ``ancer train``
   100 steps x 100 samples), exactly as ``ancer optimize`` runs them (batches of 50, per-input
   streams ``Stream.isotropic`` and ``Stream.ancer``);
 * **new** -- ``search_isotropic`` (``IsotropicSearchConfig()``) then ``optimize_ancer_guarded``
-  (``GuardedAncerConfig()``), streams ``Stream.isotropic``, ``Stream.ancer``, ``Stream.guard``;
+  (``GuardedAncerConfig()``), streams ``Stream.isotropic``, ``Stream.ancer``, ``Stream.guard``,
+  scored under float noise (``Noise(norm)``), the law the certification below draws;
 
 then fixed sigma, both isotropic and both ANCER thetas certified with CERTIFY (``--N``,
 ``--N0``, ``--alpha``) and the memory pass (a certify run of the in-memory model; off for fixed
@@ -50,7 +51,8 @@ from torch import nn
 from ancer_cli.artifacts import sha256_file
 from ancer_cli.certify import CertifyRequest, plan_certify_inputs
 from ancer_cli.core.choices import Norm, Sampling, theta_from_sigma
-from ancer_cli.core.noise import Stream, input_generator
+from ancer_cli.core.law import Noise
+from ancer_cli.core.noise import InputStreams, Stream, input_generator
 from ancer_cli.core.optimize.config import (
     AncerConfig,
     CertifiedSearchConfig,
@@ -206,18 +208,20 @@ def new_thetas(
     The search alone is run (and timed) first; the full run repeats it, bit-identically, so
     the ANCER wall time includes the search, as the reference's includes its isotropic stage.
     """
+    noise = Noise(norm)  # float noise: the law these thetas are certified with
     isos, ancers, iso_fw, total_fw, accepted = [], [], [], [], []
     iso_seconds = total_seconds = 0.0
     for batch in batches(count):
         x = inputs(data, batch, device)
         start = torch.full((len(batch),), theta_from_sigma(SIGMA, norm), device=device)
         began = time.perf_counter()
+        streams = InputStreams(SEED, batch, device)
         only_search = optimize_certified(
-            model, x, batch, start, norm, CertifiedSearchConfig(search, None), SEED
+            model, x, start, noise, CertifiedSearchConfig(search, None), streams
         )
         middle = time.perf_counter()
         found = optimize_certified(
-            model, x, batch, start, norm, CertifiedSearchConfig(search, ancer), SEED
+            model, x, start, noise, CertifiedSearchConfig(search, ancer), streams
         )
         end = time.perf_counter()
         assert torch.equal(only_search.theta_isotropic, found.theta_isotropic)

@@ -23,11 +23,13 @@ from ancer_cli.artifacts import (
     write_json,
 )
 from ancer_cli.core.choices import theta_from_sigma
-from ancer_cli.core.noise import Stream, input_generator
+from ancer_cli.core.law import Noise
+from ancer_cli.core.noise import InputStreams, Stream
 from ancer_cli.core.optimize.config import Progress
 from ancer_cli.core.optimize.published import optimize_ancer, optimize_isotropic
 from ancer_cli.core.optimize.search import optimize_ancer_guarded, search_isotropic
 from ancer_cli.core.radii import geometric_mean, min_theta
+from ancer_cli.core.sound import to_grid
 from ancer_cli.data import LoadedData
 from ancer_cli.distributed import SINGLE, Ranks, Session, collective, total
 from ancer_cli.errors import AncerError, OutputError
@@ -193,6 +195,8 @@ def _optimize_batch(
     the forward-equivalents the batch cost (a backward pass counting as two forwards)."""
     split = data.split
     x = torch.stack([data.dataset[i][0] for i in batch]).to(device, torch.float32)
+    if job.grid is not None and job.objective is ThetaObjective.certified:
+        _check_on_grid(x, batch, job.grid)
     missing = sum(1 for i in batch if not (resume and theta_path(out, split, i).exists()))
 
     def report(stage: str) -> Progress | None:
@@ -201,6 +205,10 @@ def _optimize_batch(
         callback = progress
         return lambda it, _total, objective: callback(stage, finished, it, objective)
 
+    # the certified objective decides under the law certify will draw (sound on the data's grid
+    # by default); the reference objective's published steps draw float noise, as published
+    noise = Noise(job.norm, job.grid)
+    streams = InputStreams(job.seed, batch, device)
     cost = 0
     if not run_iso_stage:
         assert isotropic_thetas is not None
@@ -211,9 +219,9 @@ def _optimize_batch(
         ).to(device)
     else:
         start = torch.full((len(batch),), theta_from_sigma(job.sigma, job.norm), device=device)
-        generators = [input_generator(job.seed, i, device, Stream.isotropic) for i in batch]
+        generators = streams.generators(Stream.isotropic)
         if job.objective is ThetaObjective.certified:
-            found = search_isotropic(model, x, start, job.norm, job.search, generators)
+            found = search_isotropic(model, x, start, noise, job.search, generators)
             theta_iso, cost = found.theta, int(found.forward_equivalents.sum())
         else:
             theta_iso = optimize_isotropic(
@@ -224,14 +232,13 @@ def _optimize_batch(
             _save_missing(theta_path(iso_folder, split, i), value.reshape(()), resume)
     if job.method is ThetaMethod.isotropic:
         return missing, cost
-    generators = [input_generator(job.seed, i, device, Stream.ancer) for i in batch]
     if job.objective is ThetaObjective.certified:
-        guards = [input_generator(job.seed, i, device, Stream.guard) for i in batch]
         guarded = optimize_ancer_guarded(
-            model, x, theta_iso, job.norm, job.guarded, generators, guards, report("ancer")
+            model, x, theta_iso, noise, job.guarded, streams, report("ancer")
         )
         theta, cost = guarded.theta, cost + int(guarded.forward_equivalents.sum())
     else:
+        generators = streams.generators(Stream.ancer)
         theta = optimize_ancer(
             model, x, theta_iso, job.norm, job.ancer, generators, report("ancer")
         )
@@ -240,6 +247,19 @@ def _optimize_batch(
     for i, value in zip(batch, theta, strict=True):
         written += _save_missing(theta_path(out, split, i), value, resume)
     return written, cost
+
+
+def _check_on_grid(x: torch.Tensor, batch: list[int], levels: int) -> None:
+    """Refuse an input off the data's grid: sound noise, which certify draws and the certified
+    objective scores thetas under, is defined on the grid only."""
+    for idx, image in zip(batch, x, strict=True):
+        try:
+            to_grid(image, levels)
+        except ValueError as error:
+            raise AncerError(
+                f"input {idx}: {error}; sound noise, which thetas are scored under, needs it "
+                "(--no-sound scores them under float noise)"
+            ) from error
 
 
 def _complete(out: Path, split: str, batch: list[int]) -> bool:
@@ -363,7 +383,7 @@ def _plan(request: OptimizeRequest, session: Session) -> OptimizePlan:
             )
     inputs = resolve_inputs(spec, session, optimizing=True)
     sigma = inputs.arguments["sigma"]
-    job = replace(request.job, norm=inputs.norm, sigma=sigma)
+    job = replace(request.job, norm=inputs.norm, sigma=sigma, grid=inputs.noise.grid)
     isotropic_thetas = None
     if request.isotropic_thetas is not None:
         isotropic_thetas = open_thetas(

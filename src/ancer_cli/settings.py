@@ -171,7 +171,7 @@ class ThetaObjective(str, enum.Enum):
 @dataclass(frozen=True)
 class OptimizeJob:
     """Everything that decides the thetas an optimize run writes; ``norm`` and ``sigma`` (the
-    start) come from the model unless given."""
+    start) come from the model unless given, ``grid`` from the data and ``--sound``."""
 
     method: ThetaMethod = ThetaMethod.ancer
     norm: Norm = Norm.l2
@@ -183,6 +183,9 @@ class OptimizeJob:
     objective: ThetaObjective = ThetaObjective.certified
     search: IsotropicSearchConfig = IsotropicSearchConfig()
     guarded: GuardedAncerConfig = GuardedAncerConfig()
+    grid: int | None = None
+    """the data's pixel grid ``s`` when the noise is sound (certify's default wherever the data
+    has one), ``None`` for float noise: the law the certified objective scores thetas under"""
 
     def hyperparameters(self, method: ThetaMethod) -> dict[str, Any]:
         """What the manifest of a ``method`` folder records about the optimization."""

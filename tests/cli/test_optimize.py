@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import ancer_cli
+from ancer_cli.core.choices import Norm
+from ancer_cli.core.law import Noise
 from ancer_cli.core.optimize import GuardedAncerConfig, IsotropicSearchConfig
 from ancer_cli.data import load_dataset
 from tests.helpers import (
@@ -347,6 +349,10 @@ def test_reference_only_options_are_usage_errors_with_the_default(model_path, tm
     result = invoke("optimize", "--model", model_path, "--out", tmp_path / "t",
                     "--objective", "reference", "--guard-samples", 64)  # fmt: skip
     assert_usage_error(result, "--guard-samples")
+    for option in ("--sound", "--no-sound"):
+        result = invoke("optimize", "--model", model_path, "--out", tmp_path / "t",
+                        "--objective", "reference", option)  # fmt: skip
+        assert_usage_error(result, "--sound/--no-sound", "--objective certified")
     assert not (tmp_path / "t").exists()
 
 
@@ -356,3 +362,37 @@ def test_resume_refuses_another_objective(model_path: Path, certified_dir: Path,
     result = invoke("optimize", "--model", model_path, "--out", copy, "--max",
                     OPTIMIZED_INPUTS, *OPTIMIZE_FAST, "--resume")  # fmt: skip
     assert_domain_error(result, "objective")
+
+
+def test_certified_objective_scores_under_the_noise_certify_draws(
+    model_path, tmp_path, monkeypatch
+):
+    """Both stages get the run's noise: sound on the digits' 1/16 grid by default (certify's
+    default), float with --no-sound; the first line says which and the manifest records it."""
+    import ancer_cli.optimize as run
+
+    seen: list[tuple[str, Noise]] = []
+    search, guarded = run.search_isotropic, run.optimize_ancer_guarded
+
+    def spy_search(model, x, theta0, noise, *rest):
+        seen.append(("isotropic", noise))
+        return search(model, x, theta0, noise, *rest)
+
+    def spy_guarded(model, x, theta_iso, noise, *rest):
+        seen.append(("ancer", noise))
+        return guarded(model, x, theta_iso, noise, *rest)
+
+    monkeypatch.setattr(run, "search_isotropic", spy_search)
+    monkeypatch.setattr(run, "optimize_ancer_guarded", spy_guarded)
+    for option, noise, words in (
+        ((), Noise(Norm.l2, 16), "sound noise on the 1/16 grid"),
+        (("--no-sound",), Noise(Norm.l2), "float noise"),
+    ):
+        seen.clear()
+        out = tmp_path / f"thetas{len(option)}"
+        result = ok("optimize", "--model", model_path, "--out", out, "--max", 2,
+                    *OPTIMIZE_CERTIFIED_FAST, *option)  # fmt: skip
+        assert seen == [("isotropic", noise), ("ancer", noise)]
+        assert words in result.output.splitlines()[0]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["arguments"]["sound"] is (noise.grid is not None)

@@ -3,7 +3,7 @@ import math
 import torch
 
 from ancer_cli.core.choices import Norm, sigma_from_theta, theta_from_sigma
-from ancer_cli.core.noise import Stream, input_generator, input_seed, perturb_
+from ancer_cli.core.noise import InputStreams, Stream, input_generator, input_seed, perturb_
 
 
 def test_sigma_convention():
@@ -39,3 +39,14 @@ def test_tensor_theta_broadcasts_per_coordinate():
     buf = torch.empty((100_000, 1, 2, 2))
     samples = perturb_(buf, x, theta, "l2", input_generator(0, 0, "cpu"))
     assert torch.allclose(samples.std(dim=0), theta, rtol=0.02)
+
+
+def test_input_streams_give_each_input_its_own_generator_per_stream():
+    streams = InputStreams(7, (3, 5))
+    for stream in (Stream.isotropic, Stream.guard):
+        drawn = [torch.rand(4, generator=g) for g in streams.generators(stream)]
+        expected = [torch.rand(4, generator=input_generator(7, i, "cpu", stream)) for i in (3, 5)]
+        assert all(torch.equal(a, b) for a, b in zip(drawn, expected, strict=True))
+    # fresh generators every call: a stage that asks twice replays its stream
+    again = [torch.rand(4, generator=g) for g in streams.generators(Stream.guard)]
+    assert torch.equal(again[0], expected[0])

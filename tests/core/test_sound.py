@@ -254,6 +254,18 @@ def test_assembly_depends_on_the_integer_sum_only(device, levels):
         assert torch.equal(zero[0], x)
 
 
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_the_noise_states_the_range_its_sampler_clips_to(norm):
+    """``Noise.clip`` (what the optimizer's float steps clip to) is the sampler's clip range: a
+    huge theta reaches both ends, never beyond; float noise states none."""
+    assert Noise(Norm(norm)).clip is None
+    noise = Noise(Norm(norm), 16)
+    law = noise.law(1000.0, (1, 4, 4))
+    x = torch.full((1, 4, 4), 0.5)
+    out = law.draw_(torch.empty((256, 1, 4, 4)), law.prepare(x), torch.Generator().manual_seed(0))
+    assert (float(out.min()), float(out.max())) == noise.clip == (-CLIP_UNITS, CLIP_UNITS + 1)
+
+
 @pytest.mark.parametrize("levels", [16, 255, 65535])
 def test_every_clipped_sum_converts_once_and_exactly(levels):
     """Over the whole clip range ``[-K s, (K + 1) s]`` (``|S| < 2^24``, exact in float32) the

@@ -14,6 +14,7 @@ from torch import nn
 from ancer_cli.certify import certify_dataset
 from ancer_cli.core.choices import Norm, Sampling
 from ancer_cli.core.conditioning import tell_thetas
+from ancer_cli.core.law import Noise
 from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.optimize.config import AncerConfig, IsotropicSearchConfig
 from ancer_cli.core.optimize.published import optimize_ancer
@@ -199,8 +200,9 @@ def test_optimizers_tell_the_denoiser_the_theta_they_try(model_path: Path) -> No
     recorder = Recording()
     denoised = DenoisedClassifier(classifier, recorder, Norm.l2)
     config = IsotropicSearchConfig(samples=64)
-    plain = search_isotropic(classifier, x, start, Norm.l2, config, generators(Stream.isotropic))
-    heard = search_isotropic(denoised, x, start, Norm.l2, config, generators(Stream.isotropic))
+    noise = Noise(Norm.l2)
+    plain = search_isotropic(classifier, x, start, noise, config, generators(Stream.isotropic))
+    heard = search_isotropic(denoised, x, start, noise, config, generators(Stream.isotropic))
     assert torch.equal(plain.theta, heard.theta)
     first = recorder.levels[0][:, 0, 0, 0].view(3, -1)
     assert torch.allclose(first, start.view(3, 1).expand_as(first))

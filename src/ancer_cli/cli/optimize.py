@@ -183,6 +183,17 @@ def optimize_command(
             rich_help_panel=HOW,
         ),
     ] = None,
+    sound: Annotated[
+        bool | None,
+        typer.Option(
+            "--sound/--no-sound",
+            help="--objective certified: the noise thetas are scored under, the one certify "
+            "draws: sound, on the data's pixel grid and clipped (default wherever the data has "
+            "a grid); --no-sound: float noise, for thetas certified with --no-sound.",
+            show_default=False,
+            rich_help_panel=HOW,
+        ),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -224,6 +235,11 @@ def optimize_command(
     if sigma is not None:
         positive("--sigma", sigma)
     at_least_one("--max", max_index)
+    if sound is not None and objective is ThetaObjective.reference:
+        raise typer.BadParameter(
+            "--sound/--no-sound goes with --objective certified (the published algorithms "
+            "draw float noise)"
+        )
     if isotropic_thetas is not None and method is ThetaMethod.isotropic:
         raise typer.BadParameter("--isotropic-thetas goes with --method ancer")
     schedules = _schedules(
@@ -239,7 +255,7 @@ def optimize_command(
     inputs = InputsSpec(
         model=model, sigma=sigma, dataset=dataset, data_root=data_root, split=split, norm=norm,
         arch=arch, classes=classes, skip=skip, max_index=max_index, precision=precision,
-        channels_last=channels_last, denoiser=denoiser,
+        channels_last=channels_last, denoiser=denoiser, sound=sound,
     )  # fmt: skip
     job = OptimizeJob(
         method=method, objective=objective, batch_size=batch_size, seed=seed, **schedules
@@ -284,10 +300,13 @@ def _describe(plan: OptimizePlan, where: Session) -> str:
     from ancer_cli.runtime import describe_device
 
     job, data, denoiser = plan.job, plan.inputs.data, plan.request.inputs.denoiser
+    noise = f"sound noise on the 1/{job.grid} grid" if job.grid else "float noise"
+    if job.objective is ThetaObjective.reference:
+        noise = "float noise, as published"
     return (
         f"optimizing {job.method.value} thetas ({job.objective.value} objective) for "
         f"{len(plan.indices)} {data.info.name} {data.split} inputs "
-        f"({job.norm.value}, start sigma={job.sigma}"
+        f"({job.norm.value}, start sigma={job.sigma}, {noise}"
         + (f", denoiser {denoiser}" if denoiser else "")
         + f") on {describe_device(where.device)}"
         + (f" and {where.ranks.world_size - 1} more ranks" if where.ranks.distributed else "")

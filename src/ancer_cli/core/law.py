@@ -20,7 +20,13 @@ from ancer_cli.core.bounds import gap_from_p_lower
 from ancer_cli.core.choices import Norm
 from ancer_cli.core.noise import Theta, perturb_
 from ancer_cli.core.radii import geometric_mean, min_theta
-from ancer_cli.core.sound import draw_sound_, sound_theta, to_grid, total_variation_budget
+from ancer_cli.core.sound import (
+    CLIP_UNITS,
+    draw_sound_,
+    sound_theta,
+    to_grid,
+    total_variation_budget,
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,13 @@ class Noise:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", Norm(self.norm))
+
+    @property
+    def clip(self) -> tuple[float, float] | None:
+        """The range the noisy copies are clipped to, in data units: ``(-K, K + 1)`` on the grid
+        (:data:`~ancer_cli.core.sound.CLIP_UNITS`; part of the base classifier certify smooths),
+        ``None`` for float noise (never clipped)."""
+        return None if self.grid is None else (-float(CLIP_UNITS), float(CLIP_UNITS + 1))
 
     def law(self, theta: Theta, shape: tuple[int, ...] | torch.Size) -> NoiseLaw:
         """The law of an input of ``shape`` smoothed with ``theta``: on the grid, the theta the

@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 import secrets
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -86,6 +88,21 @@ def float_part(value: float) -> int:
     """The :func:`part_generator` part of a number >= 0: its float64 bit pattern (distinct
     numbers, distinct parts)."""
     return int(struct.unpack("<q", struct.pack("<d", abs(float(value)) + 0.0))[0])
+
+
+@dataclass(frozen=True)
+class InputStreams:
+    """The random streams of a batch of inputs: :meth:`generators` gives one fresh generator per
+    input of ``indices`` for a stream, seeded from ``(seed, index, stream)``
+    (:func:`input_generator`), so a stage asks for its own stream by name."""
+
+    seed: int
+    indices: Sequence[int]
+    device: torch.device | str = "cpu"
+
+    def generators(self, stream: Stream) -> list[torch.Generator]:
+        """One generator per input, on ``device``, for ``stream``."""
+        return [input_generator(self.seed, i, self.device, stream) for i in self.indices]
 
 
 def draw_base_noise_(

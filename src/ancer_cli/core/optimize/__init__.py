@@ -4,7 +4,9 @@
 * :mod:`~ancer_cli.core.optimize.published` -- the faithful published algorithms: isotropic
   data-dependent smoothing (Alfarra et al. 2022) and ANCER (Eiras et al. 2022).
 * :mod:`~ancer_cli.core.optimize.search` -- the default optimization: the certified isotropic
-  search and the guarded ANCER stage, scored on hard votes.
+  search and the guarded ANCER stage, scored on hard votes drawn from the law certification
+  draws (the run's :class:`~ancer_cli.core.law.Noise`), each stage on its own
+  :class:`~ancer_cli.core.noise.InputStreams` stream.
 
 The names below are loaded on first use (the settings in :mod:`.config` need no PyTorch).
 """
@@ -15,6 +17,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ancer_cli.core.noise import InputStreams
     from ancer_cli.core.optimize.config import (
         STEP_COST,
         AncerConfig,
@@ -39,7 +42,10 @@ if TYPE_CHECKING:
         GuardedAncer,
         IsotropicSearch,
         certified_gap_lower,
+        common_noise_votes,
         guard_ancer,
+        guard_scores,
+        law_gap_lower,
         optimize_ancer_guarded,
         optimize_certified,
         search_isotropic,
@@ -65,7 +71,11 @@ _EXPORTS = {
     "GuardedAncer": "ancer_cli.core.optimize.search",
     "IsotropicSearch": "ancer_cli.core.optimize.search",
     "certified_gap_lower": "ancer_cli.core.optimize.search",
+    "common_noise_votes": "ancer_cli.core.optimize.search",
     "guard_ancer": "ancer_cli.core.optimize.search",
+    "guard_scores": "ancer_cli.core.optimize.search",
+    "law_gap_lower": "ancer_cli.core.optimize.search",
+    "InputStreams": "ancer_cli.core.noise",
     "optimize_ancer_guarded": "ancer_cli.core.optimize.search",
     "optimize_certified": "ancer_cli.core.optimize.search",
     "search_isotropic": "ancer_cli.core.optimize.search",
@@ -88,14 +98,18 @@ __all__ = [
     "GuardDecision",
     "GuardedAncer",
     "GuardedAncerConfig",
+    "InputStreams",
     "IsotropicConfig",
     "IsotropicSearch",
     "IsotropicSearchConfig",
     "Progress",
     "ancer_objective",
     "certified_gap_lower",
+    "common_noise_votes",
     "guard_ancer",
+    "guard_scores",
     "isotropic_objective",
+    "law_gap_lower",
     "margin_gap",
     "optimize_ancer",
     "optimize_ancer_guarded",

@@ -45,12 +45,16 @@ def smoothed_top_two(
     norm: Norm | str,
     samples: int,
     generators: Sequence[torch.Generator],
+    clip: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two largest entries ``p1 >= p2`` of the smoothed soft classifier, differentiable in theta.
 
     Args:
         x: inputs ``(B, C, H, W)``; theta: ``(B, 1, 1, 1)`` (isotropic) or ``(B, C, H, W)``.
         generators: one per input, on ``x``'s device.
+        clip: ``(low, high)``: clip the noisy copies to this range, as a sound sampler clips
+            them (:attr:`~ancer_cli.core.law.Noise.clip`); ``None``, as the published
+            algorithms run, leaves them as they are.
 
     Returns:
         ``p1, p2``, each of shape ``(B,)``.
@@ -60,6 +64,8 @@ def smoothed_top_two(
     for i, generator in enumerate(generators):
         draw_base_noise_(eps[i], norm, generator)
     noisy = (x.unsqueeze(1) + theta.unsqueeze(1) * eps).flatten(0, 1)
+    if clip is not None:
+        noisy = noisy.clamp(*clip)
     tell_thetas(model, theta)  # a denoising base classifier hears each input's theta
     probabilities = torch.softmax(model(noisy), dim=1).view(batch, samples, -1).mean(dim=1)
     top = probabilities.topk(2, dim=1).values
