@@ -1,5 +1,6 @@
 """Kill certify and optimize with SIGKILL at several moments; --resume must give exactly the
-output of an uninterrupted run (rows ignoring the time column, theta files byte for byte)."""
+output of an uninterrupted run (rows ignoring the time column, theta files byte for byte).
+Only the kills need a process of their own: the other runs here go through CliRunner."""
 
 import random
 import signal
@@ -9,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import assert_domain_error, invoke, ok
 
 ANCER = [sys.executable, "-m", "ancer_cli"]
 CERTIFY = (
@@ -107,16 +110,17 @@ def test_certify_killed_at_random_moments_resumes_exactly(
 
 @pytest.mark.slow
 def test_certify_killed_mid_line_keeps_no_half_row(model_path: Path, tmp_path: Path) -> None:
+    """A file cut in mid-write, as a kill leaves it (in-process: nothing is killed here)."""
     reference = tmp_path / "reference.csv"
     args = ["certify", "--model", str(model_path), "--sigma", "0.25", *CERTIFY]
-    assert _run(*args, "--out", reference).returncode == 0
+    ok(*args, "--out", reference)
     out = tmp_path / "cut.csv"
-    assert _run(*args, "--out", out).returncode == 0
+    ok(*args, "--out", out)
     text = out.read_text()
     out.write_text(text[: text.index("\n", len(text) // 2) - 5])  # a crash in mid-write
     sidecar = Path(str(out) + ".json")
     sidecar.write_text(sidecar.read_text().replace('"complete": true', '"complete": false'))
-    assert _run(*args, "--out", out, "--resume").returncode == 0
+    ok(*args, "--out", out, "--resume")
     assert _rows(out) == _rows(reference)
 
 
@@ -149,11 +153,9 @@ def test_optimize_killed_at_random_moments_resumes_exactly(
 def test_resume_refuses_other_arguments(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.csv"
     args = ["certify", "--model", str(model_path), "--sigma", "0.25", "--out", str(out), *CERTIFY]
-    assert _run(*args).returncode == 0
-    other = _run(
+    ok(*args)
+    other = invoke(
         "certify", "--model", model_path, "--sigma", "0.5", "--out", out, *CERTIFY, "--resume"
     )
-    assert other.returncode == 1
-    assert "sigma" in other.stderr and "Traceback" not in other.stderr
-    seed = _run(*args, "--seed", "3", "--resume")
-    assert seed.returncode == 1 and "seed" in seed.stderr
+    assert_domain_error(other, "sigma")  # exit code 1, one error line, no traceback
+    assert_domain_error(invoke(*args, "--seed", "3", "--resume"), "seed")
