@@ -550,6 +550,7 @@ def test_radius_mode_decides_each_radius_and_records_samples(model_path: Path, t
     assert "mean samples per input" in table and "median samples per input" in table
 
 
+@pytest.mark.slow
 def test_adaptive_mode_and_proxy_radius_with_thetas(thetas_copy: Path, tmp_path: Path):
     out = tmp_path / "adaptive.csv"
     ok("certify", "--thetas", thetas_copy, "--N", 5000, "--sequential", "--out", out,

@@ -244,7 +244,8 @@ def test_l2_near_touching_along_an_axis(dim):
             assert intersects(a, axes_a, gap_a, b, axes_b, gap_b, "l2") is expected, factor
 
 
-@pytest.mark.parametrize("dim", [2, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("dim", [2, 3])
 def test_l2_near_touching_in_random_directions(dim):
     # b slides toward a along a random direction; the touching offset comes from the optimization
     rng = np.random.default_rng(30 + dim)
