@@ -1,6 +1,7 @@
 """Kill certify and optimize with SIGKILL at several moments; --resume must give exactly the
 output of an uninterrupted run (rows ignoring the time column, theta files byte for byte).
-Only the kills need a process of their own: the other runs here go through CliRunner."""
+Only the killed runs need a process of their own: the references, the resumed runs and the
+other runs here go through CliRunner in the test process (one thread, as the killed ones)."""
 
 import random
 import signal
@@ -44,10 +45,6 @@ def _rows(path: Path) -> list[list[str]]:
     ]
 
 
-def _run(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([*ANCER, *map(str, args)], capture_output=True, text=True, timeout=600)
-
-
 def _kill_when(args: list[str], ready, deadline: float = 120.0) -> None:
     """Start the command and SIGKILL it as soon as ``ready()`` holds (or it ends by itself)."""
     process = subprocess.Popen(
@@ -79,12 +76,7 @@ def test_certify_killed_at_random_moments_resumes_exactly(
     model_path: Path, tmp_path: Path, mode: tuple[str, ...]
 ) -> None:
     reference = tmp_path / "reference.csv"
-    assert (
-        _run(
-            "certify", "--model", model_path, "--sigma", "0.25", "--out", reference, *CERTIFY, *mode
-        ).returncode
-        == 0
-    )
+    ok("certify", "--model", model_path, "--sigma", "0.25", "--out", reference, *CERTIFY, *mode)
     expected = _rows(reference)
     rng = random.Random(1)
     for trial, rows_before_kill in enumerate(rng.sample(range(1, 14), 3)):
@@ -102,8 +94,7 @@ def test_certify_killed_at_random_moments_resumes_exactly(
         ]
         _kill_when(args, lambda out=out, k=rows_before_kill: _lines(out) >= k + 1)
         assert out.exists()
-        resumed = _run(*args, "--resume")
-        assert resumed.returncode == 0, resumed.stderr
+        ok(*args, "--resume")
         assert _rows(out) == expected, f"trial {trial}: killed after {rows_before_kill} rows"
         assert '"complete": true' in (tmp_path / f"killed{trial}.csv.json").read_text()
 
@@ -129,7 +120,7 @@ def test_optimize_killed_at_random_moments_resumes_exactly(
     model_path: Path, tmp_path: Path
 ) -> None:
     reference = tmp_path / "reference"
-    assert _run("optimize", "--model", model_path, "--out", reference, *OPTIMIZE).returncode == 0
+    ok("optimize", "--model", model_path, "--out", reference, *OPTIMIZE)
     names = sorted(p.relative_to(reference) for p in reference.rglob("theta_*.pt"))
     assert len(names) == 18
     rng = random.Random(2)
@@ -139,8 +130,7 @@ def test_optimize_killed_at_random_moments_resumes_exactly(
         _kill_when(
             args, lambda out=out, k=files_before_kill: len(list(out.rglob("theta_*.pt"))) >= k
         )
-        resumed = _run(*args, "--resume")
-        assert resumed.returncode == 0, resumed.stderr
+        ok(*args, "--resume")
         assert sorted(p.relative_to(out) for p in out.rglob("theta_*.pt")) == names
         for name in names:
             assert (out / name).read_bytes() == (reference / name).read_bytes(), (trial, name)
