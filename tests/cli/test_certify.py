@@ -495,23 +495,6 @@ def test_isotropic_values_pt_file(model_path: Path, tmp_path: Path) -> None:
             matching_gap(row, theta, theta, "l2")
 
 
-@pytest.mark.parametrize("left", ["", "idx\tlabel\tpre"])
-def test_resume_after_a_crash_before_the_header_was_written(
-    model_path: Path, tmp_path: Path, left: str
-) -> None:
-    """The sidecar is written before the results file gets its header, so a crash can leave an
-    empty (or half-headed) results file beside a sidecar; --resume must start it over."""
-    args = ("--model", model_path, "--sigma", SIGMA, "--max", 3)
-    full = tmp_path / "full.csv"
-    certify(*args, "--out", full)
-    out = tmp_path / "crash.csv"
-    out.write_text(left)
-    sidecar = json.loads(Path(str(full) + ".json").read_text())
-    Path(str(out) + ".json").write_text(json.dumps({**sidecar, "complete": False}))
-    certify(*args, "--out", out, "--resume")
-    assert without_time(out) == without_time(full)
-
-
 # ---------------------------------------------------------------------------------------------
 # sequential certification
 
