@@ -7,9 +7,14 @@ classifier certifies class 0 on a large region around A. Input B lies inside A's
 base classifier says 1: the memory classifier must answer A's class with A's sub-region. Input C
 is in the stripe just beyond A's region with a small theta: its own region (class 1) overlaps A's
 and must shrink to exactly the touching gap.
+
+A run resumed after a crash, on the same toys (the command resuming end to end:
+``tests/cli/test_certify.py``).
 """
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +26,7 @@ from ancer_cli.core.regions import regions_intersect
 from ancer_cli.distributed import SINGLE, Session
 from ancer_cli.results import format_down, read_results
 from ancer_cli.settings import CertifyConfig, Sequential
+from tests.helpers import without_time
 from tests.runs import certify_toy, points, toy_inputs
 from tests.toys import Stripe
 
@@ -138,3 +144,20 @@ def test_radius_linf_is_the_box_of_the_region_each_row_states(method, norm, tmp_
         expected = linf_half_width_of_radius(theta, float(row[3]), norm, 2)
         assert row[8] == format_down(expected)
         assert (float(row[8]) > 0) == (float(row[3]) > 0)
+
+
+@pytest.mark.parametrize("left", ["", "idx\tlabel\tpre"])
+def test_resume_after_a_crash_before_the_header_was_written(tmp_path, left):
+    """The sidecar is written before the results file gets its header, so a crash can leave an
+    empty (or half-headed) results file beside a sidecar; a resumed run starts it over."""
+    inputs = toy_inputs(Stripe(), _data([(0, 0), (0, 0.5), (3, 0)], [1, 1, 0]), 0.3)
+    sampling = Sampling(20, 200, 0.001, 500)
+    full = tmp_path / "full.csv"
+    certify_toy(inputs, full, sampling=sampling)
+    out = tmp_path / "crash.csv"
+    out.write_text(left)
+    record = json.loads(Path(f"{full}.json").read_text())
+    Path(f"{out}.json").write_text(json.dumps({**record, "complete": False}))
+    certify_toy(inputs, out, sampling=sampling, seed=None, resume=True)
+    assert without_time(out) == without_time(full)
+    assert json.loads(Path(f"{out}.json").read_text())["complete"] is True

@@ -1,6 +1,7 @@
 """torchrun with two CPU processes (gloo) gives exactly the single-process output, at equal
-threads per process (every process here runs one thread: ``tests/conftest.py``); across thread
-counts, the same output within a float tolerance."""
+threads per process (every process here runs one thread: ``tests/conftest.py``; the
+single-process runs go through CliRunner in the test process); across thread counts, the same
+output within a float tolerance."""
 
 import json
 import os
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import Result
+
+from tests.helpers import ok
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 ANCER = [sys.executable, "-m", "ancer_cli"]
@@ -23,6 +27,12 @@ def _run(command: list[object], threads: int = 1) -> subprocess.CompletedProcess
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def _single(*args: object) -> Result:
+    """One process: ``ancer ARGS...`` in this one (one thread, as the ranks run), through
+    CliRunner; only the torchrun runs need processes of their own."""
+    return ok(*args)
 
 
 def _without_time(path: Path) -> list[list[str]]:
@@ -54,7 +64,7 @@ def test_torchrun_optimize_and_certify_match_single_process(model_path: Path, tm
         "--device",
         "cpu",
     ]
-    _run([*ANCER, *optimize, "--out", tmp_path / "single"])
+    _single(*optimize, "--out", tmp_path / "single")
     _run([*TORCHRUN, "-m", "ancer_cli", *optimize, "--out", tmp_path / "ranks"])
     names = sorted(p.relative_to(tmp_path / "single") for p in (tmp_path / "single").rglob("*.pt"))
     assert len(names) == 20
@@ -77,7 +87,7 @@ def test_torchrun_optimize_and_certify_match_single_process(model_path: Path, tm
     ranks = _run([*TORCHRUN, "-m", "ancer_cli", *certify, "--out", tmp_path / "ranks.csv"])
     seed = json.loads((tmp_path / "ranks.csv.json").read_text())["arguments"]["seed"]
     certify += ["--seed", seed]
-    single = _run([*ANCER, *certify, "--out", tmp_path / "single.csv"])
+    single = _single(*certify, "--out", tmp_path / "single.csv")
     assert _without_time(tmp_path / "ranks.csv") == _without_time(tmp_path / "single.csv")
     assert "memory pass" in single.stdout and "memory pass" in ranks.stdout
     # rank 0 merged: no shard files are left, one sidecar says complete
@@ -106,13 +116,13 @@ def test_torchrun_optimize_and_certify_match_single_process(model_path: Path, tm
         "--device",
         "cpu",
     ]
-    _run([*ANCER, *fixed, "--out", tmp_path / "fixed1.csv"])
+    _single(*fixed, "--out", tmp_path / "fixed1.csv")
     _run([*TORCHRUN, "-m", "ancer_cli", *fixed, "--out", tmp_path / "fixed2.csv"])
     assert _without_time(tmp_path / "fixed2.csv") == _without_time(tmp_path / "fixed1.csv")
 
     # sequential radius mode with the memory pass: the same rows, sample counts included
     sequential = [*certify, "--N", "20000", "--radius", "0.25"]
-    _run([*ANCER, *sequential, "--out", tmp_path / "seq1.csv"])
+    _single(*sequential, "--out", tmp_path / "seq1.csv")
     _run([*TORCHRUN, "-m", "ancer_cli", *sequential, "--out", tmp_path / "seq2.csv"])
     rows = _without_time(tmp_path / "seq1.csv")
     assert rows[0][-2:] == ["samples", "stop"] and len(rows) == 11
@@ -144,7 +154,7 @@ def test_runs_interrupted_on_4_processes_resume_on_2_or_1(model_path: Path, tmp_
                 "--iterations", 6, "--samples", 8,
                 "--device", "cpu"]  # fmt: skip
     single = tmp_path / "single"
-    _run([*ANCER, *optimize, "--out", single])
+    _single(*optimize, "--out", single)
     # the ANCER stage from the stored isotropic stage writes the same files (test_optimize.py)
     iso = tmp_path / "iso"
     shutil.copytree(single / "isotropic", iso)
@@ -157,7 +167,7 @@ def test_runs_interrupted_on_4_processes_resume_on_2_or_1(model_path: Path, tmp_
     ]
     assert '"world_size": 4' in (ranks / "manifest.json").read_text()
     (iso / "theta_test_3.pt").write_bytes((single / "isotropic" / "theta_test_3.pt").read_bytes())
-    resumed = _run([*ANCER, *from_iso, "--out", ranks, "--resume"])
+    resumed = _single(*from_iso, "--out", ranks, "--resume")
     assert "2 inputs optimized, 6 kept" in resumed.stdout
     assert _theta_bytes(ranks) == {
         name: data for name, data in _theta_bytes(single).items() if name.parent == Path(".")
@@ -166,7 +176,7 @@ def test_runs_interrupted_on_4_processes_resume_on_2_or_1(model_path: Path, tmp_
 
     certify = ["certify", "--N0", 20, "--N", 500, "--seed", 0, "--device", "cpu"]
     reference = tmp_path / "single.csv"
-    _run([*ANCER, *certify, "--thetas", single, "--out", reference])
+    _single(*certify, "--thetas", single, "--out", reference)
     # what a 4-process run killed part-way leaves: a shard per rank (rank 2 wrote nothing, rank
     # 1 one row of two, one cut mid-line) and its record, not finished. (A run cannot be made to
     # fail part-way by a broken theta file any more: it hashes every theta before it starts.)
@@ -190,7 +200,7 @@ def test_runs_interrupted_on_4_processes_resume_on_2_or_1(model_path: Path, tmp_
 def test_torchrun_predict_matches_single_process(model_path: Path, tmp_path: Path):
     predict = ["predict", "--model", model_path, "--sigma", 0.25, "--N", 300, "--max-index", 7,
                "--seed", 0, "--device", "cpu"]  # fmt: skip
-    _run([*ANCER, *predict, "--out", tmp_path / "single.csv"])
+    _single(*predict, "--out", tmp_path / "single.csv")
     _run([*_torchrun(2), *predict, "--out", tmp_path / "ranks.csv"])
     single = [line.split("\t")[:4] for line in (tmp_path / "single.csv").read_text().splitlines()]
     ranks = [line.split("\t")[:4] for line in (tmp_path / "ranks.csv").read_text().splitlines()]
@@ -226,9 +236,9 @@ def test_torchrun_reuse_matches_single_process_and_resumes(model_path: Path, tmp
     """``certify --reuse`` on two processes: the rows (route and samples included) of one
     process; a run cut short resumes on one process to the same rows."""
     earlier = tmp_path / "earlier.csv"
-    _run([*ANCER, "certify", "--model", model_path, "--sigma", 0.25, "--N0", 20, "--N", 2000,
-          "--batch-size", 200, "--seed", 0, "--device", "cpu", "--max", 7,
-          "--out", earlier])  # fmt: skip
+    _single("certify", "--model", model_path, "--sigma", 0.25, "--N0", 20, "--N", 2000,
+            "--batch-size", 200, "--seed", 0, "--device", "cpu", "--max", 7,
+            "--out", earlier)  # fmt: skip
     changed = tmp_path / "changed.pt"
     checkpoint = torch.load(model_path, map_location="cpu", weights_only=True)
     for key, value in checkpoint["state_dict"].items():  # a changed model: weights rounded
@@ -237,7 +247,7 @@ def test_torchrun_reuse_matches_single_process_and_resumes(model_path: Path, tmp
     torch.save(checkpoint, changed)
     reuse = ["certify", "--reuse", earlier, "--model", changed, "--seed", 1, "--device", "cpu",
              "--reuse-tolerance", 0.3]  # fmt: skip
-    _run([*ANCER, *reuse, "--out", tmp_path / "single.csv"])
+    _single(*reuse, "--out", tmp_path / "single.csv")
     _run([*_torchrun(2), *reuse, "--out", tmp_path / "ranks.csv"])
     single = _without_time(tmp_path / "single.csv")
     assert single[0][-2:] == ["samples", "path"] and len(single) == 8
@@ -254,7 +264,7 @@ def test_torchrun_reuse_matches_single_process_and_resumes(model_path: Path, tmp
     record["complete"] = False
     record.pop("totals", None)
     Path(f"{cut}.json").write_text(json.dumps(record))
-    _run([*ANCER, *reuse, "--out", cut, "--resume"])
+    _single(*reuse, "--out", cut, "--resume")
     assert _without_time(cut) == single
     assert json.loads(Path(f"{cut}.json").read_text())["totals"]["resumed_rows"] == 3
 

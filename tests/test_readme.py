@@ -30,6 +30,7 @@ def test_readme_has_a_library_example() -> None:
     assert library_examples(), f"README.md has no ```python block right after {MARKER}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(library_examples())))
 def test_library_example_runs(index: int, tmp_path: Path) -> None:
     code = library_examples()[index]

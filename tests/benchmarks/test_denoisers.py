@@ -3,9 +3,12 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.benchmarks.test_bench import import_benchmark, run_script
 
 
+@pytest.mark.slow
 def test_quick_mode_reports_every_base_classifier(tmp_path: Path) -> None:
     result = run_script("denoisers.py", "--quick", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
@@ -25,6 +28,7 @@ def test_quick_mode_reports_every_base_classifier(tmp_path: Path) -> None:
     assert ancer["arguments"]["denoiser"] == str(tmp_path / "denoiser-classifier.pt")
 
 
+@pytest.mark.slow
 def test_layout_benchmark_times_both_layouts_on_the_same_certificates(
     tmp_path: Path, model_path: Path
 ) -> None:

@@ -91,6 +91,7 @@ def test_cpu_rehearsal_runs_every_step_and_writes_the_summary(tmp_path: Path) ->
     assert "| benchmark | passed |" in markdown
 
 
+@pytest.mark.slow
 def test_cuda_requested_without_cuda_fails_in_one_line(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -114,6 +115,7 @@ def test_usage_errors_exit_2() -> None:
     assert helped.returncode == 0 and "--device auto|cpu|cuda|cuda:K" in helped.stdout
 
 
+@pytest.mark.slow
 def test_modules_with_cuda_tests_import_without_matplotlib_or_hypothesis() -> None:
     """A bare GPU machine may lack them: the modules the check runs must not need them."""
     marked = re.compile(r"pytest\.mark\.cuda\b")  # what gpu_check.sh greps for

@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import pytest
+
 from tests.benchmarks.test_bench import run_script
 
 
+@pytest.mark.slow
 def test_quick_mode_compares_reuse_with_scratch(model_path: Path, thetas_dir: Path, tmp_path: Path):
     result = run_script(
         "reuse.py", "--quick", "--model", model_path, "--thetas", thetas_dir, "--out", tmp_path,

@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ancer_cli.results import read_results
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
+@pytest.mark.slow
 def test_quick_sequential_benchmark(tmp_path: Path) -> None:
     out, report = tmp_path / "work", tmp_path / "sequential.json"
     result = subprocess.run(

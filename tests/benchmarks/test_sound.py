@@ -3,9 +3,12 @@ tiny model and thetas run here (timings are never checked)."""
 
 from pathlib import Path
 
+import pytest
+
 from tests.benchmarks.test_bench import run_script
 
 
+@pytest.mark.slow
 def test_quick_time_section_prints_both_modes():
     result = run_script("sound.py", "--quick")
     assert result.returncode == 0, result.stderr
@@ -14,6 +17,7 @@ def test_quick_time_section_prints_both_modes():
     assert len(cells) == 4 and all(float(cell) > 0 for cell in cells[1:])
 
 
+@pytest.mark.slow
 def test_accuracy_section_certifies_float_and_sound(
     model_path: Path, thetas_dir: Path, tmp_path: Path
 ):

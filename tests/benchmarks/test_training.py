@@ -16,6 +16,7 @@ def table_rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[1:]]
 
 
+@pytest.mark.slow
 def test_quick_mode_reports_every_method_and_keep_reuses_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -501,23 +501,6 @@ def test_isotropic_values_pt_file(model_path: Path, tmp_path: Path) -> None:
             matching_gap(row, theta, theta, "l2")
 
 
-@pytest.mark.parametrize("left", ["", "idx\tlabel\tpre"])
-def test_resume_after_a_crash_before_the_header_was_written(
-    model_path: Path, tmp_path: Path, left: str
-) -> None:
-    """The sidecar is written before the results file gets its header, so a crash can leave an
-    empty (or half-headed) results file beside a sidecar; --resume must start it over."""
-    args = ("--model", model_path, "--sigma", SIGMA, "--max", 3)
-    full = tmp_path / "full.csv"
-    certify(*args, "--out", full)
-    out = tmp_path / "crash.csv"
-    out.write_text(left)
-    sidecar = json.loads(Path(str(full) + ".json").read_text())
-    Path(str(out) + ".json").write_text(json.dumps({**sidecar, "complete": False}))
-    certify(*args, "--out", out, "--resume")
-    assert without_time(out) == without_time(full)
-
-
 # ---------------------------------------------------------------------------------------------
 # sequential certification
 
@@ -556,6 +539,7 @@ def test_radius_mode_decides_each_radius_and_records_samples(model_path: Path, t
     assert "mean samples per input" in table and "median samples per input" in table
 
 
+@pytest.mark.slow
 def test_adaptive_mode_and_proxy_radius_with_thetas(thetas_copy: Path, tmp_path: Path):
     out = tmp_path / "adaptive.csv"
     ok("certify", "--thetas", thetas_copy, "--N", 5000, "--sequential", "--out", out,
@@ -755,7 +739,7 @@ def test_imagenet_subset_with_a_1000_class_model(tmp_path: Path):
     out = tmp_path / "r.csv"
     certify(
         "--model", model, "--dataset", "imagenet", "--data-root", tmp_path / "imagenet",
-        "--classes", synsets, "--sigma", SIGMA, "--out", out,
+        "--classes", synsets, "--sigma", SIGMA, "--out", out, "--N0", 10, "--N", 30,
     )  # fmt: skip
     rows = read_rows(out)
     assert [row.label for row in rows] == [0, 0, 999, 999]

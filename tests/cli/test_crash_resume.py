@@ -1,5 +1,7 @@
 """Kill certify and optimize with SIGKILL at several moments; --resume must give exactly the
-output of an uninterrupted run (rows ignoring the time column, theta files byte for byte)."""
+output of an uninterrupted run (rows ignoring the time column, theta files byte for byte).
+Only the killed runs need a process of their own: the references, the resumed runs and the
+other runs here go through CliRunner in the test process (one thread, as the killed ones)."""
 
 import random
 import signal
@@ -9,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import assert_domain_error, invoke, ok
 
 ANCER = [sys.executable, "-m", "ancer_cli"]
 CERTIFY = (
@@ -39,10 +43,6 @@ def _rows(path: Path) -> list[list[str]]:
         [f for i, f in enumerate(line.split("\t")) if i != 7]
         for line in path.read_text().splitlines()
     ]
-
-
-def _run(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([*ANCER, *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
 def _kill_when(args: list[str], ready, deadline: float = 120.0) -> None:
@@ -76,12 +76,7 @@ def test_certify_killed_at_random_moments_resumes_exactly(
     model_path: Path, tmp_path: Path, mode: tuple[str, ...]
 ) -> None:
     reference = tmp_path / "reference.csv"
-    assert (
-        _run(
-            "certify", "--model", model_path, "--sigma", "0.25", "--out", reference, *CERTIFY, *mode
-        ).returncode
-        == 0
-    )
+    ok("certify", "--model", model_path, "--sigma", "0.25", "--out", reference, *CERTIFY, *mode)
     expected = _rows(reference)
     rng = random.Random(1)
     for trial, rows_before_kill in enumerate(rng.sample(range(1, 14), 3)):
@@ -99,24 +94,24 @@ def test_certify_killed_at_random_moments_resumes_exactly(
         ]
         _kill_when(args, lambda out=out, k=rows_before_kill: _lines(out) >= k + 1)
         assert out.exists()
-        resumed = _run(*args, "--resume")
-        assert resumed.returncode == 0, resumed.stderr
+        ok(*args, "--resume")
         assert _rows(out) == expected, f"trial {trial}: killed after {rows_before_kill} rows"
         assert '"complete": true' in (tmp_path / f"killed{trial}.csv.json").read_text()
 
 
 @pytest.mark.slow
 def test_certify_killed_mid_line_keeps_no_half_row(model_path: Path, tmp_path: Path) -> None:
+    """A file cut in mid-write, as a kill leaves it (in-process: nothing is killed here)."""
     reference = tmp_path / "reference.csv"
     args = ["certify", "--model", str(model_path), "--sigma", "0.25", *CERTIFY]
-    assert _run(*args, "--out", reference).returncode == 0
+    ok(*args, "--out", reference)
     out = tmp_path / "cut.csv"
-    assert _run(*args, "--out", out).returncode == 0
+    ok(*args, "--out", out)
     text = out.read_text()
     out.write_text(text[: text.index("\n", len(text) // 2) - 5])  # a crash in mid-write
     sidecar = Path(str(out) + ".json")
     sidecar.write_text(sidecar.read_text().replace('"complete": true', '"complete": false'))
-    assert _run(*args, "--out", out, "--resume").returncode == 0
+    ok(*args, "--out", out, "--resume")
     assert _rows(out) == _rows(reference)
 
 
@@ -125,7 +120,7 @@ def test_optimize_killed_at_random_moments_resumes_exactly(
     model_path: Path, tmp_path: Path
 ) -> None:
     reference = tmp_path / "reference"
-    assert _run("optimize", "--model", model_path, "--out", reference, *OPTIMIZE).returncode == 0
+    ok("optimize", "--model", model_path, "--out", reference, *OPTIMIZE)
     names = sorted(p.relative_to(reference) for p in reference.rglob("theta_*.pt"))
     assert len(names) == 18
     rng = random.Random(2)
@@ -135,8 +130,7 @@ def test_optimize_killed_at_random_moments_resumes_exactly(
         _kill_when(
             args, lambda out=out, k=files_before_kill: len(list(out.rglob("theta_*.pt"))) >= k
         )
-        resumed = _run(*args, "--resume")
-        assert resumed.returncode == 0, resumed.stderr
+        ok(*args, "--resume")
         assert sorted(p.relative_to(out) for p in out.rglob("theta_*.pt")) == names
         for name in names:
             assert (out / name).read_bytes() == (reference / name).read_bytes(), (trial, name)
@@ -149,11 +143,9 @@ def test_optimize_killed_at_random_moments_resumes_exactly(
 def test_resume_refuses_other_arguments(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.csv"
     args = ["certify", "--model", str(model_path), "--sigma", "0.25", "--out", str(out), *CERTIFY]
-    assert _run(*args).returncode == 0
-    other = _run(
+    ok(*args)
+    other = invoke(
         "certify", "--model", model_path, "--sigma", "0.5", "--out", out, *CERTIFY, "--resume"
     )
-    assert other.returncode == 1
-    assert "sigma" in other.stderr and "Traceback" not in other.stderr
-    seed = _run(*args, "--seed", "3", "--resume")
-    assert seed.returncode == 1 and "seed" in seed.stderr
+    assert_domain_error(other, "sigma")  # exit code 1, one error line, no traceback
+    assert_domain_error(invoke(*args, "--seed", "3", "--resume"), "seed")

@@ -60,6 +60,7 @@ _header_names = st.lists(
 )
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(header=_header_names, rows=st.lists(st.lists(_cells, max_size=9), max_size=5))
 def test_accuracy_on_arbitrary_tables(tmp_path, header, rows):
@@ -68,6 +69,7 @@ def test_accuracy_on_arbitrary_tables(tmp_path, header, rows):
     _clean_end(invoke("accuracy", path, "--format", "json"))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.binary(max_size=300))
 def test_accuracy_on_arbitrary_bytes(tmp_path, data):
@@ -80,6 +82,7 @@ def test_accuracy_on_arbitrary_bytes(tmp_path, data):
 # --- model files -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(cut=st.floats(0.0, 0.999), flip=st.integers(0, 2**31))
 def test_truncated_or_corrupted_checkpoints(model_path, tmp_path, cut, flip):
@@ -123,6 +126,7 @@ _shapes = st.sampled_from([(1, 8, 8), (), (8, 8), (3, 32, 32), (1, 8, 8, 1), (64
 _dtypes = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int64, torch.bool])
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(shape=_shapes, dtype=_dtypes, value=_theta_values, poke=_theta_values)
 def test_arbitrary_theta_files(thetas_dir, model_path, tmp_path, shape, dtype, value, poke):
@@ -150,6 +154,7 @@ _json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     key=st.sampled_from(["format", "method", "arguments", "indices", "complete", "dataset"]),
@@ -183,6 +188,7 @@ _tree = st.lists(
 )
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(tree=_tree)
 def test_arbitrary_folder_datasets(tmp_path, tree):
@@ -227,6 +233,7 @@ _numbers = st.one_of(
 )
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(n0=_numbers, n=_numbers, alpha=_numbers, sigma=_numbers, batch=_numbers, skip=_numbers)
 def test_arbitrary_certify_options(model_path, tmp_path, n0, n, alpha, sigma, batch, skip):

@@ -299,7 +299,13 @@ METHOD_RUNS = {  # --training: tiny settings of its own options, and what the re
 }
 
 
-@pytest.mark.parametrize("training", sorted(METHOD_RUNS))
+@pytest.mark.parametrize(
+    "training",
+    [
+        pytest.param(name, marks=[pytest.mark.slow] if name != "consistency" else [])
+        for name in sorted(METHOD_RUNS)
+    ],
+)
 def test_method_training_records_its_settings(
     tmp_path: Path, training: str, one_epoch_l2: dict
 ) -> None:
@@ -320,6 +326,7 @@ def test_method_training_records_its_settings(
     assert not torch.equal(checkpoint["state_dict"][first], one_epoch_l2["state_dict"][first])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", ["macer", "smoothadv"])
 def test_method_resume_continues_to_the_same_state(tmp_path: Path, training: str) -> None:
     # Epoch 2 is the first with MACER's robustness term (warm-up 1) and the first with
@@ -339,7 +346,8 @@ def test_method_resume_continues_to_the_same_state(tmp_path: Path, training: str
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--consistency-weight", 20), ("--noisy-samples", 3)]
+    ("option", "value"),
+    [("--consistency-weight", 20), pytest.param("--noisy-samples", 3, marks=pytest.mark.slow)],
 )
 def test_resume_with_other_method_settings_is_refused(
     tmp_path: Path, option: str, value: int

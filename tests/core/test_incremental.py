@@ -360,6 +360,7 @@ def test_false_certificates_at_most_alpha_plus_alpha_zeta_naive_far_above():
     assert naive > 0.9
 
 
+@pytest.mark.slow
 def test_sequential_rule_false_certificates_within_the_union_bound():
     alpha, alpha_zeta, trials = 0.1, 0.05, 20_000
     rule = ReuseRule(alpha_zeta, tolerance=0.2)

@@ -191,6 +191,7 @@ def random_scenario(norm, shape, n=600, seed=0):
     return claims, centers, thetas
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_stored_regions_of_different_classes_are_disjoint(norm, shape):

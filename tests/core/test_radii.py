@@ -105,6 +105,7 @@ thetas = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(
     theta=thetas, gap=st.floats(min_value=0.0, max_value=5.0), norm=st.sampled_from(["l2", "l1"])

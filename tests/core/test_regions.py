@@ -198,8 +198,10 @@ def touching_offset(a, axes_a, direction, axes_b) -> float:
     return 0.5 * (low + high)
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-@pytest.mark.parametrize("kind", ["plain", "elongated", "inside"])
+@pytest.mark.parametrize("dim", [2, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "kind", ["plain", *(pytest.param(k, marks=pytest.mark.slow) for k in ("elongated", "inside"))]
+)
 def test_l2_exact_test_against_brute_force(dim, kind):
     rng = np.random.default_rng(100 * dim + len(kind))
     verdicts = []
@@ -226,7 +228,7 @@ def test_l2_exact_test_against_brute_force(dim, kind):
         assert any(verdicts) and not all(verdicts)
 
 
-@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("dim", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_l2_near_touching_along_an_axis(dim):
     # axis-aligned ellipsoids displaced along an axis first touch on that axis: at |d_1| = A_1 + B_1
     rng = np.random.default_rng(dim)
@@ -242,6 +244,7 @@ def test_l2_near_touching_along_an_axis(dim):
             assert intersects(a, axes_a, gap_a, b, axes_b, gap_b, "l2") is expected, factor
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dim", [2, 3])
 def test_l2_near_touching_in_random_directions(dim):
     # b slides toward a along a random direction; the touching offset comes from the optimization
@@ -288,7 +291,7 @@ def grid_min_k(d, axes_a, axes_b) -> float:
     return float((1.0 - terms.sum(axis=1)).min())
 
 
-@pytest.mark.parametrize("dim", [20, 500])
+@pytest.mark.parametrize("dim", [20, pytest.param(500, marks=pytest.mark.slow)])
 def test_l2_exact_test_against_a_dense_grid_in_high_dimension(dim):
     rng = np.random.default_rng(dim)
     decided = 0
@@ -343,8 +346,10 @@ def test_zero_gap_regions_are_points(norm):
     assert bool(regions_intersect(boundary, 1.0, 0.0, center[None], theta[None], [gap], norm)[0])
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-@pytest.mark.parametrize("kind", ["plain", "elongated", "inside"])
+@pytest.mark.parametrize("dim", [2, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "kind", ["plain", *(pytest.param(k, marks=pytest.mark.slow) for k in ("elongated", "inside"))]
+)
 def test_l1_exact_test_against_brute_force(dim, kind):
     rng = np.random.default_rng(10 * dim + len(kind))
     verdicts = []
@@ -441,7 +446,7 @@ def test_l1_kinks_crowded_against_the_ends(dim):
             assert l1_disjoint(np.zeros(dim), axes_a, d, axes_b) is expected, factor
 
 
-@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("dim", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_l1_exact_test_separates_every_pair_the_sufficient_test_did(dim):
     # the earlier sufficient test sum |d| / max(A, B) > 2 is h(1/2) > 1: every pair it proved
     # disjoint stays proven; and far pairs, just past touching, are separated too
@@ -499,6 +504,7 @@ def test_l1_exact_test_agrees_with_the_lp_in_moderate_dimension():
             assert l1_overlap(a, axes_a, b, axes_b) is (factor < 1)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),

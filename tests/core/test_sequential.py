@@ -311,6 +311,7 @@ def test_driver_rejects_impossible_counts():
         run_sequential(lambda k: k + 1, plan)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "plan",
     [

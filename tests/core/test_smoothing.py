@@ -102,6 +102,7 @@ def test_linear_oracle_certificates_are_sound(norm_name, anisotropic):
     assert unsound <= binom.ppf(1 - 1e-4, certified, alpha)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("anisotropic", [False, True])
 def test_linear_oracle_bound_is_tight_for_large_n(anisotropic):
     model, w, xs, margins = _problem(40, seed=3)
@@ -261,6 +262,7 @@ def _exact_level(n: int, alpha: float) -> float:
     return float(sum(binom.pmf(k, n, 0.5) for k in range(n + 1) if answers[k]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.05, 0.2])
 def test_predict_on_the_boundary_answers_at_the_binomial_tests_level(alpha):
     """x on the decision boundary of the linear model (margin 0): every vote is a fair coin,
@@ -432,6 +434,7 @@ def _exact_gap(norm_name: str, margin: float, theta_w: torch.Tensor) -> float:
     return abs(margin) / rate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm_name", ["l2", "l1"])
 @pytest.mark.parametrize("radius_mode", [True, False], ids=["radius", "adaptive"])
 def test_sequential_certificates_are_never_larger_than_exact_beyond_alpha(norm_name, radius_mode):
@@ -774,7 +777,11 @@ def _exact_dtype(device: torch.device) -> torch.dtype:
 @pytest.mark.parametrize("device_name", DEVICES)
 @pytest.mark.parametrize(
     ("model_name", "n0", "n", "batch"),
-    [("cnn", 10, 50, 16), ("resnet20", 4, 12, 8), ("trained cnn", 20, 200, 64)],
+    [
+        ("cnn", 10, 50, 16),
+        ("resnet20", 4, 12, 8),
+        pytest.param("trained cnn", 20, 200, 64, marks=pytest.mark.slow),
+    ],
 )
 def test_votes_equal_the_reference_loop_on_the_benchmarked_nets(
     reference, model_name, n0, n, batch, device_name
@@ -830,6 +837,7 @@ def test_votes_equal_the_reference_loop_on_the_benchmarked_nets(
             assert np.array_equal(estimation, many[i, 1].numpy()), label
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device_name", DEVICES)
 def test_certified_accuracy_with_free_seeds_agrees_with_the_reference(reference, device_name):
     """Each with its own random stream (the package seeded per input, the reference the global

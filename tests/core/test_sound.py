@@ -373,7 +373,7 @@ def _l1_law() -> tuple[list[np.ndarray], list[float]]:
     return [_uniform_pmf(uniform_half_widths(v, S16)) for v in L1_WIDTHS], widths
 
 
-@pytest.mark.parametrize("norm_name", ["l2", "l1"])
+@pytest.mark.parametrize("norm_name", ["l2", pytest.param("l1", marks=pytest.mark.slow)])
 def test_certified_regions_hold_by_brute_force(norm_name):
     if norm_name == "l2":
         pmfs, thetas = [_rounded_gaussian_pmf(t) for t in L2_THETAS], L2_THETAS
@@ -403,7 +403,7 @@ def _planted_table(pattern: np.ndarray, axis: int, centre: int) -> np.ndarray:
     return np.eye(2)[labels]
 
 
-@pytest.mark.parametrize("norm_name", ["l2", "l1"])
+@pytest.mark.parametrize("norm_name", ["l2", pytest.param("l1", marks=pytest.mark.slow)])
 def test_a_wrongly_discretised_law_is_caught(norm_name):
     """Isotropic integer noise scaled by theta_i / theta_0 and rounded is lumpy: a classifier
     planted on its support certifies a region that the class leaves one grid step away. The

@@ -259,6 +259,7 @@ def test_cohen_cifar_checkpoint_gives_identical_logits(
     assert load_model(path, CPU, arch=ours, info=CIFAR).arch == ours  # consistent --arch/--dataset
 
 
+@pytest.mark.slow
 def test_cohen_imagenet_checkpoint_gives_identical_logits(tmp_path: Path) -> None:
     info = DatasetInfo("imagenet", (3, 224, 224), 1000, (0.485, 0.456, 0.406),
                        (0.229, 0.224, 0.225), "resnet50")  # fmt: skip
