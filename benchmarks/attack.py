@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "attack")
+    parser.add_argument("--keep", action="store_true", help="keep finished attack files in --out")
     args = parser.parse_args(argv)
     if args.quick:
         args.inputs, args.N, args.steps, args.samples = min(args.inputs, 4), 200, 2, 4
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         files = {}
         for perturbation in ("smoothadv", "random"):
             path = out / f"attack-{threat}-{perturbation}.csv"
+            record = read_results_record(path) if args.keep and path.exists() else None
+            if record is not None and record.get("complete") is True:
+                print(f"keeping {path}", file=sys.stderr)
+                files[perturbation] = path
+                continue
             ancer("attack", results, "--threat", threat, *(w for e in eps for w in ("--eps", e)),
                   *(("--random",) if perturbation == "random" else ()), *attack, *run,
                   "--out", path, "--force")  # fmt: skip

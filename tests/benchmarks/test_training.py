@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.benchmarks.test_bench import import_benchmark
 
@@ -46,3 +47,23 @@ def test_quick_mode_reports_every_method_and_keep_reuses_it(
     second = capsys.readouterr()
     assert "$ ancer" not in second.err  # every model and result was kept
     assert table_rows(second.out) == rows
+
+
+@pytest.mark.slow
+def test_sweep_trains_the_main_weight_at_each_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--sweep consistency=1,3`` trains consistency with lambda 1 and 3 (recorded in each
+    checkpoint) and certifies each at fixed sigma, one row per value after the defaults' row."""
+    training = import_benchmark("training")
+    training.main(["--quick", "--out", str(tmp_path), "--methods", "consistency", "--no-ancer",
+                   "--sweep", "consistency=1,3"])  # fmt: skip
+    rows = table_rows(capsys.readouterr().out)
+    assert [(row[0], row[2]) for row in rows] == [
+        ("consistency", "fixed"), ("consistency w=1", "fixed"), ("consistency w=3", "fixed")
+    ]  # fmt: skip
+    for weight in (1.0, 3.0):
+        checkpoint = torch.load(tmp_path / f"consistency-0.25-w{weight:g}.pt", weights_only=True)
+        assert checkpoint["optimizer_state"]["config"]["consistency_weight"] == weight
+    with pytest.raises(SystemExit):
+        training.main(["--quick", "--out", str(tmp_path), "--sweep", "noise=1"])
