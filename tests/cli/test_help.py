@@ -4,6 +4,8 @@ usual first mistake, a results table given as ``--model``."""
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,25 @@ def test_first_mistakes_get_one_line_that_says_what_to_do(model_path: Path, tmp_
                     "--out", tmp_path / "high.csv")  # fmt: skip
     assert result.exit_code == 0
     assert "caution: noise level 1.5 exceeds the largest the denoiser" in result.stderr
+
+
+def test_help_version_and_usage_errors_never_import_torch() -> None:
+    """``ancer --help``, every ``ancer CMD --help``, ``--version`` and a usage error run in a
+    fresh interpreter without PyTorch (or numpy) imported: what keeps them under half a second."""
+    script = (
+        "import sys\n"
+        "from ancer_cli.cli import app\n"
+        f"calls = [['--help'], ['--version'], ['certify', '--max', '0'], "
+        f"*([name, '--help'] for name in {COMMANDS!r})]\n"
+        "for words in calls:\n"
+        "    try:\n"
+        "        app(words, prog_name='ancer')\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == (2 if '--max' in words else 0), (words, done.code)\n"
+        "heavy = sorted(name for name in ('torch', 'numpy') if name in sys.modules)\n"
+        "print('imported:', heavy, file=sys.stderr)\n"
+        "sys.exit(1 if heavy else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "imported: []" in done.stderr
