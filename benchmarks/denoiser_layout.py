@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         inputs = in_memory_inputs(composed[name], data, args.sigma, norm=Norm.l2, indices=indices)
 
         def run() -> object:
-            found = list(certify_dataset(inputs, indices, config, seeds, cpu))
+            found = list(certify_dataset(inputs, indices, config, seeds, cpu, None))
             rows[name] = [(r.predict, round(r.radius, 6)) for r in found]
             return found
 

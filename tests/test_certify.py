@@ -47,7 +47,7 @@ def test_reassign_and_shrink_through_run_certify(norm, device_name, sequential, 
     config = CertifyConfig(sampling, sequential)
     # A's certificate depends only on (seed, index, x, theta): compute it first to place C
     alone = toy_inputs(model, _data([(0, 0)], [1]), THETA.get, norm, device=device)
-    a_row = next(certify_dataset(alone, [0], config, {0: 0}, device))
+    a_row = next(certify_dataset(alone, [0], config, {0: 0}, device, None))
     assert a_row.predict == 0 and a_row.radius > 0
     reach = a_row.radius  # radius of A's (isotropic) region: THETA[0] * its gap
     gap_a = a_row.radius / THETA[0]

@@ -36,7 +36,7 @@ def test_rows_are_predict_on_each_inputs_own_stream() -> None:
     thetas = {i: 0.2 + 0.1 * i for i in range(len(POINTS))}.get
     inputs = toy_inputs(model, data, thetas)
     seeds = dict.fromkeys(range(len(POINTS)), SEED)
-    rows = list(predict_dataset(inputs, range(len(POINTS)), CONFIG, seeds, device))
+    rows = list(predict_dataset(inputs, range(len(POINTS)), CONFIG, seeds, device, None))
     for row in rows:
         x, label = data.dataset[row.idx]
         generator = input_generator(SEED, row.idx, device, Stream.predict)

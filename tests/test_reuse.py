@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from ancer_cli.errors import AncerError
-from ancer_cli.reuse import _guarantee, read_earlier
+from ancer_cli.reuse import ReuseRequest, _guarantee, plan_reuse, read_earlier
 from tests.helpers import ok
+from tests.runs import CPU
 
 EARLIER = ("--N0", 20, "--N", 200, "--seed", 3, "--device", "cpu", "--max", 4)
 
@@ -101,3 +103,25 @@ def test_reusing_a_reuse_run_composes_the_levels():
     second = _guarantee(first["any_row"], 0.001, 0.0001)
     assert second["reuse_rows"] == pytest.approx(0.0022)
     assert second["any_row"] == pytest.approx(0.0032)
+
+
+def test_an_input_changed_after_the_reuse_run_committed_it_is_refused(
+    runs: Path, model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """As certify: once the reuse run has committed its inputs and published its seed (when its
+    rows start), an input that changes on its way in is refused with one line."""
+    out = tmp_path / "reused.csv"
+    request = ReuseRequest(results=runs / "fixed.csv", model=model_path, out=out, seed=1)
+    plan = plan_reuse(request, CPU)
+    dataset = plan.inputs.data.dataset
+    read = type(dataset).__getitem__
+    published = []
+
+    def changed(self: object, i: int) -> tuple[torch.Tensor, ...]:
+        x, y = read(self, i)
+        return (x + 1 / 16 if published and i == 2 else x), y
+
+    monkeypatch.setattr(type(dataset), "__getitem__", changed)
+    with pytest.raises(AncerError, match="input 2 changed since this run committed it"):
+        plan.execute(CPU, on_start=lambda done, total: published.append(total))
+    assert [line.split("\t")[0] for line in out.read_text().splitlines()[1:]] == ["0", "1"]

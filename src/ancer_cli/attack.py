@@ -150,7 +150,7 @@ def attack_dataset(
     settings: AttackSettings,
     seeds: Mapping[int, int],
     device: torch.device,
-    committed: Mapping[int, str] | None = None,
+    committed: Mapping[int, str] | None,
 ) -> Iterator[AttackRow]:
     """Attack each ``(idx, eps)`` of ``keys`` (in order) and yield its row.
 

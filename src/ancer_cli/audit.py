@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import beta
 
 from ancer_cli.core.audit import AuditResult, CertifiedRegion, audit_regions
+from ancer_cli.core.bounds import clopper_pearson_lower, clopper_pearson_upper
 from ancer_cli.core.choices import DEFAULT_ALPHA
 from ancer_cli.core.conditioning import tell_thetas
 from ancer_cli.core.law import NoiseLaw
@@ -63,9 +63,9 @@ from ancer_cli.results import (
     rows_digest,
     rows_state,
 )
-from ancer_cli.run.certificates import CertificateRow, memory_decisions
+from ancer_cli.run.certificates import memory_decisions, read_certificate_rows
 from ancer_cli.run.commit import Commitment
-from ancer_cli.run.rows import complete_rows, pre_memory_path
+from ancer_cli.run.rows import pre_memory_path
 from ancer_cli.run.skeleton import Run
 from ancer_cli.run.spec import InputsSpec, results_spec
 from ancer_cli.runtime import provenance
@@ -142,11 +142,8 @@ def stated_regions(
     memory = bool(((record or {}).get("arguments") or {}).get("memory"))
     before = pre_memory_path(results)
     if memory and before.is_file():
-        with open(before) as handle:
-            columns = tuple(handle.readline().rstrip("\n").split("\t"))
         try:
-            lines = complete_rows(before, columns)
-            rows = [CertificateRow.parse(line, columns) for _, line in lines]
+            rows = read_certificate_rows(before)
             decisions = memory_decisions(rows, inputs, device)
             decided = {d.idx: d.theta_idx for d in decisions if d.reassigned}
         except (AncerError, ValueError, IndexError):
@@ -196,7 +193,7 @@ def audit_dataset(
     job: AuditJob,
     seeds: Mapping[int, int],
     device: torch.device,
-    committed: Mapping[int, str] | None = None,
+    committed: Mapping[int, str] | None,
 ) -> Iterator[AuditRow]:
     """Audit the region of each row of ``indices`` (in order) and yield its line.
 
@@ -284,13 +281,10 @@ def clopper_pearson(successes: int, trials: int, level: float = CONFIDENCE) -> t
     if trials == 0:
         return 0.0, 1.0
     tail = (1.0 - level) / 2.0
-    low = 0.0 if successes == 0 else float(beta.ppf(tail, successes, trials - successes + 1))
-    high = (
-        1.0
-        if successes == trials
-        else float(beta.ppf(1 - tail, successes + 1, trials - successes))
+    return (
+        clopper_pearson_lower(successes, trials, tail),
+        clopper_pearson_upper(successes, trials, tail),
     )
-    return low, high
 
 
 @dataclass(frozen=True)

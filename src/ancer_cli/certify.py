@@ -102,7 +102,7 @@ def certify_dataset(
     config: CertifyConfig,
     seeds: Mapping[int, int],
     device: torch.device,
-    committed: Mapping[int, str] | None = None,
+    committed: Mapping[int, str] | None,
 ) -> Iterator[CertificateRow]:
     """Certify each dataset index in order and yield its row.
 
@@ -274,7 +274,6 @@ class CertifyPlan:
                 on_start=on_start,
             )
             if resumed is None:
-                run.close()
                 return None
             rows = run.rows(CertificateRow.parse)
             memory = None

@@ -436,7 +436,7 @@ def input_groups(
     indices: Iterable[int],
     size: int,
     device: torch.device,
-    committed: Mapping[int, str] | None = None,
+    committed: Mapping[int, str] | None,
 ) -> Iterator[InputGroup]:
     """The inputs of ``indices`` in order, in groups of at most ``size``, with their thetas and
     noise laws.
@@ -444,7 +444,9 @@ def input_groups(
     An input that cannot be used ends its group early: the inputs before it are yielded (so their
     rows are written), then its error is raised -- a theta that cannot be loaded, an input off the
     data's grid with sound noise (which certifies grid inputs only), or an input whose digest is
-    not the one ``committed`` records (it changed since the run committed it)."""
+    not the one ``committed`` records (it changed since the run committed it). Every run that
+    draws after committing passes its commitment's digests, so an input changed once the seed is
+    public is refused; ``None`` only where no seed was published before the inputs are read."""
     order = list(indices)
     for start in range(0, len(order), size):
         chosen = order[start : start + size]

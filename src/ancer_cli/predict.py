@@ -61,7 +61,7 @@ def predict_dataset(
     config: PredictConfig,
     seeds: Mapping[int, int],
     device: torch.device,
-    committed: Mapping[int, str] | None = None,
+    committed: Mapping[int, str] | None,
 ) -> Iterator[PredictionRow]:
     """PREDICT each dataset index in order and yield its row.
 

@@ -70,10 +70,11 @@ from ancer_cli.run.certificates import (
     MemorySummary,
     apply_memory,
     finite,
+    read_certificate_rows,
     row_linf_half_width,
 )
 from ancer_cli.run.commit import Commitment, Segments
-from ancer_cli.run.rows import complete_rows, pre_memory_path
+from ancer_cli.run.rows import pre_memory_path
 from ancer_cli.run.skeleton import Run
 from ancer_cli.run.spec import inputs_spec
 from ancer_cli.runtime import provenance
@@ -166,9 +167,7 @@ def read_earlier(results: Path) -> EarlierRun:
             f"{rows_file} is not the file its run wrote (edited, truncated or replaced: its "
             f"digest differs from {sidecar}); reuse refuses it"
         )
-    with open(rows_file) as handle:
-        columns = tuple(handle.readline().rstrip("\n").split("\t"))
-    rows = [CertificateRow.parse(line, columns) for _, line in complete_rows(rows_file, columns)]
+    rows = read_certificate_rows(rows_file)
     commitment = Commitment.from_record(record, f"sidecar {sidecar}")
     committed = Segments.from_record(record, f"sidecar {sidecar}").committed
     if sorted(committed) != [row.idx for row in rows]:
@@ -208,17 +207,18 @@ def reuse_dataset(
     settings: ReuseSettings,
     seeds: Mapping[int, int],
     device: torch.device,
+    committed: Mapping[int, str],
 ) -> Iterator[CertificateRow]:
     """The rows of ``indices`` in order: each input's earlier certificate reused for
     ``pair.changed`` or certified afresh (see
     :func:`~ancer_cli.core.incremental.certify_incremental_many`), on fresh draws of the input's
     own stream (seeded from ``(seeds[idx], idx)``), so a row does not depend on the other
-    inputs."""
+    inputs. An input whose digest is no longer the ``committed`` one is refused."""
     sampling, rule = settings.sampling, settings.rule
     group = inputs_per_theta(
         pair, inputs_per_group(sampling.n_selection, sampling.n_estimation, sampling.batch_size)
     )
-    for chosen in input_groups(inputs, indices, group, device):
+    for chosen in input_groups(inputs, indices, group, device, committed):
         tell_thetas(pair, chosen.thetas)
         floors = rule.floor_gaps(
             [earlier[idx].radius for idx in chosen.indices],
@@ -327,11 +327,13 @@ class ReusePlan:
         """Write the rows (resumable, sharded), the memory pass and the sidecar; the summary on
         rank 0, ``None`` elsewhere."""
         began, device, run = time.perf_counter(), session.device, self.run
+        assert run.commitment is not None
+        committed = run.commitment.inputs
         try:
             resumed = run.write(
                 lambda share: reuse_dataset(
                     self.pair, self.inputs, share, self.certificates, self.settings,
-                    self.seeds, device,
+                    self.seeds, device, committed,
                 ),
                 self.indices, on_row=on_row, on_start=on_start,
             )  # fmt: skip
@@ -397,8 +399,6 @@ def _plan(request: ReuseRequest, session: Session, run: Run) -> ReusePlan:
             f"the earlier run's model {args['model']} is missing: reuse counts where it and the "
             "changed model disagree; restore it"
         )
-    if args.get("max") is not None or args.get("skip", 1) != 1:
-        spec = replace(spec, skip=int(args.get("skip") or 1), max_index=args.get("max"))
     inputs = resolve_inputs(spec, session)
     indices = [row.idx for row in earlier.rows]
     missing = sorted(set(indices) - set(inputs.indices))

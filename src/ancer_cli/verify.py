@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import beta
-
+from ancer_cli.core.bounds import clopper_pearson_upper
+from ancer_cli.core.law import NoiseLaw
 from ancer_cli.core.noise import Stream, fresh_seed, input_generator
 from ancer_cli.core.smoothing import ABSTAIN, sample_counts_many
 from ancer_cli.distributed import Session
@@ -33,9 +33,9 @@ from ancer_cli.results import (
     results_sidecar_path,
     rows_digest,
 )
-from ancer_cli.run.certificates import CertificateRow
+from ancer_cli.run.certificates import read_certificate_rows
 from ancer_cli.run.commit import Commitment
-from ancer_cli.run.rows import complete_rows, pre_memory_path
+from ancer_cli.run.rows import pre_memory_path
 from ancer_cli.run.spec import inputs_spec
 
 FORMATS = ("ancer-results/1", "ancer-predictions/1")
@@ -172,9 +172,7 @@ def _recertify(
     """Certify ``count`` random rows again on a fresh seed; count those below their record."""
     arguments = record["arguments"]
     rows_file = pre_memory_path(results) if arguments.get("memory") else results
-    with open(rows_file) as handle:
-        columns = tuple(handle.readline().rstrip("\n").split("\t"))
-    rows = [CertificateRow.parse(line) for _, line in complete_rows(rows_file, columns)]
+    rows = read_certificate_rows(rows_file)
     certified = [row for row in rows if row.predict != ABSTAIN and row.radius > 0]
     chosen = random.SystemRandom().sample(certified, min(count, len(certified)))
     chosen.sort(key=lambda row: row.idx)
@@ -185,7 +183,9 @@ def _recertify(
     device = session.device
     by_index = {row.idx: row for row in chosen}
     below: list[int] = []
-    for group in input_groups(inputs, [row.idx for row in chosen], 1, device):
+    # the inputs' digests were checked against the record just before; this seed is drawn
+    # here and published nowhere before the inputs are read
+    for group in input_groups(inputs, [row.idx for row in chosen], 1, device, None):
         row = by_index[group.indices[0]]
         generators = [input_generator(seed, row.idx, device, Stream.certify)]
         votes = sample_counts_many(
@@ -193,16 +193,15 @@ def _recertify(
         )[0, 0].cpu()
         n_a = int(votes[row.predict]) if row.predict < votes.numel() else 0
         law = group.laws[0]
-        if not _can_reach(n_a, n, alpha, law, row.radius, law.tau):
+        if not _can_reach(n_a, n, alpha, law, row.radius):
             below.append(row.idx)
     return Recertified(len(chosen), len(below), below, seed, n, alpha)
 
 
-def _can_reach(n_a: int, n: int, alpha: float, law: Any, radius: float, tau: float) -> bool:
+def _can_reach(n_a: int, n: int, alpha: float, law: NoiseLaw, radius: float) -> bool:
     """Whether the upper confidence bound on ``pA`` (Clopper-Pearson at ``alpha``, plus the
-    sampler's budget ``tau``) reaches the probability ``radius`` needs."""
-    upper = 1.0 if n_a >= n else float(beta.ppf(1.0 - alpha, n_a + 1, n - n_a))
-    upper = min(1.0, upper + tau)
+    law's sampler budget ``tau``) reaches the probability ``radius`` needs."""
+    upper = min(1.0, clopper_pearson_upper(n_a, n, alpha) + law.tau)
     if upper <= 0.5:
         return False
     if upper >= 1.0:

@@ -148,7 +148,7 @@ def test_inputs_off_the_grid_are_refused_with_their_index() -> None:
         grid_levels=16,
         noise=Noise(Norm.l2, 16),
     )
-    groups = input_groups(inputs, [0, 1, 2], 3, torch.device("cpu"))  # type: ignore[arg-type]
+    groups = input_groups(inputs, [0, 1, 2], 3, torch.device("cpu"), None)  # type: ignore[arg-type]
     first = next(groups)  # the input before the bad one is certified first
     assert first.indices == [0]
     with pytest.raises(AncerError, match=r"^input 1: input is not on the 1/16 grid"):

@@ -3,7 +3,12 @@ import math
 import pytest
 from scipy.stats import binom, norm
 
-from ancer_cli.core.bounds import clopper_pearson_lower, gap_from_p_lower, top_two_p_value
+from ancer_cli.core.bounds import (
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    gap_from_p_lower,
+    top_two_p_value,
+)
 
 
 def test_clopper_pearson_textbook_value():
@@ -69,3 +74,12 @@ def test_clopper_pearson_bounds_satisfy_their_binomial_inequalities(n, alpha):
             assert binom.cdf(k, n, p_hi) <= alpha * slack + rounding
             below = p_hi - max(1e-6 * (1.0 - p_hi), 2.0**-50)
             assert binom.cdf(k, n, below) > alpha
+
+
+@pytest.mark.parametrize("n_a,n", [(0, 10), (3, 10), (9, 10), (10, 10), (517, 1000)])
+def test_clopper_pearson_upper_mirrors_the_lower_bound(n_a: int, n: int) -> None:
+    """The upper bound on p is one minus the lower bound on 1 - p (the same beta quantiles)."""
+    for alpha in (0.001, 0.025, 0.05):
+        upper = clopper_pearson_upper(n_a, n, alpha)
+        assert upper == pytest.approx(1.0 - clopper_pearson_lower(n - n_a, n, alpha), abs=1e-12)
+        assert clopper_pearson_lower(n_a, n, alpha) <= n_a / n <= upper

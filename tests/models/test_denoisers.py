@@ -112,7 +112,7 @@ def rows(model: nn.Module, thetas, indices: list[int], classifier: nn.Module) ->
     inputs = in_memory_inputs(classifier, data, thetas, indices=indices, sound=False)
     inputs = dataclasses.replace(inputs, model=model)
     seeds = dict.fromkeys(indices, 0)
-    found = certify_dataset(inputs, indices, CONFIG, seeds, torch.device("cpu"))
+    found = certify_dataset(inputs, indices, CONFIG, seeds, torch.device("cpu"), None)
     return [(r.idx, r.predict, r.radius, r.radius_proxy, r.min_sigma) for r in found]
 
 

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import ancer_cli.core.noise as noise_module
 from ancer_cli.core.choices import Sampling
 from ancer_cli.core.law import Noise
 from ancer_cli.core.noise import Stream, input_generator
 from ancer_cli.core.smoothing import ABSTAIN, certify
-from ancer_cli.errors import OutputError
+from ancer_cli.data import LoadedData
+from ancer_cli.errors import AncerError, OutputError
 from tests.runs import certify_toy, points, toy_inputs
 from tests.toys import Stripe
 
@@ -107,3 +110,33 @@ def test_an_input_fitted_to_a_published_seed_is_certified_only_with_that_seed(
     certify_toy(toy_inputs(Coin(), data, 0.25), out, sampling=SAMPLING, seed=None, resume=True)
     assert _segments(out)[1] == {"seed": 20261207, "indices": [2]}
     assert out.read_text().splitlines()[3].split("\t")[2] == str(ABSTAIN)
+
+
+class _Swapped(TensorDataset):
+    """A dataset whose input ``idx`` moves by one grid step once ``swap`` is set: a file
+    changed on disk after the run committed it and published its seed."""
+
+    def __init__(self, data: LoadedData, idx: int) -> None:
+        super().__init__(*data.dataset.tensors)  # type: ignore[attr-defined]
+        self.idx, self.swap = idx, False
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        x, y = super().__getitem__(i)
+        return (x + 1 / 16 if self.swap and i == self.idx else x), y
+
+
+def test_an_input_changed_after_the_seed_is_published_is_refused(tmp_path: Path) -> None:
+    """The sidecar names the seed before any input is certified; an input changed after that
+    (when the rows start) is refused with one line, the inputs before it written."""
+    data = points([(0.0, 0.0), (3.0, 0.0), (0.5, 0.0)], [1, 0, 1])
+    swapped = _Swapped(data, 1)
+    changing = replace(data, dataset=swapped)
+    out = tmp_path / "r.csv"
+
+    def publish(done: int, total: int) -> None:
+        assert json.loads(Path(f"{out}.json").read_text())["arguments"]["seed"] == 0
+        swapped.swap = True
+
+    with pytest.raises(AncerError, match="input 1 changed since this run committed it"):
+        certify_toy(toy_inputs(Stripe(), changing, 0.3), out, on_start=publish)
+    assert [line.split("\t")[0] for line in out.read_text().splitlines()[1:]] == ["0"]

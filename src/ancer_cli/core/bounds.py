@@ -18,6 +18,16 @@ def clopper_pearson_lower(n_a: int, n: int, alpha: float) -> float:
     return float(beta.ppf(alpha, n_a, n - n_a + 1))
 
 
+def clopper_pearson_upper(n_a: int, n: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson upper confidence bound on a binomial proportion.
+
+    ``Beta(1 - alpha; n_a + 1, n - n_a)`` quantile; 1 when ``n_a == n``.
+    """
+    if n_a >= n:
+        return 1.0
+    return float(beta.ppf(1.0 - alpha, n_a + 1, n - n_a))
+
+
 def gap_from_p_lower(p_a_lower: float, norm: Norm | str) -> float:
     """The certified gap: ``Phi^-1(pA_low)`` for l2 and ``2 pA_low - 1`` for l1.
 

@@ -28,6 +28,7 @@ from ancer_cli.results import (
     format_result_row,
     parse_time,
 )
+from ancer_cli.run.rows import complete_rows
 
 
 def row_linf_half_width(theta: Theta, radius: float, norm: Norm | str, dim: int) -> float:
@@ -86,6 +87,14 @@ class CertificateRow:
         """The samples a row's certificate used, where the run records them (the first extra
         field of sequential certify and of reuse)."""
         return int(self.extra[0]) if self.extra else None
+
+
+def read_certificate_rows(path: Path) -> list[CertificateRow]:
+    """The complete rows of a results file (or its ``.pre-memory`` file), each parsed by the
+    file's own header (with or without ``radius_linf``)."""
+    with open(path) as handle:
+        columns = tuple(handle.readline().rstrip("\n").split("\t"))
+    return [CertificateRow.parse(line, columns) for _, line in complete_rows(path, columns)]
 
 
 @dataclass(frozen=True)

@@ -155,13 +155,6 @@ class Segments:
 
     segments: tuple[Segment, ...] = ()
 
-    def seed_of(self, idx: int) -> int:
-        """The seed of the segment that committed ``idx``."""
-        for segment in self.segments:
-            if idx in segment.indices:
-                return segment.seed
-        raise KeyError(f"input {idx} belongs to no segment of this run")
-
     def seeds(self) -> dict[int, int]:
         """Every committed index's seed."""
         return {idx: s.seed for s in self.segments for idx in s.indices}

@@ -47,7 +47,7 @@ def test_ancer_proxy_radius_beats_isotropic_radius(digits_model):
 
     def rows(thetas):  # float noise, as the published algorithms were measured
         inputs = in_memory_inputs(model, data, thetas, indices=indices, sound=False)
-        return list(certify_dataset(inputs, indices, config, seeds, device))
+        return list(certify_dataset(inputs, indices, config, seeds, device, None))
 
     iso_rows = rows(lambda i: theta_iso[i])
     ancer_rows = rows(lambda i: theta[i])
