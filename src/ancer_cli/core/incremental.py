@@ -51,7 +51,6 @@ import torch
 from scipy.stats import norm as normal
 from torch import nn
 
-from ancer_cli.core.bounds import clopper_pearson_lower
 from ancer_cli.core.choices import REUSE_TOLERANCE, Norm, Sampling
 from ancer_cli.core.law import NoiseLaw
 from ancer_cli.core.noise import Theta
@@ -60,7 +59,9 @@ from ancer_cli.core.sequential import FloatArray, cs_lower, cs_upper, gaps
 from ancer_cli.core.smoothing import (
     ABSTAIN,
     Certificate,
+    certificate_for,
     certify_many,
+    sample_counts,
     sample_counts_many,
 )
 
@@ -273,15 +274,9 @@ def _certify_class(
     """A certificate of ``model`` for the class ``prediction``, fixed before the draws: its votes
     on ``num`` fresh draws bounded at ``sampling.alpha`` (no selection stage: the class was not
     chosen on these draws)."""
-    votes = sample_counts_many(
-        model, x.unsqueeze(0), [law], (num,), sampling.batch_size, [generator], None
-    )[0, 0].cpu()
+    votes = sample_counts(model, x, law, num, sampling.batch_size, generator)
     n_a = int(votes[prediction]) if prediction < votes.numel() else 0
-    p_a_lower = max(0.0, clopper_pearson_lower(n_a, num, sampling.alpha) - law.tau)
-    low, mean = law.min_theta, law.geomean_theta
-    if p_a_lower < 0.5:
-        return Certificate(ABSTAIN, n_a, num, p_a_lower, 0.0, low, mean, tau=law.tau)
-    return Certificate(prediction, n_a, num, p_a_lower, law.gap(p_a_lower), low, mean, tau=law.tau)
+    return certificate_for(prediction, n_a, num, law, sampling.alpha)
 
 
 def certify_incremental_many(

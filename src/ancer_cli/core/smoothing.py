@@ -246,15 +246,19 @@ def _certificate(
     selection: np.ndarray, estimation: np.ndarray, law: NoiseLaw, n_estimation: int, alpha: float
 ) -> Certificate:
     c_a_hat = int(np.argmax(selection))
-    n_a = int(estimation[c_a_hat])
-    p_a_lower = clopper_pearson_lower(n_a, n_estimation, alpha)
-    if law.tau:
-        p_a_lower = max(0.0, p_a_lower - law.tau)
+    return certificate_for(c_a_hat, int(estimation[c_a_hat]), n_estimation, law, alpha)
+
+
+def certificate_for(prediction: int, n_a: int, n: int, law: NoiseLaw, alpha: float) -> Certificate:
+    """The certificate for class ``prediction``, chosen before the ``n`` draws of ``law`` on
+    which it got ``n_a`` votes: ``pA_lower`` is the Clopper-Pearson bound at ``alpha`` less the
+    law's sampler budget ``tau`` (at least 0); below 1/2 it abstains, else its gap is
+    ``law.gap(pA_lower)``."""
+    p_a_lower = max(0.0, clopper_pearson_lower(n_a, n, alpha) - law.tau)
     low, mean, tau = law.min_theta, law.geomean_theta, law.tau
     if p_a_lower < 0.5:
-        return Certificate(ABSTAIN, n_a, n_estimation, p_a_lower, 0.0, low, mean, tau=tau)
-    gap = law.gap(p_a_lower)
-    return Certificate(c_a_hat, n_a, n_estimation, p_a_lower, gap, low, mean, tau=tau)
+        return Certificate(ABSTAIN, n_a, n, p_a_lower, 0.0, low, mean, tau=tau)
+    return Certificate(prediction, n_a, n, p_a_lower, law.gap(p_a_lower), low, mean, tau=tau)
 
 
 def certify_many(
