@@ -45,7 +45,7 @@ from ancer_cli.inputs import (
     input_groups,
     labels_record,
     resolve_inputs,
-    select_indices,
+    rows_of,
     sound_record,
 )
 from ancer_cli.models.denoisers import inputs_per_theta
@@ -422,19 +422,8 @@ def _results_inputs(results: Path, spec: InputsSpec, session: Session) -> Smooth
     """The inputs of ``spec`` restricted to the rows of ``results`` (and to ``--skip``/``--max``
     among them)."""
     rows = sorted(set(read_results(results)["idx"].tolist()))
-    chosen = replace(spec, skip=1, max_index=None)
-    inputs = resolve_inputs(chosen, session)
-    available = set(inputs.indices)
-    missing = [idx for idx in rows if idx not in available]
-    if missing:
-        raise AncerError(
-            f"{results} has a row for input {missing[0]}, which its data (and thetas) do not "
-            f"hold ({inputs.data.info.name} {inputs.data.split}); is it the run's file?"
-        )
-    selected = set(select_indices(max(rows, default=-1) + 1, spec.skip, spec.max_index))
-    indices = [idx for idx in rows if idx in selected]
-    arguments = {**inputs.arguments, "skip": spec.skip, "max": spec.max_index}
-    return replace(inputs, indices=indices, arguments=arguments)
+    inputs = resolve_inputs(replace(spec, skip=1, max_index=None), session)
+    return rows_of(inputs, rows, spec, results)
 
 
 def _settings(

@@ -48,7 +48,7 @@ from ancer_cli.inputs import (
     input_groups,
     labels_record,
     resolve_inputs,
-    select_indices,
+    rows_of,
 )
 from ancer_cli.inputs import sound_record as sound_part
 from ancer_cli.models.denoisers import inputs_per_theta
@@ -464,18 +464,9 @@ def plan_audit_inputs(
             inputs = resolve_inputs(replace(spec, skip=1, max_index=None), session)
         else:
             spec, inputs = request.inputs, resolved
-        rows = sorted(int(i) for i in frame["idx"])
-        missing = [i for i in rows if i not in set(inputs.indices)]
-        if missing:
-            raise AncerError(
-                f"{results} has a row for input {missing[0]}, which its data (and thetas) do "
-                "not hold; is it the run's file?"
-            )
-        chosen = set(select_indices(rows[-1] + 1 if rows else 0, spec.skip, spec.max_index))
-        indices = [i for i in rows if i in chosen]
+        inputs = rows_of(inputs, sorted(int(i) for i in frame["idx"]), spec, results)
+        indices = inputs.indices
         frame = frame[frame["idx"].isin(indices)].sort_values("idx")
-        arguments = {**inputs.arguments, "skip": spec.skip, "max": spec.max_index}
-        inputs = replace(inputs, indices=indices, arguments=arguments)
         commitment = inputs.commitment()
         if record is not None and isinstance(record.get("commitment"), Mapping):
             recorded = Commitment.from_record(record, f"sidecar {results}.json")

@@ -337,6 +337,23 @@ def resolve_inputs(
     )
 
 
+def rows_of(inputs: SmoothedInputs, rows: Sequence[int], spec: InputsSpec, results: Path) -> SmoothedInputs:
+    """``inputs`` (resolved with no ``--skip``/``--max``) restricted to the sorted dataset
+    indices ``rows`` of a results file ``results``, then to ``spec``'s ``--skip``/``--max``
+    among them (recorded in its arguments); refuses a row its data (and thetas) do not hold."""
+    available = set(inputs.indices)
+    missing = [idx for idx in rows if idx not in available]
+    if missing:
+        raise AncerError(
+            f"{results} has a row for input {missing[0]}, which its data (and thetas) do not "
+            f"hold ({inputs.data.info.name} {inputs.data.split}); is it the run's file?"
+        )
+    selected = set(select_indices(max(rows, default=-1) + 1, spec.skip, spec.max_index))
+    indices = [idx for idx in rows if idx in selected]
+    arguments = {**inputs.arguments, "skip": spec.skip, "max": spec.max_index}
+    return replace(inputs, indices=indices, arguments=arguments)
+
+
 def module_digest(model: nn.Module) -> str:
     """SHA-256 of a module's state (every tensor of its ``state_dict``, by name): the hash of
     an in-memory model, where there is no file to hash."""
