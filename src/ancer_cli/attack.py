@@ -365,7 +365,7 @@ def plan_attack(request: AttackRequest, session: Session) -> AttackPlan:
 
 
 def plan_attack_inputs(
-    resolve: Callable[[], SmoothedInputs] | SmoothedInputs | None,
+    resolved: SmoothedInputs | None,
     request: AttackRequest,
     session: Session,
 ) -> AttackPlan:
@@ -391,8 +391,8 @@ def plan_attack_inputs(
                 "results": str(Path(request.results).resolve()),
                 "results_sha256": rows_digest(request.results),
             }
-        if resolve is not None:
-            inputs = resolve() if callable(resolve) else resolve
+        if resolved is not None:
+            inputs = resolved
         elif request.results is not None:
             spec = results_spec(request.results, record, request.inputs)
             inputs = _results_inputs(request.results, spec, session)
